@@ -1,0 +1,93 @@
+"""One exception tree for everything nbcloud reports to a user.
+
+Every error says what happened (the message) and what to do about it (the hint). The CLI prints
+``error: <message> — <hint>`` on one line and exits with ``exit_code``: 2 for anything the user can fix
+(bad input, credentials, quota, capacity, a busy port), 1 for an operation that failed on the remote side.
+Third-party exceptions (botocore, OSError, subprocess) are mapped to these at the boundary that raised them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapacityError",
+    "ConflictError",
+    "CredentialsError",
+    "NbcloudError",
+    "NotFoundError",
+    "QuotaError",
+    "RemoteError",
+    "SandboxError",
+    "TunnelError",
+    "UsageError",
+]
+
+
+class NbcloudError(Exception):
+    """Base of every error nbcloud reports; carries the fix as ``hint``."""
+
+    exit_code = 2
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def one_line(self) -> str:
+        text = f"error: {self.message}"
+        if self.hint:
+            text += f" — {self.hint}"
+        return " ".join(text.split())
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.kind, "message": self.message, "hint": self.hint}
+
+
+class UsageError(NbcloudError):
+    """Bad input: a wrong flag value, an unknown instance type, region or image, a busy port."""
+
+    default_hint = "see `nbcloud --help`"
+
+
+class CredentialsError(NbcloudError):
+    default_hint = (
+        "configure AWS credentials (`aws configure`, `aws sso login --profile P` then `--profile P`, "
+        "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), or try nbcloud without an account: `--provider sandbox`"
+    )
+
+
+class CapacityError(NbcloudError):
+    default_hint = "try another availability zone (`--zone`) or instance type, or retry later"
+
+
+class QuotaError(NbcloudError):
+    default_hint = (
+        "raise the quota in the Service Quotas console (EC2 > Running On-Demand instances, vCPU based) "
+        "or pick a smaller instance type"
+    )
+
+
+class NotFoundError(NbcloudError):
+    default_hint = "`nbcloud status` lists the instances nbcloud knows"
+
+
+class ConflictError(NbcloudError):
+    """The request contradicts what exists (a name in use, an instance in the wrong state)."""
+
+
+class RemoteError(NbcloudError):
+    """An operation failed on the instance or in the cloud after it was accepted."""
+
+    exit_code = 1
+
+
+class TunnelError(NbcloudError):
+    default_hint = "`nbcloud status NAME` shows the tunnel; its log is under the nbcloud data directory"
+
+
+class SandboxError(NbcloudError):
+    default_hint = "`nbcloud sandbox status` shows the sandbox; `nbcloud sandbox reset` starts it afresh"
