@@ -1,0 +1,154 @@
+"""The nouns nbcloud passes between its layers: frozen dataclasses, no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "NAME_TAG",
+    "LAUNCH_TAG",
+    "ImageInfo",
+    "Instance",
+    "InstanceSpec",
+    "InstanceTypeInfo",
+    "Volume",
+    "parse_duration",
+    "validate_name",
+]
+
+# Every cloud resource nbcloud makes carries these tags; they are the truth, the local state a cache.
+NAME_TAG = "nbcloud:name"
+LAUNCH_TAG = "nbcloud:launch-id"
+MANAGED_TAG = "nbcloud:managed"
+ROLE_TAG = "nbcloud:role"  # instance | security-group | key-pair | data-volume | image
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+
+
+def validate_name(name: str) -> str:
+    from .errors import UsageError
+
+    if not _NAME.match(name):
+        raise UsageError(
+            f"invalid instance name {name!r}",
+            "use 1–40 lowercase letters, digits and dashes, starting with a letter (it becomes the ssh host nb-NAME)",
+        )
+    return name
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+
+
+def parse_duration(text: str) -> int | None:
+    """'90s', '30m', '2h', '1d', '45' (minutes) → seconds; 'off'/'none'/'0' → None (disabled)."""
+    from .errors import UsageError
+
+    value = text.strip().lower()
+    if value in {"off", "none", "never", "0", "false"}:
+        return None
+    match = _DURATION.match(value)
+    if not match:
+        raise UsageError(f"invalid duration {text!r}", "write it like 90s, 30m, 2h or off")
+    number, unit = float(match.group(1)), match.group(2) or "m"
+    seconds = int(number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    if seconds < 30:
+        raise UsageError(f"duration {text!r} is too short", "use at least 30s")
+    return seconds
+
+
+@dataclass(frozen=True)
+class InstanceTypeInfo:
+    name: str
+    vcpus: int
+    memory_mib: int
+    gpus: int = 0
+    gpu_name: str | None = None
+    gpu_memory_mib: int = 0
+    architecture: str = "x86_64"
+
+    def describe(self) -> str:
+        text = f"{self.name}: {self.vcpus} vCPU, {self.memory_mib / 1024:g} GiB"
+        if self.gpus:
+            text += f", {self.gpus}× {self.gpu_name or 'GPU'} ({self.gpu_memory_mib / 1024:g} GiB)"
+        return text
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image_id: str
+    name: str
+    description: str = ""
+    root_device_name: str = "/dev/sda1"
+    baked: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What the user asked `up` for."""
+
+    name: str
+    instance_type: str = "t3.medium"
+    image: str = "ubuntu"
+    disk_gb: int = 30
+    data_volume: str | None = None  # "SIZE" or "NAME[:SIZE]"
+    tags: tuple[tuple[str, str], ...] = ()
+    spot: bool = False
+    max_price: float | None = None
+    spot_fallback: bool = False
+    zone: str | None = None
+    allow_cidr: str | None = None
+    public: bool = False
+    durable_outputs: bool = False
+    gateway: bool = False
+    idle_stop_seconds: int | None = 3600
+    max_cost_usd: float | None = None
+    cull_idle_minutes: int | None = None
+    python_packages: tuple[str, ...] = ()
+    requirements: str | None = None
+
+    def with_(self, **changes: Any) -> InstanceSpec:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance as the cloud reports it (plus what nbcloud knows locally)."""
+
+    name: str
+    instance_id: str
+    state: str
+    instance_type: str
+    region: str
+    provider: str
+    host: str | None = None
+    private_ip: str | None = None
+    user: str = "ubuntu"
+    zone: str | None = None
+    launch_id: str | None = None
+    launched_at: datetime | None = None
+    lifecycle: str = "on-demand"
+    image_id: str | None = None
+    security_group_id: str | None = None
+    key_name: str | None = None
+    volume_ids: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ssh_alias(self) -> str:
+        return f"nb-{self.name}"
+
+
+@dataclass(frozen=True)
+class Volume:
+    volume_id: str
+    name: str | None
+    size_gb: int
+    zone: str
+    state: str
+    volume_type: str = "gp3"
+    encrypted: bool = True
+    attached_to: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,118 @@
+"""EC2 instances: launch with secure defaults, describe by tag in one paginated call, lifecycle."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ...errors import NbcloudError, RemoteError
+from ...models import LAUNCH_TAG, NAME_TAG, Instance
+from .session import tags_dict, tags_list
+
+if TYPE_CHECKING:
+    from ..base import LaunchRequest
+    from .session import AwsSession
+
+__all__ = ["describe_managed", "instance_from_api", "run_instance", "wait_state"]
+
+LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+
+
+def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Instance:
+    tags = tags_dict(data.get("Tags"))
+    launched = data.get("LaunchTime")
+    return Instance(
+        name=tags.get(NAME_TAG, data["InstanceId"]),
+        instance_id=data["InstanceId"],
+        state=data["State"]["Name"],
+        instance_type=data["InstanceType"],
+        region=region,
+        provider=provider,
+        host=data.get("PublicIpAddress") or data.get("PrivateIpAddress"),
+        private_ip=data.get("PrivateIpAddress"),
+        zone=data.get("Placement", {}).get("AvailabilityZone"),
+        launch_id=tags.get(LAUNCH_TAG),
+        launched_at=launched if isinstance(launched, datetime) else None,
+        lifecycle="spot" if data.get("InstanceLifecycle") == "spot" else "on-demand",
+        image_id=data.get("ImageId"),
+        security_group_id=(data.get("SecurityGroups") or [{}])[0].get("GroupId"),
+        key_name=data.get("KeyName"),
+        volume_ids=tuple(m["Ebs"]["VolumeId"] for m in data.get("BlockDeviceMappings", []) if "Ebs" in m),
+        tags=tags,
+    )
+
+
+def run_instance(session: AwsSession, request: LaunchRequest, provider: str) -> Instance:
+    tags = tags_list(request.tags)
+    params: dict[str, Any] = {
+        "ImageId": request.image_id,
+        "InstanceType": request.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "KeyName": request.key_name,
+        "SecurityGroupIds": [request.security_group_id],
+        "UserData": request.user_data,
+        # Idempotency: a retried RunInstances with the same token never makes a second instance.
+        "ClientToken": f"nbcloud-{request.launch_id}",
+        "InstanceInitiatedShutdownBehavior": "terminate" if request.spot else "stop",
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "BlockDeviceMappings": [{
+            "DeviceName": "/dev/sda1",
+            "Ebs": {"VolumeSize": request.disk_gb, "VolumeType": "gp3", "Encrypted": True,
+                    "DeleteOnTermination": True},
+        }],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                              {"ResourceType": "volume", "Tags": tags}],
+    }
+    if request.zone:
+        params["Placement"] = {"AvailabilityZone": request.zone}
+    if request.spot:
+        options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+        if request.max_price:
+            options["MaxPrice"] = f"{request.max_price:.4f}"
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
+    data = session.call("ec2", "run_instances", **params)["Instances"][0]
+    return instance_from_api(data, session.region, provider)
+
+
+def describe_managed(session: AwsSession, provider: str, name: str | None = None) -> list[Instance]:
+    """Every nbcloud instance (or one name's) in a single paginated DescribeInstances."""
+    filters = [{"Name": "tag-key", "Values": [NAME_TAG]}, {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
+    if name:
+        filters.append({"Name": f"tag:{NAME_TAG}", "Values": [name]})
+    found = []
+    for page in session.paginate("ec2", "describe_instances", Filters=filters, PaginationConfig={"PageSize": 1000}):
+        for reservation in page["Reservations"]:
+            found += [instance_from_api(i, session.region, provider) for i in reservation["Instances"]]
+    return found
+
+
+def describe_one(session: AwsSession, instance_id: str, provider: str) -> Instance | None:
+    try:
+        reservations = session.call("ec2", "describe_instances", InstanceIds=[instance_id])["Reservations"]
+    except NbcloudError as exc:
+        if "NotFound" in exc.message or "does not exist" in exc.message:
+            return None
+        raise
+    for reservation in reservations:
+        for data in reservation["Instances"]:
+            return instance_from_api(data, session.region, provider)
+    return None
+
+
+def wait_state(session: AwsSession, instance_id: str, provider: str, wanted: set[str], timeout: float,
+               interval: float = 0.5) -> Instance | None:
+    """Poll until the instance is in one of ``wanted`` (None: it vanished). Fast poll: the sandbox is quick."""
+    deadline = time.monotonic() + timeout
+    while True:
+        instance = describe_one(session, instance_id, provider)
+        if instance is None or instance.state in wanted:
+            return instance
+        if instance.state == "terminated" and "terminated" not in wanted:
+            raise RemoteError(f"instance {instance_id} was terminated while waiting for {'/'.join(sorted(wanted))}",
+                              "for spot instances this means no capacity or an interruption; retry `nbcloud up`")
+        if time.monotonic() > deadline:
+            raise RemoteError(f"instance {instance_id} still {instance.state} after {timeout:g} s",
+                              "`nbcloud status` shows it; retry later")
+        time.sleep(interval)

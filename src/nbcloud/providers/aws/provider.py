@@ -1,0 +1,159 @@
+"""The AWS provider: boto3 behind the :class:`~nbcloud.providers.base.Provider` interface.
+
+The sandbox uses this very class, pointed at its emulated endpoint; nothing here knows the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ...errors import NbcloudError
+from ...models import LAUNCH_TAG, NAME_TAG, ImageInfo, Instance, InstanceTypeInfo, Volume
+from ..base import IngressRule, LaunchRequest, TaggedResource
+from . import images, instances, network, volumes
+from .session import AwsSession, tags_dict
+
+__all__ = ["AwsProvider"]
+
+
+@dataclass
+class AwsProvider:
+    session: AwsSession
+    label: str = "aws"
+    checkip_url: str = network.CHECKIP_URL
+    package_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    @property
+    def region(self) -> str:
+        return self.session.region
+
+    def check_access(self) -> None:
+        # DescribeAvailabilityZones is cheap, needs only ec2:Describe*, and fails fast without credentials.
+        self.session.call("ec2", "describe_availability_zones", DryRun=False)
+
+    def caller_ip(self) -> str:
+        return network.caller_ip(self.checkip_url)
+
+    def instance_type(self, name: str) -> InstanceTypeInfo:
+        return images.describe_instance_type(self.session, name)
+
+    def image(self, ref: str) -> ImageInfo:
+        return images.resolve_image(self.session, ref)
+
+    def default_zone(self) -> str:
+        zones = self.session.call("ec2", "describe_availability_zones",
+                                  Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
+        return sorted(z["ZoneName"] for z in zones)[0]
+
+    # key pairs and security groups
+    def import_key_pair(self, key_name: str, public_key: str, tags: dict[str, str]) -> None:
+        self.session.call("ec2", "import_key_pair", KeyName=key_name, PublicKeyMaterial=public_key.encode(),
+                          TagSpecifications=[{"ResourceType": "key-pair",
+                                              "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+
+    def delete_key_pair(self, key_name: str) -> None:
+        self.session.call("ec2", "delete_key_pair", KeyName=key_name)
+
+    def create_security_group(self, group_name: str, rules: Sequence[IngressRule], tags: dict[str, str]) -> str:
+        return network.create_security_group(self.session, group_name, rules, tags)
+
+    def set_ingress(self, group_id: str, rules: Sequence[IngressRule]) -> bool:
+        return network.set_ingress(self.session, group_id, rules)
+
+    def delete_security_group(self, group_id: str) -> None:
+        network.delete_security_group(self.session, group_id)
+
+    # instances
+    def run_instance(self, request: LaunchRequest) -> Instance:
+        return instances.run_instance(self.session, request, self.label)
+
+    def wait_running(self, instance_id: str, timeout: float) -> Instance:
+        found = instances.wait_state(self.session, instance_id, self.label, {"running"}, timeout)
+        if found is None:
+            raise NbcloudError(f"instance {instance_id} disappeared while starting")
+        return found
+
+    def wait_gone(self, instance_id: str, state: str, timeout: float) -> None:
+        instances.wait_state(self.session, instance_id, self.label, {state}, timeout)
+
+    def find(self, name: str) -> Instance | None:
+        found = instances.describe_managed(self.session, self.label, name)
+        # Prefer a running one should a race ever have made two.
+        found.sort(key=lambda i: (i.state != "running", i.launched_at or 0))
+        return found[0] if found else None
+
+    def list_instances(self) -> list[Instance]:
+        return instances.describe_managed(self.session, self.label)
+
+    def start(self, instance_id: str) -> None:
+        self.session.call("ec2", "start_instances", InstanceIds=[instance_id])
+
+    def stop(self, instance_id: str) -> None:
+        self.session.call("ec2", "stop_instances", InstanceIds=[instance_id])
+
+    def terminate(self, instance_id: str) -> None:
+        self.session.call("ec2", "terminate_instances", InstanceIds=[instance_id])
+
+    def set_name_tags(self, resource_ids: Sequence[str], tags: dict[str, str]) -> None:
+        self.session.call("ec2", "create_tags", Resources=list(resource_ids),
+                          Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    # volumes
+    def create_volume(self, size_gb: int, zone: str, tags: dict[str, str]) -> Volume:
+        return volumes.create(self.session, size_gb, zone, tags)
+
+    def find_volume(self, volume_name: str) -> Volume | None:
+        return volumes.find_by_name(self.session, volume_name)
+
+    def attach_volume(self, volume_id: str, instance_id: str, device: str) -> None:
+        volumes.attach(self.session, volume_id, instance_id, device)
+
+    def detach_volume(self, volume_id: str, instance_id: str) -> None:
+        volumes.detach(self.session, volume_id, instance_id)
+
+    def delete_volume(self, volume_id: str) -> None:
+        volumes.delete(self.session, volume_id)
+
+    def list_volumes(self) -> list[Volume]:
+        return volumes.list_managed(self.session)
+
+    # orphans
+    def tagged_resources(self, name: str | None = None) -> list[TaggedResource]:
+        """Everything carrying nbcloud's name tag (optionally for one name): the truth for orphan scans."""
+        tag_filter = ([{"Name": f"tag:{NAME_TAG}", "Values": [name]}] if name
+                      else [{"Name": "tag-key", "Values": [NAME_TAG]}])
+        found: list[TaggedResource] = []
+
+        def add(kind: str, rid: str, tags: list[dict[str, str]] | None, state: str | None = None) -> None:
+            t = tags_dict(tags)
+            found.append(TaggedResource(kind, rid, t.get(NAME_TAG), t.get(LAUNCH_TAG), state))
+
+        for page in self.session.paginate("ec2", "describe_instances", Filters=tag_filter):
+            for reservation in page["Reservations"]:
+                for i in reservation["Instances"]:
+                    if i["State"]["Name"] != "terminated":
+                        add("instance", i["InstanceId"], i.get("Tags"), i["State"]["Name"])
+        for g in self.session.call("ec2", "describe_security_groups", Filters=tag_filter)["SecurityGroups"]:
+            add("security-group", g["GroupId"], g.get("Tags"))
+        for k in self.session.call("ec2", "describe_key_pairs", Filters=tag_filter)["KeyPairs"]:
+            add("key-pair", k["KeyName"], k.get("Tags"))
+        for v in self.session.call("ec2", "describe_volumes", Filters=tag_filter)["Volumes"]:
+            if v["State"] not in {"deleting", "deleted"}:
+                add("volume", v["VolumeId"], v.get("Tags"), v["State"])
+        return found
+
+    def delete_resource(self, resource: TaggedResource) -> None:
+        if resource.kind == "instance":
+            self.terminate(resource.resource_id)
+            self.wait_gone(resource.resource_id, "terminated", 300)
+        elif resource.kind == "security-group":
+            self.delete_security_group(resource.resource_id)
+        elif resource.kind == "key-pair":
+            self.delete_key_pair(resource.resource_id)
+        elif resource.kind == "volume":
+            self.delete_volume(resource.resource_id)

@@ -1,0 +1,78 @@
+"""Running commands on an instance with OpenSSH and nbcloud's own ssh config.
+
+``-F`` points at nbcloud's config only, so what the user's ~/.ssh/config says about other hosts cannot change
+how nbcloud talks to its instances. Host keys are checked strictly against the pinned key.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import RemoteError, UsageError
+
+__all__ = ["SshResult", "run", "ssh_argv", "wait_ssh"]
+
+HOST_KEY_MISMATCH = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed")
+
+
+@dataclass(frozen=True)
+class SshResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def ssh_binary() -> str:
+    found = shutil.which("ssh")
+    if not found:
+        raise UsageError("OpenSSH client `ssh` not found", "install it (Debian/Ubuntu: apt install openssh-client)")
+    return found
+
+
+def ssh_argv(config: Path, alias: str, *options: str) -> list[str]:
+    return [ssh_binary(), "-F", str(config), "-o", "BatchMode=yes", *options, alias]
+
+
+def run(config: Path, alias: str, command: str, *, input: bytes | None = None, timeout: float = 60,
+        check: bool = True, connect_timeout: int = 10) -> SshResult:
+    argv = ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}", "--", command)
+    try:
+        done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise RemoteError(f"ssh {alias}: `{command.split()[0]}` did not finish in {timeout:g} s",
+                          f"check the instance with `nbcloud status` or `ssh {alias}`") from exc
+    result = SshResult(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+    if any(marker in result.stderr for marker in HOST_KEY_MISMATCH):
+        raise RemoteError(
+            f"{alias} presented a host key that does not match the one nbcloud pinned at launch; refusing to connect",
+            "someone may be intercepting the connection, or the instance was replaced; if you replaced it, "
+            "run `nbcloud down` and `nbcloud up` again",
+        )
+    if check and result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RemoteError(f"ssh {alias}: command failed ({result.returncode}): {detail}",
+                          f"`nbcloud logs {alias.removeprefix('nb-')} --bootstrap` shows the instance's setup log")
+    return result
+
+
+def wait_ssh(config: Path, alias: str, timeout: float, interval: float = 0.25) -> float:
+    """Wait until ``ssh alias true`` succeeds; returns the seconds it took. A host key mismatch fails at once."""
+    start = time.monotonic()
+    deadline = start + timeout
+    last = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        result = run(config, alias, "true", timeout=max(5.0, min(15.0, remaining + 1)), check=False,
+                     connect_timeout=max(2, min(5, int(remaining) + 1)))
+        if result.returncode == 0:
+            return time.monotonic() - start
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+        if time.monotonic() + interval > deadline:
+            raise RemoteError(f"{alias} did not accept SSH within {timeout:g} s ({last or 'no answer'})",
+                              "the instance may still be booting or its network is blocked; "
+                              "`nbcloud status` shows its state")
+        time.sleep(interval)

@@ -1,0 +1,155 @@
+"""The local cache: a small SQLite database in the user's data directory.
+
+Cloud tags are the truth; this store remembers what the cloud cannot tell us cheaply (which provider and
+region an instance lives in, its remembered local port, its spec) and the state transitions nbcloud saw
+(the running periods that cost is computed from). WAL mode so a tunnel supervisor and a CLI call can use it
+at once; the file is 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import Paths, ensure_private_dir, paths
+
+__all__ = ["Record", "Store", "open_store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    name TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    region TEXT NOT NULL,
+    profile TEXT,
+    instance_id TEXT,
+    launch_id TEXT,
+    state TEXT,
+    host TEXT,
+    user TEXT NOT NULL DEFAULT 'ubuntu',
+    instance_type TEXT,
+    lifecycle TEXT NOT NULL DEFAULT 'on-demand',
+    local_port INTEGER,
+    gateway_local_port INTEGER,
+    spec TEXT NOT NULL DEFAULT '{}',
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    name TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_name ON events (name, at);
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    provider: str
+    region: str
+    profile: str | None = None
+    instance_id: str | None = None
+    launch_id: str | None = None
+    state: str | None = None
+    host: str | None = None
+    user: str = "ubuntu"
+    instance_type: str | None = None
+    lifecycle: str = "on-demand"
+    local_port: int | None = None
+    gateway_local_port: int | None = None
+    spec: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Record:
+        data = dict(row)
+        data.pop("updated_at", None)
+        data["spec"] = json.loads(data.get("spec") or "{}")
+        return cls(**data)
+
+
+class Store:
+    def __init__(self, db_path: Path) -> None:
+        ensure_private_dir(db_path.parent)
+        fresh = not db_path.exists()
+        if fresh:
+            os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._db = sqlite3.connect(db_path, timeout=10, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        for suffix in ("", "-wal", "-shm"):
+            side = Path(f"{db_path}{suffix}")
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def get(self, name: str) -> Record | None:
+        row = self._db.execute("SELECT * FROM instances WHERE name = ?", (name,)).fetchone()
+        return Record.from_row(row) if row else None
+
+    def all(self) -> list[Record]:
+        return [Record.from_row(r) for r in self._db.execute("SELECT * FROM instances ORDER BY name")]
+
+    def put(self, record: Record) -> None:
+        data = record.__dict__ | {"spec": json.dumps(record.spec or {}, sort_keys=True), "updated_at": time.time()}
+        columns = ", ".join(data)
+        marks = ", ".join("?" for _ in data)
+        self._db.execute(f"INSERT OR REPLACE INTO instances ({columns}) VALUES ({marks})", tuple(data.values()))
+
+    def update(self, name: str, **fields: Any) -> None:
+        if not fields:
+            return
+        if "spec" in fields:
+            fields["spec"] = json.dumps(fields["spec"] or {}, sort_keys=True)
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        self._db.execute(
+            f"UPDATE instances SET {assignments}, updated_at = ? WHERE name = ?",
+            (*fields.values(), time.time(), name),
+        )
+
+    def delete(self, name: str) -> None:
+        self._db.execute("DELETE FROM instances WHERE name = ?", (name,))
+
+    def ports_in_use(self) -> set[int]:
+        rows = self._db.execute("SELECT local_port, gateway_local_port FROM instances").fetchall()
+        return {p for row in rows for p in row if p}
+
+    def record_state(self, name: str, instance_id: str, state: str, at: datetime | None = None) -> None:
+        """Remember a state transition (only when it changes): the running periods that cost is made of."""
+        when = (at or datetime.now(UTC)).timestamp()
+        last = self._db.execute(
+            "SELECT state FROM events WHERE name = ? AND instance_id = ? ORDER BY at DESC LIMIT 1", (name, instance_id)
+        ).fetchone()
+        if last is None or last["state"] != state:
+            self._db.execute("INSERT INTO events (name, instance_id, at, state) VALUES (?, ?, ?, ?)",
+                             (name, instance_id, when, state))
+
+    def events(self, name: str) -> list[tuple[datetime, str, str]]:
+        rows = self._db.execute("SELECT at, state, instance_id FROM events WHERE name = ? ORDER BY at", (name,))
+        return [(datetime.fromtimestamp(r["at"], UTC), r["state"], r["instance_id"]) for r in rows]
+
+
+def open_store(p: Paths | None = None) -> Store:
+    return Store((p or paths()).state_db)
