@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
-    "NAME_TAG",
     "LAUNCH_TAG",
+    "NAME_TAG",
     "ImageInfo",
     "Instance",
     "InstanceSpec",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import ensure_private_dir, write_private
 
-__all__ = ["KeyPair", "generate_ed25519", "load_or_create_login_key", "load_or_create_host_key"]
+__all__ = ["KeyPair", "generate_ed25519", "load_or_create_host_key", "load_or_create_login_key"]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ CHECKIP_URL = "https://checkip.amazonaws.com"
 
 def caller_ip(url: str = CHECKIP_URL) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - fixed https/loopback URL
+        with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode().strip()
         return str(ipaddress.ip_address(text))
     except (OSError, ValueError) as exc:

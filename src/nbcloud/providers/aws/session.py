@@ -121,7 +121,7 @@ class AwsSession:
         except bx.ProfileNotFound as exc:
             raise CredentialsError(f"AWS profile {profile!r} not found",
                                    "list profiles with `aws configure list-profiles`") from exc
-        chosen = region or boto.region_name
+        chosen = region or boto.region_name or os.environ.get("AWS_REGION")
         if not chosen:
             raise UsageError("no AWS region chosen", "pass --region (e.g. us-east-1) or set AWS_REGION")
         if endpoint_url is None:

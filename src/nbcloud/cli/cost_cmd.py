@@ -1,0 +1,101 @@
+"""autostop, cost, prices: what an instance costs and when it stops itself."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import click
+
+from ..errors import UsageError
+from .output import emit, json_option, progress, table
+
+
+def _ctx():
+    from ..ops import Context
+
+    return Context.create()
+
+
+@click.command()
+@click.argument("name")
+@click.argument("duration")
+@json_option
+def autostop(name: str, duration: str, as_json: bool) -> None:
+    """Stop NAME after DURATION idle (30m, 2h) or `off`."""
+    from ..ops.agent import set_autostop
+
+    result = set_autostop(_ctx(), name, duration)
+    emit(result, as_json, lambda r: f"{r['name']}: " + (f"stops after {r['idle_stop']} idle" if r["idle_stop_seconds"]
+                                                        else "autostop off"))
+
+
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    from ..models import parse_duration
+
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        pass
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise UsageError(f"invalid --since {text!r}", "write a duration like 7d or a date like 2026-11-01")
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+@click.command()
+@click.option("--since", default=None, help="Only cost after this (7d, 24h, or an ISO date).")
+@json_option
+def cost(since: str | None, as_json: bool) -> None:
+    """Report accrued cost per instance and in total."""
+    from ..cost import format_usd
+    from ..ops import cost_report
+
+    report = cost_report(_ctx(), _since(since))
+
+    def text(r) -> str:
+        rows = [{"name": line.name, "type": line.instance_type, "state": line.state, "$/h": format_usd(line.hourly),
+                 "accrued": format_usd(line.accrued)} for line in r.lines]
+        body = table(rows, ["name", "type", "state", "$/h", "accrued"]) if rows else "no instances"
+        return f"{body}\ntotal accrued: {format_usd(r.total_accrued_usd)}"
+
+    emit(report, as_json, text)
+
+
+@click.group()
+def prices() -> None:
+    """Show or refresh the price table (a dated snapshot ships with nbcloud)."""
+
+
+@prices.command("show")
+@click.argument("instance_type", required=False)
+@click.option("--region", default="us-east-1", show_default=True)
+@json_option
+def prices_show(instance_type: str | None, region: str, as_json: bool) -> None:
+    """Show prices of the table in use (and its date)."""
+    from ..pricing import load_prices
+
+    table_ = load_prices()
+    types = [instance_type] if instance_type else table_.instance_types(region)
+    rows = [{"type": t, "hourly_usd": table_.hourly(t, region)} for t in types]
+    emit({"as_of": table_.as_of.isoformat(), "source": table_.source, "region": region, "prices": rows}, as_json,
+         lambda r: f"prices as of {r['as_of']} ({r['source']}), {region}\n"
+                   + table([{"type": x["type"], "$/h": x["hourly_usd"]} for x in r["prices"]], ["type", "$/h"]))
+
+
+@prices.command("refresh")
+@click.option("--region", "regions", multiple=True, help="Regions to fetch (default: those in the table).")
+@click.option("--profile", default=None)
+@json_option
+def prices_refresh(regions: tuple[str, ...], profile: str | None, as_json: bool) -> None:
+    """Fetch current on-demand and EBS prices from the AWS Pricing API."""
+    from ..pricing import load_prices, user_prices_path
+    from ..providers.aws.pricing import refresh_prices
+    from ..providers.aws.session import AwsSession
+
+    session = AwsSession.create(region="us-east-1", profile=profile)
+    with progress("fetching prices from the AWS Pricing API", as_json):
+        table_ = refresh_prices(session, user_prices_path(), regions=list(regions) or load_prices().regions())
+    emit({"as_of": table_.as_of.isoformat(), "path": str(user_prices_path())}, as_json,
+         lambda r: f"prices refreshed ({r['as_of']}) → {r['path']}")

@@ -1,0 +1,306 @@
+"""up, status, list, start, stop, down, ssh, logs, doctor: each one call into nbcloud.ops, rendered here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from .output import emit, err, json_option, progress, table
+
+provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
+                               help="Where to run: aws (default), or sandbox (emulated cloud on this machine).")
+region_option = click.option("--region", default=None, help="AWS region (default: AWS_REGION / your profile's).")
+profile_option = click.option("--profile", default=None, help="AWS profile (incl. SSO profiles).")
+
+
+def _ctx():
+    from ..ops import Context
+
+    return Context.create()
+
+
+def _tags(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid --tag {value!r}", "write it as key=value")
+        if key.startswith(("nbcloud:", "aws:")):
+            raise UsageError(f"tag key {key!r} is reserved", "use a key that does not start with nbcloud: or aws:")
+        out.append((key, val))
+    return tuple(out)
+
+
+def _money(value: float | None) -> str:
+    from ..cost import format_usd
+
+    return format_usd(value) if value is not None else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+@click.command()
+@click.argument("name")
+@provider_option
+@region_option
+@profile_option
+@click.option("--instance-type", "-t", default=None, help="EC2 instance type (validated; GPU shown).")
+@click.option("--image", default=None,
+              help="ubuntu (Ubuntu 24.04), dlami (Deep Learning GPU), an AMI id, or a baked image.")
+@click.option("--disk", "disk_gb", type=click.IntRange(8, 16384), default=30, show_default=True, help="Root disk, GB.")
+@click.option("--data-volume", default=None, help="Encrypted EBS volume at ~/data, kept on down: SIZE or NAME[:SIZE].")
+@click.option("--tag", "tags", multiple=True, help="Extra tag key=value (repeatable).")
+@click.option("--zone", default=None, help="Availability zone.")
+@click.option("--allow-cidr", default=None, help="Admit this address range instead of your detected IP /32.")
+@click.option("--spot", is_flag=True, help="Use a spot instance (cheaper, can be interrupted).")
+@click.option("--max-price", type=float, default=None, help="Spot: highest $/h to pay.")
+@click.option("--spot-fallback", is_flag=True, help="Spot: fall back to on-demand when there is no capacity.")
+@click.option("--public", is_flag=True, help="Serve Jupyter over TLS with a password to your IP (no SSH needed).")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Public mode: read the password from this file instead of prompting.")
+@click.option("--durable-outputs", is_flag=True, help="Run cells server-side so outputs survive disconnects.")
+@click.option("--mode", type=click.Choice(["lab", "gateway"]), default="lab", show_default=True,
+              help="gateway: also run a Kernel Gateway for `nbcloud lab`.")
+@click.option("--idle-stop", default=None, help="Stop after this long idle (e.g. 30m, 2h, off). Default 60m.")
+@click.option("--max-cost", type=click.FloatRange(min=0.01), default=None, help="Stop before this many USD accrue.")
+@click.option("--cull-idle", type=click.IntRange(min=1), default=None, help="Shut down kernels idle this many minutes.")
+@click.option("--python-packages", default=None, help="Extra packages for the environment, comma-separated.")
+@click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A requirements.txt to install too.")
+@click.option("--no-connect", is_flag=True, help="Do not open the tunnel and browser at the end.")
+@click.option("--no-browser", is_flag=True, help="Open the tunnel but print the URL instead of opening a browser.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Local port for the tunnel.")
+@click.option("--dry-run", is_flag=True, help="Print the bootstrap that would run and create nothing.")
+@json_option
+def up(name: str, provider: str | None, region: str | None, profile: str | None, instance_type: str | None,
+       image: str | None, disk_gb: int, data_volume: str | None, tags: tuple[str, ...], zone: str | None,
+       allow_cidr: str | None, spot: bool, max_price: float | None, spot_fallback: bool, public: bool,
+       password_file: Path | None, durable_outputs: bool, mode: str, idle_stop: str | None, max_cost: float | None,
+       cull_idle: int | None, python_packages: str | None, requirements: Path | None, no_connect: bool,
+       no_browser: bool, port: int | None, dry_run: bool, as_json: bool) -> None:
+    """Launch NAME (or reuse it), install Jupyter, and open it in the browser."""
+    from .. import ops
+    from ..models import InstanceSpec, parse_duration, validate_name
+
+    validate_name(name)
+    ctx = _ctx()
+    settings = ctx.settings
+    if requirements is not None and not requirements.is_file():
+        raise UsageError(f"requirements file {requirements} not found", "pass an existing file to --requirements")
+    if password_file is not None and not password_file.is_file():
+        raise UsageError(f"password file {password_file} not found", "pass an existing file to --password-file")
+    if max_price is not None and not spot:
+        raise UsageError("--max-price applies to spot instances only", "add --spot or drop --max-price")
+    spec = InstanceSpec(
+        name=name, instance_type=instance_type or settings.instance_type, image=image or settings.image,
+        disk_gb=disk_gb, data_volume=data_volume, tags=_tags(tags), spot=spot, max_price=max_price,
+        spot_fallback=spot_fallback, zone=zone, allow_cidr=allow_cidr, public=public,
+        durable_outputs=durable_outputs, gateway=mode == "gateway",
+        idle_stop_seconds=parse_duration(idle_stop or settings.idle_stop), max_cost_usd=max_cost,
+        cull_idle_minutes=cull_idle,
+        python_packages=tuple(p.strip() for p in (python_packages or "").split(",") if p.strip()),
+        requirements=requirements.read_text() if requirements else None,
+    )
+    if dry_run:
+        result = ops.dry_run(ctx, spec)
+        emit(result, as_json, lambda r: r.bootstrap)
+        return
+    with progress(f"nbcloud up {name}", as_json) as step:
+        result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step)
+    connected = None
+    if not no_connect:
+        with progress(f"connecting to {name}", as_json) as step:
+            connected = ops.connect(ctx, name, port=port, open_browser=not no_browser and not as_json, progress=step)
+    payload: dict[str, Any] = dict(vars(result))
+    if connected is not None:
+        payload.update(url=connected.url, local_port=connected.local_port, tunnel=connected.tunnel)
+
+    def text(p: dict[str, Any]) -> str:
+        lines = [f"{p['name']}: {p['instance_type']} {p['state']} at {p['host']} ({p['provider']}, {p['region']})"
+                 + (" — reused" if p["reused"] else ""),
+                 f"  ssh:     ssh {p['ssh_alias']}"]
+        if p.get("url"):
+            lines.append(f"  jupyter: {p['url']}")
+        else:
+            lines.append(f"  jupyter: nbcloud connect {p['name']}")
+        return "\n".join(lines)
+
+    emit(payload, as_json, text)
+
+
+@click.command()
+@click.argument("name", required=False)
+@json_option
+def status(name: str | None, as_json: bool) -> None:
+    """Show instances (state, type, address, uptime, cost, tunnel)."""
+    from .. import ops
+
+    ctx = _ctx()
+    views = ops.status(ctx, name)
+    if name:
+        emit(views[0] if views else {}, as_json, lambda v: _status_text([v]))
+    else:
+        emit(views, as_json, _status_text)
+
+
+def _status_text(views: list[Any]) -> str:
+    if not views:
+        return "no instances; start one with `nbcloud up NAME` (or `nbcloud up demo --provider sandbox`)"
+    rows = [{
+        "name": v.name, "state": v.state, "type": v.instance_type, "address": v.host, "up": _duration(v.uptime_seconds),
+        "$/h": _money(v.hourly_usd), "accrued": _money(v.accrued_usd),
+        "budget left": _money(v.budget_remaining_usd) if v.budget_usd else "-",
+        "idle": _duration(v.idle_seconds), "tunnel": f"{v.tunnel}:{v.local_port}" if v.local_port else v.tunnel,
+        "where": f"{v.provider}/{v.region}" + (" spot" if v.lifecycle == "spot" else ""),
+    } for v in views]
+    out = table(rows, list(rows[0]))
+    notices = [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
+    return "\n".join([out, *notices])
+
+
+@click.command("list")
+@provider_option
+@region_option
+@profile_option
+@json_option
+def list_(provider: str | None, region: str | None, profile: str | None, as_json: bool) -> None:
+    """List every instance nbcloud manages in a region, found by tags (also those made elsewhere)."""
+    from ..ops.lifecycle import list_managed
+
+    found = list_managed(_ctx(), provider, region, profile)
+    emit(found, as_json, lambda items: table([
+        {"name": i.name, "id": i.instance_id, "state": i.state, "type": i.instance_type, "address": i.host,
+         "launch": i.launch_id} for i in items], ["name", "id", "state", "type", "address", "launch"])
+        or "nothing managed by nbcloud here")
+
+
+@click.command()
+@click.argument("name")
+@json_option
+def stop(name: str, as_json: bool) -> None:
+    """Stop NAME; its disks keep billing (shown)."""
+    from .. import ops
+
+    with progress(f"stopping {name}", as_json) as step:
+        result = ops.stop_instance(_ctx(), name, progress=step)
+    emit(result, as_json, lambda r: f"{r.name} stopped.\n" + (
+        "  still billing: " + "; ".join(r.still_billing) if r.still_billing else "  nothing else bills"))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Do not wait for Jupyter to answer.")
+@json_option
+def start(name: str, no_wait: bool, as_json: bool) -> None:
+    """Start a stopped NAME (new address, ssh entry updated)."""
+    from .. import ops
+
+    with progress(f"starting {name}", as_json) as step:
+        instance = ops.start_instance(_ctx(), name, progress=step, wait_jupyter=not no_wait)
+    emit({"name": instance.name, "instance_id": instance.instance_id, "state": instance.state, "host": instance.host,
+          "user": instance.user}, as_json, lambda r: f"{r['name']} running at {r['host']} (ssh nb-{r['name']})")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--delete-data", is_flag=True, help="Also delete the data volume(s).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@json_option
+def down(name: str, delete_data: bool, yes: bool, as_json: bool) -> None:
+    """Terminate NAME and delete its security group and key pair (data volumes are kept)."""
+    from .. import ops
+
+    if delete_data and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("--delete-data deletes the data volume for good", "confirm with --yes")
+        click.confirm(f"Delete the data volume of {name} for good?", abort=True, err=True)
+    with progress(f"tearing down {name}", as_json) as step:
+        result = ops.down(_ctx(), name, delete_data=delete_data, progress=step)
+
+    def text(r: Any) -> str:
+        lines = [f"{r.name} is gone: deleted {len(r.deleted)} resources."]
+        if r.kept:
+            lines.append("  kept: " + "; ".join(r.kept))
+        if r.still_billing:
+            lines.append("  still billing: " + "; ".join(r.still_billing))
+        return "\n".join(lines)
+
+    emit(result, as_json, text)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(name: str, command: tuple[str, ...]) -> None:
+    """Open a shell on NAME, or run COMMAND (`nbcloud ssh NAME -- nvidia-smi`)."""
+    from ..ssh.session import ssh_argv
+
+    ctx = _ctx()
+    ctx.record(name)
+    argv = ssh_argv(ctx.paths.ssh_config, f"nb-{name}")
+    argv.remove("BatchMode=yes")
+    argv.remove("-o")
+    if command:
+        argv += ["--", *command]
+    os.execv(argv[0], argv)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--bootstrap", is_flag=True, help="The setup log instead of Jupyter's.")
+@click.option("--agent", is_flag=True, help="The idle-stop agent's log.")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming.")
+@click.option("--lines", "-n", type=int, default=200, show_default=True)
+def logs(name: str, bootstrap: bool, agent: bool, follow: bool, lines: int) -> None:
+    """Show the Jupyter server log of NAME (or --bootstrap, --agent)."""
+    from ..ssh.session import ssh_argv
+
+    ctx = _ctx()
+    ctx.record(name)
+    log = "bootstrap" if bootstrap else "agent" if agent else "jupyter"
+    command = f"tail -n {lines} {'-F' if follow else ''} /var/log/nbcloud/{log}.log"
+    argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), "--", command]
+    sys.exit(subprocess.call(argv))
+
+
+@click.command()
+@click.option("--orphans", "find_orphans", is_flag=True, help="List resources tagged by nbcloud that no instance owns.")
+@click.option("--fix", is_flag=True, help="With --orphans: delete them.")
+@provider_option
+@region_option
+@profile_option
+@json_option
+def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | None, profile: str | None,
+           as_json: bool) -> None:
+    """Check the setup; with --orphans find (and --fix) leftovers."""
+    from .. import ops
+
+    ctx = _ctx()
+    if not find_orphans:
+        import shutil
+
+        checks = {tool: bool(shutil.which(tool)) for tool in ("ssh", "rsync")}
+        checks["ssh_config_include"] = ctx.paths.user_ssh_config.exists() and str(ctx.paths.ssh_config) in \
+            ctx.paths.user_ssh_config.read_text()
+        emit(checks, as_json, lambda c: "\n".join(f"{'ok ' if v else 'MISSING'} {k}" for k, v in c.items()))
+        return
+    report = ops.orphans(ctx, provider, region, profile, fix=fix)
+    emit(report, as_json, lambda r: "\n".join(
+        [f"{o.kind} {o.resource_id} (name {o.name}, launch {o.launch_id})" for o in r.orphans]
+        + ([f"removed: {', '.join(r.removed)}"] if r.removed else [])) or "no orphans")
+
+
+_ = err

@@ -1,0 +1,369 @@
+"""`up`: from nothing (or a stopped instance) to a reachable Jupyter, rolling back whatever a failed launch made.
+
+Every resource is tagged with the instance name and a launch id the moment it is created, and its undo step is
+registered at once; any exception, Ctrl-C included, runs the undo steps in reverse before it propagates.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ConflictError, NbcloudError, RemoteError, UsageError
+from ..models import LAUNCH_TAG, MANAGED_TAG, NAME_TAG, ROLE_TAG, Instance, InstanceSpec, InstanceTypeInfo
+from ..providers.aws.volumes import VOLUME_NAME_TAG
+from ..providers.base import IngressRule, LaunchRequest, Provider
+from ..ssh import config as ssh_config
+from ..ssh import keys, session
+from ..state import Record
+from .context import Context, Progress, no_progress
+
+__all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
+
+DATA_DEVICE = "/dev/sdf"
+DEFAULT_DATA_GB = 50
+JUPYTER_PORT = 8888
+GATEWAY_PORT = 8889
+
+
+@dataclass(frozen=True)
+class UpResult:
+    name: str
+    instance_id: str
+    state: str
+    host: str | None
+    user: str
+    ssh_alias: str
+    provider: str
+    region: str
+    instance_type: str
+    gpus: int
+    reused: bool
+    data_volume_id: str | None = None
+    url: str | None = None
+    local_port: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    name: str
+    user_data_bytes: int
+    bootstrap: str
+
+
+class Rollback:
+    """Undo steps registered as resources are made; run in reverse on failure, shielded from a second Ctrl-C."""
+
+    def __init__(self, progress: Progress = no_progress) -> None:
+        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self._progress = progress
+        self.failures: list[str] = []
+
+    def add(self, label: str, undo: Callable[[], None]) -> None:
+        self._steps.append((label, undo))
+
+    def run(self) -> None:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            for label, undo in reversed(self._steps):
+                self._progress(f"rolling back: {label}")
+                try:
+                    undo()
+                except Exception as exc:  # keep undoing the rest; report what could not be undone
+                    self.failures.append(f"{label}: {exc}")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+_VOLUME = re.compile(r"^(?:(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<size>\d+))?|(?P<only_size>\d+))$")
+
+
+def parse_data_volume(text: str | None, instance_name: str) -> tuple[str, int] | None:
+    """'100' → (instance name, 100 GB); 'proj' → ('proj', default); 'proj:200' → ('proj', 200)."""
+    if not text:
+        return None
+    match = _VOLUME.match(text.strip())
+    if not match:
+        raise UsageError(f"invalid --data-volume {text!r}", "write SIZE (GB) or NAME[:SIZE], e.g. 100 or project:100")
+    if match.group("only_size"):
+        return instance_name, int(match.group("only_size"))
+    return match.group("name"), int(match.group("size") or DEFAULT_DATA_GB)
+
+
+def _ingress(ctx: Context, provider: Provider, spec: InstanceSpec) -> list[IngressRule]:
+    from ..providers.aws.network import normalize_cidr
+
+    cidr = normalize_cidr(spec.allow_cidr) if spec.allow_cidr else f"{provider.caller_ip()}/32"
+    rules = [IngressRule(22, cidr, "nbcloud ssh")]
+    if spec.public:
+        rules.append(IngressRule(JUPYTER_PORT, cidr, "nbcloud jupyter (public mode)"))
+    return rules
+
+
+def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPair, volume_id: str | None,
+                    hourly: float | None):
+    from ..remote.spec import BootstrapSpec
+
+    return BootstrapSpec(
+        name=spec.name, jupyter_port=JUPYTER_PORT, gateway=spec.gateway, gateway_port=GATEWAY_PORT,
+        durable_outputs=spec.durable_outputs, public=spec.public, cull_idle_minutes=spec.cull_idle_minutes,
+        idle_stop_seconds=spec.idle_stop_seconds, max_cost_usd=spec.max_cost_usd, hourly_usd=hourly,
+        python_packages=spec.python_packages, requirements=spec.requirements, data_volume_id=volume_id,
+        package_env=dict(provider.package_env), host_key_private=host_key.private_openssh,
+        host_key_public=host_key.public_openssh,
+    )
+
+
+def dry_run(ctx: Context, spec: InstanceSpec) -> DryRun:
+    """Render what `up` would send, with placeholder keys: nothing is created, no cloud call is made."""
+    from ..remote.bootstrap import render_bootstrap
+    from ..remote.userdata import render_user_data
+
+    placeholder = keys.KeyPair("<host private key, generated at launch>", "ssh-ed25519 <generated-at-launch>")
+
+    from types import SimpleNamespace
+
+    offline = SimpleNamespace(package_env={})
+    boot = _bootstrap_spec(spec, offline, placeholder,  # type: ignore[arg-type]
+                           "vol-<data>" if spec.data_volume else None, None)
+    return DryRun(spec.name, len(render_user_data(boot)), render_bootstrap(boot))
+
+
+def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, region: str | None = None,
+       profile: str | None = None, progress: Progress = no_progress, wait_jupyter: bool = True,
+       ssh_timeout: float = 300, ready_timeout: float = 900) -> UpResult:
+    with ctx.name_lock(spec.name):
+        existing = ctx.store.get(spec.name)
+        if existing is not None:
+            return _reuse(ctx, existing, spec, progress, wait_jupyter, ssh_timeout, ready_timeout)
+        provider = ctx.provider(provider_name, region, profile)
+        progress(f"checking access to {provider.name} ({provider.region})")
+        provider.check_access()
+        found = provider.find(spec.name)
+        if found is not None:
+            raise ConflictError(
+                f"an instance named {spec.name!r} ({found.instance_id}, {found.state}) exists in {provider.region} "
+                "but its keys are not on this machine",
+                "use another name, or remove it from the machine that made it (`nbcloud down`)")
+        return _launch(ctx, provider, spec, profile, progress, wait_jupyter, ssh_timeout, ready_timeout)
+
+
+def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str | None, progress: Progress,
+            wait_jupyter: bool, ssh_timeout: float, ready_timeout: float) -> UpResult:
+    from ..remote.userdata import render_user_data
+
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    itype = provider.instance_type(spec.instance_type)
+    image = provider.image(spec.image)
+    progress(f"{itype.describe()} · image {image.name or image.image_id}")
+    rules = _ingress(ctx, provider, spec)
+    volume_spec = parse_data_volume(spec.data_volume, spec.name)
+
+    launch_id = uuid.uuid4().hex[:12]
+    tags = {NAME_TAG: spec.name, LAUNCH_TAG: launch_id, MANAGED_TAG: "true", **dict(spec.tags)}
+    rollback = Rollback(progress)
+    alias = f"nb-{spec.name}"
+    try:
+        login, key_path = keys.load_or_create_login_key(ctx.paths.keys_dir, spec.name)
+        host_key = keys.load_or_create_host_key(ctx.paths.keys_dir, spec.name)
+        rollback.add("local keys", lambda: keys.remove_keys(ctx.paths.keys_dir, spec.name))
+
+        key_name = f"nbcloud-{spec.name}-{launch_id}"
+        progress("key pair")
+        provider.import_key_pair(key_name, login.public_openssh, tags | {ROLE_TAG: "key-pair"})
+        rollback.add(f"key pair {key_name}", lambda: provider.delete_key_pair(key_name))
+
+        progress(f"security group (ssh from {rules[0].cidr} only)")
+        group_id = provider.create_security_group(key_name, rules, tags | {ROLE_TAG: "security-group"})
+        instance_id: list[str] = []
+
+        def delete_group() -> None:
+            if instance_id:  # a group cannot be deleted while an instance still uses it
+                provider.wait_gone(instance_id[0], "terminated", 300)
+            provider.delete_security_group(group_id)
+
+        rollback.add(f"security group {group_id}", delete_group)
+
+        zone = spec.zone
+        volume = None
+        if volume_spec:
+            volume_name, size = volume_spec
+            volume = provider.find_volume(volume_name)
+            if volume is not None:
+                if volume.attached_to:
+                    raise ConflictError(f"data volume {volume_name!r} is attached to {volume.attached_to}",
+                                        "stop using it there first (`nbcloud down` that instance)")
+                if zone and zone != volume.zone:
+                    raise UsageError(f"data volume {volume_name!r} is in {volume.zone}, not {zone}",
+                                     "drop --zone (nbcloud launches next to the volume) or move it through a snapshot")
+                zone = volume.zone
+                progress(f"reusing data volume {volume_name} ({volume.volume_id}, {volume.size_gb} GB, {zone})")
+            else:
+                zone = zone or provider.default_zone()
+                progress(f"data volume {volume_name} ({size} GB, encrypted)")
+                volume = provider.create_volume(size, zone, tags | {ROLE_TAG: "data-volume",
+                                                                    VOLUME_NAME_TAG: volume_name})
+                made = volume
+                rollback.add(f"data volume {made.volume_id}", lambda: provider.delete_volume(made.volume_id))
+
+        hourly = _hourly(provider, spec.instance_type)
+        user_data = render_user_data(_bootstrap_spec(spec, provider, host_key,
+                                                     volume.volume_id if volume else None, hourly))
+        progress("launching instance")
+        instance = provider.run_instance(LaunchRequest(
+            name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
+            key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb, zone=zone,
+            spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
+        ))
+        instance_id.append(instance.instance_id)
+        rollback.add(f"instance {instance.instance_id}", lambda: provider.terminate(instance.instance_id))
+        ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,
+                             instance_id=instance.instance_id, launch_id=launch_id, state=instance.state,
+                             instance_type=spec.instance_type, lifecycle=instance.lifecycle,
+                             spec=_spec_json(spec)))
+        rollback.add("local record", lambda: ctx.store.delete(spec.name))
+
+        progress(f"waiting for {instance.instance_id} to run")
+        instance = provider.wait_running(instance.instance_id, timeout=600)
+        ctx.store.record_state(spec.name, instance.instance_id, "running")
+        timings["running"] = time.monotonic() - t0
+        if volume is not None:
+            progress(f"attaching {volume.volume_id}")
+            provider.attach_volume(volume.volume_id, instance.instance_id, DATA_DEVICE)
+            attached = volume
+
+            def detach() -> None:
+                provider.terminate(instance.instance_id)
+                provider.wait_gone(instance.instance_id, "terminated", 300)
+
+            rollback.add(f"detach {attached.volume_id}", detach)
+
+        _write_access(ctx, instance, key_path, host_key)
+        rollback.add("ssh config entry", lambda: _remove_access(ctx, spec.name))
+        ctx.store.update(spec.name, state=instance.state, host=instance.host)
+
+        progress(f"waiting for ssh {alias} ({instance.host})")
+        session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout)
+        timings["ssh"] = time.monotonic() - t0
+        _install_secrets(ctx, spec.name, spec)
+        if wait_jupyter:
+            progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
+            wait_ready(ctx, spec.name, ready_timeout, progress)
+            timings["jupyter"] = time.monotonic() - t0
+    except BaseException as exc:
+        rollback.run()
+        if rollback.failures and isinstance(exc, NbcloudError):
+            exc.hint = (exc.hint + "; " if exc.hint else "") + (
+                f"some resources could not be removed ({'; '.join(rollback.failures)}): "
+                f"`nbcloud doctor --orphans --fix` removes them")
+        raise
+    return _result(instance, itype, reused=False, volume_id=volume.volume_id if volume else None, seconds=timings)
+
+
+def _spec_json(spec: InstanceSpec) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return asdict(spec)
+
+
+def _hourly(provider: Provider, instance_type: str) -> float | None:
+    try:
+        from ..pricing import load_prices
+
+        return load_prices().hourly(instance_type, provider.region)
+    except Exception:  # a price is information, never a reason to fail a launch
+        return None
+
+
+def _write_access(ctx: Context, instance: Instance, key_path, host_key: keys.KeyPair) -> None:
+    alias = f"nb-{instance.name}"
+    ssh_config.pin_host_key(ctx.paths, alias, host_key.public_blob)
+    ssh_config.write_entry(ctx.paths, ssh_config.SshEntry(alias=alias, host=instance.host or "", user=instance.user,
+                                                          identity_file=key_path, known_hosts=ctx.paths.known_hosts))
+    ssh_config.ensure_include(ctx.paths)
+
+
+def _remove_access(ctx: Context, name: str) -> None:
+    ssh_config.remove_entry(ctx.paths, f"nb-{name}")
+    ssh_config.unpin_host_key(ctx.paths, f"nb-{name}")
+
+
+def token_path(ctx: Context, name: str):
+    return ctx.paths.secrets_dir / f"{name}.token"
+
+
+def _install_secrets(ctx: Context, name: str, spec: InstanceSpec) -> None:
+    from ..config import write_private
+    from ..remote import secrets
+
+    path = token_path(ctx, name)
+    if not path.exists():
+        write_private(path, secrets.new_token())
+    token = path.read_text().strip()
+    script, stdin = secrets.install_secrets_script(token=token, idle_stop_seconds=spec.idle_stop_seconds,
+                                                   max_cost_usd=spec.max_cost_usd,
+                                                   hourly_usd=_hourly_from_store(ctx, name))
+    session.run(ctx.paths.ssh_config, f"nb-{name}", script, input=stdin, timeout=60)
+
+
+def _hourly_from_store(ctx: Context, name: str) -> float | None:
+    record = ctx.store.get(name)
+    if record is None or not record.instance_type:
+        return None
+    try:
+        from ..pricing import load_prices
+
+        return load_prices().hourly(record.instance_type, record.region)
+    except Exception:
+        return None
+
+
+def wait_ready(ctx: Context, name: str, timeout: float, progress: Progress = no_progress) -> None:
+    from ..remote.ready import wait_ready_script
+
+    result = session.run(ctx.paths.ssh_config, f"nb-{name}", wait_ready_script(JUPYTER_PORT, timeout),
+                         timeout=timeout + 30, check=False)
+    if result.returncode != 0:
+        tail = " | ".join(line.strip() for line in result.stdout.strip().splitlines()[-3:])
+        raise RemoteError(f"Jupyter did not come up on {name}: {tail or result.stderr.strip() or 'no output'}",
+                          f"`nbcloud logs {name} --bootstrap` shows the setup log")
+
+
+def _result(instance: Instance, itype: InstanceTypeInfo | None, *, reused: bool, volume_id: str | None = None,
+            seconds: dict[str, float] | None = None) -> UpResult:
+    return UpResult(name=instance.name, instance_id=instance.instance_id, state=instance.state, host=instance.host,
+                    user=instance.user, ssh_alias=instance.ssh_alias, provider=instance.provider,
+                    region=instance.region, instance_type=instance.instance_type, gpus=itype.gpus if itype else 0,
+                    reused=reused, data_volume_id=volume_id, seconds=seconds or {})
+
+
+def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress, wait_jupyter: bool,
+           ssh_timeout: float, ready_timeout: float) -> UpResult:
+    from .lifecycle import start_instance
+
+    provider = ctx.provider_for(record)
+    instance = provider.find(record.name)
+    if instance is None or (instance.instance_id != record.instance_id and instance.state == "terminated"):
+        raise ConflictError(
+            f"instance {record.name!r} ({record.instance_id}) was terminated outside nbcloud",
+            f"run `nbcloud down {record.name}` to clean up what is left, then `nbcloud up {record.name}` again")
+    progress(f"{record.name} exists ({instance.state}): reusing it")
+    if instance.state != "running":
+        instance = start_instance(ctx, record.name, progress=progress, wait_jupyter=False)
+    session.wait_ssh(ctx.paths.ssh_config, instance.ssh_alias, timeout=ssh_timeout)
+    if wait_jupyter:
+        wait_ready(ctx, record.name, ready_timeout, progress)
+    return _result(instance, None, reused=True)

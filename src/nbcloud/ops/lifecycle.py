@@ -1,0 +1,329 @@
+"""status, start, stop, down, list and the orphan scan: tags in the cloud are the truth, the store a cache."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import ConflictError, NbcloudError, NotFoundError
+from ..models import ROLE_TAG, Instance, InstanceSpec
+from ..providers.aws.volumes import VOLUME_NAME_TAG
+from ..providers.base import Provider, TaggedResource
+from ..ssh import config as ssh_config
+from ..ssh import keys, session
+from ..state import Record
+from .context import Context, Progress, no_progress
+
+__all__ = ["DownResult", "InstanceView", "down", "orphans", "refresh", "start_instance", "status", "stop_instance"]
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """One row of `status`: the cloud's view, the tunnel, and what it costs."""
+
+    name: str
+    instance_id: str | None
+    state: str
+    instance_type: str | None
+    region: str
+    provider: str
+    host: str | None
+    user: str = "ubuntu"
+    lifecycle: str = "on-demand"
+    zone: str | None = None
+    gpus: int | None = None
+    uptime_seconds: float | None = None
+    tunnel: str = "down"
+    tunnel_since: str | None = None
+    local_port: int | None = None
+    hourly_usd: float | None = None
+    accrued_usd: float | None = None
+    budget_usd: float | None = None
+    budget_remaining_usd: float | None = None
+    volumes_monthly_usd: float | None = None
+    idle_seconds: float | None = None
+    idle_stop_seconds: int | None = None
+    spot_notice: str | None = None
+    managed_here: bool = True
+
+
+@dataclass(frozen=True)
+class StopResult:
+    name: str
+    instance_id: str
+    state: str
+    still_billing: list[str] = field(default_factory=list)
+    monthly_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class DownResult:
+    name: str
+    deleted: list[str]
+    kept: list[str]
+    still_billing: list[str] = field(default_factory=list)
+
+
+def _spec(record: Record) -> InstanceSpec:
+    data = dict(record.spec or {})
+    data["tags"] = tuple(tuple(t) for t in data.get("tags", ()))
+    data["python_packages"] = tuple(data.get("python_packages", ()))
+    known = InstanceSpec.__dataclass_fields__
+    return InstanceSpec(**{k: v for k, v in data.items() if k in known}) if data else InstanceSpec(name=record.name)
+
+
+def _sync_record(ctx: Context, record: Record, instance: Instance | None) -> None:
+    if instance is None:
+        if record.state != "gone":
+            ctx.store.update(record.name, state="gone")
+            if record.instance_id:
+                ctx.store.record_state(record.name, record.instance_id, "terminated")
+        return
+    ctx.store.record_state(record.name, instance.instance_id, instance.state)
+    if instance.host and instance.host != record.host:
+        _rewrite_host(ctx, record.name, instance.host, record.user)
+    ctx.store.update(record.name, state=instance.state, host=instance.host or record.host,
+                     instance_id=instance.instance_id, lifecycle=instance.lifecycle)
+
+
+def _rewrite_host(ctx: Context, name: str, host: str, user: str) -> None:
+    key_path = ctx.paths.keys_dir / name
+    ssh_config.write_entry(ctx.paths, ssh_config.SshEntry(alias=f"nb-{name}", host=host, user=user,
+                                                          identity_file=key_path, known_hosts=ctx.paths.known_hosts))
+
+
+def refresh(ctx: Context, name: str, repin: bool = True) -> Instance | None:
+    """Ask the cloud about one instance; rewrite its ssh HostName and re-pin its SG to the caller if needed."""
+    record = ctx.record(name)
+    provider = ctx.provider_for(record)
+    instance = provider.find(name)
+    _sync_record(ctx, record, instance)
+    if repin and instance is not None and instance.state == "running" and instance.security_group_id:
+        _repin(ctx, provider, record, instance)
+    return instance
+
+
+def _repin(ctx: Context, provider: Provider, record: Record, instance: Instance) -> bool:
+    from .launch import _ingress
+
+    spec = _spec(record)
+    if spec.allow_cidr:
+        return False
+    return provider.set_ingress(instance.security_group_id or "", _ingress(ctx, provider, spec))
+
+
+def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wait_jupyter: bool = True) -> Instance:
+    from .launch import wait_ready
+
+    record = ctx.record(name)
+    provider = ctx.provider_for(record)
+    instance = provider.find(name)
+    if instance is None:
+        raise NotFoundError(f"instance {name!r} no longer exists in {record.region}",
+                            f"`nbcloud down {name}` cleans up; `nbcloud up {name}` makes a new one")
+    if instance.state == "stopping":
+        progress("waiting for the previous stop to finish")
+        provider.wait_gone(instance.instance_id, "stopped", 600)
+    if instance.state != "running":
+        progress(f"starting {instance.instance_id}")
+        provider.start(instance.instance_id)
+    instance = provider.wait_running(instance.instance_id, timeout=600)
+    _sync_record(ctx, record, instance)
+    _repin(ctx, provider, record, instance)
+    progress(f"waiting for ssh nb-{name} ({instance.host})")
+    session.wait_ssh(ctx.paths.ssh_config, f"nb-{name}", timeout=300)
+    if wait_jupyter:
+        wait_ready(ctx, name, 600, progress)
+    return instance
+
+
+def _volumes_of(provider: Provider, name: str) -> list[Any]:
+    return [v for v in provider.list_volumes() if v.tags.get("nbcloud:name") == name]
+
+
+def _volume_bill(provider: Provider, volumes: list[Any]) -> tuple[list[str], float | None]:
+    try:
+        from ..cost import format_usd, idle_volume_monthly
+        from ..pricing import load_prices
+
+        table = load_prices()
+        lines = [f"{v.volume_id} ({v.size_gb} GB, {format_usd(table.ebs_monthly(v.size_gb, provider.region))}/month)"
+                 for v in volumes]
+        return lines, idle_volume_monthly(volumes, table, provider.region)
+    except ImportError:
+        return [f"{v.volume_id} ({v.size_gb} GB)" for v in volumes], None
+
+
+def stop_instance(ctx: Context, name: str, progress: Progress = no_progress, wait: bool = True) -> StopResult:
+    record = ctx.record(name)
+    provider = ctx.provider_for(record)
+    instance = provider.find(name)
+    if instance is None:
+        raise NotFoundError(f"instance {name!r} no longer exists", f"`nbcloud down {name}` cleans up")
+    if instance.lifecycle == "spot":
+        raise ConflictError(f"{name} is a spot instance, which cannot be stopped and started",
+                            f"`nbcloud down {name}` (your data volume is kept) and `nbcloud up {name}` later")
+    if instance.state not in {"stopped", "stopping"}:
+        progress(f"stopping {instance.instance_id}")
+        provider.stop(instance.instance_id)
+    _stop_tunnel(ctx, name)
+    if wait:
+        provider.wait_gone(instance.instance_id, "stopped", 600)
+    ctx.store.record_state(name, instance.instance_id, "stopped")
+    ctx.store.update(name, state="stopped")
+    # Root disk plus data volumes keep billing while stopped: say so.
+    root = [v for v in instance.volume_ids]
+    volumes = [v for v in _volumes_of(provider, name) if v.volume_id in root or v.tags.get(VOLUME_NAME_TAG)]
+    billing, monthly = _volume_bill(provider, volumes)
+    return StopResult(name, instance.instance_id, "stopped", billing, monthly)
+
+
+def _stop_tunnel(ctx: Context, name: str) -> None:
+    try:
+        from ..ssh.tunnel import stop_supervisor
+    except ImportError:
+        return
+    stop_supervisor(name)
+
+
+def down(ctx: Context, name: str, *, delete_data: bool = False, progress: Progress = no_progress) -> DownResult:
+    """Terminate and delete everything tagged for ``name`` (its data volumes only with ``delete_data``)."""
+    with ctx.name_lock(name):
+        record = ctx.record(name)
+        provider = ctx.provider_for(record)
+        _stop_tunnel(ctx, name)
+        resources = provider.tagged_resources(name)
+        deleted, kept = [], []
+        instances = [r for r in resources if r.kind == "instance"]
+        for resource in instances:
+            progress(f"terminating {resource.resource_id}")
+            provider.terminate(resource.resource_id)
+        for resource in instances:
+            provider.wait_gone(resource.resource_id, "terminated", 600)
+            deleted.append(f"instance {resource.resource_id}")
+        if record.instance_id:
+            ctx.store.record_state(name, record.instance_id, "terminated")
+        data_volumes = {v.volume_id: v for v in provider.list_volumes() if v.tags.get("nbcloud:name") == name}
+        for resource in (r for r in resources if r.kind != "instance"):
+            if resource.kind == "volume" and resource.resource_id in data_volumes and not delete_data:
+                kept.append(f"data volume {resource.resource_id}")
+                continue
+            progress(f"deleting {resource.kind} {resource.resource_id}")
+            try:
+                provider.delete_resource(resource)
+                deleted.append(f"{resource.kind} {resource.resource_id}")
+            except NbcloudError as exc:
+                kept.append(f"{resource.kind} {resource.resource_id} (could not delete: {exc.message})")
+        _forget_locally(ctx, name)
+        billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
+                                             if v.startswith("data volume")])
+        return DownResult(name, deleted, kept, billing)
+
+
+def _forget_locally(ctx: Context, name: str) -> None:
+    ssh_config.remove_entry(ctx.paths, f"nb-{name}")
+    ssh_config.unpin_host_key(ctx.paths, f"nb-{name}")
+    keys.remove_keys(ctx.paths.keys_dir, name)
+    (ctx.paths.secrets_dir / f"{name}.token").unlink(missing_ok=True)
+    ctx.store.delete(name)
+
+
+def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> list[InstanceView]:
+    """One paginated DescribeInstances per (provider, region) the store knows; tunnels and cost merged in."""
+    records = [ctx.record(name)] if name else ctx.store.all()
+    groups: dict[tuple[str, str, str | None], list[Record]] = defaultdict(list)
+    for record in records:
+        groups[(record.provider, record.region, record.profile)].append(record)
+    views: list[InstanceView] = []
+    for (provider_name, region, profile), members in groups.items():
+        provider = ctx.provider(provider_name, region, profile)
+        live = {i.name: i for i in provider.list_instances()}
+        for record in members:
+            instance = live.get(record.name)
+            _sync_record(ctx, record, instance)
+            views.append(_view(ctx, ctx.store.get(record.name) or record, instance))
+    if with_agent:
+        views = _with_agent_state(ctx, views)
+    return sorted(views, key=lambda v: v.name)
+
+
+def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceView:
+    from .costs import cost_fields
+    from .tunnels import tunnel_fields
+
+    now = datetime.now(UTC)
+    spec = _spec(record)
+    uptime = None
+    if instance is not None and instance.state == "running" and instance.launched_at:
+        uptime = (now - instance.launched_at.astimezone(UTC)).total_seconds()
+    return InstanceView(
+        name=record.name, instance_id=instance.instance_id if instance else record.instance_id,
+        state=instance.state if instance else "gone", instance_type=record.instance_type, region=record.region,
+        provider=record.provider, host=instance.host if instance else None, user=record.user,
+        lifecycle=instance.lifecycle if instance else record.lifecycle, zone=instance.zone if instance else None,
+        uptime_seconds=uptime, idle_stop_seconds=spec.idle_stop_seconds,
+        **tunnel_fields(ctx, record), **cost_fields(ctx, record, spec, now),
+    )
+
+
+def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceView]:
+    """Read each running instance's agent state over ssh, in parallel, with a short timeout."""
+    from dataclasses import replace
+
+    running = [v for v in views if v.state == "running"]
+    if not running:
+        return views
+
+    def fetch(view: InstanceView) -> dict[str, Any]:
+        try:
+            result = session.run(ctx.paths.ssh_config, f"nb-{view.name}",
+                                 "cat /var/lib/nbcloud/agent-state.json 2>/dev/null || echo '{}'", timeout=8,
+                                 check=False, connect_timeout=3)
+            return json.loads(result.stdout or "{}") if result.returncode == 0 else {}
+        except (NbcloudError, ValueError):
+            return {}
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        states = dict(zip([v.name for v in running], pool.map(fetch, running), strict=True))
+    out = []
+    for view in views:
+        state = states.get(view.name) or {}
+        idle = state.get("idle_seconds")
+        notice = state.get("spot_notice")
+        out.append(replace(view, idle_seconds=float(idle) if idle is not None else None,
+                           spot_notice=json.dumps(notice) if isinstance(notice, dict) else notice))
+    return out
+
+
+def list_managed(ctx: Context, provider_name: str | None, region: str | None, profile: str | None) -> list[Instance]:
+    return ctx.provider(provider_name, region, profile).list_instances()
+
+
+@dataclass(frozen=True)
+class OrphanReport:
+    orphans: list[TaggedResource]
+    removed: list[str]
+
+
+def orphans(ctx: Context, provider_name: str | None, region: str | None, profile: str | None,
+            fix: bool = False) -> OrphanReport:
+    """Anything tagged by nbcloud that no live instance owns. Named data volumes are kept on purpose: not orphans."""
+    provider = ctx.provider(provider_name, region, profile)
+    resources = provider.tagged_resources()
+    live_launches = {r.launch_id for r in resources if r.kind == "instance"}
+    data_volumes = {v.volume_id for v in provider.list_volumes() if v.tags.get(VOLUME_NAME_TAG)}
+    found = [r for r in resources if r.kind != "instance" and r.launch_id not in live_launches
+             and r.resource_id not in data_volumes]
+    removed = []
+    if fix:
+        for resource in found:
+            provider.delete_resource(resource)
+            removed.append(f"{resource.kind} {resource.resource_id}")
+    return OrphanReport(found, removed)
+
+
+_ = ROLE_TAG

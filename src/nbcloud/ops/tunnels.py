@@ -1,0 +1,172 @@
+"""connect, disconnect, sync: the user's side of the link, through the self-healing tunnel."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConflictError, RemoteError, UsageError
+from ..state import Record
+from .context import Context, Progress, no_progress
+
+__all__ = ["ConnectResult", "connect", "disconnect", "sync", "tunnel_fields", "tunnel_resolver"]
+
+DEFAULT_LOCAL_PORT = 8888
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    name: str
+    url: str
+    local_port: int
+    tunnel: str
+    token_file: str
+    gateway_url: str | None = None
+    gateway_local_port: int | None = None
+    gateway_token: str | None = None
+    browser_opened: bool = False
+
+
+def tunnel_fields(ctx: Context, record: Record) -> dict[str, Any]:
+    from ..ssh.tunnel import read_state
+
+    state = read_state(record.name)
+    return {
+        "tunnel": state.state if state else "down",
+        "tunnel_since": state.since if state else None,
+        "local_port": record.local_port,
+    }
+
+
+def tunnel_resolver(name: str) -> Callable[[], Any]:
+    """The supervisor's window on the cloud: state and (new) address, with the ssh entry and SG kept current."""
+    from ..ssh.tunnel import ResolveResult
+    from .lifecycle import refresh
+
+    ctx = Context.create()
+
+    def resolve() -> ResolveResult:
+        try:
+            instance = refresh(ctx, name)
+        except Exception:  # the cloud API unreachable is not the instance gone: keep trying
+            return ResolveResult(state="unknown", host=None)
+        if instance is None:
+            return ResolveResult(state="gone", host=None)
+        return ResolveResult(state=instance.state, host=instance.host)
+
+    return resolve
+
+
+def _choose_port(ctx: Context, record: Record, wanted: int | None, field: str, default: int) -> int:
+    from ..ssh.tunnel import port_is_free
+
+    remembered = getattr(record, field)
+    if wanted is not None:
+        if not port_is_free(wanted) and wanted != remembered:
+            raise UsageError(f"local port {wanted} is in use by another program", "pick another with --port P")
+        return wanted
+    if remembered:
+        return remembered
+    taken = ctx.store.ports_in_use()
+    port = default
+    while port in taken or not port_is_free(port):
+        port += 1
+    return port
+
+
+def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: bool = True,
+            progress: Progress = no_progress, timeout: float = 60) -> ConnectResult:
+    from ..ssh.tunnel import Forward, read_state, start_supervisor, stop_supervisor, wait_until_up
+    from .launch import GATEWAY_PORT, JUPYTER_PORT, token_path
+    from .lifecycle import _spec, refresh
+
+    record = ctx.record(name)
+    instance = refresh(ctx, name)
+    if instance is None:
+        raise ConflictError(f"instance {name!r} no longer exists", f"`nbcloud up {name}` makes a new one")
+    if instance.state != "running":
+        raise ConflictError(f"instance {name!r} is {instance.state}", f"start it with `nbcloud start {name}`")
+    spec = _spec(record)
+    current = read_state(name)
+    if port is not None and current is not None and current.state != "down" and record.local_port != port:
+        stop_supervisor(name)
+    local_port = _choose_port(ctx, record, port, "local_port", DEFAULT_LOCAL_PORT)
+    forwards = [Forward(local_port, JUPYTER_PORT, "jupyter")]
+    gateway_port = None
+    if spec.gateway:
+        gateway_port = _choose_port(ctx, record, None, "gateway_local_port", local_port + 1000)
+        forwards.append(Forward(gateway_port, GATEWAY_PORT, "gateway"))
+    ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
+    progress(f"tunnel 127.0.0.1:{local_port} → {name}:{JUPYTER_PORT}")
+    start_supervisor(name, forwards)
+    state = wait_until_up(name, timeout)
+    token = token_path(ctx, name).read_text().strip()
+    url = f"http://127.0.0.1:{local_port}/lab?token={token}"
+    opened = open_browser and _open_browser(url)
+    gateway_url = f"http://127.0.0.1:{gateway_port}" if gateway_port else None
+    gateway_token = _gateway_token(ctx, name) if gateway_port else None
+    return ConnectResult(name=name, url=url, local_port=local_port, tunnel=state.state,
+                         token_file=str(token_path(ctx, name)), gateway_url=gateway_url,
+                         gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened)
+
+
+def _gateway_token(ctx: Context, name: str) -> str | None:
+    path = ctx.paths.secrets_dir / f"{name}.gateway-token"
+    return path.read_text().strip() if path.exists() else None
+
+
+def _open_browser(url: str) -> bool:
+    import webbrowser
+
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return bool(browser.open(url))
+
+
+def disconnect(ctx: Context, name: str) -> dict[str, str]:
+    from ..ssh.tunnel import stop_supervisor
+
+    ctx.record(name)
+    stop_supervisor(name)
+    return {"name": name, "tunnel": "down"}
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    name: str
+    local: str
+    remote: str
+    direction: str
+
+
+def sync(ctx: Context, name: str, path: Path, *, pull: bool = False, remote: str | None = None,
+         delete: bool = False) -> SyncResult:
+    """rsync over the instance's ssh entry; `.gitignore` rules are honoured (rsync's dir-merge filter)."""
+    rsync = shutil.which("rsync")
+    if not rsync:
+        raise UsageError("rsync is not installed",
+                         "install it (Debian/Ubuntu: apt install rsync; macOS: brew install rsync)")
+    ctx.record(name)
+    local = path.expanduser().resolve()
+    if not pull and not local.is_dir():
+        raise UsageError(f"{path} is not a folder", "pass the folder to push, e.g. `nbcloud sync NAME .`")
+    target = remote or f"~/{local.name}"
+    ssh = f"ssh -F {ctx.paths.ssh_config} -o BatchMode=yes"
+    argv = [rsync, "-az", "--filter=:- .gitignore", "--exclude=.git/", "-e", ssh]
+    if delete:
+        argv.append("--delete")
+    endpoint = f"nb-{name}:{target.rstrip('/')}/"
+    argv += [endpoint, f"{local}/"] if pull else [f"{local}/", endpoint]
+    if pull:
+        local.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RemoteError(f"rsync failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}",
+                          f"check `ssh nb-{name}` works; `nbcloud status {name}`")
+    return SyncResult(name, str(local), target, "pull" if pull else "push")

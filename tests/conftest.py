@@ -1,0 +1,34 @@
+"""Shared test set-up: every test gets a private NBCLOUD_HOME; the sandbox plugin brings the emulated cloud."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+pytest_plugins = ["tests.sandbox_fixtures"] if (ROOT / "tests" / "sandbox_fixtures.py").exists() else []
+
+ARTIFACTS = ROOT / "artifacts"
+
+
+@pytest.fixture
+def nbcloud_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private world: state, keys, ssh config and the user's ~/.ssh/config all under tmp_path."""
+    home = tmp_path / "nbhome"
+    monkeypatch.setenv("NBCLOUD_HOME", str(home))
+    monkeypatch.setenv("NBCLOUD_USER_SSH_CONFIG", str(tmp_path / "dot-ssh" / "config"))
+    monkeypatch.setenv("NBCLOUD_QUIET", "1")
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    os.environ.setdefault("NBCLOUD_QUIET", "1")

@@ -1,0 +1,73 @@
+"""The CLI shell: cheap --help, one-line errors with exit 2, JSON errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def nb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nbcloud.cli.app", *args], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_help_imports_no_cloud_or_jupyter_library() -> None:
+    code = ("import sys; from nbcloud.cli.app import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('boto3', 'botocore', 'moto', 'asyncssh', 'jupyter_server', 'jupyter_client', 'rich')"
+            " if m in sys.modules]\nprint('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "HEAVY []" in out, out
+
+
+def test_every_listed_command_loads() -> None:
+    import click
+
+    from nbcloud.cli.app import COMMANDS, SHORT_HELP, cli
+
+    ctx = click.Context(cli)
+    for name in SHORT_HELP:
+        assert name in COMMANDS
+        command = cli.get_command(ctx, name)
+        assert command is not None, name
+        assert command.name == name
+
+
+@pytest.mark.parametrize("argv", [["up", "Bad_Name"], ["status", "--bogus"], ["up", "x", "--disk", "2"],
+                                  ["up", "x", "--idle-stop", "soon"]])
+def test_bad_input_is_one_line_exit_2(argv: list[str], nbcloud_home) -> None:
+    done = nb(*argv)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_json_error_document(nbcloud_home) -> None:
+    done = nb("up", "Bad_Name", "--json")
+    assert done.returncode == 2
+    doc = json.loads(done.stdout)
+    assert set(doc["error"]) == {"type", "message", "hint"}
+    assert doc["error"]["type"] == "UsageError"
+
+
+def test_no_credentials_is_one_line(nbcloud_home, tmp_path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+               NBCLOUD_HOME=os.environ["NBCLOUD_HOME"])
+    done = nb("up", "demo", "--no-connect", env=env)
+    assert done.returncode == 2, done
+    assert "credentials" in done.stderr and "--provider sandbox" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_region_is_one_line(nbcloud_home) -> None:
+    done = nb("up", "demo", "--region", "us-esat-1", "--no-connect")
+    assert done.returncode == 2
+    assert "unknown AWS region 'us-esat-1'" in done.stderr and "did you mean" in done.stderr
