@@ -1,0 +1,111 @@
+"""`nbcloud sandbox ...`: run the emulated EC2 on this machine (root, network namespaces, real sshd)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .output import emit, json_option, progress, table
+
+__all__ = ["sandbox"]
+
+_dir_option = click.option(
+    "--dir", "sandbox_dir", type=click.Path(path_type=Path), default=None, envvar="NBCLOUD_SANDBOX_DIR",
+    help="Sandbox directory (default: $NBCLOUD_HOME/sandbox).",
+)
+
+
+@click.group()
+def sandbox() -> None:
+    """Run the emulated cloud on this machine (no AWS account needed)."""
+
+
+def _info_text(info: Any) -> str:
+    return "\n".join([
+        f"sandbox running ({info.mode}) in {info.sandbox_dir}",
+        f"  endpoint_url  {info.endpoint_url}   region {info.region}",
+        f"  control_url   {info.control_url}",
+        f"  subnet        {info.subnet}   caller_ip {info.caller_ip}",
+    ])
+
+
+@sandbox.command()
+@_dir_option
+@json_option
+def start(sandbox_dir: Path | None, as_json: bool) -> None:
+    """Start the sandbox daemon (idempotent) and wait until it is ready."""
+    from ..providers.sandbox import client
+
+    with progress("Starting the sandbox", as_json) as update:
+        info = client.start(sandbox_dir, progress=update)
+    emit(info, as_json, _info_text)
+
+
+def _status_text(result: dict[str, Any]) -> str:
+    if not result["running"]:
+        return f"sandbox not running ({result['sandbox_dir']})"
+    head = (f"sandbox running ({result['mode']}), pid {result['pid']}, subnet {result['subnet']}\n"
+            f"  endpoint_url {result['endpoint_url']}")
+    rows = [{**r, "pids": len(r["pids"])} for r in result["instances"]]
+    body = table(rows, ["instance_id", "state", "address", "namespace", "pids", "link", "boots"])
+    return head + ("\n" + body if body else "\n  no instances")
+
+
+@sandbox.command()
+@_dir_option
+@json_option
+def status(sandbox_dir: Path | None, as_json: bool) -> None:
+    """Show whether the sandbox runs, its mode and its instances (namespace, address, processes)."""
+    from ..providers.sandbox import client
+
+    emit(client.status(sandbox_dir), as_json, _status_text)
+
+
+def _reset_text(result: dict[str, Any]) -> str:
+    removed = result.get("removed") or {}
+    parts = [f"{len(removed.get('namespaces', []))} namespace(s)", f"{len(removed.get('links', []))} link(s)"]
+    daemon = "stopped the daemon" if result["stopped_daemon"] else "no daemon was running"
+    return f"sandbox reset: {daemon}; removed {', '.join(parts)} and the instances' disks"
+
+
+@sandbox.command()
+@_dir_option
+@json_option
+def reset(sandbox_dir: Path | None, as_json: bool) -> None:
+    """Stop the daemon and remove every instance, namespace, link, route and disk the sandbox made."""
+    from ..providers.sandbox import client
+
+    with progress("Resetting the sandbox", as_json):
+        result = client.reset(sandbox_dir)
+    emit(result, as_json, _reset_text)
+
+
+@sandbox.command()
+@click.argument("instance_id")
+@click.argument("kind", type=click.Choice(["link-down", "link-up", "reboot", "spot-notice"]))
+@click.option("--seconds", type=float, default=120.0, show_default=True,
+              help="spot-notice: seconds until the instance is reclaimed.")
+@_dir_option
+@json_option
+def fault(instance_id: str, kind: str, seconds: float, sandbox_dir: Path | None, as_json: bool) -> None:
+    """Inject a fault into a running instance: cut or heal its link, reboot it, announce a spot reclaim."""
+    from ..providers.sandbox import client
+
+    result = client.fault(instance_id, kind, sandbox_dir, seconds=seconds)
+    emit(result, as_json, lambda r: f"{r['instance_id']}: {r['fault']}" + (f" at {r['time']}" if "time" in r else ""))
+
+
+@sandbox.command("fault-api")
+@click.argument("operation")
+@click.argument("error_code")
+@click.option("--count", type=int, default=1, show_default=True, help="How many calls fail.")
+@_dir_option
+@json_option
+def fault_api(operation: str, error_code: str, count: int, sandbox_dir: Path | None, as_json: bool) -> None:
+    """Make the next COUNT calls of an API operation (e.g. RunInstances) fail with an AWS error code."""
+    from ..providers.sandbox import client
+
+    result = client.fault_api(operation, error_code, count, sandbox_dir)
+    emit(result, as_json, lambda r: f"the next {r['count']} {r['operation']} call(s) fail with {r['code']}")

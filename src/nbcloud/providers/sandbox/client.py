@@ -1,0 +1,262 @@
+"""The sandbox as a library: start (idempotent), load_info (cheap), status, reset, faults.
+
+Used by the CLI (``nbcloud sandbox ...``), the tests' fixtures and the aws provider when it runs on the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...config import ensure_private_dir, paths
+from ...errors import NotFoundError, SandboxError, UsageError
+from .wheelhouse import ensure_uv_cache, ensure_wheelhouse
+
+__all__ = [
+    "DEFAULT_SUBNET",
+    "FAULT_KINDS",
+    "SandboxInfo",
+    "default_dir",
+    "fault",
+    "fault_api",
+    "load_info",
+    "reset",
+    "start",
+    "status",
+]
+
+DEFAULT_SUBNET = "10.200.0.0/16"
+FAULT_KINDS = ("link-down", "link-up", "reboot", "spot-notice")
+SRC_DIR = str(Path(__file__).resolve().parents[3])
+INSIDE = "/mnt/nbcloud-sandbox"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    endpoint_url: str
+    region: str
+    control_url: str
+    caller_ip: str
+    subnet: str
+    mode: str
+    sandbox_dir: Path
+    bootstrap_env: dict[str, str] = field(default_factory=dict)
+    pid: int = 0
+    prefix: str = ""
+
+    @property
+    def checkip_url(self) -> str:
+        return f"{self.control_url}/checkip"
+
+
+def default_dir() -> Path:
+    return paths().sandbox_dir
+
+
+def _bootstrap_env() -> dict[str, str]:
+    return {
+        "NBCLOUD_UV": f"{INSIDE}/bin/uv",
+        "NBCLOUD_PYTHON": "/usr/bin/python3",
+        "NBCLOUD_FIND_LINKS": f"{INSIDE}/wheelhouse",
+        "NBCLOUD_NO_INDEX": "1",
+        "UV_CACHE_DIR": f"{INSIDE}/uv-cache",
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"nbcloud.providers.sandbox.daemon" in fh.read()
+    except OSError:
+        return False
+
+
+def load_info(sandbox_dir: Path | None = None) -> SandboxInfo | None:
+    """The running sandbox's facts from ``sandbox.json``, or None when no daemon is alive there."""
+    directory = Path(sandbox_dir or default_dir())
+    try:
+        raw = json.loads((directory / "sandbox.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not _alive(int(raw.get("pid", 0))):
+        return None
+    return SandboxInfo(
+        endpoint_url=raw["endpoint_url"], region=raw["region"], control_url=raw["control_url"],
+        caller_ip=raw["caller_ip"], subnet=raw["subnet"], mode=raw["mode"], sandbox_dir=directory,
+        bootstrap_env=_bootstrap_env(), pid=int(raw["pid"]), prefix=raw.get("prefix", ""),
+    )
+
+
+def _request(info: SandboxInfo, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 30.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(info.control_url + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:
+            message = str(exc)
+        if exc.code == 404:
+            raise NotFoundError(message, "`nbcloud sandbox status` lists the sandbox's instances") from exc
+        raise SandboxError(message) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise SandboxError(f"the sandbox daemon at {info.control_url} does not answer: {exc}") from exc
+
+
+def _check_requirements() -> None:
+    if os.geteuid() != 0:
+        raise SandboxError(
+            "the sandbox needs root (it makes network namespaces, veth links and routes)",
+            "run it as root (e.g. `sudo nbcloud sandbox start`)",
+        )
+    missing = [tool for tool in ("ip", "nft", "unshare", "ssh-keygen") if shutil.which(tool) is None]
+    if not os.path.exists("/usr/sbin/sshd"):
+        missing.append("/usr/sbin/sshd")
+    if missing:
+        raise SandboxError(
+            f"the sandbox needs {', '.join(missing)}",
+            "install them: `apt-get install -y openssh-server iproute2 nftables util-linux sudo`",
+        )
+
+
+def _subnet() -> str:
+    import ipaddress
+
+    subnet = os.environ.get("NBCLOUD_SANDBOX_SUBNET") or DEFAULT_SUBNET
+    try:
+        net = ipaddress.ip_network(subnet, strict=False)
+    except ValueError as exc:
+        raise UsageError(f"NBCLOUD_SANDBOX_SUBNET={subnet} is not a network", "e.g. 10.200.0.0/16") from exc
+    if net.version != 4 or net.prefixlen > 28 or not net.is_private:
+        raise UsageError(f"NBCLOUD_SANDBOX_SUBNET={subnet} must be a private IPv4 network, /28 or larger",
+                         "e.g. 10.200.0.0/16")
+    return str(net)
+
+
+def start(sandbox_dir: Path | None = None, progress: Progress | None = None, timeout: float = 60.0) -> SandboxInfo:
+    """Start the sandbox daemon unless one is running in ``sandbox_dir``; wait until it answers."""
+    say = progress or (lambda _msg: None)
+    directory = Path(sandbox_dir or default_dir()).resolve()
+    info = load_info(directory)
+    if info is not None:
+        return info
+    _check_requirements()
+    subnet = _subnet()
+    ensure_private_dir(directory)
+    previous = directory / "subnet"
+    if previous.exists() and previous.read_text().strip() != subnet:
+        _cleanup_network(previous.read_text().strip())  # leftovers of a dead daemon on another subnet
+    previous.write_text(subnet + "\n")
+    wheelhouse = ensure_wheelhouse(say)
+    uv_cache = ensure_uv_cache()
+    say("starting the sandbox daemon")
+    log_path = directory / "daemon.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbcloud.providers.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
+             "--wheelhouse", str(wheelhouse), "--uv-cache", str(uv_cache)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/",
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = load_info(directory)
+        if info is not None and info.pid == proc.pid:
+            _request(info, "GET", "/health", timeout=5)
+            return info
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise SandboxError(f"the sandbox daemon exited ({proc.returncode}): {' | '.join(tail)}",
+                               f"see {log_path}")
+        time.sleep(0.05)
+    proc.kill()
+    raise SandboxError(f"the sandbox daemon did not get ready in {timeout:.0f} s", f"see {log_path}")
+
+
+def status(sandbox_dir: Path | None = None) -> dict[str, Any]:
+    directory = Path(sandbox_dir or default_dir())
+    info = load_info(directory)
+    if info is None:
+        return {"running": False, "mode": None, "sandbox_dir": str(directory), "instances": []}
+    remote = _request(info, "GET", "/status")
+    return {"running": True, "mode": info.mode, "sandbox_dir": str(directory), "endpoint_url": info.endpoint_url,
+            "control_url": info.control_url, "subnet": info.subnet, "caller_ip": info.caller_ip, "pid": info.pid,
+            **remote}
+
+
+def _cleanup_network(subnet: str) -> dict[str, Any]:
+    from .hosts import Network
+
+    network = Network(subnet)
+    namespaces, links = network.own_namespaces(), network.own_links()
+    guard = network.guard_present()
+    network.cleanup_all(namespaces)
+    return {"namespaces": namespaces, "links": links, "blackhole_route": guard}
+
+
+def reset(sandbox_dir: Path | None = None) -> dict[str, Any]:
+    """Stop the daemon and remove everything the sandbox made (instances, namespaces, routes, nft table)."""
+    directory = Path(sandbox_dir or default_dir())
+    info = load_info(directory)
+    stopped = False
+    if info is not None:
+        with contextlib.suppress(SandboxError):
+            _request(info, "POST", "/shutdown", {}, timeout=10)
+        deadline = time.monotonic() + 30
+        while _alive(info.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(info.pid):
+            os.kill(info.pid, signal.SIGKILL)
+        stopped = True
+    subnet_file = directory / "subnet"
+    subnet = subnet_file.read_text().strip() if subnet_file.exists() else (info.subnet if info else None)
+    removed: dict[str, Any] = {}
+    if subnet and os.geteuid() == 0:
+        removed = _cleanup_network(subnet)
+    for name in ("instances", "volumes", "shared"):
+        shutil.rmtree(directory / name, ignore_errors=True)
+    for name in ("sandbox.json", "subnet"):
+        (directory / name).unlink(missing_ok=True)
+    return {"sandbox_dir": str(directory), "stopped_daemon": stopped, "removed": removed}
+
+
+def fault(instance_id: str, kind: str, sandbox_dir: Path | None = None, seconds: float = 120.0) -> dict[str, Any]:
+    if kind not in FAULT_KINDS:
+        raise UsageError(f"unknown fault {kind!r}", f"one of: {', '.join(FAULT_KINDS)}")
+    info = _require(sandbox_dir)
+    result: dict[str, Any] = _request(info, "POST", "/fault",
+                                      {"instance_id": instance_id, "kind": kind, "seconds": seconds})
+    return result
+
+
+def fault_api(operation: str, code: str, count: int = 1, sandbox_dir: Path | None = None) -> dict[str, Any]:
+    if count < 1:
+        raise UsageError("--count must be at least 1")
+    info = _require(sandbox_dir)
+    result: dict[str, Any] = _request(info, "POST", "/fault-api",
+                                      {"operation": operation, "code": code, "count": count})
+    return result
+
+
+def _require(sandbox_dir: Path | None) -> SandboxInfo:
+    info = load_info(sandbox_dir)
+    if info is None:
+        raise SandboxError("the sandbox is not running", "start it with `nbcloud sandbox start`")
+    return info

@@ -1,0 +1,212 @@
+"""moto's EC2/SSM API in the daemon process, with the sandbox's hooks, seed data and API fault injection.
+
+Import this module only in the daemon: it sets moto's validation switches before moto reads them.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+from xml.sax.saxutils import escape
+
+os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import EC2Backend, ec2_backends
+from moto.ec2.models.amis import Ami
+from moto.server import DomainDispatcherApplication, create_backend_app
+from moto.ssm.models import Parameter, ssm_backends
+from werkzeug.serving import BaseWSGIServer, make_server
+
+__all__ = ["REGION", "ApiFaults", "CloudListener", "MotoCloud", "install_hooks", "seed_images"]
+
+REGION = "us-east-1"
+UBUNTU_PARAM = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+DLAMI_PARAM = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20250610"
+DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250620"
+THROTTLING = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
+              "ServiceUnavailable", "Unavailable"}
+
+
+class CloudListener(Protocol):
+    """What the daemon does when moto changes an instance (called with moto's objects, synchronously)."""
+
+    def on_run(self, backend: Any, instances: list[Any]) -> None: ...
+    def on_start(self, backend: Any, instances: list[Any]) -> None: ...
+    def on_stop(self, backend: Any, instances: list[Any]) -> None: ...
+    def on_terminate(self, backend: Any, instances: list[Any]) -> None: ...
+    def on_reboot(self, backend: Any, instances: list[Any]) -> None: ...
+    def on_attach(self, backend: Any, volume_id: str, instance_id: str) -> None: ...
+    def on_detach(self, backend: Any, volume_id: str, instance_id: str) -> None: ...
+    def on_delete_volume(self, backend: Any, volume_id: str) -> None: ...
+
+
+def _instances(result: Iterable[Any]) -> list[Any]:
+    return [item[0] if isinstance(item, tuple) else item for item in result]
+
+
+def install_hooks(listener: CloudListener) -> None:
+    """Wrap moto's EC2 backend methods (class-wide: every account and region) so the listener sees changes.
+
+    Spot requests and fleets launch through ``run_instances`` too, so they are covered.
+    """
+    if getattr(EC2Backend, "_nbcloud_hooked", False):
+        EC2Backend._nbcloud_listener = listener  # type: ignore[attr-defined]
+        return
+    EC2Backend._nbcloud_listener = listener  # type: ignore[attr-defined]
+    EC2Backend._nbcloud_hooked = True  # type: ignore[attr-defined]
+
+    def wrap(name: str, after: Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]) -> None:
+        original = getattr(EC2Backend, name)
+
+        @functools.wraps(original)
+        def hooked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            after(self, result, args, kwargs)
+            return result
+
+        setattr(EC2Backend, name, hooked)
+
+    def lst() -> CloudListener:
+        return EC2Backend._nbcloud_listener  # type: ignore[attr-defined,no-any-return]
+
+    wrap("run_instances", lambda b, r, a, k: lst().on_run(b, list(r.instances)))
+    wrap("start_instances", lambda b, r, a, k: lst().on_start(b, _instances(r)))
+    wrap("stop_instances", lambda b, r, a, k: lst().on_stop(b, _instances(r)))
+    wrap("terminate_instances", lambda b, r, a, k: lst().on_terminate(b, _instances(r)))
+    wrap("reboot_instances", lambda b, r, a, k: lst().on_reboot(b, _instances(r)))
+    wrap("attach_volume", lambda b, r, a, k: r and lst().on_attach(b, r.volume.id, r.instance.id))
+    wrap("delete_volume", lambda b, r, a, k: lst().on_delete_volume(b, k.get("volume_id") or a[0]))
+
+    original_detach = EC2Backend.detach_volume
+
+    @functools.wraps(original_detach)
+    def detach_volume(self: Any, volume_id: str, instance_id: str | None = None, device_path: str | None = None,
+                      *args: Any, **kwargs: Any) -> Any:
+        if not instance_id:  # moto answers 500 without InstanceId; AWS takes it from the attachment
+            volume = self.get_volume(volume_id)
+            if volume.attachment is not None:
+                instance_id = volume.attachment.instance.id
+        result = original_detach(self, volume_id, instance_id, device_path, *args, **kwargs)  # type: ignore
+        lst().on_detach(self, volume_id, instance_id or "")
+        return result
+
+    EC2Backend.detach_volume = detach_volume  # type: ignore[method-assign]
+
+
+def seed_images(region: str = REGION, account_id: str = DEFAULT_ACCOUNT_ID) -> dict[str, str]:
+    """Register an Ubuntu 24.04 and a Deep Learning AMI and point the SSM public parameters at them."""
+    ec2 = ec2_backends[account_id][region]
+    ssm = ssm_backends[account_id][region]
+    made: dict[str, str] = {}
+    for param, name, owner, desc in (
+        (UBUNTU_PARAM, UBUNTU_NAME, "099720109477", "Canonical, Ubuntu, 24.04, amd64 noble image"),
+        (DLAMI_PARAM, DLAMI_NAME, "898082745236", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)"),
+    ):
+        ami_id = "ami-" + uuid.uuid5(uuid.NAMESPACE_URL, name).hex[:17]
+        if ami_id not in ec2.amis:
+            ec2.amis[ami_id] = Ami(
+                ec2, ami_id, name=name, description=desc, owner_id=owner, owner_alias="amazon", public=True,
+                virtualization_type="hvm", architecture="x86_64", root_device_type="ebs",
+                root_device_name="/dev/sda1", hypervisor="xen", boot_mode="uefi-preferred",
+                creation_date=datetime(2025, 6, 10, tzinfo=UTC),
+            )
+        params = ssm._parameters
+        if not dict.get(params, param):
+            dict.__setitem__(params, param, [
+                Parameter(account_id=account_id, name=param, value=ami_id, parameter_type="String",
+                          description=None, allowed_pattern=None, keyid=None,
+                          last_modified_date=datetime.now(UTC), version=1,
+                          data_type="aws:ec2:image")
+            ])
+        made[param] = ami_id
+    return made
+
+
+class ApiFaults:
+    """The next N calls of an operation answer with an AWS error code (a WSGI middleware around moto)."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._faults: dict[str, list[Any]] = {}
+
+    def add(self, operation: str, code: str, count: int = 1) -> None:
+        with self._lock:
+            self._faults[operation] = [code, count]
+
+    def pending(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {op: {"code": c, "count": n} for op, (c, n) in self._faults.items()}
+
+    def _take(self, operation: str | None) -> str | None:
+        if not operation:
+            return None
+        with self._lock:
+            fault = self._faults.get(operation)
+            if not fault:
+                return None
+            fault[1] -= 1
+            if fault[1] <= 0:
+                del self._faults[operation]
+            return str(fault[0])
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if not self._faults:
+            return self.app(environ, start_response)
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        operation: str | None = target.split(".")[-1] if target else None
+        if operation is None:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            query = parse_qs(body.decode("utf-8", "replace")) or parse_qs(environ.get("QUERY_STRING", ""))
+            operation = (query.get("Action") or [None])[0]
+        code = self._take(operation)
+        if code is None:
+            return self.app(environ, start_response)
+        status = "503 Service Unavailable" if code in THROTTLING else "400 Bad Request"
+        message = f"injected by `nbcloud sandbox fault-api {operation} {code}`"
+        if target:
+            body_out = json.dumps({"__type": code, "message": message}).encode()
+            ctype = "application/x-amz-json-1.1"
+        else:
+            body_out = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+                f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error></Errors>"
+                f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+            ).encode()
+            ctype = "text/xml"
+        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body_out))),
+                                ("x-amzn-RequestId", str(uuid.uuid4()))])
+        return [body_out]
+
+
+class MotoCloud:
+    """moto's server app behind the fault middleware, served by werkzeug on 127.0.0.1 (a random port)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.faults = ApiFaults(DomainDispatcherApplication(create_backend_app))
+        self.server: BaseWSGIServer = make_server(host, port, self.faults, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="moto", daemon=True)
+
+    @property
+    def endpoint_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()

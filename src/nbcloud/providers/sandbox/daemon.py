@@ -1,0 +1,446 @@
+"""The sandbox daemon: moto's API, the hosts that realize its instances, the control API.
+
+``python -m nbcloud.providers.sandbox.daemon --dir D --subnet S --wheelhouse W`` (the client starts it detached).
+moto changes state at once; hooks queue the real work (namespaces, init, teardown) for one reconciler thread,
+so operations on an instance happen in the order the API saw them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import disk
+from .cloud import REGION, MotoCloud, install_hooks, seed_images
+from .control import ControlServer, InstanceSocket
+from .hosts import Network, instance_pids, kill_namespace_processes
+from .userdata import parse_user_data
+
+__all__ = ["Sandbox", "main"]
+
+log = logging.getLogger("nbcloud.sandbox")
+SRC_DIR = str(Path(__file__).resolve().parents[3])
+SHIM_LINKS = ("shutdown", "poweroff", "halt", "reboot")
+
+
+@dataclass
+class Host:
+    instance_id: str
+    backend: Any
+    address: str | None = None
+    state: str = "pending"  # pending | booting | running | stopping | stopped | terminated
+    init: subprocess.Popen[bytes] | None = None
+    link_up: bool = True
+    boots: int = 0
+
+
+def _raw_user_data(instance: Any) -> bytes | None:
+    data = getattr(instance, "user_data", None)
+    if data is None:
+        return None
+    if isinstance(data, list):
+        data = data[0] if data else None
+    encoded = getattr(data, "_encoded_string", data)
+    if not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded)
+    except ValueError:
+        return str(encoded).encode()
+
+
+class Sandbox:
+    def __init__(self, sandbox_dir: Path, subnet: str, wheelhouse: str, uv_cache: str = "") -> None:
+        self.dir = sandbox_dir
+        self.uv_cache = uv_cache
+        self.network = Network(subnet)
+        self.wheelhouse = wheelhouse
+        self.shared = sandbox_dir / "shared"
+        self.instances_dir = sandbox_dir / "instances"
+        self.volumes_dir = sandbox_dir / "volumes"
+        self.hosts: dict[str, Host] = {}
+        self.lock = threading.RLock()
+        self.work: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
+        self.stopped = threading.Event()
+        self.cloud = MotoCloud()
+
+    # setup -------------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        for sub in ("shims", "bin", "control"):
+            (self.shared / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.shared / sub, 0o755)
+        os.chmod(self.shared, 0o755)
+        cache = self.shared / "uv-cache"
+        if cache.is_symlink():
+            cache.unlink()
+        if self.uv_cache:
+            cache.symlink_to(self.uv_cache)  # init's bind mount follows it to the machine-wide cache
+        else:
+            cache.mkdir(exist_ok=True)
+            os.chown(cache, disk.UID, disk.GID)
+        self.instances_dir.mkdir(exist_ok=True)
+        self.volumes_dir.mkdir(exist_ok=True)
+        os.chmod(self.volumes_dir, 0o700)
+        shims_src = Path(__file__).with_name("shims")
+        for shim in shims_src.iterdir():
+            shutil.copyfile(shim, self.shared / "shims" / shim.name)
+            os.chmod(self.shared / "shims" / shim.name, 0o755)
+        for name in SHIM_LINKS:
+            link = self.shared / "shims" / name
+            link.unlink(missing_ok=True)
+            link.symlink_to("systemctl")
+        uv = shutil.which("uv")
+        if uv:
+            target = self.shared / "bin" / "uv"
+            shutil.copyfile(os.path.realpath(uv), target)
+            os.chmod(target, 0o755)
+        # leftovers of a daemon that died: its namespaces, links, instances (moto's state died with it)
+        self.network.cleanup_all()
+        for leftover in self.instances_dir.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.network.install_guard()
+        install_hooks(self)
+        self.cloud.start()
+        seed_images(REGION)
+
+    # hooks (moto's threads) --------------------------------------------------------------------------------
+    def _assign(self, instance: Any, address: str) -> None:
+        nic = instance.nics[0]
+        nic.public_ip = address
+        nic.private_ip_address = address
+
+    def on_run(self, backend: Any, instances: list[Any]) -> None:
+        with self.lock:
+            for inst in instances:
+                address = self.network.pool.allocate()
+                self._assign(inst, address)
+                self.hosts[inst.id] = Host(inst.id, backend, address)
+                self.work.put(("boot", inst.id, {}))
+
+    def on_start(self, backend: Any, instances: list[Any]) -> None:
+        with self.lock:
+            for inst in instances:
+                host = self.hosts.setdefault(inst.id, Host(inst.id, backend))
+                if host.state in ("running", "booting", "pending") and host.address:
+                    self._assign(inst, host.address)
+                    continue
+                host.address = self.network.pool.allocate()
+                self._assign(inst, host.address)
+                host.state = "pending"
+                self.work.put(("boot", inst.id, {}))
+
+    def on_stop(self, backend: Any, instances: list[Any]) -> None:
+        with self.lock:
+            for inst in instances:
+                if inst.id in self.hosts:
+                    self.hosts[inst.id].state = "stopping"
+                    self.work.put(("stop", inst.id, {}))
+
+    def on_terminate(self, backend: Any, instances: list[Any]) -> None:
+        with self.lock:
+            for inst in instances:
+                if inst.id in self.hosts:
+                    self.hosts[inst.id].state = "stopping"
+                    self.work.put(("terminate", inst.id, {}))
+
+    def on_reboot(self, backend: Any, instances: list[Any]) -> None:
+        for inst in instances:
+            if inst.id in self.hosts:
+                self.work.put(("reboot", inst.id, {}))
+
+    def on_attach(self, backend: Any, volume_id: str, instance_id: str) -> None:
+        (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
+        if instance_id in self.hosts:
+            self.work.put(("attach", instance_id, {"volume_id": volume_id}))
+
+    def on_detach(self, backend: Any, volume_id: str, instance_id: str) -> None:
+        if instance_id in self.hosts:
+            self.work.put(("detach", instance_id, {"volume_id": volume_id}))
+
+    def on_delete_volume(self, backend: Any, volume_id: str) -> None:
+        self.work.put(("delete-volume", "", {"volume_id": volume_id}))
+
+    # reconciler --------------------------------------------------------------------------------------------
+    def reconcile_forever(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                action, instance_id, args = self.work.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                getattr(self, "_do_" + action.replace("-", "_"))(instance_id, **args)
+            except Exception:
+                log.exception("%s %s failed", action, instance_id)
+                host = self.hosts.get(instance_id)
+                if action == "boot" and host is not None:
+                    host.state = "failed"
+
+    def _instance_dir(self, instance_id: str) -> Path:
+        return self.instances_dir / instance_id
+
+    def _volumes_of(self, instance: Any) -> list[str]:
+        root_name = getattr(instance, "root_device_name", "/dev/sda1")
+        return sorted(
+            dev.volume_id for name, dev in instance.block_device_mapping.items()
+            if name not in (root_name, "/dev/sda1", "/dev/xvda")
+        )
+
+    def _do_boot(self, instance_id: str) -> None:
+        host = self.hosts[instance_id]
+        inst = host.backend.get_instance(instance_id)
+        if inst.state != "running" or host.state not in ("pending", "booting") or not host.address:
+            return
+        host.state = "booting"
+        inst_dir = self._instance_dir(instance_id)
+        if not (inst_dir / "root").is_dir():
+            raw = _raw_user_data(inst)
+            key = host.backend.key_pairs.get(inst.key_name) if inst.key_name else None
+            inst_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                parsed = parse_user_data(raw)
+            except ValueError as exc:
+                log.warning("%s: user-data not understood: %s", instance_id, exc)
+                parsed = parse_user_data(None)
+            disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed)
+        volumes = self._volumes_of(inst)
+        for volume_id in volumes:
+            (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
+        facts = disk.BootFacts(
+            instance_id=instance_id, instance_type=inst.instance_type, ami_id=inst.image_id,
+            address=host.address, region=host.backend.region_name,
+            availability_zone=getattr(inst._placement, "zone", None) or f"{host.backend.region_name}a",
+            lifecycle="spot" if inst.lifecycle == "spot" else "on-demand",
+            shared_dir=str(self.shared), wheelhouse=self.wheelhouse, volumes_dir=str(self.volumes_dir),
+            volumes=tuple(volumes),
+        )
+        disk.update_boot(inst_dir, facts)
+        self.network.create(instance_id, host.address)
+        host.link_up = True
+        self._spawn_init(host)
+        host.state = "running"
+        host.boots += 1
+
+    def _spawn_init(self, host: Host) -> None:
+        inst_dir = self._instance_dir(host.instance_id)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": SRC_DIR, "LANG": "C.UTF-8"}
+        with open(inst_dir / "init.log", "ab") as out:
+            host.init = subprocess.Popen(
+                ["ip", "netns", "exec", self.network.netns_name(host.instance_id), "unshare", "--mount", "--uts",
+                 "--propagation", "private", sys.executable, "-m", "nbcloud.providers.sandbox.init", str(inst_dir)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
+            )
+        threading.Thread(target=host.init.wait, daemon=True).start()
+
+    def _ask_init(self, instance_id: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any] | None:
+        import socket
+
+        path = self._instance_dir(instance_id) / "root/run/nbcloud-sandbox/init.sock"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(path))
+                sock.sendall(json.dumps(request).encode() + b"\n")
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            return json.loads(data) if data else None
+        except (OSError, ValueError):
+            return None
+
+    def _halt(self, host: Host, keep_network: bool = False) -> None:
+        """Stop services gracefully (as systemd would at shutdown), then kill everything in the namespace."""
+        netns = self.network.netns_name(host.instance_id)
+        if host.init is not None and host.init.poll() is None:
+            self._ask_init(host.instance_id, {"cmd": "shutdown", "timeout": 5.0}, timeout=8.0)
+        if keep_network:
+            kill_namespace_processes(netns)
+        else:
+            self.network.destroy(host.instance_id, host.address)
+        if host.init is not None:
+            try:
+                host.init.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                host.init.kill()
+        host.init = None
+
+    def _do_stop(self, instance_id: str) -> None:
+        host = self.hosts[instance_id]
+        self._halt(host)
+        with self.lock:
+            self.network.pool.release(host.address)
+            host.state = "stopped"
+
+    def _do_terminate(self, instance_id: str) -> None:
+        host = self.hosts[instance_id]
+        self._halt(host)
+        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        with self.lock:
+            self.network.pool.release(host.address)
+            host.state = "terminated"
+
+    def _do_reboot(self, instance_id: str) -> None:
+        host = self.hosts[instance_id]
+        if host.state != "running":
+            return
+        host.state = "booting"
+        self._halt(host, keep_network=True)
+        self._spawn_init(host)
+        host.state = "running"
+        host.boots += 1
+
+    def _do_attach(self, instance_id: str, volume_id: str) -> None:
+        if self.hosts[instance_id].state == "running":
+            self._ask_init(instance_id, {"cmd": "mount-volume", "volume_id": volume_id})
+
+    def _do_detach(self, instance_id: str, volume_id: str) -> None:
+        if self.hosts[instance_id].state == "running":
+            self._ask_init(instance_id, {"cmd": "unmount-volume", "volume_id": volume_id})
+
+    def _do_delete_volume(self, _instance_id: str, volume_id: str) -> None:
+        shutil.rmtree(self.volumes_dir / volume_id, ignore_errors=True)
+
+    # faults and instance requests --------------------------------------------------------------------------
+    def host_by_peer(self, pid: int) -> Host | None:
+        try:
+            peer = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            return None
+        with self.lock:
+            for host in self.hosts.values():
+                try:
+                    if os.stat(f"/run/netns/{self.network.netns_name(host.instance_id)}").st_ino == peer:
+                        return host
+                except OSError:
+                    continue
+        return None
+
+    def power(self, host: Host, action: str) -> str:
+        inst = host.backend.get_instance(host.instance_id)
+        if action == "reboot":
+            host.backend.reboot_instances([host.instance_id])
+            return "rebooting"
+        if inst.instance_initiated_shutdown_behavior == "terminate":
+            host.backend.terminate_instances([host.instance_id])
+            return "terminating"
+        host.backend.stop_instances([host.instance_id])
+        return "stopping"
+
+    def fault(self, instance_id: str, kind: str, seconds: float = 120.0) -> dict[str, Any]:
+        host = self.hosts.get(instance_id)
+        if host is None or host.state in ("terminated",):
+            raise KeyError(f"no instance {instance_id} in this sandbox")
+        if kind in ("link-down", "link-up"):
+            if host.state != "running" or not host.address:
+                raise ValueError(f"{instance_id} is {host.state}, not running")
+            self.network.set_link(instance_id, host.address, up=kind == "link-up")
+            host.link_up = kind == "link-up"
+        elif kind == "reboot":
+            host.backend.reboot_instances([instance_id])
+        elif kind == "spot-notice":
+            when = time.time() + seconds
+            notice = {"action": "terminate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))}
+            target = self._instance_dir(instance_id) / "spot-action.json"
+            target.write_text(json.dumps(notice))
+            timer = threading.Timer(seconds, self._spot_reclaim, args=(host,))
+            timer.daemon = True
+            timer.start()
+            return {"instance_id": instance_id, "fault": kind, **notice}
+        else:
+            raise ValueError(f"unknown fault {kind}")
+        return {"instance_id": instance_id, "fault": kind}
+
+    def _spot_reclaim(self, host: Host) -> None:
+        notice = self._instance_dir(host.instance_id) / "spot-action.json"
+        if host.state in ("running", "booting") and notice.exists():
+            host.backend.terminate_instances([host.instance_id])
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            hosts = list(self.hosts.values())
+        rows = []
+        for host in hosts:
+            if host.state == "terminated":
+                continue
+            netns = self.network.netns_name(host.instance_id)
+            running = os.path.exists(f"/run/netns/{netns}")
+            rows.append({
+                "instance_id": host.instance_id, "state": host.state, "address": host.address,
+                "namespace": netns if running else None, "pids": instance_pids(netns) if running else [],
+                "init_pid": host.init.pid if host.init else None, "link": "up" if host.link_up else "down",
+                "boots": host.boots,
+            })
+        return {"instances": rows, "api_faults": self.cloud.faults.pending()}
+
+    def shutdown(self) -> None:
+        """Tear down every host and the guard; the daemon exits afterwards."""
+        self.stopped.set()
+        with self.lock:
+            hosts = [h for h in self.hosts.values() if h.state not in ("stopped", "terminated")]
+        threads = [threading.Thread(target=self._halt, args=(h,)) for h in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=15)
+        self.network.cleanup_all()
+        self.cloud.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nbcloud-sandbox-daemon")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--subnet", required=True)
+    parser.add_argument("--wheelhouse", default="")
+    parser.add_argument("--uv-cache", default="")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    sandbox = Sandbox(args.dir.resolve(), args.subnet, args.wheelhouse, args.uv_cache)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        sandbox.prepare()
+        threading.Thread(target=sandbox.reconcile_forever, name="reconciler", daemon=True).start()
+        control = ControlServer(sandbox, done)
+        sock = InstanceSocket(sandbox, sandbox.shared / "control" / "daemon.sock")
+        info = {
+            "endpoint_url": sandbox.cloud.endpoint_url, "region": REGION, "control_url": control.url,
+            "caller_ip": sandbox.network.caller_ip, "subnet": sandbox.network.subnet, "mode": "netns",
+            "sandbox_dir": str(sandbox.dir), "prefix": sandbox.network.prefix, "pid": os.getpid(),
+            "wheelhouse": args.wheelhouse, "started_at": time.time(),
+        }
+        tmp = sandbox.dir / ".sandbox.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, sandbox.dir / "sandbox.json")
+        log.info("ready: %s", info)
+        done.wait()
+        log.info("shutting down")
+        (sandbox.dir / "sandbox.json").unlink(missing_ok=True)
+        sock.close()
+        sandbox.shutdown()
+        control.close()
+    except BaseException:
+        log.exception("daemon failed")
+        sandbox.network.cleanup_all()
+        (sandbox.dir / "sandbox.json").unlink(missing_ok=True)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Network plumbing for sandbox instances: addresses, namespaces, veth pairs, the blackhole guard.
+
+Addressing (every link is point-to-point, so a cut link can never leak to the real network):
+
+* the host side of every veth carries the same ``/32``, the subnet's first address (the ``caller_ip``), with a
+  ``/32`` route per instance (``ip route add <inst>/32 dev <veth> src <caller_ip>``);
+* the instance side is ``eth0`` with ``<inst>/32``, a route to the caller IP and a default route through it;
+* ``blackhole <subnet>`` is installed before any instance exists: when a veth goes down the kernel deletes its
+  ``/32`` route and the blackhole catches the traffic instead of the default route out of ``eth0``.
+
+Every object carries a short per-sandbox prefix (derived from the subnet), so two sandboxes on different subnets
+never touch each other's namespaces or links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "AddressPool",
+    "Network",
+    "instance_pids",
+    "kill_namespace_processes",
+    "prefix_for_subnet",
+]
+
+
+def prefix_for_subnet(subnet: str) -> str:
+    """Four hex characters naming a sandbox's objects (stable for a subnet, so a restart finds leftovers)."""
+    net = ipaddress.ip_network(subnet, strict=False)
+    return hashlib.sha1(str(net).encode()).hexdigest()[:4]
+
+
+class AddressPool:
+    """Hands out instance addresses of a subnet: never the network, broadcast or caller address.
+
+    Addresses are not reused while others are free (a started instance gets a new address, as on AWS).
+    """
+
+    def __init__(self, subnet: str) -> None:
+        self.network = ipaddress.ip_network(subnet, strict=False)
+        if self.network.version != 4 or self.network.prefixlen > 28:
+            raise ValueError(f"sandbox subnet must be an IPv4 network of /28 or larger, got {subnet}")
+        self.caller_ip = str(self.network.network_address + 1)
+        self._size = self.network.num_addresses
+        self._next = 2
+        self._used: set[int] = set()
+
+    def offset(self, address: str) -> int:
+        return int(ipaddress.ip_address(address)) - int(self.network.network_address)
+
+    def allocate(self) -> str:
+        for _ in range(self._size):
+            off = self._next
+            self._next = self._next + 1 if self._next + 1 < self._size - 1 else 2
+            if off not in self._used:
+                self._used.add(off)
+                return str(self.network.network_address + off)
+        raise RuntimeError(f"sandbox subnet {self.network} has no free address")
+
+    def release(self, address: str | None) -> None:
+        if address:
+            self._used.discard(self.offset(address))
+
+
+def _run(args: list[str], check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, capture_output=True, text=True, input=input_text)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def instance_pids(netns: str) -> list[int]:
+    result = _run(["ip", "netns", "pids", netns], check=False)
+    return [int(p) for p in result.stdout.split() if p.strip().isdigit()]
+
+
+def kill_namespace_processes(netns: str, timeout: float = 3.0) -> None:
+    """SIGTERM every process of the namespace, SIGKILL what is left after ``timeout``."""
+    pids = instance_pids(netns)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 2.0)
+        while pids and time.monotonic() < deadline:
+            pids = instance_pids(netns)
+            if pids:
+                time.sleep(0.02)
+        if not pids:
+            return
+
+
+@dataclass(frozen=True)
+class Link:
+    netns: str
+    host_veth: str
+    address: str
+
+
+class Network:
+    """The host-side network objects of one sandbox (one subnet, one prefix)."""
+
+    def __init__(self, subnet: str) -> None:
+        self.pool = AddressPool(subnet)
+        self.subnet = str(self.pool.network)
+        self.caller_ip = self.pool.caller_ip
+        self.prefix = prefix_for_subnet(subnet)
+        self.nft_table = f"nbcloud_sbx_{self.prefix}"
+
+    # names -------------------------------------------------------------------------------------------------
+    def netns_name(self, instance_id: str) -> str:
+        return f"nbsbx-{self.prefix}-{instance_id}"
+
+    def veth_names(self, address: str) -> tuple[str, str]:
+        off = self.pool.offset(address)
+        return f"nb{self.prefix}h{off}", f"nb{self.prefix}i{off}"
+
+    def owns_netns(self, name: str) -> bool:
+        return name.startswith(f"nbsbx-{self.prefix}-")
+
+    def owns_link(self, name: str) -> bool:
+        return name.startswith(f"nb{self.prefix}h") or name.startswith(f"nb{self.prefix}i")
+
+    # guard -------------------------------------------------------------------------------------------------
+    def install_guard(self) -> None:
+        """Blackhole the subnet (before any instance exists) and drop anything instances try to forward out."""
+        _run(["ip", "route", "replace", "blackhole", self.subnet])
+        rules = (
+            f"table inet {self.nft_table} {{\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority -10; policy accept;\n"
+            f"    ip saddr {self.subnet} drop\n"
+            f"    ip daddr {self.subnet} drop\n"
+            "  }\n"
+            "}\n"
+        )
+        _run(["nft", "delete", "table", "inet", self.nft_table], check=False)
+        _run(["nft", "-f", "-"], input_text=rules)
+
+    def remove_guard(self) -> None:
+        _run(["ip", "route", "del", "blackhole", self.subnet], check=False)
+        _run(["nft", "delete", "table", "inet", self.nft_table], check=False)
+
+    # per instance ------------------------------------------------------------------------------------------
+    def create(self, instance_id: str, address: str) -> Link:
+        """Namespace + veth + addresses + routes, in one `ip -batch` (a few milliseconds)."""
+        netns = self.netns_name(instance_id)
+        host, inner = self.veth_names(address)
+        self.destroy(instance_id, address)
+        outside = [
+            f"netns add {netns}",
+            f"link add {host} type veth peer name {inner} netns {netns}",
+            f"addr add {self.caller_ip}/32 dev {host}",
+            f"link set {host} up",
+            f"route replace {address}/32 dev {host} src {self.caller_ip}",
+        ]
+        inside = [
+            f"link set {inner} name eth0",
+            f"addr add {address}/32 dev eth0",
+            "link set lo up",
+            "addr add 169.254.169.254/32 dev lo",
+            "link set eth0 up",
+            f"route add {self.caller_ip}/32 dev eth0",
+            f"route add default via {self.caller_ip} dev eth0",
+        ]
+        _run(["ip", "-batch", "-"], input_text="\n".join(outside) + "\n")
+        _run(["ip", "-n", netns, "-batch", "-"], input_text="\n".join(inside) + "\n")
+        return Link(netns, host, address)
+
+    def destroy(self, instance_id: str, address: str | None) -> None:
+        netns = self.netns_name(instance_id)
+        if os.path.exists(f"/run/netns/{netns}"):
+            kill_namespace_processes(netns)
+            _run(["ip", "netns", "del", netns], check=False)
+        if address:
+            host, _ = self.veth_names(address)
+            if os.path.exists(f"/sys/class/net/{host}"):
+                _run(["ip", "link", "del", host], check=False)
+            _run(["ip", "route", "del", f"{address}/32", "dev", host], check=False)
+
+    def set_link(self, instance_id: str, address: str, up: bool) -> None:
+        host, _ = self.veth_names(address)
+        netns = self.netns_name(instance_id)
+        _run(["ip", "link", "set", host, "up" if up else "down"])
+        if up:
+            # the kernel deleted the /32 routes with the carrier; put them back on both sides
+            _run(["ip", "route", "replace", f"{address}/32", "dev", host, "src", self.caller_ip])
+            _run(["ip", "-n", netns, "route", "replace", f"{self.caller_ip}/32", "dev", "eth0"])
+            _run(["ip", "-n", netns, "route", "replace", "default", "via", self.caller_ip, "dev", "eth0"])
+
+    # cleanup -----------------------------------------------------------------------------------------------
+    def own_namespaces(self) -> list[str]:
+        if not os.path.isdir("/run/netns"):
+            return []
+        return sorted(n for n in os.listdir("/run/netns") if self.owns_netns(n))
+
+    def own_links(self) -> list[str]:
+        return sorted(n for n in os.listdir("/sys/class/net") if self.owns_link(n))
+
+    def cleanup_all(self, namespaces: Iterable[str] | None = None) -> None:
+        """Remove every namespace (and its processes), veth and route this sandbox made; then the guard."""
+        for netns in namespaces if namespaces is not None else self.own_namespaces():
+            kill_namespace_processes(netns)
+            _run(["ip", "netns", "del", netns], check=False)
+        for link in self.own_links():
+            _run(["ip", "link", "del", link], check=False)
+        self.remove_guard()
+
+    def guard_present(self) -> bool:
+        routes = _run(["ip", "route", "show", "type", "blackhole"], check=False).stdout
+        return any(line.split()[1:2] == [self.subnet] for line in routes.splitlines())
