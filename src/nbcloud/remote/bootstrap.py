@@ -1,0 +1,90 @@
+"""Render the bootstrap: one self-contained bash script (printable for ``up --dry-run``) with every file inlined.
+
+The script carries the agent, the Jupyter config, the units and the pinned package list, so re-running
+``/opt/nbcloud/bootstrap.sh`` needs nothing from the client. It carries no secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from importlib import resources
+
+from ..errors import UsageError
+from .jupyter_config import CONFIG_PATH, render_jupyter_config
+from .secrets import agent_settings_json
+from .spec import BootstrapSpec
+from .units import AGENT_CONFIG_PATH, AGENT_PATH, GATEWAY_WRAPPER, render_gateway_wrapper, render_units
+
+__all__ = ["agent_config", "agent_source", "package_hash", "render_bootstrap"]
+
+_EOF = "NBCLOUD_EOF"
+
+
+def agent_source() -> str:
+    return resources.files("nbcloud.remote.agent").joinpath("nbcloud_agent.py").read_text()
+
+
+def agent_config(spec: BootstrapSpec) -> dict[str, object]:
+    scheme = "https" if spec.public else "http"
+    return {
+        "jupyter_url": f"{scheme}://127.0.0.1:{spec.jupyter_port}",
+        "token_file": f"{spec.secrets_dir}/token",
+        "settings_file": f"{spec.secrets_dir}/agent.json",
+        "check_period": spec.check_period,
+        "durable_outputs": spec.durable_outputs,
+    }
+
+
+def package_hash(spec: BootstrapSpec) -> str:
+    """Identifies the venv's content: a baked image whose venv has this hash skips the install."""
+    text = "\n".join(spec.packages()) + "\n--requirements--\n" + (spec.requirements or "")
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _put(path: str, mode: str, content: str) -> str:
+    if _EOF in content:
+        raise UsageError(f"{path}: content contains the marker {_EOF}")
+    if not content.endswith("\n"):
+        content += "\n"
+    return f"  put {path} {mode} <<'{_EOF}'\n{content}{_EOF}\n"
+
+
+def render_bootstrap(spec: BootstrapSpec) -> str:
+    template = resources.files("nbcloud.remote").joinpath("templates/bootstrap.sh").read_text()
+    env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(spec.package_env.items()))
+    files = [
+        _put(CONFIG_PATH, "0644", render_jupyter_config(spec)),
+        _put(AGENT_CONFIG_PATH, "0644", json.dumps(agent_config(spec), indent=1, sort_keys=True)),
+        _put(AGENT_PATH, "0755", agent_source()),
+    ]
+    if spec.gateway:
+        files.append(_put(GATEWAY_WRAPPER, "0755", render_gateway_wrapper(spec)))
+    units = render_units(spec)
+    unit_files = [_put(f"/etc/systemd/system/{name}", "0644", text) for name, text in units.items()]
+    requirements = _put("/opt/nbcloud/etc/requirements.txt", "0644", spec.requirements) if spec.requirements else ""
+    settings = agent_settings_json(spec.idle_stop_seconds, spec.max_cost_usd, spec.hourly_usd)
+    values = {
+        "@@NAME@@": spec.name,
+        "@@SECRETS@@": spec.secrets_dir,
+        "@@ENV@@": env.rstrip("\n"),
+        "@@USER@@": spec.login_user,
+        "@@HOME@@": spec.home,
+        "@@VOLUME@@": shlex.quote(spec.data_volume_id or ""),
+        "@@PKG_HASH@@": package_hash(spec),
+        "@@PKGS@@": " ".join(shlex.quote(p) for p in spec.packages()),
+        "@@HAS_REQUIREMENTS@@": "1" if spec.requirements else "0",
+        "@@UNITS@@": " ".join(units),
+        "@@AGENT_SETTINGS@@": shlex.quote(settings),
+        "@@FILES@@": "".join(files).rstrip("\n"),
+        "@@UNIT_FILES@@": "".join(unit_files).rstrip("\n"),
+        "@@REQUIREMENTS@@": requirements,
+    }
+    for key, value in values.items():
+        template = template.replace(key, value)
+    leftover = re.search(r"@@[A-Z_]+@@", template)
+    if leftover:
+        raise AssertionError(f"unfilled placeholder in the bootstrap template: {leftover.group()}")
+    return template

@@ -1,0 +1,163 @@
+"""Secrets for the instance, made on the client and sent only over an SSH session's stdin.
+
+The token, password hash, TLS key and gateway token never appear in user-data (readable by anyone with
+``ec2:DescribeInstanceAttribute`` and from IMDS on the instance), in a rendered file outside the 0700 secrets
+directory, or on any command line (``ps`` shows those to every user).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import shlex
+from datetime import UTC, datetime, timedelta
+
+from .spec import LOGIN_USER
+
+__all__ = [
+    "AGENT_SETTINGS",
+    "agent_settings_json",
+    "autostop_update_script",
+    "hash_password",
+    "install_secrets_script",
+    "make_tls_cert",
+    "new_token",
+]
+
+AGENT_SETTINGS = "agent.json"  # in the secrets dir: writable by the login user, read by the root agent
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_password(password: str) -> str:
+    """An argon2 hash in jupyter_server's own format (``argon2:$argon2id$…``), verified by ``passwd_check``."""
+    if not password:
+        from ..errors import UsageError
+
+        raise UsageError("the password is empty", "choose a password of at least 8 characters")
+    try:
+        # Imported here: the CLI must start without importing Jupyter.
+        from jupyter_server.auth import passwd
+    except ImportError as exc:
+        from ..errors import UsageError
+
+        raise UsageError(
+            "hashing a Jupyter password needs jupyter_server on this machine", "pip install 'nbcloud[lab]'"
+        ) from exc
+    return str(passwd(password, algorithm="argon2"))
+
+
+def make_tls_cert(common_name: str, ip: str, days: int = 825) -> tuple[str, str, str]:
+    """A self-signed ECDSA P-256 certificate for ``ip`` → (cert_pem, key_pem, sha256 fingerprint ``AA:BB:…``).
+
+    ECDSA rather than ed25519: browsers do not accept ed25519 certificates, tornado/OpenSSL take either.
+    The client pins the fingerprint, so self-signed is safe for it; a browser shows a warning once.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
+    now = datetime.now(UTC)
+    san = [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName(common_name)]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))  # tolerate a little clock skew on the instance
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    fingerprint = ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+    return cert_pem, key_pem, fingerprint
+
+
+def agent_settings_json(
+    idle_stop_seconds: int | None, max_cost_usd: float | None = None, hourly_usd: float | None = None
+) -> str:
+    return json.dumps(
+        {"idle_stop_seconds": idle_stop_seconds, "max_cost_usd": max_cost_usd, "hourly_usd": hourly_usd},
+        sort_keys=True,
+    )
+
+
+# Runs as the login user over ssh (`bash -s` style). Each stdin line is "<file> <base64>": `read` and `printf` are
+# bash builtins, so the decoded secret is never an argument of a process. The token goes last because the Jupyter
+# unit waits for it: once it exists, the cert, key and password hash are already in place.
+_INSTALL = r"""set -euo pipefail
+umask 077
+d={dir}
+mkdir -p "$d"
+chmod 0700 "$d"
+while read -r name data; do
+  case "$name" in */*|.*|"") echo "nbcloud: refusing secret name $name" >&2; exit 2;; esac
+  printf '%s' "$data" | base64 -d > "$d/.$name.tmp"
+  chmod 0600 "$d/.$name.tmp"
+  mv -f "$d/.$name.tmp" "$d/$name"
+done
+echo "nbcloud: secrets installed"
+"""
+
+
+def install_secrets_script(
+    token: str,
+    *,
+    password_hash: str | None = None,
+    cert_pem: str | None = None,
+    key_pem: str | None = None,
+    gateway_token: str | None = None,
+    agent_settings: str | None = None,
+    login_user: str = LOGIN_USER,
+) -> tuple[str, bytes]:
+    """(script, stdin) to run as the login user: ``ssh host bash -c <script>`` with ``stdin`` on its input.
+
+    Writes 0600 files into ``/home/<user>/.config/nbcloud/``: ``token``, ``password.hash``, ``jupyter.crt``,
+    ``jupyter.key``, ``gateway-token`` and ``agent.json`` (each only when given).
+    """
+    files: list[tuple[str, str]] = []
+    if password_hash is not None:
+        files.append(("password.hash", password_hash))
+    if cert_pem is not None:
+        files.append(("jupyter.crt", cert_pem))
+    if key_pem is not None:
+        files.append(("jupyter.key", key_pem))
+    if gateway_token is not None:
+        files.append(("gateway-token", gateway_token))
+    if agent_settings is not None:
+        files.append((AGENT_SETTINGS, agent_settings))
+    files.append(("token", token))
+    stdin = "".join(f"{name} {base64.b64encode(data.encode()).decode()}\n" for name, data in files)
+    script = _INSTALL.format(dir=shlex.quote(f"/home/{login_user}/.config/nbcloud"))
+    return script, stdin.encode()
+
+
+def autostop_update_script(idle_stop_seconds: int | None, login_user: str = LOGIN_USER) -> str:
+    """A one-line command (run as the login user) that sets the idle limit; the agent re-reads it each check."""
+    if idle_stop_seconds is not None and (not isinstance(idle_stop_seconds, int) or idle_stop_seconds < 60):
+        from ..errors import UsageError
+
+        raise UsageError("the idle stop must be at least 60 s", "use e.g. `nbcloud autostop NAME 30m` or `off`")
+    path = f"/home/{login_user}/.config/nbcloud/{AGENT_SETTINGS}"
+    value = "None" if idle_stop_seconds is None else str(int(idle_stop_seconds))
+    code = (
+        f"import json,os;p={path!r};d=json.load(open(p)) if os.path.exists(p) else {{}};"
+        f"d['idle_stop_seconds']={value};t=p+'.tmp';open(t,'w').write(json.dumps(d,sort_keys=True));"
+        "os.chmod(t,0o600);os.replace(t,p);print('idle_stop_seconds',d['idle_stop_seconds'])"
+    )
+    return "python3 -c " + shlex.quote(code)

@@ -1,0 +1,182 @@
+#!/bin/bash
+# nbcloud bootstrap for instance @@NAME@@: makes this machine a Jupyter server reached through SSH.
+# Idempotent: `sudo bash /opt/nbcloud/bootstrap.sh` re-runs it and skips what is already in place.
+# `bootstrap.sh mount-data` (re)mounts the data volume (nbcloud-data.service runs it at every boot).
+# It holds no secret: the token, password hash and TLS key arrive later over SSH, into @@SECRETS@@.
+set -Eeuo pipefail
+umask 022
+@@ENV@@
+# NBCLOUD_ROOT prefixes every path written (tests run the steps in a throwaway tree).
+R="${NBCLOUD_ROOT:-}"
+U=@@USER@@
+H=@@HOME@@
+VOLUME_ID=@@VOLUME@@
+PKG_HASH=@@PKG_HASH@@
+PKGS=(@@PKGS@@)
+HAS_REQUIREMENTS=@@HAS_REQUIREMENTS@@
+UNITS=(@@UNITS@@)
+VENV=/opt/nbcloud/venv
+LOG="$R/var/log/nbcloud/bootstrap.log"
+STEP=init
+T0=$EPOCHREALTIME
+CHANGED=()
+
+mkdir -p "$R/var/log/nbcloud" "$R/var/lib/nbcloud" "$R/opt/nbcloud/etc" "$R/opt/nbcloud/bin"
+touch "$LOG" && chmod 0644 "$LOG"
+
+log() { printf '%(%Y-%m-%dT%H:%M:%S%z)T nbcloud-bootstrap: %s\n' -1 "$*" | tee -a "$LOG"; }
+elapsed() { local now=$EPOCHREALTIME; printf '%d.%02d' $(( (${now/[.,]/} - ${1/[.,]/}) / 1000000 )) $(( (${now/[.,]/} - ${1/[.,]/}) / 10000 % 100 )); }
+# errexit is off inside functions called from `if`, so failures are caught by this trap instead (set -E).
+on_error() { local rc=$?; log "step $STEP failed (exit $rc, line ${BASH_LINENO[0]})"; exit "$rc"; }
+trap on_error ERR
+fail() { log "$*"; false; }
+owned() {  # chown to the login user; a test tree (NBCLOUD_ROOT) may have no such user
+  if id -u "$U" >/dev/null 2>&1; then chown "$U:$U" "$@"; elif [ -z "$R" ]; then fail "no user $U"; fi
+}
+# put PATH MODE < content: replace only when different, so a re-run changes nothing and we know what changed
+put() {
+  local dst="$R$1" mode=$2
+  mkdir -p "$(dirname "$dst")"
+  cat > "$dst.nbcloud-new"
+  if cmp -s "$dst.nbcloud-new" "$dst"; then rm -f "$dst.nbcloud-new"; return 0; fi
+  chmod "$mode" "$dst.nbcloud-new" && mv -f "$dst.nbcloud-new" "$dst"
+  CHANGED+=("$1")
+}
+
+step_python() {
+  PY="${NBCLOUD_PYTHON:-/usr/bin/python3}"
+  # uv-managed Pythons go where the login user can read them (root's home is 0700)
+  export UV_PYTHON_INSTALL_DIR=/opt/nbcloud/python
+  if [ ! -x "$PY" ]; then
+    [ "${NBCLOUD_NO_INDEX:-0}" = 1 ] && fail "no Python at $PY"
+    PY=3.12  # no system Python: uv fetches one
+  fi
+  if [ -n "${NBCLOUD_UV:-}" ]; then UV=$NBCLOUD_UV
+  elif [ -x "$R/opt/nbcloud/bin/uv" ]; then UV=$R/opt/nbcloud/bin/uv
+  elif command -v uv >/dev/null 2>&1; then UV=$(command -v uv)
+  else
+    [ "${NBCLOUD_NO_INDEX:-0}" = 1 ] && fail "no uv and no index to fetch it from"
+    curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR="$R/opt/nbcloud/bin" UV_NO_MODIFY_PATH=1 sh
+    UV=$R/opt/nbcloud/bin/uv
+  fi
+  [ -x "$UV" ] || fail "uv not executable at $UV"
+  log "step python: python $PY, $("$UV" --version)"
+}
+
+conda_kernels() {
+  # Deep-learning images ship conda envs: offer each that has ipykernel as a kernel of this server.
+  [ -x /opt/conda/bin/conda ] || return 0
+  local env name dir
+  for env in $(/opt/conda/bin/conda env list --json | "$R$VENV/bin/python" -c \
+      'import json,sys; print("\n".join(json.load(sys.stdin).get("envs", [])))'); do
+    [ -x "$env/bin/python" ] && "$env/bin/python" -c 'import ipykernel' >/dev/null 2>&1 || continue
+    name=$(basename "$env"); [ "$env" = /opt/conda ] && name=base
+    dir="$R$VENV/share/jupyter/kernels/conda-$name"
+    mkdir -p "$dir"
+    printf '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "Python (conda %s)", "language": "python"}\n' \
+      "$env/bin/python" "$name" > "$dir/kernel.json"
+    log "step venv: conda env $name registered as a kernel"
+  done
+}
+
+step_venv() {
+  local marker="$R$VENV/.nbcloud-packages"
+@@REQUIREMENTS@@  if [ -x "$R$VENV/bin/jupyter-lab" ] && [ "$(cat "$marker" 2>/dev/null)" = "$PKG_HASH" ]; then
+    if [ -e "$R/var/lib/nbcloud/baked" ] || [ ! -e "$R/var/lib/nbcloud/bootstrap.done" ]; then
+      log "step venv: already installed (baked image)"
+    else
+      log "step venv: already installed"
+    fi
+    return 0
+  fi
+  [ -x "$R$VENV/bin/python" ] || "$UV" venv -q "$R$VENV" -p "$PY"
+  local args=(pip install -q -p "$R$VENV")
+  if [ "${NBCLOUD_NO_INDEX:-0}" = 1 ]; then args+=(--no-index --find-links "$NBCLOUD_FIND_LINKS"); fi
+  [ "$HAS_REQUIREMENTS" = 1 ] && args+=(-r "$R/opt/nbcloud/etc/requirements.txt")
+  "$UV" "${args[@]}" "${PKGS[@]}"
+  conda_kernels
+  printf '%s\n' "$PKG_HASH" > "$marker"
+  log "step venv: installed ${#PKGS[@]} packages$([ "$HAS_REQUIREMENTS" = 1 ] && echo ' + requirements.txt')"
+}
+
+mount_data() {
+  local target="$R$H/data" dev="" deadline=$((SECONDS + 120)) vol
+  mkdir -p "$target"
+  if [ -z "$VOLUME_ID" ]; then owned "$target"; return 0; fi
+  if mountpoint -q "$target"; then log "data: $VOLUME_ID already mounted"; return 0; fi
+  vol=${VOLUME_ID/-/}
+  while :; do
+    if [ -d "/mnt/sandbox-volumes/$VOLUME_ID" ]; then  # the sandbox's volumes are directories
+      mount --bind "/mnt/sandbox-volumes/$VOLUME_ID" "$target"
+      break
+    fi
+    for d in "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$vol" /dev/sdf /dev/xvdf; do
+      [ -b "$d" ] && { dev=$(readlink -f "$d"); break; }
+    done
+    [ -n "$dev" ] && break
+    [ "$SECONDS" -ge "$deadline" ] && fail "volume $VOLUME_ID not attached after 120 s"
+    sleep 1
+  done
+  if [ -n "$dev" ]; then
+    # mkfs only when blkid positively reports "no filesystem" (exit 2): any other doubt must not wipe data
+    local rc=0
+    blkid -p "$dev" >/dev/null 2>&1 || rc=$?
+    if [ "$rc" = 2 ]; then log "data: formatting new volume $dev"; mkfs.ext4 -q -L nbcloud-data "$dev"
+    elif [ "$rc" != 0 ]; then fail "blkid $dev failed (exit $rc)"; fi
+    mount -o defaults,nofail "$dev" "$target"
+  fi
+  owned "$target"
+  log "data: $VOLUME_ID mounted at $H/data"
+}
+
+step_data() { mount_data; }
+
+step_config() {
+  mkdir -p "$R/opt/nbcloud/agent" "$R/var/lib/nbcloud"
+  install -d -m 0755 "$R$H/.config" && owned "$R$H/.config"
+  install -d -m 0700 "$R@@SECRETS@@" && owned "$R@@SECRETS@@"
+  for f in jupyter.log agent.log gateway.log; do touch "$R/var/log/nbcloud/$f"; chmod 0644 "$R/var/log/nbcloud/$f"; done
+  if [ ! -e "$R@@SECRETS@@/agent.json" ]; then  # later changed by `nbcloud autostop`: never overwrite
+    (umask 077; printf '%s\n' @@AGENT_SETTINGS@@ > "$R@@SECRETS@@/agent.json")
+    owned "$R@@SECRETS@@/agent.json"
+  fi
+@@FILES@@
+  log "step config: ${#CHANGED[@]} file(s) changed"
+}
+
+step_services() {
+@@UNIT_FILES@@
+  local reload=0 restart_jupyter=0 f
+  for f in "${CHANGED[@]}"; do
+    case "$f" in /etc/systemd/system/*) reload=1;; /opt/nbcloud/etc/jupyter_server_config.py) restart_jupyter=1;; esac
+  done
+  [ "$reload" = 1 ] && systemctl daemon-reload
+  # --no-block: Jupyter's start waits for the token, which the client sends only after this script is done
+  systemctl enable --now --no-block "${UNITS[@]}"
+  [ "$restart_jupyter" = 1 ] && [ -e "$R/var/lib/nbcloud/bootstrap.done" ] && systemctl restart --no-block nbcloud-jupyter.service
+  log "step services: ${UNITS[*]} enabled"
+}
+
+run() {
+  local t=$EPOCHREALTIME
+  STEP=$1
+  log "step $1: start"
+  "step_$1"
+  log "step $1: ok ($(elapsed "$t") s)"
+}
+
+case "${1:-all}" in
+  mount-data) STEP=data; mount_data; exit 0;;
+  all) ;;
+  *) echo "usage: $0 [all|mount-data]" >&2; exit 2;;
+esac
+
+log "start (instance @@NAME@@)"
+SELF="${BASH_SOURCE[0]}"
+if [ -f "$SELF" ] && [ "$(readlink -f "$SELF")" != "$(readlink -f "$R/opt/nbcloud/bootstrap.sh" 2>/dev/null)" ]; then
+  install -D -m 0700 "$SELF" "$R/opt/nbcloud/bootstrap.sh"
+fi
+for s in ${NBCLOUD_STEPS:-python venv data config services}; do run "$s"; done
+STEP=done
+date -u +%FT%TZ > "$R/var/lib/nbcloud/bootstrap.done"
+log "done in $(elapsed "$T0") s"

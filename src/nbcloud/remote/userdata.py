@@ -1,0 +1,56 @@
+"""EC2 user-data: gzip of a MIME multipart with cloud-config (host keys) and the bootstrap script.
+
+The client generates the instance's ed25519 host key and pins it before the first connection, so the first SSH
+contact is verified (no trust-on-first-use). The host key is the only private material in user-data: it
+authenticates the machine to the client, and anyone who can read user-data already controls the instance.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+
+from ..errors import UsageError
+from .bootstrap import render_bootstrap
+from .spec import BootstrapSpec
+
+__all__ = ["USER_DATA_LIMIT", "render_cloud_config", "render_user_data"]
+
+USER_DATA_LIMIT = 16384  # EC2 rejects larger user-data (before base64)
+
+
+def render_cloud_config(spec: BootstrapSpec) -> str:
+    config: dict[str, object] = {}
+    if spec.host_key_private and spec.host_key_public:
+        config["ssh_keys"] = {"ed25519_private": spec.host_key_private, "ed25519_public": spec.host_key_public}
+        # Drop the image's own host keys: only the pinned one may answer.
+        config["ssh_deletekeys"] = True
+        config["ssh_genkeytypes"] = []
+    # JSON is YAML: no YAML emitter needed, and cloud-init accepts it after the #cloud-config line.
+    return "#cloud-config\n" + json.dumps(config, indent=1, sort_keys=True) + "\n"
+
+
+def _part(text: str, subtype: str, filename: str) -> MIMEText:
+    # us-ascii keeps the part in 7bit instead of base64, which gzip would compress far worse
+    try:
+        text.encode("ascii")
+        part = MIMEText(text, subtype, "us-ascii")
+    except UnicodeEncodeError:
+        part = MIMEText(text, subtype, "utf-8")
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    return part
+
+
+def render_user_data(spec: BootstrapSpec) -> bytes:
+    message = MIMEMultipart(boundary="==nbcloud-boundary==")
+    message.attach(_part(render_cloud_config(spec), "cloud-config", "cloud-config.txt"))
+    message.attach(_part(render_bootstrap(spec), "x-shellscript", "nbcloud-bootstrap.sh"))
+    data = gzip.compress(message.as_bytes(), compresslevel=9, mtime=0)
+    if len(data) > USER_DATA_LIMIT:
+        raise UsageError(
+            f"the instance's user-data is {len(data)} bytes gzip'd, over EC2's {USER_DATA_LIMIT}",
+            "shorten the requirements file or the package list (install more from ~/data after boot)",
+        )
+    return data
