@@ -156,13 +156,9 @@ class Network:
         netns = self.netns_name(instance_id)
         host, inner = self.veth_names(address)
         self.destroy(instance_id, address)
-        outside = [
-            f"netns add {netns}",
-            f"link add {host} type veth peer name {inner} netns {netns}",
-            f"addr add {self.caller_ip}/32 dev {host}",
-            f"link set {host} up",
-            f"route replace {address}/32 dev {host} src {self.caller_ip}",
-        ]
+        # inside first: the host route appears only when the instance end is up (no SYN into a dead link)
+        _run(["ip", "-batch", "-"], input_text=f"netns add {netns}\n"
+             f"link add {host} type veth peer name {inner} netns {netns}\n")
         inside = [
             f"link set {inner} name eth0",
             f"addr add {address}/32 dev eth0",
@@ -172,8 +168,13 @@ class Network:
             f"route add {self.caller_ip}/32 dev eth0",
             f"route add default via {self.caller_ip} dev eth0",
         ]
-        _run(["ip", "-batch", "-"], input_text="\n".join(outside) + "\n")
         _run(["ip", "-n", netns, "-batch", "-"], input_text="\n".join(inside) + "\n")
+        outside = [
+            f"addr add {self.caller_ip}/32 dev {host}",
+            f"link set {host} up",
+            f"route replace {address}/32 dev {host} src {self.caller_ip}",
+        ]
+        _run(["ip", "-batch", "-"], input_text="\n".join(outside) + "\n")
         return Link(netns, host, address)
 
     def destroy(self, instance_id: str, address: str | None) -> None:

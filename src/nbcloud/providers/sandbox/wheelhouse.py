@@ -26,8 +26,20 @@ def wheelhouse_root() -> Path:
     return Path(override) if override else Path.home() / ".cache" / "nbcloud" / "wheelhouse"
 
 
-def _key(requirements: list[str]) -> str:
-    text = "\n".join(sorted(requirements)) + f"\npy{sys.version_info.major}.{sys.version_info.minor}"
+INSTANCE_PYTHON = "/usr/bin/python3"  # what instances run (Debian's); the host's Python may be newer
+
+
+def instance_python_version() -> str:
+    try:
+        out = subprocess.run([INSTANCE_PYTHON, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError(f"{INSTANCE_PYTHON} does not run: {exc}", "apt-get install -y python3") from exc
+    return out
+
+
+def _key(requirements: list[str], python_version: str) -> str:
+    text = "\n".join(sorted(requirements)) + f"\npython {python_version}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -38,7 +50,8 @@ def ensure_wheelhouse(progress: Callable[[str], None] | None = None, requirement
     say = progress or (lambda _msg: None)
     reqs = requirements if requirements is not None else all_requirements()
     root = wheelhouse_root()
-    target = root / _key(reqs)
+    version = instance_python_version()
+    target = root / _key(reqs, version)
     if (target / ".complete").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -46,7 +59,7 @@ def ensure_wheelhouse(progress: Callable[[str], None] | None = None, requirement
     shutil.rmtree(partial, ignore_errors=True)
     say(f"downloading {len(reqs)} packages and their dependencies into {target} (once per machine)")
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
-           "-d", str(partial), *reqs]
+           "--python-version", version, "-d", str(partial), *reqs]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     tail: list[str] = []
