@@ -124,6 +124,7 @@ def install_secrets_script(
     gateway_token: str | None = None,
     agent_settings: str | None = None,
     login_user: str = LOGIN_USER,
+    secrets_dir: str | None = None,
 ) -> tuple[str, bytes]:
     """(script, stdin) to run as the login user: ``ssh host bash -c <script>`` with ``stdin`` on its input.
 
@@ -143,7 +144,7 @@ def install_secrets_script(
         files.append((AGENT_SETTINGS, agent_settings))
     files.append(("token", token))
     stdin = "".join(f"{name} {base64.b64encode(data.encode()).decode()}\n" for name, data in files)
-    script = _INSTALL.format(dir=shlex.quote(f"/home/{login_user}/.config/nbcloud"))
+    script = _INSTALL.format(dir=shlex.quote(secrets_dir or f"/home/{login_user}/.config/nbcloud"))
     return script, stdin.encode()
 
 

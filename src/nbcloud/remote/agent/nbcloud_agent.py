@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -352,7 +353,7 @@ class Agent:
         self.state.update(idle_seconds=int(decision.idle_seconds), last_check=now, reason=decision.reason,
                           action=decision.action, settings=asdict(self.settings))
         write_json(self.config.state_file, self.state)
-        summary = decision.reason.split(" (")[0] if decision.action == "none" else decision.reason
+        summary = re.sub(r"[0-9.]+", "N", decision.reason)  # log when the kind of reason changes, not every tick
         if summary != self.last_reason:
             log(decision.reason)
             self.last_reason = summary
