@@ -3,7 +3,6 @@ and each way a gateway can answer wrong (a tiny stdlib HTTP server stands in for
 
 from __future__ import annotations
 
-import base64
 import http.server
 import json
 import shutil
@@ -19,7 +18,7 @@ import pytest
 from nbcloud.errors import UsageError
 from nbcloud.ops import Context
 from nbcloud.ops.gateway import check_gateway, check_versions, lab, lab_argv
-from nbcloud.remote.gateway_check import enable_script, gateway_unit, gateway_wrapper
+from nbcloud.remote.gateway_check import enable_script
 from nbcloud.state import Record
 
 
@@ -38,27 +37,21 @@ def test_lab_command_line_has_no_secret(tmp_path: Path) -> None:
     assert "--no-browser" in argv and "token" not in joined.lower()
 
 
-def test_enable_script_keeps_tokens_off_the_command_line() -> None:
-    script, stdin = enable_script(jupyter_token="jup-secret", gateway_token="gw-secret", port=8889,
-                                  package_env={"NBCLOUD_FIND_LINKS": "/mnt/wheelhouse", "NBCLOUD_NO_INDEX": "1"})
-    assert "gw-secret" not in script and "jup-secret" not in script
-    lines = dict(line.split(" ", 1) for line in stdin.decode().splitlines())
-    assert base64.b64decode(lines["gateway-token"]).decode() == "gw-secret"
-    assert base64.b64decode(lines["token"]).decode() == "jup-secret"
-    assert "export NBCLOUD_FIND_LINKS=/mnt/wheelhouse" in script and "jupyter-kernel-gateway==3.0.1" in script
-    assert "nbcloud-gateway.service" in script
+def test_enable_script_reruns_the_bootstrap_with_the_gateway() -> None:
+    from nbcloud.remote.spec import BootstrapSpec
+
+    spec = BootstrapSpec(name="box", gateway=True, gateway_port=8889,
+                         package_env={"NBCLOUD_FIND_LINKS": "/mnt/wheelhouse", "NBCLOUD_NO_INDEX": "1"})
+    script, stdin = enable_script(spec)
+    bootstrap = stdin.decode()
+    assert "jupyter-kernel-gateway==3.0.1" in bootstrap and "nbcloud-gateway.service" in bootstrap
+    assert "KG_AUTH_TOKEN" in bootstrap and "NBCLOUD_FIND_LINKS=/mnt/wheelhouse" in bootstrap
+    assert "systemctl restart nbcloud-gateway.service" in script and "127.0.0.1:8889" in script
     bash = shutil.which("bash")
     assert bash is not None
     assert subprocess.run([bash, "-n", "-c", script], capture_output=True).returncode == 0
-
-
-def test_wrapper_and_unit() -> None:
-    wrapper = gateway_wrapper(8889)
-    assert 'KG_AUTH_TOKEN="$(cat /home/ubuntu/.config/nbcloud/gateway-token)"' in wrapper
-    assert "--ip=127.0.0.1 --port=8889" in wrapper and "list_kernels=True" in wrapper
-    assert "auth_token" not in wrapper
-    unit = gateway_unit()
-    assert "User=ubuntu" in unit and "ExecStart=/opt/nbcloud/bin/nbcloud-gateway" in unit
+    with pytest.raises(ValueError):
+        enable_script(BootstrapSpec(name="box"))
 
 
 class _Fake(http.server.BaseHTTPRequestHandler):

@@ -35,6 +35,7 @@ __all__ = [
     "check_gateway",
     "check_versions",
     "enable_gateway",
+    "ensure_gateway_token",
     "lab",
     "lab_argv",
     "read_lab_state",
@@ -371,34 +372,54 @@ def stop_lab(ctx: Context, name: str) -> dict[str, Any]:
     return {"name": name, **stop_local_lab(_lab_files(ctx, name)[0])}
 
 
+def ensure_gateway_token(ctx: Context, name: str) -> str:
+    """The gateway token of ``name``: made once on this machine, 0600, sent to the instance only over ssh stdin."""
+    path = ctx.paths.secrets_dir / f"{name}.gateway-token"
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def enable_gateway(ctx: Context, name: str, *, progress: Progress = no_progress,
-                   timeout: float = 600) -> dict[str, Any]:
-    """Install and start the Kernel Gateway on an existing instance, then re-forward the tunnel."""
+                   timeout: float = 900) -> dict[str, Any]:
+    """Install and start the Kernel Gateway on an existing instance, then re-forward the tunnel to include it."""
+    from dataclasses import replace
+
+    from ..errors import RemoteError
     from ..remote import gateway_check
-    from ..ssh import session
-    from .launch import GATEWAY_PORT, token_path
+    from ..remote.secrets import install_secrets_script
+    from ..ssh import keys, session
+    from ..ssh.tunnel import stop_supervisor
+    from .launch import _bootstrap_spec, _hourly, parse_data_volume, token_path
+    from .lifecycle import _spec
     from .tunnels import connect
 
     record = ctx.record(name)
     ctx.key_path(name)
     alias = f"nb-{name}"
-    token_file = ctx.paths.secrets_dir / f"{name}.gateway-token"
-    if not token_file.exists():
-        write_private(token_file, secrets.token_urlsafe(32))
-    gateway_token = token_file.read_text().strip()
-    jupyter_token = token_path(ctx, name).read_text().strip()
+    # connect first: a stopped instance gets `nbcloud start NAME` as its hint, not an ssh timeout
+    connect(ctx, name, open_browser=False, progress=progress)
+    gateway_token = ensure_gateway_token(ctx, name)
     with ctx.name_lock(name):
-        progress(f"installing {EXPECTED_GATEWAY} on {name}")
-        script, stdin = gateway_check.enable_script(
-            jupyter_token=jupyter_token, gateway_token=gateway_token, port=GATEWAY_PORT,
-            package_env=dict(ctx.provider_for(record).package_env))
-        # connect first: a stopped instance gets `nbcloud start NAME` as its hint, not an ssh timeout
-        connect(ctx, name, open_browser=False, progress=progress)
-        session.run(ctx.paths.ssh_config, alias, script, input=stdin, timeout=timeout)
+        provider = ctx.provider_for(record)
+        spec = replace(_spec(record), gateway=True)
+        volume = parse_data_volume(spec.data_volume, name)
+        found = provider.find_volume(volume[0]) if volume else None
+        boot = _bootstrap_spec(spec, provider, keys.load_or_create_host_key(ctx.paths.keys_dir, name),
+                               found.volume_id if found else None, _hourly(provider, spec.instance_type))
+        progress("sending the gateway token")
+        script, stdin = install_secrets_script(token_path(ctx, name).read_text().strip(), gateway_token=gateway_token,
+                                               login_user=boot.login_user)
+        session.run(ctx.paths.ssh_config, alias, script, input=stdin, timeout=60)
+        progress(f"installing {EXPECTED_GATEWAY} (the instance's bootstrap, re-run with the gateway)")
+        script, stdin = gateway_check.enable_script(boot)
+        done = session.run(ctx.paths.ssh_config, alias, script, input=stdin, timeout=timeout, check=False)
+        if done.returncode != 0:
+            tail = " | ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
+            raise RemoteError(f"could not start the Kernel Gateway on {name}: {tail or 'no output'}",
+                              f"`nbcloud logs {name} --bootstrap` shows the setup log")
         ctx.store.update(name, spec=dict(record.spec or {}) | {"gateway": True})
     progress("re-forwarding the tunnel with the gateway port")
-    from ..ssh.tunnel import stop_supervisor
-
     stop_supervisor(name)
     conn = connect(ctx, name, open_browser=False, progress=progress)
     info = check_gateway(conn.gateway_url or "", gateway_token, name=name)
