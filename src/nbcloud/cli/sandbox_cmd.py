@@ -100,7 +100,7 @@ def fault(instance_id: str, kind: str, seconds: float, sandbox_dir: Path | None,
 @sandbox.command("fault-api")
 @click.argument("operation")
 @click.argument("error_code")
-@click.option("--count", type=int, default=1, show_default=True, help="How many calls fail.")
+@click.option("--count", type=int, default=1, show_default=True, help="How many calls fail (0 clears).")
 @_dir_option
 @json_option
 def fault_api(operation: str, error_code: str, count: int, sandbox_dir: Path | None, as_json: bool) -> None:

@@ -136,10 +136,19 @@ def _check_requirements() -> None:
         )
 
 
-def _subnet() -> str:
+def _check_subnet_free(subnet: str, directory: Path) -> None:
+    from .hosts import SubnetBusy, lock_subnet
+
+    try:
+        os.close(lock_subnet(subnet, f"{directory} (starting)"))
+    except SubnetBusy as exc:
+        raise SandboxError(str(exc), "use another subnet: NBCLOUD_SANDBOX_SUBNET=10.210.0.0/16") from exc
+
+
+def _subnet(value: str | None = None) -> str:
     import ipaddress
 
-    subnet = os.environ.get("NBCLOUD_SANDBOX_SUBNET") or DEFAULT_SUBNET
+    subnet = value or os.environ.get("NBCLOUD_SANDBOX_SUBNET") or DEFAULT_SUBNET
     try:
         net = ipaddress.ip_network(subnet, strict=False)
     except ValueError as exc:
@@ -150,15 +159,20 @@ def _subnet() -> str:
     return str(net)
 
 
-def start(sandbox_dir: Path | None = None, progress: Progress | None = None, timeout: float = 60.0) -> SandboxInfo:
-    """Start the sandbox daemon unless one is running in ``sandbox_dir``; wait until it answers."""
+def start(sandbox_dir: Path | None = None, progress: Progress | None = None, timeout: float = 60.0,
+          subnet: str | None = None) -> SandboxInfo:
+    """Start the sandbox daemon unless one is running in ``sandbox_dir``; wait until it answers.
+
+    ``subnet`` defaults to ``$NBCLOUD_SANDBOX_SUBNET`` or 10.200.0.0/16; one live sandbox per subnet.
+    """
     say = progress or (lambda _msg: None)
     directory = Path(sandbox_dir or default_dir()).resolve()
     info = load_info(directory)
     if info is not None:
         return info
     _check_requirements()
-    subnet = _subnet()
+    subnet = _subnet(subnet)
+    _check_subnet_free(subnet, directory)
     ensure_private_dir(directory)
     previous = directory / "subnet"
     if previous.exists() and previous.read_text().strip() != subnet:
@@ -202,8 +216,13 @@ def status(sandbox_dir: Path | None = None) -> dict[str, Any]:
 
 
 def _cleanup_network(subnet: str) -> dict[str, Any]:
-    from .hosts import Network
+    """Remove a dead daemon's namespaces, links and guard; never touches a subnet a live sandbox holds."""
+    from .hosts import Network, SubnetBusy, lock_subnet
 
+    try:
+        os.close(lock_subnet(subnet, "cleanup"))
+    except SubnetBusy:
+        return {}
     network = Network(subnet)
     namespaces, links = network.own_namespaces(), network.own_links()
     guard = network.guard_present()
@@ -247,8 +266,9 @@ def fault(instance_id: str, kind: str, sandbox_dir: Path | None = None, seconds:
 
 
 def fault_api(operation: str, code: str, count: int = 1, sandbox_dir: Path | None = None) -> dict[str, Any]:
-    if count < 1:
-        raise UsageError("--count must be at least 1")
+    """The next ``count`` calls of ``operation`` fail with ``code``; ``count=0`` clears a pending fault."""
+    if count < 0:
+        raise UsageError("--count must be 0 (clear) or more")
     info = _require(sandbox_dir)
     result: dict[str, Any] = _request(info, "POST", "/fault-api",
                                       {"operation": operation, "code": code, "count": count})

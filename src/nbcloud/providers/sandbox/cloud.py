@@ -143,7 +143,10 @@ class ApiFaults:
 
     def add(self, operation: str, code: str, count: int = 1) -> None:
         with self._lock:
-            self._faults[operation] = [code, count]
+            if count <= 0:  # count 0 clears a pending fault
+                self._faults.pop(operation, None)
+            else:
+                self._faults[operation] = [code, count]
 
     def pending(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -26,7 +26,7 @@ from typing import Any
 from . import disk
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
-from .hosts import Network, instance_pids, kill_namespace_processes
+from .hosts import Network, SubnetBusy, instance_pids, kill_namespace_processes, lock_subnet
 from .userdata import parse_user_data
 
 __all__ = ["Sandbox", "main"]
@@ -385,7 +385,9 @@ class Sandbox:
                 "init_pid": host.init.pid if host.init else None, "link": "up" if host.link_up else "down",
                 "boots": host.boots,
             })
-        return {"instances": rows, "api_faults": self.cloud.faults.pending()}
+        guard = {"blackhole": self.network.guard_present(), "leaked_packets": self.network.leaked_packets(),
+                 "nft_table": self.network.nft_table}
+        return {"instances": rows, "api_faults": self.cloud.faults.pending(), "guard": guard}
 
     def shutdown(self) -> None:
         """Tear down every host and the guard; the daemon exits afterwards."""
@@ -410,6 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        lock_subnet(args.subnet, f"{args.dir.resolve()} pid {os.getpid()}")  # held until the daemon exits
+    except SubnetBusy as exc:
+        log.error("%s", exc)
+        raise SystemExit(3) from exc
     sandbox = Sandbox(args.dir.resolve(), args.subnet, args.wheelhouse, args.uv_cache)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

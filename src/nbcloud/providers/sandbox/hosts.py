@@ -27,8 +27,10 @@ from dataclasses import dataclass
 __all__ = [
     "AddressPool",
     "Network",
+    "SubnetBusy",
     "instance_pids",
     "kill_namespace_processes",
+    "lock_subnet",
     "prefix_for_subnet",
 ]
 
@@ -69,6 +71,27 @@ class AddressPool:
     def release(self, address: str | None) -> None:
         if address:
             self._used.discard(self.offset(address))
+
+
+class SubnetBusy(RuntimeError):
+    """Another live sandbox holds this subnet (its daemon holds the lock)."""
+
+
+def lock_subnet(subnet: str, owner: str) -> int:
+    """Take the machine-wide lock of a subnet (held by the daemon for its lifetime); returns the fd."""
+    import fcntl
+
+    path = f"/run/nbcloud-sandbox-{prefix_for_subnet(subnet)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip()
+        os.close(fd)
+        raise SubnetBusy(f"subnet {subnet} is used by another sandbox ({holder or 'unknown'})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, owner.encode())
+    return fd
 
 
 def _run(args: list[str], check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -141,10 +164,22 @@ class Network:
             f"    ip saddr {self.subnet} drop\n"
             f"    ip daddr {self.subnet} drop\n"
             "  }\n"
+            "  chain output {\n"
+            "    type filter hook output priority -10; policy accept;\n"
+            f'    ip daddr {self.subnet} oifname != "nb{self.prefix}h*" counter drop\n'
+            "  }\n"
             "}\n"
         )
         _run(["nft", "delete", "table", "inet", self.nft_table], check=False)
         _run(["nft", "-f", "-"], input_text=rules)
+
+    def leaked_packets(self) -> int:
+        """Packets to the subnet that tried to leave through another interface than our veths (dropped)."""
+        out = _run(["nft", "list", "chain", "inet", self.nft_table, "output"], check=False).stdout
+        for line in out.splitlines():
+            if "counter packets" in line:
+                return int(line.split("counter packets")[1].split()[0])
+        return 0
 
     def remove_guard(self) -> None:
         _run(["ip", "route", "del", "blackhole", self.subnet], check=False)

@@ -1,0 +1,333 @@
+"""The sandbox cloud with raw boto3 and real OpenSSH: boot, user-data, lifecycle, faults, services, IMDS, reset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(180)]
+
+UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+
+
+def _keypair() -> tuple[str, str]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, public
+
+
+def _user_data(host_private: str, host_public: str, script: str) -> str:
+    config = json.dumps({"ssh_deletekeys": True,
+                         "ssh_keys": {"ed25519_private": host_private, "ed25519_public": host_public}})
+    return (
+        'Content-Type: multipart/mixed; boundary="==B=="\nMIME-Version: 1.0\n\n'
+        '--==B==\nContent-Type: text/cloud-config; charset="us-ascii"\n\n'
+        f"#cloud-config\n{config}\n"
+        '--==B==\nContent-Type: text/x-shellscript; charset="us-ascii"\n\n'
+        f"{script}\n--==B==--\n"
+    )
+
+
+@dataclass
+class Machine:
+    """A launched instance and a real `ssh` that pins its host key."""
+
+    ec2: Any
+    instance_id: str
+    key_file: Path
+    host_public: str
+    workdir: Path
+    address: str = ""
+
+    def refresh(self) -> dict[str, Any]:
+        inst = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"][0]["Instances"][0]
+        self.address = inst.get("PublicIpAddress", "")
+        return inst
+
+    def ssh(self, command: str = "true", timeout: float = 30, extra: tuple[str, ...] = (),
+            known_hosts: str | None = None) -> subprocess.CompletedProcess[str]:
+        kh = self.workdir / "known_hosts"
+        kh.write_text(known_hosts or f"{self.address} {self.host_public}\n")
+        return subprocess.run(
+            ["ssh", "-i", str(self.key_file), "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={kh}",
+             "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "LogLevel=ERROR", *extra,
+             f"ubuntu@{self.address}", command],
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def wait_ssh(self, timeout: float = 30) -> float:
+        start = time.monotonic()
+        last = None
+        while time.monotonic() - start < timeout:
+            last = self.ssh("true", timeout=10)
+            if last.returncode == 0:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise AssertionError(f"no ssh to {self.address}: {last.stderr if last else ''}")
+
+
+@pytest.fixture
+def machine(sandbox: Any, sandbox_ec2: Any, sandbox_client: Any, tmp_path: Path) -> Any:
+    made: list[str] = []
+
+    def launch(script: str = "#!/bin/bash\necho ran > /home/ubuntu/ran.txt\n", **extra: Any) -> Machine:
+        private, public = _keypair()
+        host_private, host_public = _keypair()
+        key_file = tmp_path / f"key{len(made)}"
+        key_file.write_text(private)
+        key_file.chmod(0o600)
+        name = f"test-{os.getpid()}-{time.monotonic_ns()}"
+        sandbox_ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public.encode())
+        ami = sandbox_client("ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"]
+        reply = sandbox_ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=name,
+                                          UserData=_user_data(host_private, host_public, script), **extra)
+        inst_id = reply["Instances"][0]["InstanceId"]
+        made.append(inst_id)
+        m = Machine(sandbox_ec2, inst_id, key_file, host_public, tmp_path)
+        m.address = reply["Instances"][0]["PublicIpAddress"]
+        assert reply["Instances"][0]["PrivateIpAddress"] == m.address
+        return m
+
+    yield launch
+    if made:
+        sandbox_ec2.terminate_instances(InstanceIds=made)
+
+
+def _netns_list() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait(predicate: Any, timeout: float = 20, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def test_api_images_validation_and_checkip(sandbox: Any, sandbox_ec2: Any, sandbox_client: Any) -> None:
+    ami = sandbox_client("ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"]
+    image = sandbox_ec2.describe_images(ImageIds=[ami])["Images"][0]
+    assert "ubuntu-noble-24.04-amd64-server" in image["Name"]
+    with pytest.raises(ClientError):
+        sandbox_ec2.run_instances(ImageId=ami, InstanceType="t9.bogus", MinCount=1, MaxCount=1)
+    with urllib.request.urlopen(f"{sandbox.control_url}/checkip", timeout=5) as resp:
+        assert resp.read().decode().strip() == sandbox.caller_ip
+
+
+def test_lifecycle_ssh_userdata_stop_start_terminate(sandbox: Any, machine: Any) -> None:
+    from nbcloud.providers.sandbox import client
+
+    m = machine()
+    m.ec2.get_waiter("instance_running").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
+    m.wait_ssh()
+    assert m.ssh("cat /home/ubuntu/ran.txt").stdout.strip() == "ran"
+    _, wrong = _keypair()
+    refused = m.ssh("true", known_hosts=f"{m.address} {wrong}\n")
+    assert refused.returncode != 0 and "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+    first = m.address
+    netns = next(i["namespace"] for i in client.status(sandbox.sandbox_dir)["instances"]
+                 if i["instance_id"] == m.instance_id)
+    assert netns in _netns_list()
+
+    m.ec2.stop_instances(InstanceIds=[m.instance_id])
+    m.ec2.get_waiter("instance_stopped").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
+    _wait(lambda: netns not in _netns_list())
+    assert m.ssh("true").returncode != 0
+
+    m.ec2.start_instances(InstanceIds=[m.instance_id])
+    m.ec2.get_waiter("instance_running").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
+    m.refresh()
+    assert m.address and m.address != first
+    m.wait_ssh()
+    out = m.ssh("cat ran.txt; grep -c '^== running' /var/log/cloud-init-output.log").stdout.split()
+    assert out == ["ran", "1"]  # same disk, user-data ran once
+
+    m.ec2.terminate_instances(InstanceIds=[m.instance_id])
+    _wait(lambda: not any(i["instance_id"] == m.instance_id for i in client.status(sandbox.sandbox_dir)["instances"]))
+    assert netns not in _netns_list()
+    assert not (Path(sandbox.sandbox_dir) / "instances" / m.instance_id).exists()
+
+
+def test_link_cut_ends_session_without_leaking_then_heals(sandbox: Any, machine: Any) -> None:
+    from nbcloud.providers.sandbox import client
+
+    m = machine()
+    m.wait_ssh()
+    kh = m.workdir / "known_hosts"
+    session = subprocess.Popen(
+        ["ssh", "-i", str(m.key_file), "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={kh}",
+         "-o", "BatchMode=yes", "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2",
+         f"ubuntu@{m.address}", "sleep 60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        leaked_before = client.status(sandbox.sandbox_dir)["guard"]["leaked_packets"]
+        cut = time.monotonic()
+        client.fault(m.instance_id, "link-down", sandbox.sandbox_dir)
+        route = subprocess.run(["ip", "route", "get", m.address], capture_output=True, text=True)
+        assert "eth0" not in route.stdout and route.returncode != 0  # blackholed, not routed out
+        session.wait(timeout=20)
+        elapsed = time.monotonic() - cut
+        assert elapsed < 15, elapsed
+        guard = client.status(sandbox.sandbox_dir)["guard"]
+        assert guard["blackhole"] and guard["leaked_packets"] == leaked_before
+    finally:
+        session.kill()
+    client.fault(m.instance_id, "link-up", sandbox.sandbox_dir)
+    route = subprocess.run(["ip", "route", "get", m.address], capture_output=True, text=True).stdout
+    assert "nb" in route and "eth0" not in route
+    assert m.ssh("echo back").stdout.strip() == "back"
+
+
+UNIT = """[Unit]
+Description=demo
+After=network.target
+[Service]
+Type=simple
+User=ubuntu
+WorkingDirectory=/home/ubuntu
+Environment="GREETING=hello world" N=1
+ExecStart=/bin/sh -c 'echo "$GREETING $N $(id -un)" >> /home/ubuntu/demo.log; exec sleep 1000'
+Restart=always
+RestartSec=1
+StandardOutput=append:/home/ubuntu/demo.out
+StandardError=inherit
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_services_reboot_imds_spot_and_shutdown(sandbox: Any, machine: Any) -> None:
+    from nbcloud.providers.sandbox import client
+
+    script = f"#!/bin/bash\ncat > /etc/systemd/system/demo.service <<'EOF'\n{UNIT}EOF\nsystemctl enable --now demo\n"
+    m = machine(script=script)
+    m.wait_ssh()
+    pid = _wait(lambda: m.ssh("systemctl is-active demo >/dev/null && pgrep -u ubuntu -x sleep").stdout.strip())
+    assert m.ssh("cat demo.log").stdout.splitlines()[0] == "hello world 1 ubuntu"
+    m.ssh(f"kill {pid}")
+    new = _wait(lambda: (p := m.ssh("pgrep -u ubuntu -x sleep").stdout.strip()) and p != pid and p, timeout=10)
+
+    client.fault(m.instance_id, "reboot", sandbox.sandbox_dir)
+    _wait(lambda: (p := m.ssh("pgrep -u ubuntu -x sleep", timeout=10).stdout.strip()) and p != new, timeout=20)
+    assert m.ssh("systemctl is-enabled demo").stdout.strip() == "enabled"
+
+    imds = (
+        "curl -s -o /dev/null -w '%{http_code} ' http://169.254.169.254/latest/meta-data/instance-id; "
+        "T=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token); "
+        "for p in instance-id local-ipv4 instance-life-cycle spot/instance-action; do "
+        "curl -s -w ' %{http_code}\\n' -H \"X-aws-ec2-metadata-token: $T\" "
+        "http://169.254.169.254/latest/meta-data/$p; done"
+    )
+    lines = m.ssh(imds).stdout.splitlines()
+    assert lines[0].startswith("401")
+    assert lines[0].split()[1:] == [m.instance_id, "200"]
+    assert lines[1] == f"{m.address} 200" and lines[2] == "on-demand 200" and lines[3].endswith("404")
+    client.fault(m.instance_id, "spot-notice", sandbox.sandbox_dir, seconds=600)
+    notice = m.ssh(imds).stdout.splitlines()[3].rsplit(" ", 1)
+    assert notice[1] == "200" and json.loads(notice[0])["action"] == "terminate"
+
+    m.ssh("sudo shutdown -h now")
+    _wait(lambda: m.refresh()["State"]["Name"] == "stopped", timeout=20)
+
+
+def test_volume_attach_detach(sandbox: Any, machine: Any) -> None:
+    m = machine()
+    m.wait_ssh()
+    zone = m.refresh()["Placement"]["AvailabilityZone"]
+    vol = m.ec2.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+    m.ec2.attach_volume(VolumeId=vol, InstanceId=m.instance_id, Device="/dev/sdf")
+    _wait(lambda: m.ssh(f"sudo sh -c 'echo data > /mnt/sandbox-volumes/{vol}/f'").returncode == 0)
+    m.ec2.detach_volume(VolumeId=vol)
+    _wait(lambda: m.ssh(f"test -e /mnt/sandbox-volumes/{vol}").returncode == 1)
+    assert (Path(sandbox.sandbox_dir) / "volumes" / vol / "f").read_text() == "data\n"
+    m.ec2.delete_volume(VolumeId=vol)
+    _wait(lambda: not (Path(sandbox.sandbox_dir) / "volumes" / vol).exists())
+
+
+def test_fault_api_next_call_fails(sandbox: Any, sandbox_ec2: Any, sandbox_client: Any) -> None:
+    from nbcloud.providers.sandbox import client
+
+    ami = sandbox_client("ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"]
+    client.fault_api("RunInstances", "InsufficientInstanceCapacity", 1, sandbox.sandbox_dir)
+    with pytest.raises(ClientError) as raised:
+        sandbox_ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    assert raised.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+    client.fault_api("DescribeVpcs", "UnauthorizedOperation", 5, sandbox.sandbox_dir)
+    client.fault_api("DescribeVpcs", "UnauthorizedOperation", 0, sandbox.sandbox_dir)  # 0 clears
+    sandbox_ec2.describe_vpcs()
+
+
+def test_uv_installs_the_remote_packages_offline(sandbox: Any, machine: Any) -> None:
+    from nbcloud.remote.packages import all_requirements
+
+    m = machine()
+    m.wait_ssh()
+    env = " ".join(f"{k}={v}" for k, v in sandbox.bootstrap_env.items())
+    reqs = " ".join(f"'{r}'" for r in all_requirements())
+    done = m.ssh(f"export {env}; $NBCLOUD_UV venv -q -p $NBCLOUD_PYTHON ~/venv && $NBCLOUD_UV pip install -q "
+                 f"--no-index --find-links $NBCLOUD_FIND_LINKS -p ~/venv {reqs} && ~/venv/bin/jupyter lab --version",
+                 timeout=170)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("4.6")
+
+
+def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
+    """A second sandbox through the CLI, one instance, then `sandbox reset`: nothing of it may remain."""
+    from tests.sandbox_fixtures import TEST_SUBNETS
+
+    from nbcloud.providers.sandbox.hosts import Network
+
+    subnet = next(s for s in TEST_SUBNETS[1:] + TEST_SUBNETS[:1] if s != sandbox.subnet)
+    env = {**os.environ, "NBCLOUD_SANDBOX_DIR": str(tmp_path / "sbx"), "NBCLOUD_SANDBOX_SUBNET": subnet}
+
+    def nb(*args: str) -> Any:
+        done = subprocess.run([sys.executable, "-m", "nbcloud.cli.app", "sandbox", *args, "--json"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr + done.stdout
+        return json.loads(done.stdout)
+
+    info = nb("start")
+    try:
+        assert info["subnet"] == subnet and info["mode"] == "netns"
+        import boto3
+
+        ec2 = boto3.client("ec2", endpoint_url=info["endpoint_url"], region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)
+        status = _wait(lambda: (s := nb("status"))["instances"] and s["instances"][0]["pids"] and s)
+        pids = status["instances"][0]["pids"]
+    finally:
+        nb("reset")
+    net = Network(subnet)
+    assert net.own_namespaces() == [] and net.own_links() == []
+    assert not net.guard_present()
+    assert net.nft_table not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert [p for p in [*pids, info["pid"]] if _alive(p)] == []
+    assert nb("status")["running"] is False
