@@ -1,0 +1,128 @@
+"""Pure parts of the sandbox: user-data parsing, unit files, address allocation, IMDS lookups."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from nbcloud.providers.sandbox.hosts import AddressPool, prefix_for_subnet
+from nbcloud.providers.sandbox.imds import MetadataSource
+from nbcloud.providers.sandbox.units import boot_order, parse_env_file, parse_timespan, parse_unit
+from nbcloud.providers.sandbox.userdata import parse_user_data
+
+KEYS = {"ed25519_private": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n",
+        "ed25519_public": "ssh-ed25519 AAAA host"}
+
+
+def _mime(*parts: tuple[str, str]) -> str:
+    body = 'Content-Type: multipart/mixed; boundary="XX"\nMIME-Version: 1.0\n\n'
+    for ctype, payload in parts:
+        body += f'--XX\nContent-Type: {ctype}; charset="us-ascii"\n\n{payload}\n'
+    return body + "--XX--\n"
+
+
+def test_plain_script_and_empty() -> None:
+    assert parse_user_data(None).scripts == []
+    assert parse_user_data(b"   ").scripts == []
+    ud = parse_user_data("#!/bin/bash\necho hi\n")
+    assert [c for _, c in ud.scripts] == [b"#!/bin/bash\necho hi\n"]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_multipart_cloud_config_yaml_or_json_and_script(as_json: bool) -> None:
+    if as_json:
+        config = "#cloud-config\n" + json.dumps({"ssh_keys": KEYS, "ssh_deletekeys": True})
+    else:
+        config = "#cloud-config\nssh_deletekeys: false\nssh_keys:\n  ed25519_private: |\n    -----BEGIN x\n" \
+                 "  ed25519_public: ssh-ed25519 AAAA host\n"
+    ud = parse_user_data(_mime(("text/cloud-config", config), ("text/x-shellscript", "#!/bin/sh\ntrue")))
+    assert list(ud.host_keys) == ["ed25519"]
+    assert ud.host_keys["ed25519"][1] == "ssh-ed25519 AAAA host"
+    assert ud.delete_keys is as_json
+    assert len(ud.scripts) == 1 and ud.scripts[0][1].startswith(b"#!/bin/sh")
+
+
+def test_gzip_user_data() -> None:
+    raw = gzip.compress(_mime(("text/x-shellscript", "#!/bin/sh\necho a")).encode())
+    assert parse_user_data(raw).scripts[0][1].rstrip() == b"#!/bin/sh\necho a"
+
+
+def test_bad_cloud_config_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        parse_user_data("#cloud-config\n- just\n- a list\n")
+
+
+def test_unit_file_parsing() -> None:
+    unit = parse_unit("jupyter.service", """
+[Unit]
+After=network-online.target nbcloud-setup.service
+Wants=network-online.target
+[Service]
+Type=simple
+User=ubuntu
+Group=ubuntu
+WorkingDirectory=/home/ubuntu
+Environment="A=one two" B=2
+Environment=C='three'
+EnvironmentFile=-/etc/nbcloud/env
+ExecStartPre=/bin/mkdir -p /run/x
+ExecStart=/opt/venv/bin/jupyter lab \\
+    --no-browser
+Restart=on-failure
+RestartSec=2
+StandardOutput=append:/var/log/j.log
+StandardError=inherit
+""")
+    assert unit.environment == {"A": "one two", "B": "2", "C": "three"}
+    assert unit.environment_files == ["-/etc/nbcloud/env"]
+    assert unit.exec_start == [["/opt/venv/bin/jupyter", "lab", "--no-browser"]]
+    assert unit.exec_start_pre == [["/bin/mkdir", "-p", "/run/x"]]
+    assert (unit.restart, unit.restart_sec, unit.user, unit.group) == ("on-failure", 2.0, "ubuntu", "ubuntu")
+    assert unit.stdout == "append:/var/log/j.log" and unit.stderr == "inherit"
+    assert "nbcloud-setup.service" in unit.after
+    assert parse_unit("x.service", "[Service]\nExecStart=/bin/true\n").restart_sec == 0.1
+    with pytest.raises(ValueError):
+        parse_unit("x.service", "[Service]\nType=simple\n")
+
+
+def test_timespans_env_files_and_boot_order() -> None:
+    assert parse_timespan("500ms") == 0.5 and parse_timespan("1min 30s") == 90 and parse_timespan("2") == 2
+    assert parse_env_file("# c\nexport A=1\nB='x y'\n\nC=\"z\"\n") == {"A": "1", "B": "x y", "C": "z"}
+    units = {n: parse_unit(n, f"[Unit]\nAfter={a}\n[Service]\nExecStart=/bin/true\n")
+             for n, a in (("a.service", "b.service"), ("b.service", "c.service"), ("c.service", ""))}
+    assert boot_order(units) == ["c.service", "b.service", "a.service"]
+
+
+def test_address_pool_skips_reserved_and_gives_new_addresses() -> None:
+    pool = AddressPool("10.201.0.0/16")
+    assert pool.caller_ip == "10.201.0.1"
+    first, second = pool.allocate(), pool.allocate()
+    assert (first, second) == ("10.201.0.2", "10.201.0.3")
+    pool.release(first)
+    assert pool.allocate() == "10.201.0.4"  # a started instance gets a new address
+    small = AddressPool("10.9.9.0/28")
+    got = {small.allocate() for _ in range(13)}
+    assert "10.9.9.0" not in got and "10.9.9.1" not in got and "10.9.9.15" not in got
+    with pytest.raises(RuntimeError):
+        small.allocate()
+    assert prefix_for_subnet("10.201.0.0/16") != prefix_for_subnet("10.200.0.0/16")
+    with pytest.raises(ValueError):
+        AddressPool("10.0.0.0/30")
+
+
+def test_imds_lookup(tmp_path: Path) -> None:
+    boot = {"instance_id": "i-1", "instance_type": "t3.micro", "ami_id": "ami-1", "address": "10.201.0.2",
+            "hostname": "ip-10-201-0-2", "availability_zone": "us-east-1a", "region": "us-east-1",
+            "lifecycle": "spot"}
+    (tmp_path / "boot.json").write_text(json.dumps(boot))
+    src = MetadataSource(tmp_path)
+    assert src.lookup("/latest/meta-data/instance-id") == (200, "i-1")
+    assert src.lookup("/latest/meta-data/placement/region") == (200, "us-east-1")
+    assert src.lookup("/latest/meta-data/instance-life-cycle") == (200, "spot")
+    assert src.lookup("/latest/meta-data/spot/instance-action")[0] == 404
+    (tmp_path / "spot-action.json").write_text('{"action": "terminate"}')
+    assert src.lookup("/latest/meta-data/spot/instance-action")[0] == 200
+    assert src.lookup("/latest/user-data")[0] == 404
