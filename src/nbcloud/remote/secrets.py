@@ -25,7 +25,14 @@ __all__ = [
     "new_token",
 ]
 
-AGENT_SETTINGS = "agent.json"  # in the secrets dir: writable by the login user, read by the root agent
+AGENT_SETTINGS = "agent.json"
+
+
+class _Unset:
+    """Marks "not passed" where None already means "off"."""
+
+
+_UNSET = _Unset()  # in the secrets dir: writable by the login user, read by the root agent
 
 
 def new_token() -> str:
@@ -123,14 +130,21 @@ def install_secrets_script(
     key_pem: str | None = None,
     gateway_token: str | None = None,
     agent_settings: str | None = None,
+    idle_stop_seconds: int | _Unset | None = _UNSET,
+    max_cost_usd: float | None = None,
+    hourly_usd: float | None = None,
     login_user: str = LOGIN_USER,
     secrets_dir: str | None = None,
 ) -> tuple[str, bytes]:
     """(script, stdin) to run as the login user: ``ssh host bash -c <script>`` with ``stdin`` on its input.
 
     Writes 0600 files into ``/home/<user>/.config/nbcloud/``: ``token``, ``password.hash``, ``jupyter.crt``,
-    ``jupyter.key``, ``gateway-token`` and ``agent.json`` (each only when given).
+    ``jupyter.key``, ``gateway-token`` and ``agent.json`` (each only when given). ``agent.json`` comes from
+    ``agent_settings`` (JSON text) or, when ``idle_stop_seconds`` is passed (``None`` = off), from it with
+    ``max_cost_usd``/``hourly_usd``; otherwise the one the bootstrap wrote (or ``autostop`` changed) stays.
     """
+    if agent_settings is None and not isinstance(idle_stop_seconds, _Unset):
+        agent_settings = agent_settings_json(idle_stop_seconds, max_cost_usd, hourly_usd)
     files: list[tuple[str, str]] = []
     if password_hash is not None:
         files.append(("password.hash", password_hash))
