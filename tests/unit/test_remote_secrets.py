@@ -108,3 +108,14 @@ def test_autostop_update_script(tmp_path: Path) -> None:
     assert oct(os.stat(settings).st_mode & 0o777) == "0o600"
     with pytest.raises(UsageError):
         autostop_update_script(10)
+
+
+def test_install_script_agent_settings_from_fields() -> None:
+    import base64
+
+    _, stdin = install_secrets_script("t", idle_stop_seconds=None, max_cost_usd=3.0, hourly_usd=0.5)
+    lines = dict(line.split(" ", 1) for line in stdin.decode().splitlines())
+    assert json.loads(base64.b64decode(lines["agent.json"])) == {
+        "idle_stop_seconds": None, "max_cost_usd": 3.0, "hourly_usd": 0.5}
+    _, stdin = install_secrets_script("t")
+    assert b"agent.json" not in stdin  # not passed: the instance's current settings stay
