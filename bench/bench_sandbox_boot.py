@@ -1,0 +1,145 @@
+"""Sandbox boot time: RunInstances → first successful `ssh true`, against a bare sshd in a fresh namespace.
+
+Prints, in one run (median of --runs):
+  * sandbox: RunInstances (key pair + user-data with pinned host key) → `ssh true` succeeds
+  * reference: `ip netns add` + veth + a bare `sshd -D` in that namespace → `ssh true` succeeds
+  * the ratio (goal ≤ 1.5)
+
+Run as root: python bench/bench_sandbox_boot.py [--runs 5]   (uses its own sandbox on 10.241.0.0/16, then resets)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+SUBNET = os.environ.get("NBCLOUD_BENCH_SUBNET", "10.241.0.0/16")
+
+
+def keypair() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, public
+
+
+def wait_ssh(address: str, user: str, key: Path, known_hosts: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+             "-o", "BatchMode=yes", "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR", f"{user}@{address}", "true"],
+            capture_output=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"ssh to {address} never succeeded")
+
+
+def sandbox_boot(ec2, ami: str, tmp: Path, index: int) -> float:
+    private, public = keypair()
+    host_private, host_public = keypair()
+    key = tmp / f"key{index}"
+    key.write_text(private)
+    key.chmod(0o600)
+    ec2.import_key_pair(KeyName=f"bench{index}", PublicKeyMaterial=public.encode())
+    import json
+
+    cfg = json.dumps({"ssh_keys": {"ed25519_private": host_private, "ed25519_public": host_public}})
+    start = time.monotonic()
+    reply = ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=f"bench{index}",
+                              UserData=f"#cloud-config\n{cfg}\n")
+    inst = reply["Instances"][0]
+    kh = tmp / f"kh{index}"
+    kh.write_text(f"{inst['PublicIpAddress']} {host_public}\n")
+    wait_ssh(inst["PublicIpAddress"], "ubuntu", key, kh)
+    elapsed = time.monotonic() - start
+    ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    return elapsed
+
+
+def bare_sshd(tmp: Path, index: int) -> float:
+    """The floor: a namespace, a veth with /32s, root's own sshd config with one authorized key."""
+    ns, host, inner = f"nbbench{index}", f"nbbh{index}", f"nbbi{index}"
+    caller, addr = "10.242.0.1", f"10.242.0.{index + 2}"
+    d = tmp / f"bare{index}"
+    d.mkdir()
+    private, public = keypair()
+    (d / "key").write_text(private)
+    (d / "key").chmod(0o600)
+    (d / "authorized_keys").write_text(public + "\n")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "hostkey")], check=True)
+    (d / "sshd_config").write_text(
+        f"Port 22\nHostKey {d / 'hostkey'}\nUsePAM no\nPasswordAuthentication no\nPermitRootLogin yes\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nPidFile {d / 'sshd.pid'}\n")
+    (d / "kh").write_text(f"{addr} {(d / 'hostkey.pub').read_text().split(' ', 2)[0]} "
+                          f"{(d / 'hostkey.pub').read_text().split(' ', 2)[1]}\n")
+    start = time.monotonic()
+    script = (f"netns add {ns}\nlink add {host} type veth peer name {inner} netns {ns}\n")
+    subprocess.run(["ip", "-batch", "-"], input=script, text=True, check=True)
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], text=True, check=True, input=(
+        f"link set {inner} name eth0\naddr add {addr}/32 dev eth0\nlink set lo up\nlink set eth0 up\n"
+        f"route add {caller}/32 dev eth0\nroute add default via {caller} dev eth0\n"))
+    subprocess.run(["ip", "-batch", "-"], text=True, check=True, input=(
+        f"addr add {caller}/32 dev {host}\nlink set {host} up\nroute replace {addr}/32 dev {host} src {caller}\n"))
+    sshd = subprocess.Popen(["ip", "netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ssh(addr, "root", d / "key", d / "kh")
+        return time.monotonic() - start
+    finally:
+        sshd.kill()
+        sshd.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        subprocess.run(["ip", "link", "del", host], check=False, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root")
+    import boto3
+
+    from nbcloud.providers.sandbox import client
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        subprocess.run(["ip", "route", "replace", "blackhole", "10.242.0.0/24"], check=True)
+        info = client.start(tmp / "sandbox", subnet=SUBNET)
+        try:
+            kw = {"endpoint_url": info.endpoint_url, "region_name": info.region, "aws_access_key_id": "testing",
+                  "aws_secret_access_key": "testing"}
+            ec2 = boto3.client("ec2", **kw)
+            ami = boto3.client("ssm", **kw).get_parameter(Name=UBUNTU)["Parameter"]["Value"]
+            sandbox_boot(ec2, ami, tmp, 99)  # warm-up (first calls, page cache)
+            boots, bares = [], []
+            for i in range(args.runs):
+                boots.append(sandbox_boot(ec2, ami, tmp, i))
+                bares.append(bare_sshd(tmp, i))
+        finally:
+            client.reset(tmp / "sandbox")
+            subprocess.run(["ip", "route", "del", "blackhole", "10.242.0.0/24"], check=False)
+    boot, bare = statistics.median(boots), statistics.median(bares)
+    print(f"sandbox RunInstances → ssh true   median {boot:.3f} s  ({', '.join(f'{b:.3f}' for b in boots)})")
+    print(f"bare netns + sshd → ssh true      median {bare:.3f} s  ({', '.join(f'{b:.3f}' for b in bares)})")
+    print(f"ratio {boot / bare:.2f}  (goal ≤ 1.5)")
+
+
+if __name__ == "__main__":
+    main()
