@@ -1,0 +1,492 @@
+"""The supervised loop behind a self-healing port forward: OpenSSH does the forwarding, we keep it alive.
+
+One ``ssh -N -L …`` at a time. Its stderr (LogLevel VERBOSE) tells us when it authenticated and why it died;
+``TunnelSupervisor`` turns that into a small JSON state file that ``nbcloud status``/``connect`` read. While the
+link is down we do not spawn ssh after ssh: a non-blocking TCP connect to the server's port every ~0.25 s is the
+probe (cheap, and a fresh SYN each time, so a healed link is noticed within one probe even when the old SYNs were
+dropped), and ssh starts as soon as one probe connects. The resolver (a cloud API call) runs in a thread, at most
+every ``resolve_every`` seconds while reconnects fail, so a slow API never delays a retry.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import random
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..config import write_private
+
+__all__ = ["Forward", "ResolveResult", "TunnelState", "TunnelSupervisor", "build_ssh_argv", "classify_line"]
+
+STATES = ("connecting", "up", "reconnecting", "down")
+_STOPPED = {"stopped": "instance stopped", "stopping": "instance stopped", "shutting-down": "instance terminated",
+            "terminated": "instance terminated", "gone": "instance terminated"}
+
+
+@dataclass(frozen=True)
+class Forward:
+    local_port: int
+    remote_port: int
+    label: str
+
+
+@dataclass(frozen=True)
+class ResolveResult:
+    state: str  # the cloud's view: running, pending, stopped, stopping, terminated, gone, unknown
+    host: str | None
+
+
+@dataclass(frozen=True)
+class TunnelState:
+    """What the state file holds; ``read_state`` returns it, the CLI renders it."""
+
+    name: str
+    state: str  # connecting | up | reconnecting | down
+    since: str  # ISO UTC of the last change of `state`
+    reason: str
+    local_ports: dict[str, int] = field(default_factory=dict)
+    remote_ports: dict[str, int] = field(default_factory=dict)
+    pid: int | None = None  # the supervisor
+    ssh_pid: int | None = None
+    attempts: int = 0  # ssh attempts since the tunnel was last up (or since start)
+    last_up: str | None = None
+    instance_state: str | None = None  # last answer of the resolver
+    updated: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> TunnelState:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})  # type: ignore[arg-type]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- stderr of ssh -> events -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Event:
+    # auth; lost (was up, link died); fail (could not reach the server: paced by the probes);
+    # reject (reached the server, it said no: backoff); port_busy (a local port is taken: backoff); hostkey (fatal)
+    kind: str
+    reason: str
+
+
+_RULES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"^Authenticated to "), "auth", "authenticated"),
+    (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|host key is known for .* "
+                r"requested strict checking|Host key for .* has changed"), "hostkey",
+     "host key verification failed: the server did not present the pinned host key"),
+    (re.compile(r"^Timeout, server .* not responding"), "lost", "link lost: server not responding to keepalives"),
+    (re.compile(r"^bind \[?[\d.:a-fA-F]*\]?:(\d+): Address already in use"), "port_busy",
+     "local port {0} is in use by another program"),
+    (re.compile(r"Could not request local forwarding"), "port_busy", "could not listen on a local port"),
+    (re.compile(r"connect to host .* port \d+: Connection refused"), "fail", "connection refused (sshd not running)"),
+    (re.compile(r"connect to host .* port \d+: (?:Connection timed out|Operation timed out)"), "fail",
+     "connection timed out"),
+    (re.compile(r"connect to host .* port \d+: (Network is unreachable|No route to host|Invalid argument|"
+                r"Host is unreachable)"), "fail", "network unreachable"),
+    (re.compile(r"connect to host .* port \d+: (.*)$"), "fail", "cannot connect: {0}"),
+    (re.compile(r"Could not resolve hostname"), "fail", "could not resolve the host name"),
+    (re.compile(r"Permission denied \("), "reject", "authentication failed (key not accepted)"),
+    (re.compile(r"kex_exchange_identification|banner exchange|Connection timed out during"), "reject",
+     "ssh handshake failed"),
+    (re.compile(r"Connection (?:closed|reset) by|Broken pipe|client_loop: send disconnect|Received disconnect"),
+     "lost", "connection closed by the server"),
+]
+
+
+def classify_line(line: str) -> Event | None:
+    """Map one stderr line of ``ssh -o LogLevel=VERBOSE`` to an event; channel-level noise maps to None.
+
+    ``channel N: open failed: connect failed: Connection refused`` means the *remote* port is closed (Jupyter
+    restarting), not that the tunnel broke, so only ``connect to host …`` lines count as connect failures.
+    """
+    line = line.strip()
+    if not line or line.startswith("channel "):
+        return None
+    for pattern, kind, reason in _RULES:
+        m = pattern.search(line)
+        if m:
+            return Event(kind, reason.format(*m.groups()))
+    return None
+
+
+def build_ssh_argv(host_alias: str, forwards: list[Forward], ssh_config: Path, *, keepalive_interval: int,
+                   keepalive_count: int, connect_timeout: int, ssh_binary: str = "ssh") -> list[str]:
+    """The one ssh command line; nothing secret on it (ps shows it to every local user)."""
+    argv = [ssh_binary, "-F", str(ssh_config), "-N",
+            "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
+            "-o", f"ServerAliveInterval={keepalive_interval}", "-o", f"ServerAliveCountMax={keepalive_count}",
+            # Pinned on the command line too, so no config edit can make us accept a different host key.
+            "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=VERBOSE"]
+    for fw in forwards:
+        argv += ["-L", f"127.0.0.1:{fw.local_port}:127.0.0.1:{fw.remote_port}"]
+    argv.append(host_alias)
+    return argv
+
+
+def listening_ports() -> set[int] | None:
+    """Ports in LISTEN state on 127.0.0.1 per /proc/net/tcp (Linux); None where there is no /proc.
+
+    Read instead of probing with bind(): a bind racing ssh's own bind could make ssh fail its forward.
+    """
+    try:
+        text = Path("/proc/net/tcp").read_text()
+    except OSError:
+        return None
+    ports = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 3 and parts[3] == "0A" and parts[1].startswith("0100007F:"):
+            ports.add(int(parts[1].split(":")[1], 16))
+    return ports
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A preexec hook that makes ssh die with the supervisor (Linux), so a SIGKILLed supervisor leaks nothing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved now: the child only calls a function pointer
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class TunnelSupervisor:
+    def __init__(self, name: str, host_alias: str, forwards: list[Forward], ssh_config: Path, state_file: Path,
+                 log_file: Path, resolver: Callable[[], ResolveResult], keepalive_interval: int = 2,
+                 keepalive_count: int = 2, backoff_max: float = 5.0, *, retry_interval: float = 0.25,
+                 connect_timeout: int = 5, attempt_timeout: float = 20.0, resolve_every: float = 5.0,
+                 ssh_binary: str = "ssh") -> None:
+        self.name, self.host_alias, self.forwards = name, host_alias, list(forwards)
+        self.ssh_config, self.state_file, self.log_file = Path(ssh_config), Path(state_file), Path(log_file)
+        self.resolver = resolver
+        self.keepalive_interval, self.keepalive_count = keepalive_interval, keepalive_count
+        self.backoff_max, self.retry_interval = backoff_max, retry_interval
+        self.connect_timeout, self.attempt_timeout, self.resolve_every = connect_timeout, attempt_timeout, resolve_every
+        self.ssh_binary = ssh_binary
+        self._stop_requested = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ever_up = False
+        self._state = TunnelState(name=name, state="connecting", since=now_iso(), reason="starting",
+                                  local_ports={f.label: f.local_port for f in self.forwards},
+                                  remote_ports={f.label: f.remote_port for f in self.forwards}, pid=os.getpid())
+        self._resolve_thread: threading.Thread | None = None
+        self._resolved: ResolveResult | None = None
+        self._last_resolve = -1e9
+        self._target_cache: tuple[tuple[int, int], tuple[str, int] | None] | None = None
+
+    # --- bookkeeping ---------------------------------------------------------------------------------------------
+
+    def log(self, msg: str) -> None:
+        print(f"{now_iso()} [{self.name}] {msg}", flush=True)  # stdout is the log file (see start_supervisor)
+
+    def _set(self, state: str | None = None, reason: str | None = None, **changes: object) -> None:
+        cur = self._state
+        if state is not None and state != cur.state:
+            changes["since"] = now_iso()
+            self.log(f"state {cur.state} -> {state}: {reason or cur.reason}")
+        fields = {**asdict(cur), **changes, "updated": now_iso()}
+        if state is not None:
+            fields["state"] = state
+        if reason is not None:
+            fields["reason"] = reason
+        self._state = TunnelState(**fields)
+        write_private(self.state_file, self._state.to_json())
+
+    # --- resolver (threaded, rate-limited) -----------------------------------------------------------------------
+
+    def _kick_resolver(self) -> None:
+        if self._resolve_thread is not None or time.monotonic() - self._last_resolve < self.resolve_every:
+            return
+        self._last_resolve = time.monotonic()
+
+        def work() -> None:
+            try:
+                result = self.resolver()
+            except Exception as exc:  # an API hiccup must never kill the tunnel
+                self.log(f"resolver failed: {exc!r}")
+                result = ResolveResult("unknown", None)
+            self._resolved = result
+
+        self._resolve_thread = threading.Thread(target=work, name="resolver", daemon=True)
+        self._resolve_thread.start()
+
+    def _take_resolved(self) -> ResolveResult | None:
+        """The resolver's answer once its thread finished, else None; records instance_state."""
+        t = self._resolve_thread
+        if t is None or t.is_alive():
+            return None
+        self._resolve_thread = None
+        result, self._resolved = self._resolved, None
+        if result is not None and result.state != self._state.instance_state:
+            self._set(instance_state=result.state)
+        return result
+
+    def _resolve_now(self) -> ResolveResult | None:
+        if self._resolve_thread is not None:
+            self._resolve_thread.join()
+        self._last_resolve = -1e9
+        self._kick_resolver()
+        assert self._resolve_thread is not None
+        self._resolve_thread.join()
+        return self._take_resolved()
+
+    # --- probing ---------------------------------------------------------------------------------------------------
+
+    def _target(self) -> tuple[str, int] | None:
+        """(host, port) ssh will connect to, per ``ssh -G``; None when it goes through a proxy (cannot probe).
+
+        Cached on the config file's identity: the lead's code replaces the file atomically when the address moves.
+        """
+        try:
+            st = self.ssh_config.stat()
+            key = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            return None
+        if self._target_cache is not None and self._target_cache[0] == key:
+            return self._target_cache[1]
+        target: tuple[str, int] | None = None
+        try:
+            out = subprocess.run([self.ssh_binary, "-F", str(self.ssh_config), "-G", self.host_alias],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            opts = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+            if opts.get("proxycommand", "none") == "none" and opts.get("proxyjump", "none") == "none":
+                target = (opts["hostname"], int(opts.get("port", "22")))
+        except (OSError, subprocess.SubprocessError, KeyError, ValueError) as exc:
+            self.log(f"ssh -G failed, retrying without probes: {exc!r}")
+        self._target_cache = (key, target)
+        return target
+
+    def _wait_reachable(self, delay: float) -> str | None:
+        """Wait at least ``delay`` s and until a TCP probe to sshd connects. Returns a down reason, or None to go on.
+
+        A new probe every retry_interval (with jitter) while older ones stay pending for up to 3 s: a SYN lost on a
+        dead link is retransmitted by the kernel only after 1 s, 3 s, …, so fresh sockets are what notice a heal.
+        Every failed probe may ask the resolver (rate-limited): the instance may be stopped or have a new address.
+        """
+        not_before = time.monotonic() + delay
+        pending: dict[socket.socket, float] = {}
+        sel = selectors.DefaultSelector()
+        next_probe = time.monotonic()
+        reachable = False
+        try:
+            while not self._stop_requested:
+                verdict = self._take_resolved()
+                if verdict is not None and verdict.state in _STOPPED:
+                    return _STOPPED[verdict.state]
+                now = time.monotonic()
+                if reachable and now >= not_before:
+                    return None
+                target = self._target()
+                if target is None:  # behind a proxy: no probing, just pace the attempts
+                    not_before = max(not_before, now + self.retry_interval)
+                    reachable = True
+                    time.sleep(max(0.0, min(0.1, not_before - now)))
+                    continue
+                if now >= next_probe and not reachable:
+                    next_probe = now + self.retry_interval * random.uniform(0.8, 1.2)
+                    sock = self._probe(target)
+                    if sock is None:
+                        self._kick_resolver()  # failed locally (no route, no DNS): the link or the address is gone
+                    else:
+                        sel.register(sock, selectors.EVENT_WRITE)
+                        pending[sock] = now
+                wait = (not_before if reachable else next_probe) - time.monotonic()
+                for key, _ in sel.select(timeout=max(0.0, min(0.1, wait))) if pending else ():
+                    sock = key.fileobj  # type: ignore[assignment]
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    sel.unregister(sock)
+                    del pending[sock]
+                    sock.close()
+                    if err == 0:
+                        reachable = True
+                    else:
+                        self._kick_resolver()  # refused or unreachable: stopped? moved?
+                if not pending:
+                    time.sleep(max(0.0, min(0.1, wait)))
+                for sock, started in list(pending.items()):
+                    if time.monotonic() - started > 3.0:
+                        sel.unregister(sock)
+                        del pending[sock]
+                        sock.close()
+                        self._kick_resolver()
+            return None
+        finally:
+            for sock in pending:
+                sock.close()
+            sel.close()
+
+    @staticmethod
+    def _probe(target: tuple[str, int]) -> socket.socket | None:
+        """Start a non-blocking connect to sshd; None when it failed at once."""
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(target[0], target[1], type=socket.SOCK_STREAM)[0]
+        except OSError:
+            return None
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        if sock.connect_ex(addr) in (0, errno.EINPROGRESS):
+            return sock
+        sock.close()
+        return None
+
+    # --- one ssh attempt -------------------------------------------------------------------------------------------
+
+    def _attempt(self) -> Event:
+        """Run ssh until it exits; returns why it ended. Marks the tunnel up once authenticated and listening."""
+        argv = build_ssh_argv(self.host_alias, self.forwards, self.ssh_config,
+                              keepalive_interval=self.keepalive_interval, keepalive_count=self.keepalive_count,
+                              connect_timeout=self.connect_timeout, ssh_binary=self.ssh_binary)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=_pdeathsig(), close_fds=True)
+        self._proc = proc
+        assert proc.stderr is not None
+        self._set(ssh_pid=proc.pid, attempts=self._state.attempts + 1)
+        fd = proc.stderr.fileno()
+        os.set_blocking(fd, False)
+        started, authed_at, is_up = time.monotonic(), None, False
+        last: Event | None = None
+        buf = b""
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        eof = False
+        try:
+            while not eof:
+                if self._stop_requested:
+                    self._kill_ssh()
+                ready = sel.select(timeout=0.5 if is_up else 0.05)
+                if ready:
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        chunk = b""
+                    if chunk == b"":
+                        eof = bool(ready)
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for raw in lines:
+                        line = raw.decode(errors="replace").rstrip()
+                        if line:
+                            self.log(f"ssh: {line}")
+                        ev = classify_line(line)
+                        if ev is None:
+                            continue
+                        if ev.kind == "auth":
+                            authed_at = time.monotonic()
+                        elif last is None or last.kind not in ("hostkey", ev.kind):
+                            last = ev  # the first line of a kind is the specific one ("bind …: in use")
+                if not is_up and authed_at is not None and proc.poll() is None and self._listening(authed_at):
+                    is_up = True
+                    self._ever_up = True
+                    self._set("up", "connected", last_up=now_iso(), attempts=0)
+                if not is_up and time.monotonic() - started > self.attempt_timeout:
+                    # A link that dies mid-handshake leaves ssh waiting on TCP for minutes: cut it short.
+                    last = Event("fail", "ssh handshake timed out")
+                    self._kill_ssh()
+        finally:
+            sel.close()
+            self._kill_ssh()
+            proc.stderr.close()
+        if last is None:
+            last = Event("lost" if is_up else "reject", f"ssh exited with status {proc.returncode}")
+        return Event(("up:" if is_up else "") + last.kind, last.reason)
+
+    def _listening(self, authed_at: float) -> bool:
+        """ssh binds the -L listeners right after auth and exits on a bind failure (ExitOnForwardFailure), so
+        authenticated + alive + ports listening == up. Without /proc, alive 0.2 s after auth stands in."""
+        ports = listening_ports()
+        if ports is None:
+            return time.monotonic() - authed_at > 0.2
+        return all(f.local_port in ports for f in self.forwards)
+
+    def _kill_ssh(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    # --- the loop --------------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stop_requested = True
+
+    def run(self) -> int:
+        """Supervise until stopped (SIGTERM/SIGINT → 0), the instance is gone (→ 0) or the host key is wrong (→ 1)."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not end a detached tunnel
+        self._set("connecting", "starting")
+        code, reason = self._loop()
+        self._kill_ssh()
+        self._set("down", reason, ssh_pid=None)
+        return code
+
+    def _loop(self) -> tuple[int, str]:
+        failures = 0  # consecutive attempts that reached the server but did not come up
+        delay = 0.0
+        tried_host: str | None = None
+        spawned = 0  # only the very first attempt skips the probe
+        while not self._stop_requested:
+            if spawned:
+                down = self._wait_reachable(delay)
+                if down is not None:
+                    return 0, down
+                if self._stop_requested:
+                    break
+            target = self._target()
+            spawned += 1
+            ev = self._attempt()
+            self._proc = None
+            if self._stop_requested:
+                break
+            was_up = ev.kind.startswith("up:")
+            kind = ev.kind.removeprefix("up:")
+            if was_up:
+                failures, delay = 0, 0.0
+            if kind == "hostkey":
+                # Before giving up: the address may have moved to another machine (EC2 recycles public IPs after a
+                # stop). Ask the resolver; if it hands us a new address, that one must present the pinned key.
+                result = self._resolve_now()
+                host = target[0] if target else None
+                if result is not None and result.state in _STOPPED:
+                    return 0, _STOPPED[result.state]
+                if result is not None and result.host and result.host not in (host, tried_host):
+                    tried_host = result.host
+                    self._set("connecting" if not self._ever_up else "reconnecting", ev.reason, ssh_pid=None)
+                    continue
+                return 1, f"{ev.reason} ({self.host_alias}); refusing to connect — check the instance, then " \
+                          f"`nbcloud connect {self.name}` again"
+            if not was_up:
+                failures += 1
+                self._kick_resolver()
+            # Unreachable: the probes pace the retries. Reached but refused (auth, sshd starting, a local port taken,
+            # unknown exits): exponential backoff up to backoff_max, so we never spin on a server that says no.
+            delay = min(self.backoff_max, 0.25 * 2 ** min(failures, 10)) if kind in ("reject", "port_busy") else 0.0
+            self._set("reconnecting" if self._ever_up else "connecting", ev.reason, ssh_pid=None)
+        return 0, "disconnected"

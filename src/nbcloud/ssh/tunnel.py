@@ -1,0 +1,275 @@
+"""Self-healing port forwards to an instance: start, stop and inspect a detached supervisor per instance.
+
+The supervisor (:mod:`nbcloud.ssh.supervisor`) runs as its own session-leader process
+``python -m nbcloud.ssh.tunnel <args-file>`` so the tunnel outlives the CLI that started it and a closed terminal.
+It talks to the rest of nbcloud only through files in ``paths().tunnels_dir``: ``<name>.args.json`` (how to run;
+no secrets), ``<name>.json`` (its state, rewritten atomically on every change) and ``<name>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import ensure_private_dir, paths, write_private
+from ..errors import TunnelError, UsageError
+from .supervisor import Forward, ResolveResult, TunnelState, TunnelSupervisor, now_iso
+
+__all__ = [
+    "Forward",
+    "ResolveResult",
+    "TunnelState",
+    "TunnelSupervisor",
+    "host_alias_for",
+    "log_path",
+    "main",
+    "pick_local_port",
+    "port_is_free",
+    "read_state",
+    "start_supervisor",
+    "state_path",
+    "stop_supervisor",
+    "wait_until_up",
+]
+
+_ENTRY = "nbcloud.ssh.tunnel"
+_LOG_ROTATE_BYTES = 5 * 1024 * 1024
+_children: dict[int, subprocess.Popen[bytes]] = {}  # spawned by this process: reaped so a dead one is not a zombie
+
+
+def host_alias_for(name: str) -> str:
+    return f"nb-{name}"
+
+
+def state_path(name: str) -> Path:
+    return paths().tunnels_dir / f"{name}.json"
+
+
+def log_path(name: str) -> Path:
+    return paths().tunnels_dir / f"{name}.log"
+
+
+def _args_path(name: str) -> Path:
+    return paths().tunnels_dir / f"{name}.args.json"
+
+
+# --- local ports -------------------------------------------------------------------------------------------------
+
+def port_is_free(port: int) -> bool:
+    """Whether ssh could listen on 127.0.0.1:port (SO_REUSEADDR like ssh: a TIME_WAIT leftover does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _busy(port: int) -> UsageError:
+    return UsageError(f"local port {port} is in use by another program", "pass --port P or stop that program")
+
+
+def pick_local_port(preferred: int | None, default: int = 8888) -> int:
+    """``preferred`` if free (else UsageError); with None, ``default`` or the next free port above it."""
+    if preferred is not None:
+        if not port_is_free(preferred):
+            raise _busy(preferred)
+        return preferred
+    for port in range(default, default + 100):
+        if port_is_free(port):
+            return port
+    with socket.socket() as s:  # 100 busy ports in a row: let the kernel pick
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the detached process ----------------------------------------------------------------------------------------
+
+def _cmdline(pid: int) -> str | None:
+    """The process's command line, or None when it is gone (a zombie counts as gone)."""
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+        return None
+    proc = Path(f"/proc/{pid}")
+    if proc.exists() or sys.platform.startswith("linux"):
+        try:
+            if ") Z" in (proc / "stat").read_text():
+                return None
+            return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+    out = subprocess.run(["ps", "-p", str(pid), "-o", "stat=,command="], capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.strip() or out.stdout.lstrip().startswith("Z"):
+        return None
+    return out.stdout.strip().split(None, 1)[-1]
+
+
+def _is_supervisor(pid: int | None) -> bool:
+    # Checks the command line, not just the pid: after a reboot the pid may belong to anything.
+    if not pid:
+        return False
+    cmd = _cmdline(pid)
+    return cmd is not None and (_ENTRY in cmd or "tunnel-supervisor" in cmd)
+
+
+def _read_raw(name: str) -> TunnelState | None:
+    try:
+        return TunnelState.from_dict(json.loads(state_path(name).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_state(name: str) -> TunnelState | None:
+    """The tunnel's state, or None if there never was one. A dead supervisor reads as ``down``."""
+    for pid, child in list(_children.items()):  # reap the supervisors this process started and that ended
+        if child.poll() is not None:
+            _children.pop(pid, None)
+    st = _read_raw(name)
+    if st is None or st.state == "down" or _is_supervisor(st.pid):
+        return st
+    return TunnelState(**{**asdict(st), "state": "down", "reason": "tunnel supervisor is not running",
+                          "ssh_pid": None})
+
+
+def start_supervisor(name: str, forwards: list[Forward], *, host_alias: str | None = None,
+                     ssh_config: Path | None = None, resolver: str | None = None, keepalive_interval: int = 2,
+                     keepalive_count: int = 2, backoff_max: float = 5.0, connect_timeout: int = 5) -> int:
+    """Start (or reuse) the detached supervisor for ``name``; returns its pid.
+
+    A live supervisor with the same ports is reused; one with other ports is replaced. ``resolver`` is
+    ``"module:function"``, a factory ``f(name) -> Callable[[], ResolveResult]``; None means the default
+    ``nbcloud.ops:tunnel_resolver``. Raises UsageError when a local port is taken by another program.
+    """
+    want_local = {f.label: f.local_port for f in forwards}
+    want_remote = {f.label: f.remote_port for f in forwards}
+    current = read_state(name)
+    if current is not None and current.state != "down" and _is_supervisor(current.pid):
+        if current.local_ports == want_local and current.remote_ports == want_remote:
+            return int(current.pid or 0)
+        stop_supervisor(name)
+    for fw in forwards:
+        if not port_is_free(fw.local_port):
+            raise _busy(fw.local_port)
+    p = paths()
+    ensure_private_dir(p.tunnels_dir)
+    args = {
+        "name": name, "host_alias": host_alias or host_alias_for(name),
+        "forwards": [asdict(f) for f in forwards], "ssh_config": str(ssh_config or p.ssh_config),
+        "state_file": str(state_path(name)), "log_file": str(log_path(name)), "resolver": resolver,
+        "keepalive_interval": keepalive_interval, "keepalive_count": keepalive_count, "backoff_max": backoff_max,
+        "connect_timeout": connect_timeout,
+    }
+    write_private(_args_path(name), json.dumps(args, indent=2))
+    # No stale "down" from a previous run may answer wait_until_up before the new supervisor writes its state.
+    state_path(name).unlink(missing_ok=True)
+    log = log_path(name)
+    if log.exists() and log.stat().st_size > _LOG_ROTATE_BYTES:
+        log.replace(log.with_suffix(".log.1"))
+    env = dict(os.environ)
+    # Make `-m nbcloud.ssh.tunnel` importable from "/" even when nbcloud runs from a source tree.
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", _ENTRY, str(_args_path(name))], stdin=subprocess.DEVNULL,
+                                stdout=fd, stderr=fd, cwd="/", env=env, start_new_session=True, close_fds=True)
+    finally:
+        os.close(fd)
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def stop_supervisor(name: str, timeout: float = 5.0) -> bool:
+    """Stop the tunnel for ``name``; True when a supervisor was running. Leaves the state ``down``/"disconnected"."""
+    st = _read_raw(name)
+    if st is None:
+        return False
+    running = _is_supervisor(st.pid)
+    if running and st.pid:
+        os.kill(st.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _is_supervisor(st.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _is_supervisor(st.pid):
+            os.kill(st.pid, signal.SIGKILL)
+    if st.ssh_pid and (_cmdline(st.ssh_pid) or "").startswith("ssh "):
+        os.kill(st.ssh_pid, signal.SIGTERM)  # normally gone with the supervisor (PDEATHSIG); not on macOS
+    after = _read_raw(name)
+    if after is None or after.state != "down":
+        base = after or st
+        write_private(state_path(name), TunnelState(**{
+            **asdict(base), "state": "down", "since": now_iso(), "reason": "disconnected", "ssh_pid": None,
+            "updated": now_iso()}).to_json())
+    return running
+
+
+def wait_until_up(name: str, timeout: float) -> TunnelState:
+    """Block until the tunnel is up; TunnelError when it goes down or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    st = None
+    while True:
+        st = read_state(name)
+        if st is not None and st.state == "up":
+            return st
+        if st is not None and st.state == "down":
+            raise TunnelError(f"the tunnel to {name} is down: {st.reason}")
+        if time.monotonic() >= deadline:
+            why = f" (last: {st.state}, {st.reason})" if st else ""
+            raise TunnelError(f"the tunnel to {name} did not come up within {timeout:g} s{why}")
+        time.sleep(0.02)
+
+
+# --- entry point of the detached process -------------------------------------------------------------------------
+
+def _unknown_resolver() -> ResolveResult:
+    return ResolveResult("unknown", None)
+
+
+def load_resolver(spec: str | None, name: str) -> Callable[[], ResolveResult]:
+    """``module:function`` names a factory taking the instance name. Default: ``nbcloud.ops:tunnel_resolver``."""
+    if spec is None:
+        try:
+            factory = importlib.import_module("nbcloud.ops").tunnel_resolver
+        except (ImportError, AttributeError):
+            print("no resolver (nbcloud.ops.tunnel_resolver missing): retrying forever", file=sys.stderr)
+            return _unknown_resolver
+        return factory(name)
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)(name)
+
+
+def run_from_args_file(args_file: Path, resolver: str | None = None) -> int:
+    raw = json.loads(Path(args_file).read_text())
+    name = raw["name"]
+    sup = TunnelSupervisor(
+        name, raw["host_alias"], [Forward(**f) for f in raw["forwards"]], Path(raw["ssh_config"]),
+        Path(raw["state_file"]), Path(raw["log_file"]), load_resolver(resolver or raw.get("resolver"), name),
+        keepalive_interval=int(raw.get("keepalive_interval", 2)), keepalive_count=int(raw.get("keepalive_count", 2)),
+        backoff_max=float(raw.get("backoff_max", 5.0)), connect_timeout=int(raw.get("connect_timeout", 5)))
+    return sup.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {_ENTRY}", description="Supervise one self-healing tunnel.")
+    parser.add_argument("args_file", type=Path, help="<name>.args.json written by start_supervisor")
+    parser.add_argument("--resolver", help="module:function, a factory f(name) -> Callable[[], ResolveResult]")
+    ns = parser.parse_args(argv)
+    return run_from_args_file(ns.args_file, ns.resolver)
+
+
+if __name__ == "__main__":
+    from nbcloud.ssh.tunnel import main as _main  # the package's module, not __main__: one set of classes
+
+    sys.exit(_main())
