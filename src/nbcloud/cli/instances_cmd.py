@@ -249,7 +249,7 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
     from ..ssh.session import ssh_argv
 
     ctx = _ctx()
-    ctx.record(name)
+    ctx.key_path(name)
     argv = ssh_argv(ctx.paths.ssh_config, f"nb-{name}")
     argv.remove("BatchMode=yes")
     argv.remove("-o")
@@ -269,7 +269,7 @@ def logs(name: str, bootstrap: bool, agent: bool, follow: bool, lines: int) -> N
     from ..ssh.session import ssh_argv
 
     ctx = _ctx()
-    ctx.record(name)
+    ctx.key_path(name)
     log = "bootstrap" if bootstrap else "agent" if agent else "jupyter"
     command = f"tail -n {lines} {'-F' if follow else ''} /var/log/nbcloud/{log}.log"
     argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), "--", command]

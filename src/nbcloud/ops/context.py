@@ -7,10 +7,11 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Paths, Settings, ensure_private_dir, load_settings, paths
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, NotFoundError, UsageError
 from ..state import Record, Store, open_store
 
 if TYPE_CHECKING:
@@ -55,6 +56,17 @@ class Context:
             raise NotFoundError(f"no instance named {name!r} on this machine",
                                 "`nbcloud status` lists them; `nbcloud up NAME` makes one")
         return found
+
+    def key_path(self, name: str) -> Path:
+        """The private login key of ``name``; a missing key is a clear error, not ssh's 'Permission denied'."""
+        self.record(name)
+        path = self.paths.keys_dir / name
+        if not path.exists():
+            raise UsageError(
+                f"the private key for {name!r} is missing ({path})",
+                f"restore it from a backup; without it nbcloud cannot log in (`nbcloud down {name}` then "
+                f"`nbcloud up {name}` makes a new instance, keeping data volumes)")
+        return path
 
     @contextmanager
     def name_lock(self, name: str, wait: bool = True) -> Iterator[None]:

@@ -11,9 +11,9 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..errors import ConflictError, NbcloudError, RemoteError, UsageError
+from ..errors import CapacityError, ConflictError, NbcloudError, RemoteError, UsageError
 from ..models import LAUNCH_TAG, MANAGED_TAG, NAME_TAG, ROLE_TAG, Instance, InstanceSpec, InstanceTypeInfo
 from ..providers.aws.volumes import VOLUME_NAME_TAG
 from ..providers.base import IngressRule, LaunchRequest, Provider
@@ -223,17 +223,25 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         user_data = render_user_data(_bootstrap_spec(spec, provider, host_key,
                                                      volume.volume_id if volume else None, hourly))
         progress("launching instance")
-        instance = provider.run_instance(LaunchRequest(
+        request = LaunchRequest(
             name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
             key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb, zone=zone,
             spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
-        ))
+        )
+        try:
+            instance = provider.run_instance(request)
+        except CapacityError:
+            if not (spec.spot and spec.spot_fallback):
+                raise
+            progress("no spot capacity: falling back to on-demand (--spot-fallback)")
+            instance = provider.run_instance(replace(request, spot=False, max_price=None,
+                                                     launch_id=f"{launch_id}-od"))
         instance_id.append(instance.instance_id)
         rollback.add(f"instance {instance.instance_id}", lambda: provider.terminate(instance.instance_id))
         ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,
                              instance_id=instance.instance_id, launch_id=launch_id, state=instance.state,
                              instance_type=spec.instance_type, lifecycle=instance.lifecycle,
-                             spec=_spec_json(spec)))
+                             spec=_spec_json(spec) | {"gpus": itype.gpus}))
         rollback.add("local record", lambda: ctx.store.delete(spec.name))
 
         progress(f"waiting for {instance.instance_id} to run")

@@ -120,6 +120,7 @@ def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wa
     from .launch import wait_ready
 
     record = ctx.record(name)
+    ctx.key_path(name)
     provider = ctx.provider_for(record)
     instance = provider.find(name)
     if instance is None:
@@ -265,7 +266,7 @@ def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceVi
         state=instance.state if instance else "gone", instance_type=record.instance_type, region=record.region,
         provider=record.provider, host=instance.host if instance else None, user=record.user,
         lifecycle=instance.lifecycle if instance else record.lifecycle, zone=instance.zone if instance else None,
-        uptime_seconds=uptime, idle_stop_seconds=spec.idle_stop_seconds,
+        uptime_seconds=uptime, idle_stop_seconds=spec.idle_stop_seconds, gpus=(record.spec or {}).get("gpus"),
         **tunnel_fields(ctx, record), **cost_fields(ctx, record, spec, now),
     )
 

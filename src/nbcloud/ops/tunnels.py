@@ -85,6 +85,7 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     from .lifecycle import _spec, refresh
 
     record = ctx.record(name)
+    ctx.key_path(name)
     instance = refresh(ctx, name)
     if instance is None:
         raise ConflictError(f"instance {name!r} no longer exists", f"`nbcloud up {name}` makes a new one")

@@ -31,7 +31,7 @@ def get_provider(name: str, region: str | None = None, profile: str | None = Non
 
             raise SandboxError("the sandbox is not running", "start it with `nbcloud sandbox start`")
         session = AwsSession.create(
-            region=info.region, endpoint_url=info.endpoint_url, access_key="testing", secret_key="testing"
+            region=region or info.region, endpoint_url=info.endpoint_url, access_key="testing", secret_key="testing"
         )
         return AwsProvider(session, label="sandbox", checkip_url=f"{info.control_url}/checkip",
                            package_env=dict(info.bootstrap_env))

@@ -124,7 +124,7 @@ class AwsSession:
         chosen = region or boto.region_name or os.environ.get("AWS_REGION")
         if not chosen:
             raise UsageError("no AWS region chosen", "pass --region (e.g. us-east-1) or set AWS_REGION")
-        if endpoint_url is None:
+        if endpoint_url is None or region:
             known = boto.get_available_regions("ec2")
             if known and chosen not in known:
                 close = difflib.get_close_matches(chosen, known, n=1)
