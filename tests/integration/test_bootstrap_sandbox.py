@@ -90,18 +90,23 @@ def test_bootstrap_on_sandbox_instance(sandbox: Any, sandbox_ec2: Any, sandbox_c
     key_file = tmp_path / "login"
     key_file.write_text(login_private)
     key_file.chmod(0o600)
+    zone = sandbox_ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    volume_id = sandbox_ec2.create_volume(Size=1, AvailabilityZone=zone, VolumeType="gp3")["VolumeId"]
     spec = BootstrapSpec(name="boot-test", host_key_private=host_private, host_key_public=host_public,
-                         package_env=dict(sandbox.bootstrap_env), idle_stop_seconds=3600, check_period=2)
+                         package_env=dict(sandbox.bootstrap_env), idle_stop_seconds=3600, check_period=2,
+                         data_volume_id=volume_id)
     user_data = render_user_data(spec)
     name = f"boot-{os.getpid()}-{time.monotonic_ns()}"
     sandbox_ec2.import_key_pair(KeyName=name, PublicKeyMaterial=login_public.encode())
     ami = sandbox_client("ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"]
     t0 = time.monotonic()
     reply = sandbox_ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=name,
-                                      UserData=user_data)
+                                      UserData=user_data, Placement={"AvailabilityZone": zone})
     instance_id = reply["Instances"][0]["InstanceId"]
     tunnel = None
     try:
+        # attached after launch, as the client does: the bootstrap's data step waits for it
+        sandbox_ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")
         address = reply["Instances"][0]["PublicIpAddress"]
         (tmp_path / "known_hosts").write_text(f"{address} {host_public}\n")
         host = Host(address, key_file, tmp_path / "known_hosts")
@@ -154,16 +159,28 @@ def test_bootstrap_on_sandbox_instance(sandbox: Any, sandbox_ec2: Any, sandbox_c
         secrets = host.out("stat -c '%a %U %n' /home/ubuntu/.config/nbcloud /home/ubuntu/.config/nbcloud/token")
         assert secrets.split("\n")[0].startswith("700 ubuntu") and secrets.split("\n")[1].startswith("600 ubuntu")
 
+        # the data volume is mounted at ~/data and belongs to the login user
+        assert host.run("mountpoint -q /home/ubuntu/data").returncode == 0
+        assert host.out("stat -c %U /home/ubuntu/data && touch /home/ubuntu/data/x && echo ok").split() == [
+            "ubuntu", "ok"]
+
         # the agent reads Jupyter with the token and reports idleness to the client
         def agent_ok() -> bool:
             state = json.loads(host.out("cat /var/lib/nbcloud/agent-state.json 2>/dev/null || echo '{}'"))
             return str(state.get("reason", "")).startswith("idle ")
         wait_for(agent_ok, 20, 0.5)
+        steps = re.findall(r"step (\w+): ok \(([0-9.]+) s", log)
         print(f"\nfirst boot to Jupyter ready {first_boot:.1f} s (bootstrap {first_run:.2f} s); "
               f"re-run {second_run:.2f} s (wall {rerun_wall:.2f} s); restart after kill {back:.1f} s; "
-              f"user-data {len(user_data)} bytes")
+              f"user-data {len(user_data)} bytes; steps {steps}")
     finally:
         if tunnel is not None:
             tunnel.terminate()
             tunnel.wait(5)
         sandbox_ec2.terminate_instances(InstanceIds=[instance_id])
+        try:
+            sandbox_ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id],
+                                                               WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+            sandbox_ec2.delete_volume(VolumeId=volume_id)
+        except Exception as exc:  # the sandbox's reset removes it anyway
+            print(f"volume cleanup: {exc}")

@@ -106,7 +106,8 @@ mount_data() {
   if mountpoint -q "$target"; then log "data: $VOLUME_ID already mounted"; return 0; fi
   vol=${VOLUME_ID/-/}
   while :; do
-    if [ -d "/mnt/sandbox-volumes/$VOLUME_ID" ]; then  # the sandbox's volumes are directories
+    # the sandbox attaches a volume as a mounted directory (wait for the mount, not just the directory)
+    if mountpoint -q "/mnt/sandbox-volumes/$VOLUME_ID" 2>/dev/null; then
       mount --bind "/mnt/sandbox-volumes/$VOLUME_ID" "$target"
       break
     fi
