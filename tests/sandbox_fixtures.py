@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 # tried in order: a subnet another live sandbox holds (e.g. a parallel test run) is skipped
-TEST_SUBNETS = ("10.201.0.0/16", "10.211.0.0/16", "10.221.0.0/16", "10.231.0.0/16")
+TEST_SUBNETS = tuple(f"10.{n}.0.0/16" for n in (201, 211, 221, 231, 202, 212, 222, 232, 203, 213))
 
 
 def sandbox_skip_reason() -> str | None:

@@ -126,3 +126,14 @@ def test_imds_lookup(tmp_path: Path) -> None:
     (tmp_path / "spot-action.json").write_text('{"action": "terminate"}')
     assert src.lookup("/latest/meta-data/spot/instance-action")[0] == 200
     assert src.lookup("/latest/user-data")[0] == 404
+
+
+def test_start_without_root_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from nbcloud.errors import SandboxError
+    from nbcloud.providers.sandbox import client
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(SandboxError, match="needs root") as raised:
+        client.start(tmp_path / "sbx")
+    assert raised.value.exit_code == 2
+    assert not (tmp_path / "sbx").exists()

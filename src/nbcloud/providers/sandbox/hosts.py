@@ -107,19 +107,19 @@ def instance_pids(netns: str) -> list[int]:
 
 
 def kill_namespace_processes(netns: str, timeout: float = 3.0) -> None:
-    """SIGTERM every process of the namespace, SIGKILL what is left after ``timeout``."""
-    pids = instance_pids(netns)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGTERM every process of the namespace, then SIGKILL (repeatedly: a supervisor may respawn) until none."""
+    for pid in instance_pids(netns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while instance_pids(netns) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    deadline = time.monotonic() + 5.0
+    while (pids := instance_pids(netns)) and time.monotonic() < deadline:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 2.0)
-        while pids and time.monotonic() < deadline:
-            pids = instance_pids(netns)
-            if pids:
-                time.sleep(0.02)
-        if not pids:
-            return
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
