@@ -13,7 +13,7 @@ import pytest
 from nbcloud.config import write_private
 from nbcloud.errors import TunnelError, UsageError
 from nbcloud.ssh import tunnel
-from nbcloud.ssh.supervisor import TunnelState
+from nbcloud.ssh.tunnel import TunnelState
 
 
 @pytest.fixture(autouse=True)

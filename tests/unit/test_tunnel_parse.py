@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nbcloud.ssh.supervisor import Forward, TunnelState, build_ssh_argv, classify_line, listening_ports
+from nbcloud.ssh.tunnel import Forward, TunnelState, build_ssh_argv, classify_line, listening_ports
 
 
 @pytest.mark.parametrize(
@@ -31,6 +31,7 @@ from nbcloud.ssh.supervisor import Forward, TunnelState, build_ssh_argv, classif
         ("kex_exchange_identification: read: Connection reset by peer", "reject", "handshake"),
         ("Connection closed by 10.203.1.2 port 22", "lost", "closed"),
         ("client_loop: send disconnect: Broken pipe", "lost", "closed"),
+        ("Connection to 10.203.1.2 closed by remote host.", "lost", "closed"),
     ],
 )
 def test_classify_line(line: str, kind: str, reason_part: str) -> None:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import random
-import re
 import selectors
 import signal
 import socket
@@ -24,141 +22,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from pathlib import Path
 
 from ..config import write_private
+from .tunnel import (
+    STOPPED_REASONS,
+    Event,
+    Forward,
+    ResolveResult,
+    TunnelState,
+    build_ssh_argv,
+    classify_line,
+    listening_ports,
+    now_iso,
+)
 
-__all__ = ["Forward", "ResolveResult", "TunnelState", "TunnelSupervisor", "build_ssh_argv", "classify_line"]
-
-STATES = ("connecting", "up", "reconnecting", "down")
-_STOPPED = {"stopped": "instance stopped", "stopping": "instance stopped", "shutting-down": "instance terminated",
-            "terminated": "instance terminated", "gone": "instance terminated"}
-
-
-@dataclass(frozen=True)
-class Forward:
-    local_port: int
-    remote_port: int
-    label: str
-
-
-@dataclass(frozen=True)
-class ResolveResult:
-    state: str  # the cloud's view: running, pending, stopped, stopping, terminated, gone, unknown
-    host: str | None
-
-
-@dataclass(frozen=True)
-class TunnelState:
-    """What the state file holds; ``read_state`` returns it, the CLI renders it."""
-
-    name: str
-    state: str  # connecting | up | reconnecting | down
-    since: str  # ISO UTC of the last change of `state`
-    reason: str
-    local_ports: dict[str, int] = field(default_factory=dict)
-    remote_ports: dict[str, int] = field(default_factory=dict)
-    pid: int | None = None  # the supervisor
-    ssh_pid: int | None = None
-    attempts: int = 0  # ssh attempts since the tunnel was last up (or since start)
-    last_up: str | None = None
-    instance_state: str | None = None  # last answer of the resolver
-    updated: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, object]) -> TunnelState:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})  # type: ignore[arg-type]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# --- stderr of ssh -> events -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Event:
-    # auth; lost (was up, link died); fail (could not reach the server: paced by the probes);
-    # reject (reached the server, it said no: backoff); port_busy (a local port is taken: backoff); hostkey (fatal)
-    kind: str
-    reason: str
-
-
-_RULES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"^Authenticated to "), "auth", "authenticated"),
-    (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|host key is known for .* "
-                r"requested strict checking|Host key for .* has changed"), "hostkey",
-     "host key verification failed: the server did not present the pinned host key"),
-    (re.compile(r"^Timeout, server .* not responding"), "lost", "link lost: server not responding to keepalives"),
-    (re.compile(r"^bind \[?[\d.:a-fA-F]*\]?:(\d+): Address already in use"), "port_busy",
-     "local port {0} is in use by another program"),
-    (re.compile(r"Could not request local forwarding"), "port_busy", "could not listen on a local port"),
-    (re.compile(r"connect to host .* port \d+: Connection refused"), "fail", "connection refused (sshd not running)"),
-    (re.compile(r"connect to host .* port \d+: (?:Connection timed out|Operation timed out)"), "fail",
-     "connection timed out"),
-    (re.compile(r"connect to host .* port \d+: (Network is unreachable|No route to host|Invalid argument|"
-                r"Host is unreachable)"), "fail", "network unreachable"),
-    (re.compile(r"connect to host .* port \d+: (.*)$"), "fail", "cannot connect: {0}"),
-    (re.compile(r"Could not resolve hostname"), "fail", "could not resolve the host name"),
-    (re.compile(r"Permission denied \("), "reject", "authentication failed (key not accepted)"),
-    (re.compile(r"kex_exchange_identification|banner exchange|Connection timed out during"), "reject",
-     "ssh handshake failed"),
-    (re.compile(r"Connection (?:closed|reset) by|Broken pipe|client_loop: send disconnect|Received disconnect"),
-     "lost", "connection closed by the server"),
-]
-
-
-def classify_line(line: str) -> Event | None:
-    """Map one stderr line of ``ssh -o LogLevel=VERBOSE`` to an event; channel-level noise maps to None.
-
-    ``channel N: open failed: connect failed: Connection refused`` means the *remote* port is closed (Jupyter
-    restarting), not that the tunnel broke, so only ``connect to host …`` lines count as connect failures.
-    """
-    line = line.strip()
-    if not line or line.startswith("channel "):
-        return None
-    for pattern, kind, reason in _RULES:
-        m = pattern.search(line)
-        if m:
-            return Event(kind, reason.format(*m.groups()))
-    return None
-
-
-def build_ssh_argv(host_alias: str, forwards: list[Forward], ssh_config: Path, *, keepalive_interval: int,
-                   keepalive_count: int, connect_timeout: int, ssh_binary: str = "ssh") -> list[str]:
-    """The one ssh command line; nothing secret on it (ps shows it to every local user)."""
-    argv = [ssh_binary, "-F", str(ssh_config), "-N",
-            "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
-            "-o", f"ServerAliveInterval={keepalive_interval}", "-o", f"ServerAliveCountMax={keepalive_count}",
-            # Pinned on the command line too, so no config edit can make us accept a different host key.
-            "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=VERBOSE"]
-    for fw in forwards:
-        argv += ["-L", f"127.0.0.1:{fw.local_port}:127.0.0.1:{fw.remote_port}"]
-    argv.append(host_alias)
-    return argv
-
-
-def listening_ports() -> set[int] | None:
-    """Ports in LISTEN state on 127.0.0.1 per /proc/net/tcp (Linux); None where there is no /proc.
-
-    Read instead of probing with bind(): a bind racing ssh's own bind could make ssh fail its forward.
-    """
-    try:
-        text = Path("/proc/net/tcp").read_text()
-    except OSError:
-        return None
-    ports = set()
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) > 3 and parts[3] == "0A" and parts[1].startswith("0100007F:"):
-            ports.add(int(parts[1].split(":")[1], 16))
-    return ports
+__all__ = ["TunnelSupervisor"]
 
 
 def _pdeathsig() -> Callable[[], None] | None:
@@ -199,7 +79,9 @@ class TunnelSupervisor:
     # --- bookkeeping ---------------------------------------------------------------------------------------------
 
     def log(self, msg: str) -> None:
-        print(f"{now_iso()} [{self.name}] {msg}", flush=True)  # stdout is the log file (see start_supervisor)
+        # O_APPEND: the detached process's stdout/stderr (tracebacks) go to the same file, interleaved by line.
+        with open(self.log_file, "a", encoding="utf-8") as fh:
+            fh.write(f"{now_iso()} [{self.name}] {msg}\n")
 
     def _set(self, state: str | None = None, reason: str | None = None, **changes: object) -> None:
         cur = self._state
@@ -240,6 +122,7 @@ class TunnelSupervisor:
         self._resolve_thread = None
         result, self._resolved = self._resolved, None
         if result is not None and result.state != self._state.instance_state:
+            self.log(f"resolver: instance {result.state}, address {result.host or '?'}")
             self._set(instance_state=result.state)
         return result
 
@@ -293,8 +176,8 @@ class TunnelSupervisor:
         try:
             while not self._stop_requested:
                 verdict = self._take_resolved()
-                if verdict is not None and verdict.state in _STOPPED:
-                    return _STOPPED[verdict.state]
+                if verdict is not None and verdict.state in STOPPED_REASONS:
+                    return STOPPED_REASONS[verdict.state]
                 now = time.monotonic()
                 if reachable and now >= not_before:
                     return None
@@ -474,8 +357,8 @@ class TunnelSupervisor:
                 # stop). Ask the resolver; if it hands us a new address, that one must present the pinned key.
                 result = self._resolve_now()
                 host = target[0] if target else None
-                if result is not None and result.state in _STOPPED:
-                    return 0, _STOPPED[result.state]
+                if result is not None and result.state in STOPPED_REASONS:
+                    return 0, STOPPED_REASONS[result.state]
                 if result is not None and result.host and result.host not in (host, tried_host):
                     tried_host = result.host
                     self._set("connecting" if not self._ever_up else "reconnecting", ev.reason, ssh_pid=None)

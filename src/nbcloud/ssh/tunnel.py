@@ -4,6 +4,8 @@ The supervisor (:mod:`nbcloud.ssh.supervisor`) runs as its own session-leader pr
 ``python -m nbcloud.ssh.tunnel <args-file>`` so the tunnel outlives the CLI that started it and a closed terminal.
 It talks to the rest of nbcloud only through files in ``paths().tunnels_dir``: ``<name>.args.json`` (how to run;
 no secrets), ``<name>.json`` (its state, rewritten atomically on every change) and ``<name>.log``.
+This module holds the public API and the pure parts (types, the reading of ssh's stderr, the ssh command line);
+the loop itself is :class:`nbcloud.ssh.supervisor.TunnelSupervisor`, imported lazily by the CLI side.
 """
 
 from __future__ import annotations
@@ -12,24 +14,31 @@ import argparse
 import importlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import ensure_private_dir, paths, write_private
 from ..errors import TunnelError, UsageError
-from .supervisor import Forward, ResolveResult, TunnelState, TunnelSupervisor, now_iso
+
+if TYPE_CHECKING:
+    from .supervisor import TunnelSupervisor
 
 __all__ = [
     "Forward",
     "ResolveResult",
     "TunnelState",
     "TunnelSupervisor",
+    "build_ssh_argv",
+    "classify_line",
     "host_alias_for",
     "log_path",
     "main",
@@ -45,6 +54,140 @@ __all__ = [
 _ENTRY = "nbcloud.ssh.tunnel"
 _LOG_ROTATE_BYTES = 5 * 1024 * 1024
 _children: dict[int, subprocess.Popen[bytes]] = {}  # spawned by this process: reaped so a dead one is not a zombie
+
+
+STATES = ("connecting", "up", "reconnecting", "down")
+# Cloud states in which waiting is pointless: the supervisor writes `down` with this reason and exits.
+STOPPED_REASONS = {"stopped": "instance stopped", "stopping": "instance stopped",
+                   "shutting-down": "instance terminated", "terminated": "instance terminated",
+                   "gone": "instance terminated"}
+
+
+@dataclass(frozen=True)
+class Forward:
+    local_port: int
+    remote_port: int
+    label: str
+
+
+@dataclass(frozen=True)
+class ResolveResult:
+    state: str  # the cloud's view: running, pending, stopped, stopping, terminated, gone, unknown
+    host: str | None
+
+
+@dataclass(frozen=True)
+class TunnelState:
+    """What the state file holds; ``read_state`` returns it, the CLI renders it."""
+
+    name: str
+    state: str  # connecting | up | reconnecting | down
+    since: str  # ISO UTC of the last change of `state`
+    reason: str
+    local_ports: dict[str, int] = field(default_factory=dict)
+    remote_ports: dict[str, int] = field(default_factory=dict)
+    pid: int | None = None  # the supervisor
+    ssh_pid: int | None = None
+    attempts: int = 0  # ssh attempts since the tunnel was last up (or since start)
+    last_up: str | None = None
+    instance_state: str | None = None  # last answer of the resolver
+    updated: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> TunnelState:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})  # type: ignore[arg-type]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- stderr of ssh -> events -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Event:
+    # auth; lost (was up, link died); fail (could not reach the server: paced by the probes);
+    # reject (reached the server, it said no: backoff); port_busy (a local port is taken: backoff); hostkey (fatal)
+    kind: str
+    reason: str
+
+
+_RULES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"^Authenticated to "), "auth", "authenticated"),
+    (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|host key is known for .* "
+                r"requested strict checking|Host key for .* has changed"), "hostkey",
+     "host key verification failed: the server did not present the pinned host key"),
+    (re.compile(r"^Timeout, server .* not responding"), "lost", "link lost: server not responding to keepalives"),
+    (re.compile(r"^bind \[?[\d.:a-fA-F]*\]?:(\d+): Address already in use"), "port_busy",
+     "local port {0} is in use by another program"),
+    (re.compile(r"Could not request local forwarding"), "port_busy", "could not listen on a local port"),
+    (re.compile(r"connect to host .* port \d+: Connection refused"), "fail", "connection refused (sshd not running)"),
+    (re.compile(r"connect to host .* port \d+: (?:Connection timed out|Operation timed out)"), "fail",
+     "connection timed out"),
+    (re.compile(r"connect to host .* port \d+: (Network is unreachable|No route to host|Invalid argument|"
+                r"Host is unreachable)"), "fail", "network unreachable"),
+    (re.compile(r"connect to host .* port \d+: (.*)$"), "fail", "cannot connect: {0}"),
+    (re.compile(r"Could not resolve hostname"), "fail", "could not resolve the host name"),
+    (re.compile(r"Permission denied \("), "reject", "authentication failed (key not accepted)"),
+    (re.compile(r"kex_exchange_identification|banner exchange|Connection timed out during"), "reject",
+     "ssh handshake failed"),
+    (re.compile(r"Connection (?:closed|reset) by|Connection to .* closed by remote host|Broken pipe|"
+                r"client_loop: send disconnect|Received disconnect"),
+     "lost", "connection closed by the server"),
+]
+
+
+def classify_line(line: str) -> Event | None:
+    """Map one stderr line of ``ssh -o LogLevel=VERBOSE`` to an event; channel-level noise maps to None.
+
+    ``channel N: open failed: connect failed: Connection refused`` means the *remote* port is closed (Jupyter
+    restarting), not that the tunnel broke, so only ``connect to host …`` lines count as connect failures.
+    """
+    line = line.strip()
+    if not line or line.startswith("channel "):
+        return None
+    for pattern, kind, reason in _RULES:
+        m = pattern.search(line)
+        if m:
+            return Event(kind, reason.format(*m.groups()))
+    return None
+
+
+def build_ssh_argv(host_alias: str, forwards: list[Forward], ssh_config: Path, *, keepalive_interval: int,
+                   keepalive_count: int, connect_timeout: int, ssh_binary: str = "ssh") -> list[str]:
+    """The one ssh command line; nothing secret on it (ps shows it to every local user)."""
+    argv = [ssh_binary, "-F", str(ssh_config), "-N",
+            "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
+            "-o", f"ServerAliveInterval={keepalive_interval}", "-o", f"ServerAliveCountMax={keepalive_count}",
+            # Pinned on the command line too, so no config edit can make us accept a different host key.
+            "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=VERBOSE"]
+    for fw in forwards:
+        argv += ["-L", f"127.0.0.1:{fw.local_port}:127.0.0.1:{fw.remote_port}"]
+    argv.append(host_alias)
+    return argv
+
+
+def listening_ports() -> set[int] | None:
+    """Ports in LISTEN state on 127.0.0.1 per /proc/net/tcp (Linux); None where there is no /proc.
+
+    Read instead of probing with bind(): a bind racing ssh's own bind could make ssh fail its forward.
+    """
+    try:
+        text = Path("/proc/net/tcp").read_text()
+    except OSError:
+        return None
+    ports = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 3 and parts[3] == "0A" and parts[1].startswith("0100007F:"):
+            ports.add(int(parts[1].split(":")[1], 16))
+    return ports
+
+
 
 
 def host_alias_for(name: str) -> str:
@@ -250,7 +393,18 @@ def load_resolver(spec: str | None, name: str) -> Callable[[], ResolveResult]:
     return getattr(importlib.import_module(module), attr)(name)
 
 
+def __getattr__(attr: str) -> Any:
+    # TunnelSupervisor lives in .supervisor, which imports this module's types: load it on first use.
+    if attr == "TunnelSupervisor":
+        from .supervisor import TunnelSupervisor
+
+        return TunnelSupervisor
+    raise AttributeError(attr)
+
+
 def run_from_args_file(args_file: Path, resolver: str | None = None) -> int:
+    from .supervisor import TunnelSupervisor
+
     raw = json.loads(Path(args_file).read_text())
     name = raw["name"]
     sup = TunnelSupervisor(
