@@ -259,13 +259,14 @@ class TunnelSupervisor:
                 if self._stop_requested:
                     self._kill_ssh()
                 ready = sel.select(timeout=0.5 if is_up else 0.05)
+                if not ready and proc.poll() is not None:
+                    eof = True  # ssh is gone; a grandchild (ProxyCommand) may hold the pipe open
                 if ready:
                     try:
                         chunk = os.read(fd, 65536)
                     except BlockingIOError:
-                        chunk = b""
-                    if chunk == b"":
-                        eof = bool(ready)
+                        continue
+                    eof = chunk == b""
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for raw in lines:
