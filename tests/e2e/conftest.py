@@ -353,7 +353,7 @@ class LoopbackProxy:
                         if self._listener is not None and key.fileobj is self._listener:
                             self._accept()
                     elif key.fileobj in self._pairs:
-                        self._forward(key.fileobj)  # type: ignore[arg-type]
+                        self._forward(key.fileobj)
 
 
 @pytest.fixture
