@@ -159,21 +159,22 @@ def test_kernelspecs_come_from_the_gateway(local_lab: tuple[LabResult, Path]) ->
     assert "python3" in specs["kernelspecs"]
 
 
-def _execute(result: LabResult, kernel_id: str, code: str) -> str:
+def _execute(result: LabResult, kernel_id: str, code: str, timeout: float = 60) -> str:
     from jupyter_client.jsonutil import json_default
     from jupyter_client.session import Session
 
     ws = websocket.create_connection(
         f"ws://127.0.0.1:{result.local_port}/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}",
-        header=[f"Authorization: token {_token(result)}"], timeout=60)
+        header=[f"Authorization: token {_token(result)}"], timeout=timeout)
     try:
         msg = Session().msg("execute_request", content={"code": code, "silent": False, "store_history": False,
                                                         "user_expressions": {}, "allow_stdin": False})
         msg["channel"] = "shell"
         ws.send(json.dumps(msg, default=json_default))
-        deadline = time.monotonic() + 60
-        value = None
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        value, replied, idle = None, False, False
+        # shell (execute_reply) and iopub (result, idle) are separate channels: wait for both ends
+        while time.monotonic() < deadline and not (replied and idle):
             reply = json.loads(ws.recv())
             if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
                 continue
@@ -183,9 +184,11 @@ def _execute(result: LabResult, kernel_id: str, code: str) -> str:
             elif kind == "error":
                 raise AssertionError(reply["content"])
             elif kind == "execute_reply":
-                assert value is not None
-                return value
-        raise AssertionError("no execute_reply within 60 s")
+                replied = True
+            elif kind == "status" and reply["content"]["execution_state"] == "idle":
+                idle = True
+        assert replied and idle and value is not None, f"no complete reply within {timeout:g} s"
+        return value
     finally:
         ws.close()
 

@@ -1,0 +1,87 @@
+"""Gateway mode on the sandbox: `up --mode gateway`, `nbcloud gateway`, `nbcloud lab`; kernels on the instance,
+surviving a 20 s link cut. Sandbox instances have their own UTS namespace, so the hostname tells them apart."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tests.integration.test_gateway_local import _execute, _token, http
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _status(url: str, token: str | None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
+    from nbcloud.ops.gateway import LabResult
+
+    t0 = time.monotonic()
+
+    def mark(what: str) -> None:
+        print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)
+
+    up = world.up("gwbox", "--mode", "gateway")
+    # `nbcloud gateway` installs a fresh gateway token (and is what turns gateway mode on for any instance)
+    mark("up")
+    enabled = world.nb_json("gateway", "gwbox")
+    assert "python3" in enabled["kernelspecs"] and enabled["server_version"].startswith("2.")
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    try:
+        mark("gateway")
+        started = world.nb_json("lab", "gwbox", str(root), "--no-browser")
+        assert started["root_dir"] == str(root) and started["gateway_url"] == enabled["gateway_url"]
+
+        mark("lab")
+        token = (world.home / "secrets" / "gwbox.gateway-token").read_text().strip()
+        assert _status(f"{started['gateway_url']}/api/kernelspecs", token) == 200
+        assert _status(f"{started['gateway_url']}/api/kernelspecs", None) in (401, 403)  # KG 3.0.1 answers 401
+
+        again = world.nb_json("lab", "gwbox", str(root), "--no-browser")
+        assert again["reused"] and again["pid"] == started["pid"]
+
+        fields = LabResult.__dataclass_fields__
+        lab = LabResult(**{k: v for k, v in started.items() if k in fields})
+        base = f"http://127.0.0.1:{lab.local_port}"
+        status, kernel = http("POST", f"{base}/api/kernels", _token(lab), {"name": "python3"})
+        assert status == 201 and isinstance(kernel, dict)
+        instance_hostname = world.ssh("nb-gwbox", "hostname").stdout.strip()
+        probe = "import os, socket; (socket.gethostname(), os.path.exists('/opt/nbcloud/venv'))"
+        mark("kernel started")
+        seen = _execute(lab, kernel["id"], probe)
+        assert seen == repr((instance_hostname, True))
+
+        mark("kernel on the instance")
+        _execute(lab, kernel["id"], "survivor = 'still here'; survivor")
+        world.nb("sandbox", "fault", up["instance_id"], "link-down")
+        time.sleep(20)
+        world.nb("sandbox", "fault", up["instance_id"], "link-up")
+        deadline = time.monotonic() + 60
+        while True:  # the tunnel re-attaches within seconds; the kernel never left the instance
+            try:
+                assert _execute(lab, kernel["id"], "survivor", timeout=10) == "'still here'"
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+        mark("survived the cut")
+        status, _ = http("PUT", f"{base}/api/contents/kept.ipynb", _token(lab), {
+            "type": "notebook", "format": "json",
+            "content": {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}})
+        assert status in (200, 201) and json.loads((root / "kept.ipynb").read_text())["nbformat"] == 4
+    finally:
+        world.nb("lab", "gwbox", "--stop", check=False)
