@@ -35,7 +35,6 @@ COMMANDS: dict[str, str] = {
     "gateway": "gateway_cmd:gateway",
     "lab": "gateway_cmd:lab",
     "sandbox": "sandbox_cmd:sandbox",
-    "tunnel-supervisor": "connect_cmd:tunnel_supervisor",
 }
 
 SHORT_HELP: dict[str, str] = {

@@ -61,12 +61,3 @@ def sync(name: str, path: Path, pull: bool, remote: str | None, delete: bool, as
     result = ops.sync(_ctx(), name, path, pull=pull, remote=remote, delete=delete)
     emit(result, as_json, lambda r: f"{r.direction}: {r.local} {'←' if r.direction == 'pull' else '→'} "
                                     f"nb-{r.name}:{r.remote}")
-
-
-@click.command("tunnel-supervisor", hidden=True)
-@click.argument("spec_file", type=click.Path(exists=True, path_type=Path))
-def tunnel_supervisor(spec_file: Path) -> None:
-    """Internal: the supervised tunnel process (started by `connect`)."""
-    from ..ssh.tunnel import run_supervisor_from_file
-
-    run_supervisor_from_file(spec_file)

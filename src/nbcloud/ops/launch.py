@@ -321,7 +321,13 @@ def _install_secrets(ctx: Context, name: str, spec: InstanceSpec) -> None:
     if not path.exists():
         write_private(path, secrets.new_token())
     token = path.read_text().strip()
-    script, stdin = secrets.install_secrets_script(token=token, idle_stop_seconds=spec.idle_stop_seconds,
+    gateway_token = None
+    if spec.gateway:
+        from .gateway import ensure_gateway_token
+
+        gateway_token = ensure_gateway_token(ctx, name)
+    script, stdin = secrets.install_secrets_script(token=token, gateway_token=gateway_token,
+                                                   idle_stop_seconds=spec.idle_stop_seconds,
                                                    max_cost_usd=spec.max_cost_usd,
                                                    hourly_usd=_hourly_from_store(ctx, name))
     session.run(ctx.paths.ssh_config, f"nb-{name}", script, input=stdin, timeout=60)

@@ -184,11 +184,12 @@ def stop_instance(ctx: Context, name: str, progress: Progress = no_progress, wai
 
 
 def _stop_tunnel(ctx: Context, name: str) -> None:
-    try:
-        from ..ssh.tunnel import stop_supervisor
-    except ImportError:
-        return
+    """The tunnel and a local lab (gateway mode) must not outlive the instance they point at."""
+    from ..ssh.tunnel import stop_supervisor
+    from .gateway import stop_lab
+
     stop_supervisor(name)
+    stop_lab(ctx, name)
 
 
 def down(ctx: Context, name: str, *, delete_data: bool = False, progress: Progress = no_progress) -> DownResult:

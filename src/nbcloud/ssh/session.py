@@ -39,7 +39,7 @@ def ssh_argv(config: Path, alias: str, *options: str) -> list[str]:
 
 def run(config: Path, alias: str, command: str, *, input: bytes | None = None, timeout: float = 60,
         check: bool = True, connect_timeout: int = 10) -> SshResult:
-    argv = ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}", "--", command)
+    argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}"), "--", command]
     try:
         done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
