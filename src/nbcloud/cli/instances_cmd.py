@@ -118,8 +118,10 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         result = ops.dry_run(ctx, spec)
         emit(result, as_json, lambda r: r.bootstrap)
         return
+    password = _public_password(ctx, name, password_file) if public else None
     with progress(f"nbcloud up {name}", as_json) as step:
-        result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step)
+        result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step,
+                        password=password)
     connected = None
     if not no_connect:
         with progress(f"connecting to {name}", as_json) as step:
@@ -139,6 +141,18 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         return "\n".join(lines)
 
     emit(payload, as_json, text)
+
+
+def _public_password(ctx: Any, name: str, password_file: Path | None) -> str | None:
+    """Public mode's password: from --password-file, else typed without echo (twice) on a terminal."""
+    if ctx.store.get(name) is not None:
+        return None  # reusing: the instance already has its password
+    if password_file is not None:
+        return password_file.read_text().rstrip("\r\n")
+    if sys.stdin.isatty():
+        return str(click.prompt("Jupyter password", hide_input=True, confirmation_prompt=True, err=True))
+    raise UsageError("--public needs a password and there is no terminal to type it on",
+                     "pass --password-file FILE (one line, at least 8 characters)")
 
 
 @click.command()

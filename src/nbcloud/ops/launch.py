@@ -143,7 +143,8 @@ def dry_run(ctx: Context, spec: InstanceSpec) -> DryRun:
 
 def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, region: str | None = None,
        profile: str | None = None, progress: Progress = no_progress, wait_jupyter: bool = True,
-       ssh_timeout: float = 300, ready_timeout: float = 900) -> UpResult:
+       ssh_timeout: float = 300, ready_timeout: float = 900, password: str | None = None) -> UpResult:
+    """``password``: public mode's Jupyter password (hashed here, only the argon2 hash reaches the instance)."""
     with ctx.name_lock(spec.name):
         existing = ctx.store.get(spec.name)
         if existing is not None:
@@ -157,11 +158,23 @@ def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, re
                 f"an instance named {spec.name!r} ({found.instance_id}, {found.state}) exists in {provider.region} "
                 "but its keys are not on this machine",
                 "use another name, or remove it from the machine that made it (`nbcloud down`)")
-        return _launch(ctx, provider, spec, profile, progress, wait_jupyter, ssh_timeout, ready_timeout)
+        password_hash = _public_password_hash(spec, password)  # before anything is made: fail fast
+        return _launch(ctx, provider, spec, profile, progress, wait_jupyter, ssh_timeout, ready_timeout,
+                       password_hash)
+
+
+def _public_password_hash(spec: InstanceSpec, password: str | None) -> str | None:
+    if not spec.public:
+        return None
+    from ..remote.secrets import hash_password
+    from .public import check_password
+
+    return hash_password(check_password(password))
 
 
 def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str | None, progress: Progress,
-            wait_jupyter: bool, ssh_timeout: float, ready_timeout: float) -> UpResult:
+            wait_jupyter: bool, ssh_timeout: float, ready_timeout: float,
+            password_hash: str | None = None) -> UpResult:
     from ..remote.userdata import render_user_data
 
     timings: dict[str, float] = {}
@@ -266,7 +279,14 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         progress(f"waiting for ssh {alias} ({instance.host})")
         session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout)
         timings["ssh"] = time.monotonic() - t0
-        _install_secrets(ctx, spec.name, spec)
+        tls = None
+        if spec.public:
+            from .public import cert_path, prepare_tls
+
+            progress("TLS certificate (fingerprint pinned locally)")
+            tls = prepare_tls(ctx, spec.name, instance.host or "")
+            rollback.add("local certificate", lambda: cert_path(ctx, spec.name).unlink(missing_ok=True))
+        _install_secrets(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
         if wait_jupyter:
             progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
             wait_ready(ctx, spec.name, ready_timeout, progress)
@@ -313,7 +333,9 @@ def token_path(ctx: Context, name: str):
     return ctx.paths.secrets_dir / f"{name}.token"
 
 
-def _install_secrets(ctx: Context, name: str, spec: InstanceSpec) -> None:
+def _install_secrets(ctx: Context, name: str, spec: InstanceSpec, *, password_hash: str | None = None,
+                     tls: tuple[str, str] | None = None) -> None:
+    """Token (and, public mode, password hash + TLS cert/key) over the SSH session's stdin; none on a command line."""
     from ..config import write_private
     from ..remote import secrets
 
@@ -326,7 +348,9 @@ def _install_secrets(ctx: Context, name: str, spec: InstanceSpec) -> None:
         from .gateway import ensure_gateway_token
 
         gateway_token = ensure_gateway_token(ctx, name)
+    cert_pem, key_pem = tls if tls else (None, None)
     script, stdin = secrets.install_secrets_script(token=token, gateway_token=gateway_token,
+                                                   password_hash=password_hash, cert_pem=cert_pem, key_pem=key_pem,
                                                    idle_stop_seconds=spec.idle_stop_seconds,
                                                    max_cost_usd=spec.max_cost_usd,
                                                    hourly_usd=_hourly_from_store(ctx, name))
@@ -348,7 +372,9 @@ def _hourly_from_store(ctx: Context, name: str) -> float | None:
 def wait_ready(ctx: Context, name: str, timeout: float, progress: Progress = no_progress) -> None:
     from ..remote.ready import wait_ready_script
 
-    result = session.run(ctx.paths.ssh_config, f"nb-{name}", wait_ready_script(JUPYTER_PORT, timeout),
+    record = ctx.store.get(name)
+    tls = bool(record and (record.spec or {}).get("public"))  # public mode: Jupyter speaks only https
+    result = session.run(ctx.paths.ssh_config, f"nb-{name}", wait_ready_script(JUPYTER_PORT, timeout, tls=tls),
                          timeout=timeout + 30, check=False)
     if result.returncode != 0:
         tail = " | ".join(line.strip() for line in result.stdout.strip().splitlines()[-3:])

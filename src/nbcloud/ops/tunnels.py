@@ -92,6 +92,8 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     if instance.state != "running":
         raise ConflictError(f"instance {name!r} is {instance.state}", f"start it with `nbcloud start {name}`")
     spec = _spec(record)
+    if spec.public:
+        return _connect_public(ctx, name, instance.host or "", open_browser, progress, timeout)
     current = read_state(name)
     if port is not None and current is not None and current.state != "down" and record.local_port != port:
         stop_supervisor(name)
@@ -113,6 +115,40 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     return ConnectResult(name=name, url=url, local_port=local_port, tunnel=state.state,
                          token_file=str(token_path(ctx, name)), gateway_url=gateway_url,
                          gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened)
+
+
+def _connect_public(ctx: Context, name: str, host: str, open_browser: bool, progress: Progress,
+                    timeout: float) -> ConnectResult:
+    """Public mode: no tunnel; Jupyter is checked over https against the pinned certificate, then its URL given."""
+    import time
+
+    from .launch import JUPYTER_PORT, token_path
+    from .public import cert_path, fetch_verified, pinned_fingerprint
+
+    fingerprint = pinned_fingerprint(ctx, name)
+    if not fingerprint:
+        raise ConflictError(f"no pinned certificate for {name!r} on this machine",
+                            f"re-create it: `nbcloud down {name}` then `nbcloud up {name} --public`")
+    base = f"https://{host}:{JUPYTER_PORT}"
+    progress(f"checking {base} (certificate pinned, sha256 {fingerprint[:23]}…)")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = fetch_verified(f"{base}/api", fingerprint, timeout=10).status
+            if status == 200:
+                break
+            problem = f"HTTP {status}"
+        except OSError as exc:  # not listening yet, or the network in between; a wrong certificate raises at once
+            problem = str(exc)
+        if time.monotonic() >= deadline:
+            raise RemoteError(f"Jupyter on {name} does not answer at {base}: {problem}",
+                              f"`nbcloud logs {name}` shows the server log; `nbcloud status {name}`")
+        time.sleep(1)
+    url = f"{base}/lab"
+    opened = open_browser and _open_browser(url)
+    progress(f"log in with your password; the certificate is {cert_path(ctx, name)}")
+    return ConnectResult(name=name, url=url, local_port=JUPYTER_PORT, tunnel="none",
+                         token_file=str(token_path(ctx, name)), browser_opened=opened)
 
 
 def _gateway_token(ctx: Context, name: str) -> str | None:

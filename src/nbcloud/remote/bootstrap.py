@@ -16,11 +16,13 @@ from ..errors import UsageError
 from .jupyter_config import CONFIG_PATH, render_jupyter_config
 from .secrets import agent_settings_json
 from .spec import BootstrapSpec
-from .units import AGENT_CONFIG_PATH, AGENT_PATH, GATEWAY_WRAPPER, render_gateway_wrapper, render_units
+from .units import AGENT_CONFIG_PATH, AGENT_PATH, GATEWAY_WRAPPER, VENV, render_gateway_wrapper, render_units
 
 __all__ = ["agent_config", "agent_source", "package_hash", "render_bootstrap"]
 
 _EOF = "NBCLOUD_EOF"
+# JupyterLab's defaults for every user of the venv: no news popup, no outbound request for it.
+LAB_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
 
 
 def agent_source() -> str:
@@ -59,6 +61,8 @@ def render_bootstrap(spec: BootstrapSpec) -> str:
         _put(CONFIG_PATH, "0644", render_jupyter_config(spec)),
         _put(AGENT_CONFIG_PATH, "0644", json.dumps(agent_config(spec), indent=1, sort_keys=True)),
         _put(AGENT_PATH, "0755", agent_source()),
+        _put(f"{VENV}/share/jupyter/lab/settings/overrides.json", "0644",
+             json.dumps(LAB_OVERRIDES, indent=1, sort_keys=True)),
     ]
     if spec.gateway:
         files.append(_put(GATEWAY_WRAPPER, "0755", render_gateway_wrapper(spec)))
