@@ -175,13 +175,16 @@ def _status_text(views: list[Any]) -> str:
         return "no instances; start one with `nbcloud up NAME` (or `nbcloud up demo --provider sandbox`)"
     rows = [{
         "name": v.name, "state": v.state, "type": v.instance_type, "address": v.host, "up": _duration(v.uptime_seconds),
-        "$/h": _money(v.hourly_usd), "accrued": _money(v.accrued_usd),
+        "$/h": _money(v.spot_hourly_usd if v.spot_hourly_usd is not None else v.hourly_usd),
+        "accrued": _money(v.accrued_usd),
         "budget left": _money(v.budget_remaining_usd) if v.budget_usd else "-",
         "idle": _duration(v.idle_seconds), "tunnel": f"{v.tunnel}:{v.local_port}" if v.local_port else v.tunnel,
         "where": f"{v.provider}/{v.region}" + (" spot" if v.lifecycle == "spot" else ""),
     } for v in views]
     out = table(rows, list(rows[0]))
     notices = [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
+    notices += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
+                "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
     return "\n".join([out, *notices])
 
 
@@ -231,9 +234,11 @@ def start(name: str, no_wait: bool, as_json: bool) -> None:
 @click.command()
 @click.argument("name")
 @click.option("--delete-data", is_flag=True, help="Also delete the data volume(s).")
+@click.option("--snapshot-on-down", is_flag=True,
+              help="Snapshot each data volume (and wait for it) once the instance is gone, before deleting anything.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
 @json_option
-def down(name: str, delete_data: bool, yes: bool, as_json: bool) -> None:
+def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, as_json: bool) -> None:
     """Terminate NAME and delete its security group and key pair (data volumes are kept)."""
     from .. import ops
 
@@ -242,12 +247,14 @@ def down(name: str, delete_data: bool, yes: bool, as_json: bool) -> None:
             raise UsageError("--delete-data deletes the data volume for good", "confirm with --yes")
         click.confirm(f"Delete the data volume of {name} for good?", abort=True, err=True)
     with progress(f"tearing down {name}", as_json) as step:
-        result = ops.down(_ctx(), name, delete_data=delete_data, progress=step)
+        result = ops.down(_ctx(), name, delete_data=delete_data, snapshot=snapshot_on_down, progress=step)
 
     def text(r: Any) -> str:
         lines = [f"{r.name} is gone: deleted {len(r.deleted)} resources."]
         if r.kept:
             lines.append("  kept: " + "; ".join(r.kept))
+        if r.snapshots:
+            lines.append("  snapshots: " + ", ".join(r.snapshots))
         if r.still_billing:
             lines.append("  still billing: " + "; ".join(r.still_billing))
         return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .output import emit, json_option, table
+from .output import emit, json_option, progress, table
 
 
 def _ctx():
@@ -32,3 +32,48 @@ def volumes(provider: str | None, region: str | None, profile: str | None, as_js
 @click.group()
 def image() -> None:
     """Bake, list and delete machine images."""
+
+
+@image.command("bake")
+@click.argument("name")
+@click.option("--image-name", default=None, help="Name of the image (default: the instance's name).")
+@json_option
+def image_bake(name: str, image_name: str | None, as_json: bool) -> None:
+    """Stop NAME, make an image of its disk (Jupyter environment included), and start it again."""
+    from ..ops.images import bake
+
+    with progress(f"baking {name}", as_json) as step:
+        result = bake(_ctx(), name, image_name, progress=step)
+    emit(result, as_json, lambda r: f"image {r.image_name} ({r.image_id}) baked from {r.instance_id}; "
+         f"use it with `nbcloud up NEWNAME --image {r.image_name}`")
+
+
+@image.command("list")
+@click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
+@click.option("--region", default=None)
+@click.option("--profile", default=None)
+@json_option
+def image_list(provider: str | None, region: str | None, profile: str | None, as_json: bool) -> None:
+    """List baked images with the monthly cost of their snapshots."""
+    from ..ops.images import list_images
+
+    found = list_images(_ctx(), provider, region, profile)
+    emit(found, as_json, lambda items: table([
+        {"name": i["name"], "id": i["image_id"], "state": i["state"], "from": i["source"], "created": i["created"],
+         "$/month": i["monthly_usd"]} for i in items], ["name", "id", "state", "from", "created", "$/month"])
+        or "no baked images; `nbcloud image bake NAME` makes one")
+
+
+@image.command("delete")
+@click.argument("ref")
+@click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
+@click.option("--region", default=None)
+@click.option("--profile", default=None)
+@json_option
+def image_delete(ref: str, provider: str | None, region: str | None, profile: str | None, as_json: bool) -> None:
+    """Deregister an image (by name or AMI id) and delete its snapshots."""
+    from ..ops.images import delete_image
+
+    result = delete_image(_ctx(), ref, provider, region, profile)
+    emit(result, as_json, lambda r: f"deregistered {', '.join(r['deregistered'])}; deleted snapshots "
+         f"{', '.join(r['deleted_snapshots']) or '-'}")

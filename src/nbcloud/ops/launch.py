@@ -220,8 +220,9 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
                     raise ConflictError(f"data volume {volume_name!r} is attached to {volume.attached_to}",
                                         "stop using it there first (`nbcloud down` that instance)")
                 if zone and zone != volume.zone:
-                    raise UsageError(f"data volume {volume_name!r} is in {volume.zone}, not {zone}",
-                                     "drop --zone (nbcloud launches next to the volume) or move it through a snapshot")
+                    from .storage import move_volume
+
+                    volume = move_volume(provider, volume, zone, progress)
                 zone = volume.zone
                 progress(f"reusing data volume {volume_name} ({volume.volume_id}, {volume.size_gb} GB, {zone})")
             else:
@@ -260,6 +261,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         progress(f"waiting for {instance.instance_id} to run")
         instance = provider.wait_running(instance.instance_id, timeout=600)
         ctx.store.record_state(spec.name, instance.instance_id, "running")
+        ctx.store.update(spec.name, spec=_spec_json(spec) | {"gpus": itype.gpus, "placement_zone": instance.zone})
         timings["running"] = time.monotonic() - t0
         if volume is not None:
             progress(f"attaching {volume.volume_id}")
@@ -396,6 +398,12 @@ def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress,
 
     provider = ctx.provider_for(record)
     instance = provider.find(record.name)
+    if instance is not None and instance.state == "shutting-down" and record.lifecycle == "spot":
+        progress(f"waiting for the reclaimed spot instance {instance.instance_id} to terminate")
+        provider.wait_gone(instance.instance_id, "terminated", 600)
+        instance = None
+    if instance is None and record.lifecycle == "spot":
+        return _relaunch_spot(ctx, provider, record, progress, wait_jupyter, ssh_timeout, ready_timeout)
     if instance is None or (instance.instance_id != record.instance_id and instance.state == "terminated"):
         raise ConflictError(
             f"instance {record.name!r} ({record.instance_id}) was terminated outside nbcloud",
@@ -407,3 +415,21 @@ def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress,
     if wait_jupyter:
         wait_ready(ctx, record.name, ready_timeout, progress)
     return _result(instance, None, reused=True)
+
+
+def _relaunch_spot(ctx: Context, provider: Provider, record: Record, progress: Progress, wait_jupyter: bool,
+                   ssh_timeout: float, ready_timeout: float) -> UpResult:
+    """A reclaimed spot instance: clear what is left of it (data volumes stay) and launch its spec again.
+
+    Same zone: next to the data volume when there is one, else where the reclaimed instance ran.
+    """
+    from .lifecycle import down_unlocked, stored_spec
+
+    spec = stored_spec(record)
+    zone = (record.spec or {}).get("placement_zone")
+    if not spec.zone and not spec.data_volume and isinstance(zone, str):
+        spec = replace(spec, zone=zone)
+    progress(f"spot instance {record.instance_id} of {record.name} was reclaimed: launching a new one "
+             f"(data volumes are kept)")
+    down_unlocked(ctx, record.name, progress=progress)
+    return _launch(ctx, provider, spec, record.profile, progress, wait_jupyter, ssh_timeout, ready_timeout)

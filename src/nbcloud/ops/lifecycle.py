@@ -18,7 +18,8 @@ from ..ssh import keys, session
 from ..state import Record
 from .context import Context, Progress, no_progress
 
-__all__ = ["DownResult", "InstanceView", "down", "orphans", "refresh", "start_instance", "status", "stop_instance"]
+__all__ = ["DownResult", "InstanceView", "down", "down_unlocked", "orphans", "refresh", "start_instance", "status",
+           "stop_instance", "stored_spec"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class InstanceView:
     idle_seconds: float | None = None
     idle_stop_seconds: int | None = None
     spot_notice: str | None = None
+    spot_hourly_usd: float | None = None
     managed_here: bool = True
 
 
@@ -66,6 +68,7 @@ class DownResult:
     deleted: list[str]
     kept: list[str]
     still_billing: list[str] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
 
 
 def _spec(record: Record) -> InstanceSpec:
@@ -74,6 +77,9 @@ def _spec(record: Record) -> InstanceSpec:
     data["python_packages"] = tuple(data.get("python_packages", ()))
     known = InstanceSpec.__dataclass_fields__
     return InstanceSpec(**{k: v for k, v in data.items() if k in known}) if data else InstanceSpec(name=record.name)
+
+
+stored_spec = _spec
 
 
 def _sync_record(ctx: Context, record: Record, instance: Instance | None) -> None:
@@ -192,38 +198,60 @@ def _stop_tunnel(ctx: Context, name: str) -> None:
     stop_lab(ctx, name)
 
 
-def down(ctx: Context, name: str, *, delete_data: bool = False, progress: Progress = no_progress) -> DownResult:
-    """Terminate and delete everything tagged for ``name`` (its data volumes only with ``delete_data``)."""
+def down(ctx: Context, name: str, *, delete_data: bool = False, snapshot: bool = False,
+         progress: Progress = no_progress) -> DownResult:
+    """Terminate and delete everything tagged for ``name`` (its data volumes only with ``delete_data``).
+
+    ``snapshot``: once the instance is gone (the disk is quiet), snapshot each data volume and wait until the
+    snapshot is complete, before anything is deleted.
+    """
     with ctx.name_lock(name):
-        record = ctx.record(name)
-        provider = ctx.provider_for(record)
-        _stop_tunnel(ctx, name)
-        resources = provider.tagged_resources(name)
-        deleted, kept = [], []
-        instances = [r for r in resources if r.kind == "instance"]
-        for resource in instances:
-            progress(f"terminating {resource.resource_id}")
-            provider.terminate(resource.resource_id)
-        for resource in instances:
-            provider.wait_gone(resource.resource_id, "terminated", 600)
-            deleted.append(f"instance {resource.resource_id}")
-        if record.instance_id:
-            ctx.store.record_state(name, record.instance_id, "terminated")
-        data_volumes = {v.volume_id: v for v in provider.list_volumes() if v.tags.get("nbcloud:name") == name}
-        for resource in (r for r in resources if r.kind != "instance"):
-            if resource.kind == "volume" and resource.resource_id in data_volumes and not delete_data:
-                kept.append(f"data volume {resource.resource_id}")
-                continue
-            progress(f"deleting {resource.kind} {resource.resource_id}")
-            try:
-                provider.delete_resource(resource)
-                deleted.append(f"{resource.kind} {resource.resource_id}")
-            except NbcloudError as exc:
-                kept.append(f"{resource.kind} {resource.resource_id} (could not delete: {exc.message})")
-        _forget_locally(ctx, name)
-        billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
-                                             if v.startswith("data volume")])
-        return DownResult(name, deleted, kept, billing)
+        return down_unlocked(ctx, name, delete_data=delete_data, snapshot=snapshot, progress=progress)
+
+
+def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapshot: bool = False,
+                  progress: Progress = no_progress) -> DownResult:
+    """:func:`down` for a caller that already holds the name lock (`up` relaunching a reclaimed spot instance)."""
+    record = ctx.record(name)
+    provider = ctx.provider_for(record)
+    _stop_tunnel(ctx, name)
+    resources = provider.tagged_resources(name)
+    deleted, kept = [], []
+    instances = [r for r in resources if r.kind == "instance"]
+    for resource in instances:
+        progress(f"terminating {resource.resource_id}")
+        provider.terminate(resource.resource_id)
+    for resource in instances:
+        provider.wait_gone(resource.resource_id, "terminated", 600)
+        deleted.append(f"instance {resource.resource_id}")
+    if record.instance_id:
+        ctx.store.record_state(name, record.instance_id, "terminated")
+    data_volumes = {v.volume_id: v for v in provider.list_volumes() if v.tags.get("nbcloud:name") == name}
+    snapshots = _snapshot_volumes(provider, list(data_volumes.values()), progress) if snapshot else []
+    for resource in (r for r in resources if r.kind != "instance"):
+        if resource.kind == "volume" and resource.resource_id in data_volumes and not delete_data:
+            kept.append(f"data volume {resource.resource_id}")
+            continue
+        progress(f"deleting {resource.kind} {resource.resource_id}")
+        try:
+            provider.delete_resource(resource)
+            deleted.append(f"{resource.kind} {resource.resource_id}")
+        except NbcloudError as exc:
+            kept.append(f"{resource.kind} {resource.resource_id} (could not delete: {exc.message})")
+    _forget_locally(ctx, name)
+    billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
+                                         if v.startswith("data volume")])
+    return DownResult(name, deleted, kept, billing, snapshots)
+
+
+def _snapshot_volumes(provider: Provider, volumes: list[Any], progress: Progress) -> list[str]:
+    from .storage import snapshot_volume
+
+    made = []
+    for volume in volumes:
+        progress(f"snapshotting data volume {volume.name or volume.volume_id} ({volume.volume_id})")
+        made.append(snapshot_volume(provider, volume, "down"))
+    return made
 
 
 def _forget_locally(ctx: Context, name: str) -> None:
@@ -247,7 +275,10 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
         for record in members:
             instance = live.get(record.name)
             _sync_record(ctx, record, instance)
-            views.append(_view(ctx, ctx.store.get(record.name) or record, instance))
+            view = _view(ctx, ctx.store.get(record.name) or record, instance)
+            if instance is not None and instance.lifecycle == "spot":
+                view = _with_spot_price(provider, view, instance)
+            views.append(view)
     if with_agent:
         views = _with_agent_state(ctx, views)
     return sorted(views, key=lambda v: v.name)
@@ -261,7 +292,7 @@ def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceVi
     spec = _spec(record)
     uptime = None
     if instance is not None and instance.state == "running" and instance.launched_at:
-        uptime = (now - instance.launched_at.astimezone(UTC)).total_seconds()
+        uptime = (now - _running_since(ctx, record, instance)).total_seconds()
     return InstanceView(
         name=record.name, instance_id=instance.instance_id if instance else record.instance_id,
         state=instance.state if instance else "gone", instance_type=record.instance_type, region=record.region,
@@ -270,6 +301,27 @@ def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceVi
         uptime_seconds=uptime, idle_stop_seconds=spec.idle_stop_seconds, gpus=(record.spec or {}).get("gpus"),
         **tunnel_fields(ctx, record), **cost_fields(ctx, record, spec, now),
     )
+
+
+def _with_spot_price(provider: Provider, view: InstanceView, instance: Instance) -> InstanceView:
+    """Spot bills the spot price in force (DescribeSpotPriceHistory in the instance's zone), not on-demand's."""
+    from dataclasses import replace
+
+    try:
+        price = provider.spot_price(instance.instance_type, instance.zone)
+    except NbcloudError:
+        price = None  # a price is information: `status` must not fail over it
+    return replace(view, spot_hourly_usd=price) if price is not None else view
+
+
+def _running_since(ctx: Context, record: Record, instance: Instance) -> datetime:
+    """When the current running period began. AWS resets LaunchTime at every start; moto (the sandbox) keeps the
+    first launch's, so after a stop that this machine saw later than LaunchTime, its own record of the start wins."""
+    launched = (instance.launched_at or datetime.now(UTC)).astimezone(UTC)
+    events = [(at, state) for at, state, iid in ctx.store.events(record.name) if iid == instance.instance_id]
+    stops = [at for at, state in events if state != "running" and at > launched]
+    starts = [at for at, state in events if state == "running" and stops and at > stops[-1]]
+    return starts[0] if starts else launched
 
 
 def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceView]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ...errors import NbcloudError
 from ...models import LAUNCH_TAG, NAME_TAG, ImageInfo, Instance, InstanceTypeInfo, Volume
@@ -121,6 +122,43 @@ class AwsProvider:
 
     def list_volumes(self) -> list[Volume]:
         return volumes.list_managed(self.session)
+
+    def create_volume_from_snapshot(self, snapshot_id: str, zone: str, tags: dict[str, str]) -> Volume:
+        return volumes.create_from_snapshot(self.session, snapshot_id, zone, tags)
+
+    def snapshot_volume(self, volume_id: str, description: str, tags: dict[str, str]) -> str:
+        return volumes.snapshot(self.session, volume_id, description, tags)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        volumes.delete_snapshot(self.session, snapshot_id)
+
+    def list_snapshots(self) -> list[dict[str, Any]]:
+        return volumes.list_snapshots(self.session)
+
+    # spot prices and images
+    def spot_price(self, instance_type: str, zone: str | None = None) -> float | None:
+        from .pricing import fetch_spot
+
+        return fetch_spot(self.session.client("ec2"), instance_type, zone)
+
+    def create_image(self, instance_id: str, ami_name: str, tags: dict[str, str], *,
+                     exclude_devices: Sequence[str] = (), timeout: float = 3600) -> str:
+        image_id = images.create_image(self.session, instance_id, ami_name, tags, exclude_devices)
+        try:
+            data = images.wait_image(self.session, image_id, timeout)
+        except BaseException:
+            images.delete_image(self.session, image_id)
+            raise
+        snapshots = images.image_snapshots(data)
+        if snapshots:  # CreateImage cannot tag snapshots everywhere: tag them after, so they are found by name
+            self.set_name_tags(snapshots, tags)
+        return image_id
+
+    def list_images(self) -> list[dict[str, Any]]:
+        return images.list_baked(self.session)
+
+    def delete_image(self, image_id: str) -> list[str]:
+        return images.delete_image(self.session, image_id)
 
     # orphans
     def tagged_resources(self, name: str | None = None) -> list[TaggedResource]:

@@ -12,7 +12,8 @@ from .session import tags_dict, tags_list
 if TYPE_CHECKING:
     from .session import AwsSession
 
-__all__ = ["VOLUME_NAME_TAG", "attach", "create", "delete", "find_by_name", "list_managed"]
+__all__ = ["VOLUME_NAME_TAG", "attach", "create", "create_from_snapshot", "delete", "delete_snapshot", "find_by_name",
+           "list_managed", "list_snapshots", "snapshot"]
 
 VOLUME_NAME_TAG = "nbcloud:volume"
 
@@ -76,3 +77,54 @@ def delete(session: AwsSession, volume_id: str) -> None:
     except NbcloudError as exc:
         if "NotFound" not in exc.message and "does not exist" not in exc.message:
             raise
+
+
+def create_from_snapshot(session: AwsSession, snapshot_id: str, zone: str, tags: dict[str, str]) -> Volume:
+    data = session.call("ec2", "create_volume", AvailabilityZone=zone, SnapshotId=snapshot_id, VolumeType="gp3",
+                        Encrypted=True, TagSpecifications=[{"ResourceType": "volume", "Tags": tags_list(tags)}])
+    return wait(session, data["VolumeId"], {"available"}, 600)
+
+
+def snapshot(session: AwsSession, volume_id: str, description: str, tags: dict[str, str],
+             timeout: float = 3600) -> str:
+    """Snapshot ``volume_id`` (tagged) and wait until it is completed; an incomplete snapshot is deleted."""
+    data = session.call("ec2", "create_snapshot", VolumeId=volume_id, Description=description,
+                        TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags_list(tags)}])
+    snapshot_id = data["SnapshotId"]
+    try:
+        wait_snapshot(session, snapshot_id, timeout)
+    except BaseException:
+        delete_snapshot(session, snapshot_id)
+        raise
+    return str(snapshot_id)
+
+
+def wait_snapshot(session: AwsSession, snapshot_id: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = session.call("ec2", "describe_snapshots", SnapshotIds=[snapshot_id])["Snapshots"]
+        state = found[0]["State"] if found else "missing"
+        if state == "completed":
+            return
+        if state in {"error", "missing"}:
+            raise RemoteError(f"snapshot {snapshot_id} failed ({state})", "retry; the volume is untouched")
+        if time.monotonic() > deadline:
+            raise RemoteError(f"snapshot {snapshot_id} still {state} after {timeout:g} s", "retry later")
+        time.sleep(0.5 if timeout < 600 else 3)
+
+
+def delete_snapshot(session: AwsSession, snapshot_id: str) -> None:
+    try:
+        session.call("ec2", "delete_snapshot", SnapshotId=snapshot_id)
+    except NbcloudError as exc:
+        if "NotFound" not in exc.message and "does not exist" not in exc.message:
+            raise
+
+
+def list_snapshots(session: AwsSession) -> list[dict[str, Any]]:
+    """nbcloud's data-volume snapshots (tagged with the volume name)."""
+    found = session.call("ec2", "describe_snapshots", OwnerIds=["self"],
+                         Filters=[{"Name": "tag-key", "Values": [VOLUME_NAME_TAG]}])["Snapshots"]
+    return [{"snapshot_id": s["SnapshotId"], "volume_id": s.get("VolumeId"), "size_gb": int(s.get("VolumeSize", 0)),
+             "state": s["State"], "started": str(s.get("StartTime", "")), "tags": tags_dict(s.get("Tags"))}
+            for s in found]

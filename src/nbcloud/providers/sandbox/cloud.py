@@ -49,6 +49,11 @@ class CloudListener(Protocol):
     def on_attach(self, backend: Any, volume_id: str, instance_id: str) -> None: ...
     def on_detach(self, backend: Any, volume_id: str, instance_id: str) -> None: ...
     def on_delete_volume(self, backend: Any, volume_id: str) -> None: ...
+    def on_create_volume(self, backend: Any, volume: Any, snapshot_id: str | None) -> None: ...
+    def on_create_snapshot(self, backend: Any, snapshot: Any) -> None: ...
+    def on_delete_snapshot(self, backend: Any, snapshot_id: str) -> None: ...
+    def on_create_image(self, backend: Any, ami: Any, instance_id: str) -> None: ...
+    def on_deregister_image(self, backend: Any, ami_id: str) -> None: ...
 
 
 def _instances(result: Iterable[Any]) -> list[Any]:
@@ -87,6 +92,19 @@ def install_hooks(listener: CloudListener) -> None:
     wrap("reboot_instances", lambda b, r, a, k: lst().on_reboot(b, _instances(r)))
     wrap("attach_volume", lambda b, r, a, k: r and lst().on_attach(b, r.volume.id, r.instance.id))
     wrap("delete_volume", lambda b, r, a, k: lst().on_delete_volume(b, k.get("volume_id") or a[0]))
+
+
+    def arg(name: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import inspect
+
+        bound = inspect.signature(getattr(EC2Backend, method).__wrapped__).bind_partial(None, *args, **kwargs)
+        return bound.arguments.get(name)
+
+    wrap("create_volume", lambda b, r, a, k: lst().on_create_volume(b, r, arg("snapshot_id", "create_volume", a, k)))
+    wrap("create_snapshot", lambda b, r, a, k: lst().on_create_snapshot(b, r))
+    wrap("delete_snapshot", lambda b, r, a, k: lst().on_delete_snapshot(b, r.id))
+    wrap("create_image", lambda b, r, a, k: lst().on_create_image(b, r, arg("instance_id", "create_image", a, k)))
+    wrap("deregister_image", lambda b, r, a, k: lst().on_deregister_image(b, arg("ami_id", "deregister_image", a, k)))
 
     original_detach = EC2Backend.detach_volume
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from . import disk
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
 from .hosts import Network, SubnetBusy, instance_pids, kill_namespace_processes, lock_subnet
+from .storage import Storage
 from .userdata import parse_user_data
 
 __all__ = ["Sandbox", "main"]
@@ -34,6 +36,12 @@ __all__ = ["Sandbox", "main"]
 log = logging.getLogger("nbcloud.sandbox")
 SRC_DIR = str(Path(__file__).resolve().parents[3])
 SHIM_LINKS = ("shutdown", "poweroff", "halt", "reboot")
+
+
+def _report(instance: Any, name: str, code: int) -> None:
+    """What DescribeInstances says: moto flips states at once; the sandbox reports them when they are true."""
+    instance._state.name = name
+    instance._state.code = code
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Sandbox:
         self.work: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
         self.stopped = threading.Event()
         self.cloud = MotoCloud()
+        self.storage = Storage(sandbox_dir, self.volumes_dir, lambda i: self._instance_dir(i) / "root")
 
     # setup -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -147,6 +156,7 @@ class Sandbox:
             for inst in instances:
                 if inst.id in self.hosts:
                     self.hosts[inst.id].state = "stopping"
+                    _report(inst, "stopping", 64)  # "stopped" only once the host is really down, as on EC2
                     self.work.put(("stop", inst.id, {}))
 
     def on_terminate(self, backend: Any, instances: list[Any]) -> None:
@@ -154,6 +164,7 @@ class Sandbox:
             for inst in instances:
                 if inst.id in self.hosts:
                     self.hosts[inst.id].state = "stopping"
+                    _report(inst, "shutting-down", 32)
                     self.work.put(("terminate", inst.id, {}))
 
     def on_reboot(self, backend: Any, instances: list[Any]) -> None:
@@ -172,6 +183,21 @@ class Sandbox:
 
     def on_delete_volume(self, backend: Any, volume_id: str) -> None:
         self.work.put(("delete-volume", "", {"volume_id": volume_id}))
+
+    def on_create_volume(self, backend: Any, volume: Any, snapshot_id: str | None) -> None:
+        self.storage.on_create_volume(volume, snapshot_id)
+
+    def on_create_snapshot(self, backend: Any, snapshot: Any) -> None:
+        self.storage.on_create_snapshot(snapshot)
+
+    def on_delete_snapshot(self, backend: Any, snapshot_id: str) -> None:
+        self.storage.on_delete_snapshot(snapshot_id)
+
+    def on_create_image(self, backend: Any, ami: Any, instance_id: str) -> None:
+        self.storage.on_create_image(ami, instance_id)
+
+    def on_deregister_image(self, backend: Any, ami_id: str) -> None:
+        self.storage.on_deregister_image(ami_id)
 
     # reconciler --------------------------------------------------------------------------------------------
     def reconcile_forever(self) -> None:
@@ -214,7 +240,12 @@ class Sandbox:
             except ValueError as exc:
                 log.warning("%s: user-data not understood: %s", instance_id, exc)
                 parsed = parse_user_data(None)
-            disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed)
+            image_root = self.storage.image_root(inst.image_id)
+            if image_root is not None:  # a baked image: its root disk, made this instance's by cloud-init rules
+                disk.prepare_root_from_image(inst_dir, image_root, key.material_public if key else None, raw,
+                                             parsed)
+            else:
+                disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed)
         volumes = self._volumes_of(inst)
         for volume_id in volumes:
             (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
@@ -285,6 +316,7 @@ class Sandbox:
         with self.lock:
             self.network.pool.release(host.address)
             host.state = "stopped"
+            _report(host.backend.get_instance(instance_id), "stopped", 80)
 
     def _do_terminate(self, instance_id: str) -> None:
         host = self.hosts[instance_id]
@@ -293,6 +325,8 @@ class Sandbox:
         with self.lock:
             self.network.pool.release(host.address)
             host.state = "terminated"
+            with contextlib.suppress(Exception):  # moto may have forgotten a terminated instance already
+                _report(host.backend.get_instance(instance_id), "terminated", 48)
 
     def _do_reboot(self, instance_id: str) -> None:
         host = self.hosts[instance_id]
@@ -305,8 +339,25 @@ class Sandbox:
         host.boots += 1
 
     def _do_attach(self, instance_id: str, volume_id: str) -> None:
-        if self.hosts[instance_id].state == "running":
-            self._ask_init(instance_id, {"cmd": "mount-volume", "volume_id": volume_id})
+        """Mount the volume in the instance; during boot init's socket is not up yet: keep asking until it is.
+
+        The boot (earlier in this queue) read the attachments moto had then; one that arrives later is applied
+        here, from a thread so the reconciler does not wait on a booting instance.
+        """
+        host = self.hosts[instance_id]
+
+        def apply() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and host.state in ("pending", "booting", "running"):
+                reply = self._ask_init(instance_id, {"cmd": "mount-volume", "volume_id": volume_id})
+                if reply is not None:
+                    if reply.get("code") != 0:
+                        log.warning("%s: mounting %s: %s", instance_id, volume_id, reply.get("err"))
+                    return
+                time.sleep(0.1)
+
+        if host.state in ("pending", "booting", "running"):
+            threading.Thread(target=apply, name=f"attach-{volume_id}", daemon=True).start()
 
     def _do_detach(self, instance_id: str, volume_id: str) -> None:
         if self.hosts[instance_id].state == "running":

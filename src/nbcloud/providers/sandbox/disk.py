@@ -16,7 +16,7 @@ from typing import Any
 from .init import SHIM_PATH
 from .userdata import UserData
 
-__all__ = ["BootFacts", "prepare_root", "update_boot", "write_sshd_config"]
+__all__ = ["BootFacts", "prepare_root", "prepare_root_from_image", "update_boot", "write_sshd_config"]
 
 UID = GID = 1000
 USER = "ubuntu"
@@ -163,6 +163,43 @@ def prepare_root(instance_dir: Path, public_key: str | bytes | None, raw_user_da
     _write(root / "var/log/cloud-init-output.log", "", 0o644)
     for index, (name, content) in enumerate(user_data.scripts):
         _write(root / "var/lib/cloud/instance/scripts" / f"{index:02d}-{name}", content, 0o700)
+    if raw_user_data:
+        _write(instance_dir / "user-data", raw_user_data, 0o600)
+
+
+def prepare_root_from_image(instance_dir: Path, image_root: Path, public_key: str | bytes | None,
+                            raw_user_data: bytes | None, user_data: UserData) -> None:
+    """A new instance of a baked image: a copy of the image's root disk, then what cloud-init does per instance.
+
+    New host keys (user-data's; the image's are deleted), the new key pair's public key, this instance's user-data
+    scripts; the previous instance's runtime files (/run, /tmp) and cloud-init's "boot finished" go. What the
+    image's owner left in /home and /opt (the venv) stays: that is what baking is for.
+    """
+    from .storage import copy_tree
+
+    root = instance_dir / "root"
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    copy_tree(image_root, root)
+    for rel in ("run", "tmp"):
+        shutil.rmtree(root / rel, ignore_errors=True)
+    (root / "run/sshd").mkdir(parents=True, exist_ok=True)
+    (root / "tmp").mkdir(exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    for old in (root / "etc/ssh").glob("ssh_host_*"):
+        old.unlink()
+    write_sshd_config(root, _host_keys(root, user_data))
+    home = root / "home" / USER
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    if isinstance(public_key, bytes):
+        public_key = public_key.decode()
+    _write(home / ".ssh/authorized_keys", (public_key or "").strip() + "\n", 0o600, (UID, GID))
+    scripts = root / "var/lib/cloud/instance/scripts"
+    shutil.rmtree(scripts, ignore_errors=True)
+    scripts.mkdir(parents=True)
+    (root / "var/lib/cloud/instance/boot-finished").unlink(missing_ok=True)
+    for index, (name, content) in enumerate(user_data.scripts):
+        _write(scripts / f"{index:02d}-{name}", content, 0o700)
+    _write(root / "var/log/cloud-init-output.log", "", 0o644)
     if raw_user_data:
         _write(instance_dir / "user-data", raw_user_data, 0o600)
 

@@ -1,0 +1,97 @@
+"""Snapshots and images in the sandbox: directories copied the way EBS copies blocks.
+
+A volume is ``<sandbox>/volumes/<vol-id>``; a snapshot ``<sandbox>/snapshots/<snap-id>`` (a copy of its volume,
+made in the background while moto reports it ``pending``); a volume made from a snapshot starts as a copy of it;
+an image ``<sandbox>/images/<ami-id>/root`` is a copy of the instance's root volume (``pending`` until copied), and an
+instance launched from it starts with a copy of that root (see :func:`disk.prepare_root_from_image`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Storage"]
+
+log = logging.getLogger("nbcloud.sandbox.storage")
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """``cp -a`` (owners, modes, hard links, sparse files kept); the target must not exist."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run(["cp", "-a", "--sparse=auto", str(source), str(tmp)], check=True, capture_output=True)
+    tmp.rename(target)
+
+
+class Storage:
+    def __init__(self, sandbox_dir: Path, volumes_dir: Path, instance_root: Callable[[str], Path]) -> None:
+        self.volumes_dir = volumes_dir
+        self.snapshots_dir = sandbox_dir / "snapshots"
+        self.images_dir = sandbox_dir / "images"
+        self.instance_root = instance_root
+        for directory in (self.snapshots_dir, self.images_dir):
+            shutil.rmtree(directory, ignore_errors=True)  # moto's state died with the previous daemon
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _background(self, label: str, work: Callable[[], None], done: Callable[[bool], None]) -> None:
+        def run() -> None:
+            ok = True
+            try:
+                work()
+            except Exception:
+                log.exception("%s failed", label)
+                ok = False
+            done(ok)
+
+        threading.Thread(target=run, name=label, daemon=True).start()
+
+    # hooks (moto's threads) --------------------------------------------------------------------------------
+    def on_create_snapshot(self, snapshot: Any) -> None:
+        volume_id = getattr(getattr(snapshot, "volume", None), "id", None)
+        source = self.volumes_dir / str(volume_id)
+        target = self.snapshots_dir / snapshot.id
+        if not volume_id or not source.is_dir():
+            target.mkdir(mode=0o755, exist_ok=True)  # a volume never written to: an empty snapshot
+            return
+        snapshot.status = "pending"
+
+        def finish(ok: bool) -> None:
+            snapshot.status = "completed" if ok else "error"
+
+        self._background(f"snapshot {snapshot.id}", lambda: copy_tree(source, target), finish)
+
+    def on_delete_snapshot(self, snapshot_id: str) -> None:
+        shutil.rmtree(self.snapshots_dir / snapshot_id, ignore_errors=True)
+
+    def on_create_volume(self, volume: Any, snapshot_id: str | None) -> None:
+        if not snapshot_id:
+            return
+        source = self.snapshots_dir / snapshot_id
+        if source.is_dir():  # synchronous: moto reports the volume available at once
+            shutil.rmtree(self.volumes_dir / volume.id, ignore_errors=True)
+            copy_tree(source, self.volumes_dir / volume.id)
+
+    def on_create_image(self, ami: Any, instance_id: str) -> None:
+        source = self.instance_root(instance_id)
+        if not source.is_dir():
+            return
+        ami.state = "pending"
+
+        def finish(ok: bool) -> None:
+            ami.state = "available" if ok else "failed"
+
+        self._background(f"image {ami.id}", lambda: copy_tree(source, self.images_dir / ami.id / "root"), finish)
+
+    def on_deregister_image(self, ami_id: str) -> None:
+        shutil.rmtree(self.images_dir / ami_id, ignore_errors=True)
+
+    def image_root(self, ami_id: str) -> Path | None:
+        root = self.images_dir / ami_id / "root"
+        return root if root.is_dir() else None
