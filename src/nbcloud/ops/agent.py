@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from ..errors import UsageError
 from ..models import parse_duration
 from ..ssh import session
 from .context import Context
 
-__all__ = ["set_autostop"]
+__all__ = ["CHECK_PERIOD_ENV", "agent_check_period", "set_autostop"]
+
+CHECK_PERIOD_ENV = "NBCLOUD_AGENT_CHECK_PERIOD"
+DEFAULT_CHECK_PERIOD = 10
+
+
+def agent_check_period() -> int:
+    """Seconds between the agent's checks, fixed at `up` (hidden knob for tests and the bench: 1-15, default 10)."""
+    text = os.environ.get(CHECK_PERIOD_ENV, "").strip()
+    if not text:
+        return DEFAULT_CHECK_PERIOD
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 15:
+        raise UsageError(f"{CHECK_PERIOD_ENV}={text!r} is not a number of seconds in 1-15", f"unset {CHECK_PERIOD_ENV}")
+    return value
 
 
 def set_autostop(ctx: Context, name: str, duration: str) -> dict[str, Any]:

@@ -115,6 +115,7 @@ def _ingress(ctx: Context, provider: Provider, spec: InstanceSpec) -> list[Ingre
 def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPair, volume_id: str | None,
                     hourly: float | None):
     from ..remote.spec import BootstrapSpec
+    from .agent import agent_check_period
 
     return BootstrapSpec(
         name=spec.name, jupyter_port=JUPYTER_PORT, gateway=spec.gateway, gateway_port=GATEWAY_PORT,
@@ -122,7 +123,7 @@ def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPa
         idle_stop_seconds=spec.idle_stop_seconds, max_cost_usd=spec.max_cost_usd, hourly_usd=hourly,
         python_packages=spec.python_packages, requirements=spec.requirements, data_volume_id=volume_id,
         package_env=dict(provider.package_env), host_key_private=host_key.private_openssh,
-        host_key_public=host_key.public_openssh,
+        host_key_public=host_key.public_openssh, check_period=agent_check_period(),
     )
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import ConflictError, NbcloudError, NotFoundError
-from ..models import ROLE_TAG, Instance, InstanceSpec
+from ..models import ROLE_TAG, Instance, InstanceSpec, Volume
 from ..providers.aws.volumes import VOLUME_NAME_TAG
 from ..providers.base import Provider, TaggedResource
 from ..ssh import config as ssh_config
@@ -132,6 +132,7 @@ def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wa
     if instance is None:
         raise NotFoundError(f"instance {name!r} no longer exists in {record.region}",
                             f"`nbcloud down {name}` cleans up; `nbcloud up {name}` makes a new one")
+    _sync_record(ctx, record, instance)  # a stop this machine has not seen yet (the agent's) ends a billed period
     if instance.state == "stopping":
         progress("waiting for the previous stop to finish")
         provider.wait_gone(instance.instance_id, "stopped", 600)
@@ -185,6 +186,11 @@ def stop_instance(ctx: Context, name: str, progress: Progress = no_progress, wai
     # Root disk plus data volumes keep billing while stopped: say so.
     root = [v for v in instance.volume_ids]
     volumes = [v for v in _volumes_of(provider, name) if v.volume_id in root or v.tags.get(VOLUME_NAME_TAG)]
+    # A root volume the tag scan does not list (moto leaves it untagged) is still the instance's disk.
+    listed = {v.volume_id for v in volumes}
+    disk_gb = _spec(record).disk_gb
+    volumes += [Volume(volume_id=v, name=None, size_gb=disk_gb, zone=instance.zone or "", state="in-use")
+                for v in root if v not in listed]
     billing, monthly = _volume_bill(provider, volumes)
     return StopResult(name, instance.instance_id, "stopped", billing, monthly)
 
