@@ -1,0 +1,143 @@
+"""Issue 8 on the sandbox: spot reclaim without losing work, data volumes that outlive instances, baked images."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.sandbox]
+
+NOTEBOOK = {"cells": [{"cell_type": "code", "source": "x = 42  # saved before the notice", "metadata": {},
+                       "outputs": [], "execution_count": None}],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def _save_notebook(world: Any, alias: str, path: str) -> None:
+    body = json.dumps({"type": "notebook", "content": NOTEBOOK})
+    command = ("curl -sf -o /dev/null -w '%{http_code}' -X PUT "
+               "-H \"Authorization: token $(cat ~/.config/nbcloud/token)\" -H 'Content-Type: application/json' "
+               f"http://127.0.0.1:8888/api/contents/{path} --data-binary @-")
+    done = world.ssh(alias, f"cat > /tmp/nb.json <<'EOF'\n{body}\nEOF\n{command.replace('@-', '@/tmp/nb.json')}")
+    assert done.stdout.strip() in {"200", "201"}, done
+
+
+def _wait(what: str, check: Any, timeout: float, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout:g} s")
+        time.sleep(interval)
+
+
+def _volume(world: Any, name: str) -> dict[str, Any] | None:
+    return next((v for v in world.nb_json("volumes", "--provider", "sandbox") if v["name"] == name), None)
+
+
+def test_spot_reclaim_keeps_the_notebook_and_up_relaunches(world: Any) -> None:
+    from nbcloud.providers.sandbox import client
+
+    first = world.up("spotty", "--spot", "--data-volume", "spotdata:1", "--idle-stop", "off")
+    _save_notebook(world, "nb-spotty", "data/work.ipynb")
+    view = world.nb_json("status", "spotty")
+    assert view["lifecycle"] == "spot" and view["spot_hourly_usd"] is not None, view
+    assert "spot" in world.nb("status").stdout
+
+    client.fault(first["instance_id"], "spot-notice", world.sandbox.sandbox_dir, seconds=8)
+    started = time.monotonic()
+    record = _wait("interruption.json", lambda: world.ssh(
+        "nb-spotty", "cat /var/lib/nbcloud/interruption.json 2>/dev/null").stdout.strip(), 30)
+    print(f"agent recorded the notice after {time.monotonic() - started:.1f} s")
+    assert json.loads(record)["notice"]["action"] == "terminate"
+    on_volume = Path(world.sandbox.sandbox_dir, "volumes", first["data_volume_id"], "work.ipynb")
+    assert "x = 42" in on_volume.read_text()  # on the data volume itself, not the root disk
+    assert world.nb_json("status", "spotty")["spot_notice"]
+
+    gone = _wait("reclaimed", lambda: world.nb_json("status", "spotty")["state"] == "gone", 90)
+    assert gone and "launches a new one" in world.nb("status").stdout
+
+    again = world.up("spotty")  # the stored spec: spot, same data volume, same zone
+    assert again["instance_id"] != first["instance_id"] and not again["reused"]
+    assert again["data_volume_id"] == first["data_volume_id"]
+    assert "x = 42" in world.ssh("nb-spotty", "cat ~/data/work.ipynb").stdout
+    assert world.nb_json("status", "spotty")["lifecycle"] == "spot"
+    assert world.nb_json("doctor", "--orphans", "--provider", "sandbox")["orphans"] == []
+    kinds = sorted(r.kind for r in world.tagged("spotty"))
+    # the new instance, its key pair, group and root volume, and the data volume: nothing of the reclaimed one
+    assert kinds == ["instance", "key-pair", "security-group", "volume", "volume"], kinds
+
+
+def test_spot_fallback_to_on_demand_when_no_capacity(world: Any) -> None:
+    from nbcloud.providers.sandbox import client
+
+    client.fault_api("RunInstances", "InsufficientInstanceCapacity", 1, world.sandbox.sandbox_dir)
+    try:
+        world.up("fallback", "--spot", "--spot-fallback", "--idle-stop", "off")
+    finally:
+        client.fault_api("RunInstances", "InsufficientInstanceCapacity", 0, world.sandbox.sandbox_dir)
+    view = world.nb_json("status", "fallback")
+    assert view["state"] == "running" and view["lifecycle"] == "on-demand"
+    assert world.nb_json("doctor", "--orphans", "--provider", "sandbox")["orphans"] == []
+
+
+def test_data_volume_reuse_zone_move_and_snapshot_on_down(world: Any) -> None:
+    first = world.up("vols", "--data-volume", "keepme:1", "--idle-stop", "off")
+    assert world.ssh("nb-vols", "echo kept > ~/data/file.txt && sync").returncode == 0
+    down = world.nb_json("down", "vols")
+    assert any(first["data_volume_id"] in k for k in down["kept"])
+    volume = _volume(world, "keepme")
+    assert volume and volume["state"] == "available" and volume["monthly_usd"] > 0
+    assert "$/MONTH" in world.nb("volumes", "--provider", "sandbox").stdout
+
+    moved = world.nb("up", "vols", "--provider", "sandbox", "--no-connect", "--data-volume", "keepme:1",
+                     "--zone", "us-east-1b", "--idle-stop", "off")
+    assert "moving it through a snapshot" in moved.stderr or moved.returncode == 0
+    now = _volume(world, "keepme")
+    assert now and now["zone"] == "us-east-1b" and now["volume_id"] != first["data_volume_id"]
+    assert world.ssh("nb-vols", "cat ~/data/file.txt").stdout.strip() == "kept"
+    assert len([v for v in world.nb_json("volumes", "--provider", "sandbox") if v["name"] == "keepme"]) == 1
+
+    ec2 = world.ec2()
+    result = world.nb_json("down", "vols", "--snapshot-on-down", "--delete-data", "--yes")
+    try:
+        assert len(result["snapshots"]) == 1 and _volume(world, "keepme") is None
+        snap = ec2.describe_snapshots(SnapshotIds=result["snapshots"])["Snapshots"][0]
+        tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
+        assert snap["State"] == "completed" and tags["nbcloud:volume"] == "keepme"
+        snapshot_dir = Path(world.sandbox.sandbox_dir, "snapshots", result["snapshots"][0])
+        assert (snapshot_dir / "file.txt").read_text().strip() == "kept"
+    finally:
+        for snapshot_id in result["snapshots"]:
+            ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+
+def test_bake_then_up_from_the_image_skips_the_install(world: Any) -> None:
+    world.up("baker", "--idle-stop", "off")
+    old_key = world.ssh("nb-baker", "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout
+    old_token = world.ssh("nb-baker", "cat ~/.config/nbcloud/token").stdout
+    try:
+        baked = world.nb_json("image", "bake", "baker", "--image-name", "test-img")
+        assert baked["image_id"].startswith("ami-") and baked["restarted"]
+        images = world.nb_json("image", "list", "--provider", "sandbox")
+        assert [i["image_id"] for i in images if i["name"] == "test-img"] == [baked["image_id"]]
+        status = "curl -s -o /dev/null -w '%{http_code}' -H \"Authorization: token $(cat ~/.config/nbcloud/token)\" " \
+                 "http://127.0.0.1:8888/api/status"
+        assert world.ssh("nb-baker", status).stdout == "200"  # the source is back, with its secrets
+
+        world.up("clone", "--image", "test-img", "--idle-stop", "off")
+        assert world.ssh("nb-clone", status).stdout == "200"
+        venv = world.ssh("nb-clone", "grep 'step venv:' /var/log/nbcloud/bootstrap.log | tail -2").stdout
+        assert "already installed (baked image)" in venv, venv
+        assert world.ssh("nb-clone", "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout != old_key
+        assert world.ssh("nb-clone", "cat ~/.config/nbcloud/token").stdout != old_token
+    finally:
+        world.nb("image", "delete", "test-img", "--provider", "sandbox", check=False)
+    assert world.nb_json("image", "list", "--provider", "sandbox") == []
+    snapshots = world.ec2().describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert not [s for s in snapshots if baked["image_id"] in s.get("Description", "")]
