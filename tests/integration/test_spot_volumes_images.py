@@ -141,3 +141,30 @@ def test_bake_then_up_from_the_image_skips_the_install(world: Any) -> None:
     assert world.nb_json("image", "list", "--provider", "sandbox") == []
     snapshots = world.ec2().describe_snapshots(OwnerIds=["self"])["Snapshots"]
     assert not [s for s in snapshots if baked["image_id"] in s.get("Description", "")]
+
+
+def test_sandbox_mounts_a_volume_attached_during_boot(sandbox: Any, sandbox_ec2: Any) -> None:
+    from nbcloud.providers.sandbox import client
+
+    ami = sandbox_ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
+    instance_id = sandbox_ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                            Placement={"AvailabilityZone": "us-east-1a"})["Instances"][0]["InstanceId"]
+    volume_id = sandbox_ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    try:
+        sandbox_ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")  # still booting
+
+        def mounted() -> bool:
+            rows = [r for r in client.status(sandbox.sandbox_dir)["instances"] if r["instance_id"] == instance_id]
+            if not rows or not rows[0]["init_pid"]:
+                return False
+            try:
+                return f"/mnt/sandbox-volumes/{volume_id}" in Path(f"/proc/{rows[0]['init_pid']}/mountinfo").read_text()
+            except OSError:
+                return False
+
+        assert _wait("volume mounted in the instance", mounted, 30)
+    finally:
+        sandbox_ec2.terminate_instances(InstanceIds=[instance_id])
+        sandbox_ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id],
+                                                           WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        sandbox_ec2.delete_volume(VolumeId=volume_id)
