@@ -179,7 +179,7 @@ def prepare_root_from_image(instance_dir: Path, image_root: Path, public_key: st
 
     root = instance_dir / "root"
     instance_dir.mkdir(parents=True, exist_ok=True)
-    copy_tree(image_root, root)
+    copy_tree(image_root, root, link=("opt",))
     for rel in ("run", "tmp"):
         shutil.rmtree(root / rel, ignore_errors=True)
     (root / "run/sshd").mkdir(parents=True, exist_ok=True)
