@@ -114,14 +114,20 @@ def test_missing_key_file_and_terminated_elsewhere(world) -> None:
     result = world.up("lost", "--idle-stop", "off")
     from nbcloud.config import paths
 
-    (paths().keys_dir / "lost").unlink()
+    key = paths().keys_dir / "lost"
+    saved = key.read_bytes()
+    key.unlink()
     done = world.nb("ssh", "lost", "--", "true", check=False)
     assert done.returncode == 2 and "private key for 'lost' is missing" in done.stderr
+    key.write_bytes(saved)
+    key.chmod(0o600)
 
     world.ec2().terminate_instances(InstanceIds=[result["instance_id"]])
     again = world.nb("up", "lost", "--provider", "sandbox", "--no-connect", check=False)
     assert again.returncode == 2 and "terminated outside nbcloud" in again.stderr, again.stderr
-    assert [r.kind for r in world.tagged("lost") if r.kind == "instance"] == []
+    world.ec2().get_waiter("instance_terminated").wait(InstanceIds=[result["instance_id"]],
+                                                       WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    assert [r.kind for r in world.tagged("lost") if r.kind == "instance"] == [], "up made no new instance"
 
 
 # Failure injection at each step of `up`; after each, a tag scan must find nothing left for the name.

@@ -405,7 +405,7 @@ def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress,
         instance = None
     if instance is None and record.lifecycle == "spot":
         return _relaunch_spot(ctx, provider, record, progress, wait_jupyter, ssh_timeout, ready_timeout)
-    if instance is None or (instance.instance_id != record.instance_id and instance.state == "terminated"):
+    if instance is None or instance.state in {"shutting-down", "terminated"}:
         raise ConflictError(
             f"instance {record.name!r} ({record.instance_id}) was terminated outside nbcloud",
             f"run `nbcloud down {record.name}` to clean up what is left, then `nbcloud up {record.name}` again")
