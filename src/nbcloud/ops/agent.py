@@ -36,7 +36,6 @@ def set_autostop(ctx: Context, name: str, duration: str) -> dict[str, Any]:
     seconds = parse_duration(duration)
     record = ctx.record(name)
     spec = dict(record.spec or {}) | {"idle_stop_seconds": seconds}
-    script, stdin = autostop_update_script(seconds)
-    session.run(ctx.paths.ssh_config, f"nb-{name}", script, input=stdin, timeout=30)
+    session.run(ctx.paths.ssh_config, f"nb-{name}", autostop_update_script(seconds), timeout=30)
     ctx.store.update(name, spec=spec)
     return {"name": name, "idle_stop_seconds": seconds, "idle_stop": duration if seconds else "off"}

@@ -1,0 +1,235 @@
+"""Issue 7 on the sandbox: the agent stops an idle instance (`up --idle-stop 1m`) and nothing else.
+
+Six instances run side by side, one per scenario, so the whole file takes about four minutes: idle (stops), a busy
+cell with no connection left (waits for the cell, then stops), only a tunnel open, only an SSH shell open, autostop
+switched off and on again, and the agent's own robustness (killed → restarted, reboot → back, Jupyter down → never
+stops on a guess). The stop is always read from the cloud API. Deadlines are generous; the delays are printed (the
+bench, bench/bench_autostop.py, reports them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
+
+LIMIT = 60  # --idle-stop 1m
+GRACE = 30  # the acceptance: stopped within the limit + 30 s ...
+SLACK = 60  # ... plus slack for a loaded 2-core box
+HOLD = LIMIT + 35  # how long "something is going on" must keep an instance up: limit + check period + margin
+
+
+class Probe:
+    """The instance's state as the cloud API reports it (never over ssh: an ssh session is activity)."""
+
+    def __init__(self, ec2: Any, instance_id: str) -> None:
+        self.ec2, self.instance_id = ec2, instance_id
+
+    def state(self) -> str:
+        reply = self.ec2.describe_instances(InstanceIds=[self.instance_id])
+        return str(reply["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    def stays_running(self, until: float, why: str) -> None:
+        while time.monotonic() < until:
+            state = self.state()
+            assert state == "running", f"{self.instance_id} went {state} while {why}"
+            time.sleep(2)
+
+    def stops_by(self, deadline: float, why: str) -> float:
+        """Monotonic time at which the API first showed stopping/stopped."""
+        while time.monotonic() < deadline:
+            if self.state() in ("stopping", "stopped"):
+                return time.monotonic()
+            time.sleep(1)
+        raise AssertionError(f"{self.instance_id} did not stop in time after {why} (state {self.state()})")
+
+
+def _agent_pid(world: Any, alias: str) -> int | None:
+    try:
+        done = world.ssh(alias, "systemctl status nbcloud-agent", timeout=15)
+    except subprocess.TimeoutExpired:  # rebooting
+        return None
+    match = re.search(r"Main PID:\s*(\d+)", done.stdout)
+    return int(match.group(1)) if match and "active" in done.stdout.split("Active:", 1)[-1].split()[0] else None
+
+
+def _agent_log(world: Any, alias: str) -> str:
+    return world.ssh(alias, "sudo cat /var/log/nbcloud/agent.log").stdout
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str, step: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def _http(method: str, url: str, token: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _start_busy_cell(port: int, token: str, code: str) -> None:
+    """Start a kernel through the tunnel, send ``code`` over its websocket, return once the kernel reports busy."""
+    websocket = pytest.importorskip("websocket")
+    base = f"127.0.0.1:{port}"
+    kernel = _http("POST", f"http://{base}/api/kernels", token, {"name": "python3"})
+    session = uuid.uuid4().hex
+    ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel['id']}/channels?session_id={session}",
+                                     header=[f"Authorization: token {token}"], timeout=60)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": session, "username": "test",
+                       "date": datetime.now(UTC).isoformat(), "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False},
+        }))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            reply = json.loads(ws.recv())
+            if (reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] == "status"
+                    and reply["content"]["execution_state"] == "busy"):
+                return
+        raise AssertionError("the kernel never reported busy")
+    finally:
+        ws.close()
+
+
+# ----------------------------------------------------------------------------------------------------- scenarios
+
+
+def idle(world: Any, probe: Probe, name: str) -> dict[str, float]:
+    """Nothing running: stopped within the limit + 30 s."""
+    t0 = time.monotonic()  # `up` has just returned: its ssh sessions were the last activity
+    stopped = probe.stops_by(t0 + LIMIT + GRACE + SLACK, "an idle minute")
+    return {"idle_stop_delay_s": stopped - t0 - LIMIT}
+
+
+def busy_cell(world: Any, probe: Probe, name: str) -> dict[str, float]:
+    """A cell runs for 120 s with no browser, tunnel or shell left: no stop while it runs, a stop after it ends."""
+    info = world.nb_json("connect", name, "--no-browser")
+    token = Path(info["token_file"]).read_text().strip()
+    _start_busy_cell(info["local_port"], token, "import time; time.sleep(120)")
+    cell_ends = time.monotonic() + 120
+    world.nb("disconnect", name)
+    probe.stays_running(cell_ends - 3, "a cell was running")
+    stopped = probe.stops_by(cell_ends + LIMIT + GRACE + SLACK, "the cell ended")
+    assert stopped >= cell_ends + LIMIT - 15, "stopped before the cell had been over for the idle limit"
+    return {"after_cell_delay_s": stopped - cell_ends - LIMIT}
+
+
+def tunnel_only(world: Any, probe: Probe, name: str) -> dict[str, float]:
+    """Only a tunnel (`nbcloud connect --no-browser`): no stop while it lasts, a stop after `disconnect`."""
+    world.nb_json("connect", name, "--no-browser")
+    probe.stays_running(time.monotonic() + HOLD, "a tunnel was open")
+    world.nb("disconnect", name)
+    gone = time.monotonic()
+    stopped = probe.stops_by(gone + LIMIT + GRACE + SLACK, "disconnect")
+    return {"after_disconnect_delay_s": stopped - gone - LIMIT}
+
+
+def ssh_shell(world: Any, probe: Probe, name: str) -> dict[str, float]:
+    """Only an SSH session (`ssh nb-NAME sleep 100`): no stop while it lasts, a stop after it ends."""
+    shell = subprocess.Popen(["ssh", "-F", str(world.user_ssh_config), "-o", "BatchMode=yes", f"nb-{name}",
+                              "sleep 100"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while shell.poll() is None:
+            assert probe.state() == "running", "stopped while an ssh session was open"
+            time.sleep(2)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        shell.wait()
+    assert shell.returncode == 0, f"ssh sleep 100 failed: {shell.stderr.read() if shell.stderr else ''}"
+    ended = time.monotonic()
+    stopped = probe.stops_by(ended + LIMIT + GRACE + SLACK, "the ssh session ended")
+    assert stopped >= ended + LIMIT - 15, "stopped before the session had been over for the idle limit"
+    return {"after_ssh_delay_s": stopped - ended - LIMIT}
+
+
+def switched_off(world: Any, probe: Probe, name: str) -> dict[str, float]:
+    """`nbcloud autostop NAME off` prevents the stop; `autostop NAME 1m` brings it back."""
+    assert world.nb_json("autostop", name, "off")["idle_stop_seconds"] is None
+    probe.stays_running(time.monotonic() + HOLD, "autostop was off")
+    assert world.nb_json("autostop", name, "1m")["idle_stop_seconds"] == LIMIT
+    on = time.monotonic()
+    stopped = probe.stops_by(on + LIMIT + GRACE + SLACK, "autostop 1m")
+    return {"after_reenable_delay_s": stopped - on - LIMIT}
+
+
+def robustness(world: Any, probe: Probe, name: str) -> dict[str, float]:
+    """Agent killed → restarted; reboot → back; Jupyter down → no stop, and the log says why."""
+    alias = f"nb-{name}"
+    first = _wait(lambda: _agent_pid(world, alias), 30, "agent running")
+    # PIDs are shared with the host: kill exactly the pid the instance's service manager reports.
+    assert world.ssh(alias, f"sudo kill -9 {first}").returncode == 0
+    second = _wait(lambda: (p := _agent_pid(world, alias)) and p != first and p, 30, "agent restarted after kill")
+    instance_id = probe.instance_id
+    world.nb("sandbox", "fault", instance_id, "reboot")
+    _wait(lambda: (p := _agent_pid(world, alias)) and p != second and p, 90, "agent back after the reboot")
+    assert _agent_log(world, alias).count("agent: started") >= 3, "kill and reboot should each restart the agent"
+
+    assert world.ssh(alias, "sudo systemctl stop nbcloud-jupyter").returncode == 0
+    probe.stays_running(time.monotonic() + HOLD, "Jupyter was unreadable")
+    log = _agent_log(world, alias)
+    assert "jupyter unreadable" in log and "counted as busy" in log, log[-2000:]
+    assert world.ssh(alias, "sudo systemctl start nbcloud-jupyter").returncode == 0
+    back = time.monotonic()
+    stopped = probe.stops_by(back + LIMIT + GRACE + SLACK, "Jupyter came back")
+    return {"after_jupyter_back_delay_s": stopped - back - LIMIT}
+
+
+# longest first: they are launched one after the other
+SCENARIOS: dict[str, Callable[[Any, Probe, str], dict[str, float]]] = {
+    "as-cell": busy_cell, "as-robust": robustness, "as-ssh": ssh_shell, "as-tunnel": tunnel_only,
+    "as-off": switched_off, "as-idle": idle,
+}
+
+
+def test_idle_stop_scenarios_in_parallel(world: Any) -> None:
+    ec2 = world.ec2()
+    results: dict[str, Any] = {}
+
+    launching = threading.Lock()
+
+    def run(name: str) -> dict[str, float]:
+        # One `up` at a time: concurrent ups in one NBCLOUD_HOME lose each other's ~/.ssh/config entries (a
+        # read-modify-write without a lock in nbcloud.ssh.config). Each scenario starts as soon as its instance is up.
+        with launching:
+            up = world.up(name, "--idle-stop", "1m")
+        return SCENARIOS[name](world, Probe(ec2, up["instance_id"]), name)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
+        futures = {name: pool.submit(run, name) for name in SCENARIOS}
+        failures = []
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as exc:  # report every scenario, not just the first that failed
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    print(f"\nautostop scenarios ({time.monotonic() - started:.0f} s, limit {LIMIT} s; delay = past the limit):")
+    for name, figures in results.items():
+        print(f"  {name:10s} " + ", ".join(f"{k} {v:+.1f}" for k, v in figures.items()))
+    assert not failures, "\n".join(failures)
