@@ -275,7 +275,7 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
     argv.remove("BatchMode=yes")
     argv.remove("-o")
     if command:
-        argv += ["--", *command]
+        argv += list(command)  # after the alias: ssh hands the rest to the remote shell as the command
     os.execv(argv[0], argv)
 
 
@@ -293,7 +293,7 @@ def logs(name: str, bootstrap: bool, agent: bool, follow: bool, lines: int) -> N
     ctx.key_path(name)
     log = "bootstrap" if bootstrap else "agent" if agent else "jupyter"
     command = f"tail -n {lines} {'-F' if follow else ''} /var/log/nbcloud/{log}.log"
-    argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), "--", command]
+    argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), command]
     sys.exit(subprocess.call(argv))
 
 
