@@ -175,6 +175,7 @@ def switched_off(world: Any, probe: Probe, name: str) -> dict[str, float]:
     assert world.nb_json("autostop", name, "1m")["idle_stop_seconds"] == LIMIT
     on = time.monotonic()
     stopped = probe.stops_by(on + LIMIT + GRACE + SLACK, "autostop 1m")
+    assert stopped >= on + LIMIT - 15, "re-enabling must give the full limit, not count the idle time while off"
     return {"after_reenable_delay_s": stopped - on - LIMIT}
 
 

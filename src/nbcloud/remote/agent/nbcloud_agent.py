@@ -347,7 +347,12 @@ class Agent:
     def check(self, elapsed: float) -> Decision:
         now = self.clock()
         self.state["accrued_seconds"] += max(0.0, elapsed)
-        self.settings = load_settings(self.config.settings_file, self.settings)
+        settings = load_settings(self.config.settings_file, self.settings)
+        if settings.idle_stop_seconds != self.settings.idle_stop_seconds and self.samples:
+            # `nbcloud autostop NAME 30m` after hours idle must not stop the machine at the next check
+            log(f"idle limit now {settings.idle_stop_seconds}s: idle time counts from now")
+            self.samples = []
+        self.settings = settings
         self.samples = prune([*self.samples, self.jupyter.sample(now)])
         decision = decide(self.samples, now, self.settings, self.state["accrued_seconds"], self.config.check_period)
         self.state.update(idle_seconds=int(decision.idle_seconds), last_check=now, reason=decision.reason,
