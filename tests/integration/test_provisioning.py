@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -163,11 +164,21 @@ def test_rollback_on_api_failure(world, operation: str, code: str, error: type[E
 
 
 def test_rollback_when_instance_never_reachable(world) -> None:
+    from nbcloud.errors import SandboxError
     from nbcloud.providers.sandbox import client as sandbox
 
     def cut_link(ctx, message: str) -> None:
-        if message.startswith("waiting for ssh"):
-            sandbox.fault(ctx.store.get("rb2").instance_id, "link-down", sandbox_dir=world.sandbox.sandbox_dir)
+        if not message.startswith("waiting for ssh"):
+            return
+        deadline = time.monotonic() + 30
+        while True:  # the host may still be booting: a link can be cut once it exists
+            try:
+                sandbox.fault(ctx.store.get("rb2").instance_id, "link-down", sandbox_dir=world.sandbox.sandbox_dir)
+                return
+            except SandboxError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     with pytest.raises(RemoteError, match="did not accept SSH"):
         _up_with(world, "rb2", on_progress=cut_link)

@@ -324,11 +324,25 @@ def _terminate(state: dict[str, Any], grace: float = 15.0) -> None:
             time.sleep(0.1)
 
 
+def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    """Return once the pid is really gone (its /proc entry can outlive the command line check while it exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)  # started by this process: reap it, leave no zombie
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
 def stop_local_lab(state_file: Path) -> dict[str, Any]:
     with _locked(state_file):
         state = read_lab_state(state_file)
         if state is not None:
             _terminate(state)
+            _wait_gone(int(state["pid"]))
         state_file.unlink(missing_ok=True)
         state_file.with_suffix(".token").unlink(missing_ok=True)
     return {"stopped": state is not None, "pid": state["pid"] if state else None}

@@ -348,10 +348,12 @@ class Agent:
         now = self.clock()
         self.state["accrued_seconds"] += max(0.0, elapsed)
         settings = load_settings(self.config.settings_file, self.settings)
-        if settings.idle_stop_seconds != self.settings.idle_stop_seconds and self.samples:
+        changed = settings.idle_stop_seconds != self.settings.idle_stop_seconds
+        if changed and self.samples and getattr(self, "_settings_read", False):
             # `nbcloud autostop NAME 30m` after hours idle must not stop the machine at the next check
             log(f"idle limit now {settings.idle_stop_seconds}s: idle time counts from now")
             self.samples = []
+        self._settings_read = True  # the first read (at start or restart) is the limit, not a change of it
         self.settings = settings
         self.samples = prune([*self.samples, self.jupyter.sample(now)])
         decision = decide(self.samples, now, self.settings, self.state["accrued_seconds"], self.config.check_period)
