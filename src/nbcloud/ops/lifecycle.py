@@ -73,10 +73,11 @@ class DownResult:
 
 def _spec(record: Record) -> InstanceSpec:
     data = dict(record.spec or {})
+    data.setdefault("name", record.name)
     data["tags"] = tuple(tuple(t) for t in data.get("tags", ()))
     data["python_packages"] = tuple(data.get("python_packages", ()))
     known = InstanceSpec.__dataclass_fields__
-    return InstanceSpec(**{k: v for k, v in data.items() if k in known}) if data else InstanceSpec(name=record.name)
+    return InstanceSpec(**{k: v for k, v in data.items() if k in known})
 
 
 stored_spec = _spec

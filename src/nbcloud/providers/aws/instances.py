@@ -102,7 +102,7 @@ def describe_one(session: AwsSession, instance_id: str, provider: str) -> Instan
 
 
 def wait_state(session: AwsSession, instance_id: str, provider: str, wanted: set[str], timeout: float,
-               interval: float = 0.5) -> Instance | None:
+               interval: float = 0.2) -> Instance | None:
     """Poll until the instance is in one of ``wanted`` (None: it vanished). Fast poll: the sandbox is quick."""
     deadline = time.monotonic() + timeout
     while True:
