@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .output import emit, err, json_option, progress, table
+from .output import emit, json_option, progress, table
 
 provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
                                help="Where to run: aws (default), or sandbox (emulated cloud on this machine).")
@@ -323,5 +323,3 @@ def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | No
         [f"{o.kind} {o.resource_id} (name {o.name}, launch {o.launch_id})" for o in r.orphans]
         + ([f"removed: {', '.join(r.removed)}"] if r.removed else [])) or "no orphans")
 
-
-_ = err

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import ConflictError, NbcloudError, NotFoundError
-from ..models import ROLE_TAG, Instance, InstanceSpec, Volume
+from ..models import Instance, InstanceSpec, Volume
 from ..providers.aws.volumes import VOLUME_NAME_TAG
 from ..providers.base import Provider, TaggedResource
 from ..ssh import config as ssh_config
@@ -386,5 +386,3 @@ def orphans(ctx: Context, provider_name: str | None, region: str | None, profile
             removed.append(f"{resource.kind} {resource.resource_id}")
     return OrphanReport(found, removed)
 
-
-_ = ROLE_TAG

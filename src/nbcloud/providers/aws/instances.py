@@ -6,7 +6,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ...errors import NbcloudError, RemoteError
+from ...errors import NotFoundError, RemoteError
 from ...models import LAUNCH_TAG, NAME_TAG, Instance
 from .session import tags_dict, tags_list
 
@@ -91,10 +91,8 @@ def describe_managed(session: AwsSession, provider: str, name: str | None = None
 def describe_one(session: AwsSession, instance_id: str, provider: str) -> Instance | None:
     try:
         reservations = session.call("ec2", "describe_instances", InstanceIds=[instance_id])["Reservations"]
-    except NbcloudError as exc:
-        if "NotFound" in exc.message or "does not exist" in exc.message:
-            return None
-        raise
+    except NotFoundError:
+        return None
     for reservation in reservations:
         for data in reservation["Instances"]:
             return instance_from_api(data, session.region, provider)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import urllib.request
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ...errors import NbcloudError, RemoteError, UsageError
+from ...errors import NotFoundError, RemoteError, UsageError
 from ..base import IngressRule
 from .session import tags_list
 
@@ -75,8 +76,5 @@ def set_ingress(session: AwsSession, group_id: str, rules: Sequence[IngressRule]
 
 
 def delete_security_group(session: AwsSession, group_id: str) -> None:
-    try:
+    with contextlib.suppress(NotFoundError):  # already gone is what we wanted
         session.call("ec2", "delete_security_group", GroupId=group_id)
-    except NbcloudError as exc:
-        if "NotFound" not in exc.message and "does not exist" not in exc.message:
-            raise

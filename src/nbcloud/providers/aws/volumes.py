@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from ...errors import NbcloudError, RemoteError
+from ...errors import NbcloudError, NotFoundError, RemoteError
 from ...models import Volume
 from .session import tags_dict, tags_list
 
@@ -72,11 +73,8 @@ def detach(session: AwsSession, volume_id: str, instance_id: str) -> None:
 
 
 def delete(session: AwsSession, volume_id: str) -> None:
-    try:
+    with contextlib.suppress(NotFoundError):  # already gone is what we wanted
         session.call("ec2", "delete_volume", VolumeId=volume_id)
-    except NbcloudError as exc:
-        if "NotFound" not in exc.message and "does not exist" not in exc.message:
-            raise
 
 
 def create_from_snapshot(session: AwsSession, snapshot_id: str, zone: str, tags: dict[str, str]) -> Volume:
