@@ -169,6 +169,23 @@ def stop_process_tree(process: subprocess.Popen[bytes], timeout: float = 10) -> 
             os.kill(pid, signal.SIGKILL)
 
 
+def private_jupyter_env(private: Path) -> dict[str, str]:
+    """Environment for a `jupyter lab` that reads and writes only under ``private`` (no ~/.jupyter, no workspace
+    from an earlier run) and never asks about Jupyter news or updates (which would fetch them from the internet)."""
+    # The user setting that stops JupyterLab asking about (and fetching) Jupyter news and update checks.
+    notification = private / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True, exist_ok=True)
+    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    return {
+        "JUPYTER_CONFIG_DIR": str(private / "config"),
+        "JUPYTER_RUNTIME_DIR": str(private / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(private / "lab-settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(private / "lab-workspaces"),
+        "IPYTHONDIR": str(private / "ipython"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+
+
 @pytest.fixture
 def jupyter_lab(tmp_path: Path) -> Iterator[LabServer]:
     """A real `jupyter lab` on 127.0.0.1:<free port>, token from JUPYTER_TOKEN, root dir a temp dir.
@@ -182,22 +199,8 @@ def jupyter_lab(tmp_path: Path) -> Iterator[LabServer]:
         pytest.skip("jupyterlab is not installed (pip install 'nbcloud[lab]')")
     root = tmp_path / "notebooks"
     root.mkdir()
-    private = tmp_path / "jupyter"
     token = secrets.token_hex(24)
-    env = dict(os.environ)
-    env.update(
-        JUPYTER_TOKEN=token,
-        JUPYTER_CONFIG_DIR=str(private / "config"),
-        JUPYTER_RUNTIME_DIR=str(private / "runtime"),
-        JUPYTERLAB_SETTINGS_DIR=str(private / "lab-settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(private / "lab-workspaces"),
-        IPYTHONDIR=str(private / "ipython"),
-        JUPYTER_PLATFORM_DIRS="1",
-    )
-    # The user setting that stops JupyterLab asking about (and fetching) Jupyter news and update checks.
-    notification = private / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True)
-    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    env = dict(os.environ) | private_jupyter_env(tmp_path / "jupyter") | {"JUPYTER_TOKEN": token}
     port = free_port()
     log = tmp_path / "jupyter-lab.log"
     argv = [
