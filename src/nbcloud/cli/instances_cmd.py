@@ -14,7 +14,8 @@ from ..errors import UsageError
 from .output import emit, json_option, progress, table
 
 provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
-                               help="Where to run: aws (default), or sandbox (emulated cloud on this machine).")
+                               help="Where to run: aws (default), sandbox (emulated cloud on this machine), "
+                                    "or ssh (a machine you already have: up --host).")
 region_option = click.option("--region", default=None, help="AWS region (default: AWS_REGION / your profile's).")
 profile_option = click.option("--profile", default=None, help="AWS profile (incl. SSO profiles).")
 
@@ -84,13 +85,20 @@ def _duration(seconds: float | None) -> str:
 @click.option("--no-browser", is_flag=True, help="Open the tunnel but print the URL instead of opening a browser.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Local port for the tunnel.")
 @click.option("--dry-run", is_flag=True, help="Print the bootstrap that would run and create nothing.")
+@click.option("--host", default=None, metavar="[USER@]HOST[:PORT]",
+              help="--provider ssh: a machine you already reach by ssh (your ~/.ssh/config is honoured).")
+@click.option("--identity-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="--provider ssh: your private key for --host (default: what ssh would use). Never deleted.")
+@click.option("--host-key-fingerprint", default=None, metavar="SHA256:...",
+              help="--provider ssh: pin this host key when --host is not in your known_hosts.")
 @json_option
 def up(name: str, provider: str | None, region: str | None, profile: str | None, instance_type: str | None,
        image: str | None, disk_gb: int, data_volume: str | None, tags: tuple[str, ...], zone: str | None,
        allow_cidr: str | None, spot: bool, max_price: float | None, spot_fallback: bool, public: bool,
        password_file: Path | None, durable_outputs: bool, mode: str, idle_stop: str | None, max_cost: float | None,
        cull_idle: int | None, python_packages: str | None, requirements: Path | None, no_connect: bool,
-       no_browser: bool, port: int | None, dry_run: bool, as_json: bool) -> None:
+       no_browser: bool, port: int | None, dry_run: bool, host: str | None, identity_file: Path | None,
+       host_key_fingerprint: str | None, as_json: bool) -> None:
     """Launch NAME (or reuse it), install Jupyter, and open it in the browser."""
     from .. import ops
     from ..models import InstanceSpec, parse_duration, validate_name
@@ -104,6 +112,16 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         raise UsageError(f"password file {password_file} not found", "pass an existing file to --password-file")
     if max_price is not None and not spot:
         raise UsageError("--max-price applies to spot instances only", "add --spot or drop --max-price")
+    if host is None and (identity_file is not None or host_key_fingerprint is not None):
+        raise UsageError("--identity-file and --host-key-fingerprint go with --host",
+                         "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] --identity-file KEY")
+    if host is not None:
+        _check_host_options({"--instance-type": instance_type, "--image": image, "--data-volume": data_volume,
+                             "--zone": zone, "--allow-cidr": allow_cidr, "--spot": spot, "--max-price": max_price,
+                             "--spot-fallback": spot_fallback, "--public": public, "--password-file": password_file,
+                             "--max-cost": max_cost, "--dry-run": dry_run,
+                             "--idle-stop": idle_stop if idle_stop and parse_duration(idle_stop) else None,
+                             "--disk": disk_gb if disk_gb != 30 else None})
     spec = InstanceSpec(
         name=name, instance_type=instance_type or settings.instance_type, image=image or settings.image,
         disk_gb=disk_gb, data_volume=data_volume, tags=_tags(tags), spot=spot, max_price=max_price,
@@ -120,8 +138,14 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         return
     password = _public_password(ctx, name, password_file) if public else None
     with progress(f"nbcloud up {name}", as_json) as step:
-        result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step,
-                        password=password)
+        if host is not None:  # a machine the user already has: nothing to launch (nbcloud.ops.adopt)
+            from ..ops.adopt import adopt
+
+            result = adopt(ctx, spec, host=host, identity_file=identity_file,
+                           host_key_fingerprint=host_key_fingerprint, provider_name=provider, progress=step)
+        else:
+            result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step,
+                            password=password)
     connected = None
     if not no_connect:
         with progress(f"connecting to {name}", as_json) as step:
@@ -141,6 +165,14 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         return "\n".join(lines)
 
     emit(payload, as_json, text)
+
+
+def _check_host_options(given: dict[str, Any]) -> None:
+    """Cloud options mean nothing for a machine the user already has: say so rather than ignore them."""
+    used = [flag for flag, value in given.items() if value not in (None, False)]
+    if used:
+        raise UsageError(f"{', '.join(used)} cannot apply to a machine you already have (--host)",
+                         f"drop {'it' if len(used) == 1 else 'them'}; the machine, its disk and its power are yours")
 
 
 def _public_password(ctx: Any, name: str, password_file: Path | None) -> str | None:
@@ -237,17 +269,33 @@ def start(name: str, no_wait: bool, as_json: bool) -> None:
 @click.option("--snapshot-on-down", is_flag=True,
               help="Snapshot each data volume (and wait for it) once the instance is gone, before deleting anything.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
+@click.option("--forget", is_flag=True,
+              help="--provider ssh: forget NAME here without reaching the machine (it is gone or unreachable).")
 @json_option
-def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, as_json: bool) -> None:
-    """Terminate NAME and delete its security group and key pair (data volumes are kept)."""
-    from .. import ops
+def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, forget: bool, as_json: bool) -> None:
+    """Terminate NAME and delete its security group and key pair (data volumes are kept).
 
+    On a machine you already had (--provider ssh): remove nbcloud's Jupyter service and files from it, after asking.
+    """
+    from .. import ops
+    from ..ops.adopt import forget as forget_machine
+    from ..ops.adopt import removal_question
+
+    ctx = _ctx()
+    if forget:
+        emit(forget_machine(ctx, name), as_json, lambda r: f"{r['name']} forgotten on this machine; {r['note']}")
+        return
+    question = removal_question(ctx, name)
+    if question and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"down {name} removes nbcloud's Jupyter from your own machine", "confirm with --yes")
+        click.confirm(question, abort=True, err=True)
     if delete_data and not yes:
         if not sys.stdin.isatty():
             raise UsageError("--delete-data deletes the data volume for good", "confirm with --yes")
         click.confirm(f"Delete the data volume of {name} for good?", abort=True, err=True)
     with progress(f"tearing down {name}", as_json) as step:
-        result = ops.down(_ctx(), name, delete_data=delete_data, snapshot=snapshot_on_down, progress=step)
+        result = ops.down(ctx, name, delete_data=delete_data, snapshot=snapshot_on_down, progress=step)
 
     def text(r: Any) -> str:
         lines = [f"{r.name} is gone: deleted {len(r.deleted)} resources."]

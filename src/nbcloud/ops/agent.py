@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models import parse_duration
+from ..providers.base import manages_machines
 from ..ssh import session
 from .context import Context
 
@@ -35,6 +36,10 @@ def set_autostop(ctx: Context, name: str, duration: str) -> dict[str, Any]:
 
     seconds = parse_duration(duration)
     record = ctx.record(name)
+    if seconds is not None and not manages_machines(ctx.provider_for(record)):
+        # the agent's idle stop powers the machine off: never on a machine the user already had
+        raise UsageError(f"{name} is a machine you already had: nbcloud does not power it off when idle",
+                         f"`nbcloud autostop {name} off` is the only setting there")
     spec = dict(record.spec or {}) | {"idle_stop_seconds": seconds}
     session.run(ctx.paths.ssh_config, f"nb-{name}", autostop_update_script(seconds), timeout=30)
     ctx.store.update(name, spec=spec)

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import ConflictError, NbcloudError, NotFoundError
+from ..errors import ConflictError, NbcloudError, NotFoundError, UsageError
 from ..models import Instance, InstanceSpec, Volume
 from ..providers.aws.volumes import VOLUME_NAME_TAG
-from ..providers.base import Provider, TaggedResource
+from ..providers.base import Provider, TaggedResource, manages_machines
 from ..ssh import config as ssh_config
 from ..ssh import keys, session
 from ..state import Record
@@ -123,12 +123,20 @@ def _repin(ctx: Context, provider: Provider, record: Record, instance: Instance)
     return provider.set_ingress(instance.security_group_id or "", _ingress(ctx, provider, spec))
 
 
+def _check_powerable(provider: Provider, name: str) -> None:
+    """A machine nbcloud did not make (the ssh provider) is the user's to power: refuse before touching it."""
+    if not manages_machines(provider):
+        raise UsageError(f"{name} is a machine you already had ({provider.name} provider): nbcloud cannot stop or "
+                         "start it", f"power it yourself; `nbcloud down {name}` removes nbcloud's Jupyter from it")
+
+
 def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wait_jupyter: bool = True) -> Instance:
     from .launch import wait_ready
 
     record = ctx.record(name)
     ctx.key_path(name)
     provider = ctx.provider_for(record)
+    _check_powerable(provider, name)
     instance = provider.find(name)
     if instance is None:
         raise NotFoundError(f"instance {name!r} no longer exists in {record.region}",
@@ -170,6 +178,7 @@ def _volume_bill(provider: Provider, volumes: list[Any]) -> tuple[list[str], flo
 def stop_instance(ctx: Context, name: str, progress: Progress = no_progress, wait: bool = True) -> StopResult:
     record = ctx.record(name)
     provider = ctx.provider_for(record)
+    _check_powerable(provider, name)
     instance = provider.find(name)
     if instance is None:
         raise NotFoundError(f"instance {name!r} no longer exists", f"`nbcloud down {name}` cleans up")

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ..models import ImageInfo, Instance, InstanceTypeInfo, Volume
 
-__all__ = ["IngressRule", "LaunchRequest", "Provider", "TaggedResource"]
+__all__ = ["IngressRule", "LaunchRequest", "Provider", "TaggedResource", "manages_machines"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class Provider(Protocol):
     region: str
     #: environment the bootstrap needs on this cloud's instances (the sandbox's local package cache)
     package_env: dict[str, str]
+    #: False for a machine nbcloud did not make (``ssh``): it cannot be started, stopped or idle-stopped
+    manages_machines: bool
 
     def check_access(self) -> None: ...
     def caller_ip(self) -> str: ...
@@ -95,3 +97,9 @@ class Provider(Protocol):
 
     def tagged_resources(self, name: str | None = None) -> list[TaggedResource]: ...
     def delete_resource(self, resource: TaggedResource) -> None: ...
+
+
+def manages_machines(provider: object) -> bool:
+    """The capability check ops code uses instead of comparing provider names; a provider that does not say
+    (the cloud ones predate the attribute) powers its machines."""
+    return bool(getattr(provider, "manages_machines", True))

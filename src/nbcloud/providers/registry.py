@@ -9,9 +9,16 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from .base import Provider
 
-__all__ = ["PROVIDERS", "get_provider"]
+__all__ = ["HOST_PROVIDER", "PROVIDERS", "adopts_hosts", "get_provider"]
 
-PROVIDERS = ("aws", "sandbox")
+PROVIDERS = ("aws", "sandbox", "ssh")
+#: the provider `up --host` means when --provider is not given
+HOST_PROVIDER = "ssh"
+
+
+def adopts_hosts(name: str) -> bool:
+    """Whether ``name`` is a provider for machines the user already has (`up --host`), not a cloud."""
+    return name == "ssh"
 
 
 def get_provider(name: str, region: str | None = None, profile: str | None = None, *, start: bool = True) -> Provider:
@@ -21,9 +28,9 @@ def get_provider(name: str, region: str | None = None, profile: str | None = Non
 
         return AwsProvider(AwsSession.create(region=region, profile=profile), label="aws")
     if name == "sandbox":
-        from .aws.provider import AwsProvider
         from .aws.session import AwsSession
         from .sandbox import client as sandbox
+        from .sandbox.provider import SandboxProvider
 
         info = sandbox.start() if start else sandbox.load_info()
         if info is None:
@@ -33,9 +40,11 @@ def get_provider(name: str, region: str | None = None, profile: str | None = Non
         session = AwsSession.create(
             region=region or info.region, endpoint_url=info.endpoint_url, access_key="testing", secret_key="testing"
         )
-        return AwsProvider(session, label="sandbox", checkip_url=f"{info.control_url}/checkip",
-                           package_env=dict(info.bootstrap_env))
+        return SandboxProvider(session, label="sandbox", checkip_url=f"{info.control_url}/checkip",
+                               package_env=dict(info.bootstrap_env), login_user=info.login_user,
+                               ssh_port=info.ssh_port)
     if name == "ssh":
-        raise UsageError("the `ssh` provider (an existing machine) is not available yet",
-                         "use `--provider aws` or `--provider sandbox`")
+        from .ssh.provider import SshProvider
+
+        return SshProvider()
     raise UsageError(f"unknown provider {name!r}", f"choose one of: {', '.join(PROVIDERS)}")
