@@ -20,9 +20,10 @@ from ...errors import RemoteError, UsageError
 __all__ = ["HostKey", "SshTarget", "fingerprint", "known_host_keys", "parse_host", "parse_ssh_g", "pinned_host_key",
            "resolve_target", "scan_host_keys"]
 
-_HOST = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))"
+_HOST = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_][A-Za-z0-9._-]*))"
                    r"(?::(?P<port>\d{1,5}))?$")
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+# (neither a user nor a host may start with '-': both reach ssh's command line, where that would be an option)
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 # Preference when a host has several keys: the one pinned must be one the client then negotiates first.
 _KEY_ORDER = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "rsa-sha2-512",
