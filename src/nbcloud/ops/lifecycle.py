@@ -153,6 +153,9 @@ def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wa
     _repin(ctx, provider, record, instance)
     progress(f"waiting for ssh nb-{name} ({instance.host})")
     session.wait_ssh(ctx.paths.ssh_config, f"nb-{name}", timeout=300)
+    from .public import reissue_tls_if_moved
+
+    reissue_tls_if_moved(ctx, name, instance.host, progress=progress)  # public mode: the cert named the old address
     if wait_jupyter:
         wait_ready(ctx, name, 600, progress)
     return instance

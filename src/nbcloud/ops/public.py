@@ -3,6 +3,10 @@
 The certificate is self-signed and made here; its SHA-256 fingerprint is pinned in the local record and nbcloud's own
 client (`fetch_verified`) accepts exactly that certificate. The private key goes to the instance over SSH stdin (like
 the token) and is not kept on this machine; the certificate is kept in the secrets dir for the user's browser/curl.
+
+The certificate names the instance's address. A stop/start gives the instance a new one, so `start` (and `up`
+reusing a stopped instance) calls :func:`reissue_tls_if_moved`: a new certificate for the new address, installed the
+same way, Jupyter restarted on it, the new fingerprint pinned.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import RemoteError, UsageError
-from .context import Context
+from .context import Context, Progress, no_progress
 
 __all__ = ["MIN_PASSWORD", "PinnedResponse", "cert_path", "check_password", "fetch_verified", "pinned_fingerprint",
-           "prepare_tls"]
+           "prepare_tls", "reissue_tls_if_moved"]
 
 MIN_PASSWORD = 8
 FINGERPRINT_KEY = "tls_fingerprint"
@@ -36,15 +40,64 @@ def cert_path(ctx: Context, name: str) -> Path:
 
 def prepare_tls(ctx: Context, name: str, host: str) -> tuple[str, str]:
     """Make the certificate for ``host``, keep it locally, pin its fingerprint → (cert_pem, key_pem) to install."""
-    from ..config import write_private
     from ..remote.secrets import make_tls_cert
 
     cert_pem, key_pem, fingerprint = make_tls_cert(name, host)
+    _pin(ctx, name, cert_pem, fingerprint)
+    return cert_pem, key_pem
+
+
+def _pin(ctx: Context, name: str, cert_pem: str, fingerprint: str) -> None:
+    from ..config import write_private
+
     write_private(cert_path(ctx, name), cert_pem)
     record = ctx.store.get(name)
     spec = dict(record.spec or {}) if record else {}
     ctx.store.update(name, spec=spec | {FINGERPRINT_KEY: fingerprint})
-    return cert_pem, key_pem
+
+
+def _names_host(ctx: Context, name: str, host: str) -> bool:
+    """The certificate kept for ``name`` names ``host`` (a missing or unreadable one does not)."""
+    from ..remote.secrets import cert_ip_addresses
+
+    try:
+        return host in cert_ip_addresses(cert_path(ctx, name).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def reissue_tls_if_moved(ctx: Context, name: str, host: str | None, *, progress: Progress = no_progress,
+                         timeout: float = 120) -> bool:
+    """Public mode only: when the certificate does not name ``host`` (the instance's current address), make one
+    that does, install it on the instance, restart Jupyter on it and pin its fingerprint. True if it did.
+
+    Order matters for the pin. The new pair is installed first (one ssh session, stdin only); the pin moves as soon
+    as that succeeded, because from then on the files on the instance are the new ones and the next Jupyter start
+    serves them whatever happens to this process. A failed install leaves the old pin and certificate, which still
+    do not name ``host``, so the next `start` tries again. Then Jupyter is restarted and the instance waits until it
+    serves the new certificate.
+    """
+    from ..remote.secrets import install_tls_script, make_tls_cert, restart_jupyter_script
+    from ..ssh import session
+    from .launch import JUPYTER_PORT
+
+    record = ctx.store.get(name)
+    if record is None or not (record.spec or {}).get("public") or not host or _names_host(ctx, name, host):
+        return False
+    progress(f"new TLS certificate for {host} (the address changed)")
+    cert_pem, key_pem, fingerprint = make_tls_cert(name, host)
+    alias = f"nb-{name}"
+    script, stdin = install_tls_script(cert_pem, key_pem, login_user=record.user)
+    session.run(ctx.paths.ssh_config, alias, script, input=stdin, timeout=60)
+    _pin(ctx, name, cert_pem, fingerprint)
+    progress(f"restarting Jupyter on the new certificate (sha256 {fingerprint[:23]}…)")
+    done = session.run(ctx.paths.ssh_config, alias, restart_jupyter_script(fingerprint, JUPYTER_PORT, timeout),
+                       timeout=timeout + 60, check=False)
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RemoteError(f"Jupyter on {name} did not come back on its new certificate: {detail}",
+                          f"`nbcloud logs {name}` shows Jupyter's log; `nbcloud start {name}` tries again")
+    return True
 
 
 def pinned_fingerprint(ctx: Context, name: str) -> str | None:

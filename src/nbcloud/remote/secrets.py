@@ -19,10 +19,13 @@ __all__ = [
     "AGENT_SETTINGS",
     "agent_settings_json",
     "autostop_update_script",
+    "cert_ip_addresses",
     "hash_password",
     "install_secrets_script",
+    "install_tls_script",
     "make_tls_cert",
     "new_token",
+    "restart_jupyter_script",
 ]
 
 AGENT_SETTINGS = "agent.json"
@@ -95,6 +98,18 @@ def make_tls_cert(common_name: str, ip: str, days: int = 825) -> tuple[str, str,
     return cert_pem, key_pem, fingerprint
 
 
+def cert_ip_addresses(cert_pem: str) -> list[str]:
+    """The IP addresses a certificate's subjectAltName names (what a browser or curl checks the address against)."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+
+
 def agent_settings_json(
     idle_stop_seconds: int | None, max_cost_usd: float | None = None, hourly_usd: float | None = None
 ) -> str:
@@ -157,9 +172,64 @@ def install_secrets_script(
     if agent_settings is not None:
         files.append((AGENT_SETTINGS, agent_settings))
     files.append(("token", token))
+    return _install_files(files, login_user, secrets_dir)
+
+
+def _install_files(files: list[tuple[str, str]], login_user: str, secrets_dir: str | None) -> tuple[str, bytes]:
     stdin = "".join(f"{name} {base64.b64encode(data.encode()).decode()}\n" for name, data in files)
     script = _INSTALL.format(dir=shlex.quote(secrets_dir or f"/home/{login_user}/.config/nbcloud"))
     return script, stdin.encode()
+
+
+def install_tls_script(cert_pem: str, key_pem: str, *, login_user: str = LOGIN_USER,
+                       secrets_dir: str | None = None) -> tuple[str, bytes]:
+    """(script, stdin) that replaces only ``jupyter.key`` and ``jupyter.crt`` (public mode, new address).
+
+    The same stdin-only path as :func:`install_secrets_script` (0600 files, nothing on a command line); the token,
+    password hash and agent settings on the instance are left as they are. The running Jupyter keeps the old pair
+    until :func:`restart_jupyter_script`.
+    """
+    return _install_files([("jupyter.key", key_pem), ("jupyter.crt", cert_pem)], login_user, secrets_dir)
+
+
+# Run as the login user after install_tls_script. Jupyter reads its certificate only at start, so it is restarted;
+# before the bootstrap has finished there is no unit yet and the bootstrap starts Jupyter with the new pair anyway.
+# The wait compares the served certificate with the new one: a restart that brought back the old pair fails here
+# rather than at the client's pin check. Only the (public) fingerprint is in the script.
+_RESTART = r"""set -euo pipefail
+if [ ! -e /var/lib/nbcloud/bootstrap.done ]; then
+  echo "nbcloud: the bootstrap has not finished; Jupyter will start with the new certificate"; exit 0
+fi
+sudo systemctl restart {unit}
+exec {python} - <<'PY'
+import hashlib, ssl, sys, time
+want, deadline, last = "{fingerprint}", time.monotonic() + {timeout}, "no answer"
+while time.monotonic() < deadline:
+    try:
+        pem = ssl.get_server_certificate(("127.0.0.1", {port}), timeout=2)
+        seen = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+        if seen == want:
+            print("nbcloud: Jupyter serves the new certificate"); sys.exit(0)
+        last = "the old certificate (sha256 " + seen[:16] + ")"
+    except (OSError, ValueError) as exc:
+        last = str(exc) or type(exc).__name__
+    time.sleep(0.25)
+print("nbcloud: Jupyter did not serve the new certificate within {timeout} s: " + last, file=sys.stderr)
+sys.exit(4)
+PY
+"""
+
+
+def restart_jupyter_script(fingerprint: str, port: int, timeout: float = 120,
+                           python: str = "/opt/nbcloud/venv/bin/python",
+                           unit: str = "nbcloud-jupyter.service") -> str:
+    """Restart Jupyter and wait until it serves the certificate whose SHA-256 is ``fingerprint`` (``AA:BB:…``)."""
+    want = fingerprint.replace(":", "").lower()
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise ValueError(f"not a SHA-256 fingerprint: {fingerprint!r}")
+    return (_RESTART.replace("{unit}", shlex.quote(unit)).replace("{python}", shlex.quote(python))
+            .replace("{fingerprint}", want).replace("{port}", str(int(port)))
+            .replace("{timeout}", str(int(timeout))))
 
 
 def autostop_update_script(idle_stop_seconds: int | None, login_user: str = LOGIN_USER) -> str:
