@@ -1,0 +1,98 @@
+"""Public mode across stop/start (issue 5): the instance comes back on a new address and its certificate follows.
+
+`up --public`, `stop`, `start`: the certificate Jupyter serves must name the new address (a browser or
+`curl --cacert NAME.crt` checks the address against it), nbcloud's pinned fingerprint must be the one served, the
+password must still log in, and `connect` (which refuses anything but the pinned certificate) must work. Without
+the re-issue on `start`, the served certificate still names the first address and this test fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import time
+import urllib.parse
+
+import pytest
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(600)]
+
+NAME = "pubmove"
+PASSWORD = "correct horse battery"
+
+
+def _served(host: str) -> tuple[bytes, list[str]]:
+    """The DER certificate Jupyter presents on host:8888 and the IP addresses its subjectAltName names."""
+    from nbcloud.remote.secrets import cert_ip_addresses
+
+    pem = ssl.get_server_certificate((host, 8888), timeout=10)
+    return ssl.PEM_cert_to_DER_cert(pem), cert_ip_addresses(pem)
+
+
+def _sha256(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def _pinned() -> str:
+    from nbcloud.ops import Context
+    from nbcloud.ops.public import pinned_fingerprint
+
+    value = pinned_fingerprint(Context.create(), NAME)  # the world fixture points NBCLOUD_HOME at the test's home
+    assert value, "no fingerprint pinned"
+    return value.replace(":", "").lower()
+
+
+def _logs_in(host: str, pin: str) -> bool:
+    from nbcloud.ops.public import fetch_verified
+
+    form = fetch_verified(f"https://{host}:8888/login", pin)
+    xsrf = next(c for c in form.cookies if c.startswith("_xsrf=")).split(";", 1)[0].split("=", 1)[1]
+    body = urllib.parse.urlencode({"password": PASSWORD, "_xsrf": xsrf}).encode()
+    response = fetch_verified(f"https://{host}:8888/login?next=%2Flab", pin, method="POST", body=body,
+                              headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"_xsrf={xsrf}"})
+    return response.status == 302
+
+
+def test_start_reissues_the_certificate_for_the_new_address(world) -> None:
+    from nbcloud.ops.public import fetch_verified
+
+    password_file = world.home.parent / "password"
+    password_file.write_text(PASSWORD + "\n")
+    first = world.up(NAME, "--public", "--password-file", str(password_file))["host"]
+    der, names = _served(first)
+    first_pin = _pinned()
+    assert first in names and _sha256(der) == first_pin, (names, first)
+
+    world.nb("stop", NAME)
+    t0 = time.monotonic()
+    started = world.nb_json("start", NAME)
+    print(f"start (with the certificate re-issued): {time.monotonic() - t0:.1f} s", flush=True)
+    second = started["host"]
+    assert second and second != first, "a start gives a new address (as on AWS): nothing to test otherwise"
+
+    der, names = _served(second)
+    pin = _pinned()
+    assert second in names and first not in names, f"the served certificate names {names}, the instance is {second}"
+    assert _sha256(der) == pin != first_pin, "the pin is not the certificate the server presents"
+    kept = (world.home / "secrets" / f"{NAME}.crt").read_text()
+    assert ssl.PEM_cert_to_DER_cert(kept) == der, "the local copy (for a browser or curl) is not the served one"
+    assert not list((world.home / "secrets").glob(f"{NAME}*.key")), "the TLS key must not stay on this machine"
+
+    # The key went the secrets' way: 0600 in the secrets dir, never in a process list or a log.
+    mode = world.ssh(f"nb-{NAME}", "stat -c %a ~/.config/nbcloud/jupyter.key ~/.config/nbcloud/jupyter.crt")
+    assert mode.stdout.split() == ["600", "600"], mode
+    key_line = world.ssh(f"nb-{NAME}", "sed -n 2p ~/.config/nbcloud/jupyter.key").stdout.strip()
+    seen = world.ssh(f"nb-{NAME}", "ps -eo args; sudo cat /var/log/nbcloud/*.log").stdout
+    assert key_line and key_line not in seen
+
+    # nbcloud's own client: connect checks the pin; the password (untouched on the instance) still logs in.
+    connected = world.nb_json("connect", NAME, "--no-browser")
+    assert connected["url"] == f"https://{second}:8888/lab", connected
+    assert fetch_verified(f"https://{second}:8888/api", pin).status == 200
+    assert _logs_in(second, pin)
+    row = world.nb_json("status", NAME)
+    assert row["state"] == "running" and row["host"] == second, row
+
+    # A start of a running instance whose certificate already names its address leaves it alone (no restart).
+    world.nb("start", NAME)
+    assert _pinned() == pin and _sha256(_served(second)[0]) == pin
