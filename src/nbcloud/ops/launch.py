@@ -279,9 +279,6 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         rollback.add("ssh config entry", lambda: _remove_access(ctx, spec.name))
         ctx.store.update(spec.name, state=instance.state, host=instance.host)
 
-        progress(f"waiting for ssh {alias} ({instance.host})")
-        session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout)
-        timings["ssh"] = time.monotonic() - t0
         tls = None
         if spec.public:
             from .public import cert_path, prepare_tls
@@ -289,7 +286,11 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
             progress("TLS certificate (fingerprint pinned locally)")
             tls = prepare_tls(ctx, spec.name, instance.host or "")
             rollback.add("local certificate", lambda: cert_path(ctx, spec.name).unlink(missing_ok=True))
-        _install_secrets(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
+        progress(f"waiting for ssh {alias} ({instance.host})")
+        # the first session that gets in installs the secrets: no separate handshake just to probe
+        script, stdin = _secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
+        session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
+        timings["ssh"] = time.monotonic() - t0
         if wait_jupyter:
             progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
             wait_ready(ctx, spec.name, ready_timeout, progress)
@@ -338,7 +339,16 @@ def token_path(ctx: Context, name: str):
 
 def _install_secrets(ctx: Context, name: str, spec: InstanceSpec, *, password_hash: str | None = None,
                      tls: tuple[str, str] | None = None) -> None:
-    """Token (and, public mode, password hash + TLS cert/key) over the SSH session's stdin; none on a command line."""
+    script, stdin = _secrets_script(ctx, name, spec, password_hash=password_hash, tls=tls)
+    session.run(ctx.paths.ssh_config, f"nb-{name}", script, input=stdin, timeout=60)
+
+
+def _secrets_script(ctx: Context, name: str, spec: InstanceSpec, *, password_hash: str | None = None,
+                    tls: tuple[str, str] | None = None) -> tuple[str, bytes]:
+    """Token (and, public mode, password hash + TLS cert/key) as a script and the stdin that carries them.
+
+    Secrets travel on the SSH session's stdin, never on a command line.
+    """
     from ..config import write_private
     from ..remote import secrets
 
@@ -352,12 +362,11 @@ def _install_secrets(ctx: Context, name: str, spec: InstanceSpec, *, password_ha
 
         gateway_token = ensure_gateway_token(ctx, name)
     cert_pem, key_pem = tls if tls else (None, None)
-    script, stdin = secrets.install_secrets_script(token=token, gateway_token=gateway_token,
-                                                   password_hash=password_hash, cert_pem=cert_pem, key_pem=key_pem,
-                                                   idle_stop_seconds=spec.idle_stop_seconds,
-                                                   max_cost_usd=spec.max_cost_usd,
-                                                   hourly_usd=_hourly_from_store(ctx, name))
-    session.run(ctx.paths.ssh_config, f"nb-{name}", script, input=stdin, timeout=60)
+    return secrets.install_secrets_script(token=token, gateway_token=gateway_token,
+                                          password_hash=password_hash, cert_pem=cert_pem, key_pem=key_pem,
+                                          idle_stop_seconds=spec.idle_stop_seconds,
+                                          max_cost_usd=spec.max_cost_usd,
+                                          hourly_usd=_hourly_from_store(ctx, name))
 
 
 def _hourly_from_store(ctx: Context, name: str) -> float | None:

@@ -26,6 +26,10 @@ class SshResult:
     stderr: str
 
 
+#: ssh's own exit status when it could not connect or authenticate (the remote command's status otherwise)
+SSH_CONNECT_FAILED = 255
+
+
 def ssh_binary() -> str:
     found = shutil.which("ssh")
     if not found:
@@ -59,18 +63,27 @@ def run(config: Path, alias: str, command: str, *, input: bytes | None = None, t
     return result
 
 
-def wait_ssh(config: Path, alias: str, timeout: float, interval: float = 0.25) -> float:
-    """Wait until ``ssh alias true`` succeeds; returns the seconds it took. A host key mismatch fails at once."""
+def wait_ssh(config: Path, alias: str, timeout: float, interval: float = 0.1, *, command: str = "true",
+             input: bytes | None = None) -> float:
+    """Wait until ``ssh alias COMMAND`` runs; returns the seconds it took. A host key mismatch fails at once.
+
+    The probe can be the first real command (``up`` installs the instance's secrets with it), which saves a whole
+    SSH handshake on the critical path. Only exit status 255 (ssh could not connect) is retried; a command that
+    ran and failed raises at once.
+    """
     start = time.monotonic()
     deadline = start + timeout
     last = ""
     while True:
         remaining = deadline - time.monotonic()
-        result = run(config, alias, "true", timeout=max(5.0, min(15.0, remaining + 1)), check=False,
+        result = run(config, alias, command, input=input, timeout=max(5.0, min(60.0, remaining + 1)), check=False,
                      connect_timeout=max(2, min(5, int(remaining) + 1)))
         if result.returncode == 0:
             return time.monotonic() - start
         last = (result.stderr.strip().splitlines() or [""])[-1]
+        if result.returncode != SSH_CONNECT_FAILED:
+            raise RemoteError(f"ssh {alias}: command failed ({result.returncode}): {last or 'no output'}",
+                              f"`nbcloud logs {alias.removeprefix('nb-')} --bootstrap` shows the instance's setup log")
         if time.monotonic() + interval > deadline:
             raise RemoteError(f"{alias} did not accept SSH within {timeout:g} s ({last or 'no answer'})",
                               "the instance may still be booting or its network is blocked; "
