@@ -153,6 +153,8 @@ def test_up_connect_status_refusals_down(ssh_world: Any, machine: Machine) -> No
     assert view["idle_stop_seconds"] is None, "an adopted machine must never power itself off"
     logs = world.nb("logs", "other", "--bootstrap")
     assert "done in" in logs.stdout
+    steps = [line.split("nbcloud-bootstrap: ")[1] for line in logs.stdout.splitlines() if ": ok (" in line]
+    print(f"  phases (s from start): {result['seconds']}; bootstrap steps: {', '.join(steps)}")
 
     # nbcloud cannot power a machine it did not make: one line, exit 2, before anything is touched
     assert "cannot stop or start" in one_line_error(world.nb("stop", "other", check=False))

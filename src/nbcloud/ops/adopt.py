@@ -115,12 +115,15 @@ def _adopt(ctx: Context, provider: Provider, spec: InstanceSpec, target: SshTarg
         ctx.store.record_state(spec.name, target.address, "running")
         rollback.add("local record", lambda: ctx.store.delete(spec.name))
 
-        progress("installing Jupyter (sudo; the log: `nbcloud logs --bootstrap`)")
-        # the host is ours to clean from here on: the install script writes the adoption marker first
+        # the host is ours to clean from here on (the preflight saw no other nbcloud on it)
         def uninstall() -> None:
             session.run(ctx.paths.ssh_config, alias, uninstall_script(spec.name, target.user), timeout=120)
 
         rollback.add(f"nbcloud files on {target.hostname}", uninstall)
+        # The token goes first: Jupyter's unit waits for it, so the service starts the moment the bootstrap
+        # enables it (after the bootstrap, the sandbox's systemctl waited ~5 s for it at every adoption).
+        _install_secrets(ctx, spec, target.user)
+        progress("installing Jupyter (sudo; the log: `nbcloud logs --bootstrap`)")
         done = session.run(ctx.paths.ssh_config, alias, install_script(spec.name),
                            input=_bootstrap(spec, provider, target.user).encode(), timeout=ready_timeout, check=False)
         if done.returncode != 0:
@@ -128,7 +131,6 @@ def _adopt(ctx: Context, provider: Provider, spec: InstanceSpec, target: SshTarg
             raise RemoteError(f"the bootstrap failed on {target.address}: {tail or 'no output'}",
                               f"fix the cause and run `nbcloud up {spec.name} --provider ssh --host ...` again")
         timings["bootstrap"] = time.monotonic() - t0
-        _install_secrets(ctx, spec, target.user)
         if wait_jupyter:
             progress("waiting for Jupyter")
             wait_ready(ctx, spec.name, ready_timeout, progress)
