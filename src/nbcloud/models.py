@@ -126,6 +126,7 @@ class Instance:
     host: str | None = None
     private_ip: str | None = None
     user: str = "ubuntu"
+    ssh_port: int = 22  # not 22 only for a sandbox in loopback mode (an unprivileged sshd)
     zone: str | None = None
     launch_id: str | None = None
     launched_at: datetime | None = None
