@@ -1,6 +1,10 @@
 """The sandbox as a library: start (idempotent), load_info (cheap), status, reset, faults.
 
 Used by the CLI (``nbcloud sandbox ...``), the tests' fixtures and the aws provider when it runs on the sandbox.
+
+Two modes (:func:`select_mode`): ``netns`` when we are root and have the tools (namespaces, veth, a real sshd
+on port 22), else ``loopback`` (loopback.py: 127.x addresses, an unprivileged sshd, no link faults).
+``NBCLOUD_SANDBOX_MODE=netns|loopback`` forces one.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from .wheelhouse import ensure_uv_cache, ensure_wheelhouse
 __all__ = [
     "DEFAULT_SUBNET",
     "FAULT_KINDS",
+    "MODE_ENV",
     "SandboxInfo",
     "default_dir",
     "fault",
     "fault_api",
     "load_info",
     "reset",
+    "select_mode",
     "start",
     "status",
 ]
@@ -41,6 +47,8 @@ DEFAULT_SUBNET = "10.200.0.0/16"
 FAULT_KINDS = ("link-down", "link-up", "reboot", "spot-notice")
 SRC_DIR = str(Path(__file__).resolve().parents[3])
 INSIDE = "/mnt/nbcloud-sandbox"
+MODE_ENV = "NBCLOUD_SANDBOX_MODE"
+NETNS_TOOLS = ("ip", "nft", "unshare")
 Progress = Callable[[str], None]
 
 
@@ -56,6 +64,9 @@ class SandboxInfo:
     bootstrap_env: dict[str, str] = field(default_factory=dict)
     pid: int = 0
     prefix: str = ""
+    mode_reason: str = ""
+    login_user: str = "ubuntu"
+    ssh_port: int = 22
 
     @property
     def checkip_url(self) -> str:
@@ -96,7 +107,9 @@ def load_info(sandbox_dir: Path | None = None) -> SandboxInfo | None:
     return SandboxInfo(
         endpoint_url=raw["endpoint_url"], region=raw["region"], control_url=raw["control_url"],
         caller_ip=raw["caller_ip"], subnet=raw["subnet"], mode=raw["mode"], sandbox_dir=directory,
-        bootstrap_env=_bootstrap_env(), pid=int(raw["pid"]), prefix=raw.get("prefix", ""),
+        bootstrap_env=_bootstrap_env() if raw["mode"] == "netns" else {}, pid=int(raw["pid"]),
+        prefix=raw.get("prefix", ""), mode_reason=raw.get("mode_reason", ""),
+        login_user=raw.get("login_user", "ubuntu"), ssh_port=int(raw.get("ssh_port", 22)),
     )
 
 
@@ -120,13 +133,26 @@ def _request(info: SandboxInfo, method: str, path: str, body: dict[str, Any] | N
         raise SandboxError(f"the sandbox daemon at {info.control_url} does not answer: {exc}") from exc
 
 
-def _check_requirements() -> None:
+def select_mode() -> tuple[str, str]:
+    """(mode, why): netns when root with the tools, else loopback; ``$NBCLOUD_SANDBOX_MODE`` forces one."""
+    forced = os.environ.get(MODE_ENV, "").strip().lower()
+    if forced not in ("", "auto", "netns", "loopback"):
+        raise UsageError(f"{MODE_ENV}={forced} is not a sandbox mode", "use netns, loopback or auto")
+    if forced == "loopback":
+        return "loopback", f"{MODE_ENV}=loopback"
     if os.geteuid() != 0:
-        raise SandboxError(
-            "the sandbox needs root (it makes network namespaces, veth links and routes)",
-            "run it as root (e.g. `sudo nbcloud sandbox start`)",
-        )
-    missing = [tool for tool in ("ip", "nft", "unshare", "ssh-keygen") if shutil.which(tool) is None]
+        if forced == "netns":
+            raise SandboxError(f"{MODE_ENV}=netns needs root (network namespaces, veth links, routes)",
+                               "run it as root, or unset it to use loopback mode")
+        return "loopback", "not root"
+    missing = [tool for tool in NETNS_TOOLS if shutil.which(tool) is None]
+    if missing and forced != "netns":
+        return "loopback", f"no {', '.join(missing)}"
+    return "netns", f"{MODE_ENV}=netns" if forced else "root"
+
+
+def _check_requirements(mode: str) -> None:
+    missing = [tool for tool in (*NETNS_TOOLS, "ssh-keygen") if shutil.which(tool) is None] if mode == "netns" else []
     if not os.path.exists("/usr/sbin/sshd"):
         missing.append("/usr/sbin/sshd")
     if missing:
@@ -134,6 +160,17 @@ def _check_requirements() -> None:
             f"the sandbox needs {', '.join(missing)}",
             "install them: `apt-get install -y openssh-server iproute2 nftables util-linux sudo`",
         )
+    if mode == "loopback":
+        from .loopback import login_user
+
+        try:
+            user = login_user()
+        except ValueError as exc:
+            raise SandboxError(f"loopback mode logs instances in as you, but {exc}") from None
+        if os.path.basename(user.pw_shell or "") in ("nologin", "false", ""):
+            raise SandboxError(f"loopback mode logs instances in as you ({user.pw_name}), whose shell is "
+                               f"{user.pw_shell or 'empty'}: sshd cannot run commands for it",
+                               "run it as a user with a login shell, or as root for netns mode")
 
 
 def _check_subnet_free(subnet: str, directory: Path) -> None:
@@ -170,23 +207,30 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     info = load_info(directory)
     if info is not None:
         return info
-    _check_requirements()
+    mode, mode_reason = select_mode()
+    _check_requirements(mode)
     subnet = _subnet(subnet)
+    if mode == "loopback":
+        from .loopback import loopback_subnet
+
+        subnet = loopback_subnet(subnet)
     _check_subnet_free(subnet, directory)
     ensure_private_dir(directory)
     previous = directory / "subnet"
     if previous.exists() and previous.read_text().strip() != subnet:
-        _cleanup_network(previous.read_text().strip())  # leftovers of a dead daemon on another subnet
+        _cleanup_network(previous.read_text().strip(), directory)  # leftovers of a dead daemon on another subnet
     previous.write_text(subnet + "\n")
-    wheelhouse = ensure_wheelhouse(say)
-    uv_cache = ensure_uv_cache()
-    say("starting the sandbox daemon")
+    # the wheelhouse feeds the Jupyter bootstrap, which needs root inside the instance: netns mode only
+    wheelhouse = ensure_wheelhouse(say) if mode == "netns" else ""
+    uv_cache = ensure_uv_cache() if mode == "netns" else ""
+    say(f"starting the sandbox daemon ({mode} mode: {mode_reason})")
     log_path = directory / "daemon.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbcloud.providers.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
-             "--wheelhouse", str(wheelhouse), "--uv-cache", str(uv_cache)],
+             "--wheelhouse", str(wheelhouse), "--uv-cache", str(uv_cache), "--mode", mode,
+             "--mode-reason", mode_reason],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/",
         )
     deadline = time.monotonic() + timeout
@@ -208,20 +252,38 @@ def status(sandbox_dir: Path | None = None) -> dict[str, Any]:
     directory = Path(sandbox_dir or default_dir())
     info = load_info(directory)
     if info is None:
-        return {"running": False, "mode": None, "sandbox_dir": str(directory), "instances": []}
+        try:
+            mode, reason = select_mode()
+        except (SandboxError, UsageError) as exc:
+            mode, reason = None, exc.message
+        # what `start` would pick, so the user knows before starting
+        return {"running": False, "mode": None, "next_mode": mode, "mode_reason": reason,
+                "sandbox_dir": str(directory), "instances": []}
     remote = _request(info, "GET", "/status")
-    return {"running": True, "mode": info.mode, "sandbox_dir": str(directory), "endpoint_url": info.endpoint_url,
-            "control_url": info.control_url, "subnet": info.subnet, "caller_ip": info.caller_ip, "pid": info.pid,
+    return {"running": True, "mode": info.mode, "mode_reason": info.mode_reason, "sandbox_dir": str(directory),
+            "endpoint_url": info.endpoint_url, "control_url": info.control_url, "subnet": info.subnet,
+            "caller_ip": info.caller_ip, "login_user": info.login_user, "ssh_port": info.ssh_port, "pid": info.pid,
             **remote}
 
 
-def _cleanup_network(subnet: str) -> dict[str, Any]:
-    """Remove a dead daemon's namespaces, links and guard; never touches a subnet a live sandbox holds."""
+def _cleanup_network(subnet: str, directory: Path) -> dict[str, Any]:
+    """Remove a dead daemon's namespaces, links and guard (netns) or processes (loopback).
+
+    Never touches a subnet a live sandbox holds.
+    """
+    import ipaddress
+
     from .hosts import Network, SubnetBusy, lock_subnet
+    from .loopback import LoopbackNetwork
 
     try:
         os.close(lock_subnet(subnet, "cleanup"))
     except SubnetBusy:
+        return {}
+    if ipaddress.ip_network(subnet, strict=False).is_loopback:
+        LoopbackNetwork(subnet).cleanup_all(directory / "instances")
+        return {}
+    if os.geteuid() != 0:
         return {}
     network = Network(subnet)
     namespaces, links = network.own_namespaces(), network.own_links()
@@ -247,8 +309,8 @@ def reset(sandbox_dir: Path | None = None) -> dict[str, Any]:
     subnet_file = directory / "subnet"
     subnet = subnet_file.read_text().strip() if subnet_file.exists() else (info.subnet if info else None)
     removed: dict[str, Any] = {}
-    if subnet and os.geteuid() == 0:
-        removed = _cleanup_network(subnet)
+    if subnet:
+        removed = _cleanup_network(subnet, directory)
     for name in ("instances", "volumes", "shared"):
         shutil.rmtree(directory / name, ignore_errors=True)
     for name in ("sandbox.json", "subnet"):
@@ -260,6 +322,10 @@ def fault(instance_id: str, kind: str, sandbox_dir: Path | None = None, seconds:
     if kind not in FAULT_KINDS:
         raise UsageError(f"unknown fault {kind!r}", f"one of: {', '.join(FAULT_KINDS)}")
     info = _require(sandbox_dir)
+    if info.mode == "loopback" and kind in ("link-down", "link-up"):
+        from .loopback import LINK_FAULT_ERROR
+
+        raise SandboxError(f"{kind}: {LINK_FAULT_ERROR}", "run the sandbox as root (netns mode) to cut links")
     result: dict[str, Any] = _request(info, "POST", "/fault",
                                       {"instance_id": instance_id, "kind": kind, "seconds": seconds})
     return result

@@ -1,8 +1,11 @@
 """The sandbox daemon: moto's API, the hosts that realize its instances, the control API.
 
-``python -m nbcloud.providers.sandbox.daemon --dir D --subnet S --wheelhouse W`` (the client starts it detached).
-moto changes state at once; hooks queue the real work (namespaces, init, teardown) for one reconciler thread,
-so operations on an instance happen in the order the API saw them.
+``python -m nbcloud.providers.sandbox.daemon --dir D --subnet S --wheelhouse W [--mode loopback]`` (the client
+starts it detached). moto changes state at once; hooks queue the real work (namespaces, init, teardown) for one
+reconciler thread, so operations on an instance happen in the order the API saw them.
+
+``--mode netns`` (root) gives each instance a network namespace; ``--mode loopback`` (no root, see loopback.py)
+a 127.x address and processes of the current user, tracked by pid.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ from . import disk
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
 from .hosts import Network, SubnetBusy, instance_pids, kill_namespace_processes, lock_subnet
+from .loopback import (
+    MARKER_ENV,
+    LoopbackNetwork,
+    init_socket,
+    instance_processes,
+    kill_processes,
+    login_user,
+    service_ports,
+    socket_address,
+)
 from .storage import Storage
 from .userdata import parse_user_data
 
@@ -71,10 +84,16 @@ def _raw_user_data(instance: Any) -> bytes | None:
 
 
 class Sandbox:
-    def __init__(self, sandbox_dir: Path, subnet: str, wheelhouse: str, uv_cache: str = "") -> None:
+    def __init__(self, sandbox_dir: Path, subnet: str, wheelhouse: str, uv_cache: str = "",
+                 mode: str = "netns") -> None:
         self.dir = sandbox_dir
         self.uv_cache = uv_cache
-        self.network = Network(subnet)
+        self.mode = mode
+        self.loopback = mode == "loopback"
+        self.network: Network | LoopbackNetwork = LoopbackNetwork(subnet) if self.loopback else Network(subnet)
+        # loopback instances log in as us, on ports we may bind; netns ones as ubuntu on AWS's ports
+        self.login_user = login_user().pw_name if self.loopback else disk.USER
+        self.ssh_port, self.imds_port = service_ports() if self.loopback else (22, 80)
         self.wheelhouse = wheelhouse
         self.shared = sandbox_dir / "shared"
         self.instances_dir = sandbox_dir / "instances"
@@ -99,7 +118,8 @@ class Sandbox:
             cache.symlink_to(self.uv_cache)  # init's bind mount follows it to the machine-wide cache
         else:
             cache.mkdir(exist_ok=True)
-            os.chown(cache, disk.UID, disk.GID)
+            if not self.loopback:  # loopback instances run as us: the cache is ours already
+                os.chown(cache, disk.UID, disk.GID)
         self.instances_dir.mkdir(exist_ok=True)
         self.volumes_dir.mkdir(exist_ok=True)
         os.chmod(self.volumes_dir, 0o700)
@@ -117,7 +137,10 @@ class Sandbox:
             shutil.copyfile(os.path.realpath(uv), target)
             os.chmod(target, 0o755)
         # leftovers of a daemon that died: its namespaces, links, instances (moto's state died with it)
-        self.network.cleanup_all()
+        if isinstance(self.network, LoopbackNetwork):
+            self.network.cleanup_all(self.instances_dir)
+        else:
+            self.network.cleanup_all()
         for leftover in self.instances_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
         self.network.install_guard()
@@ -241,11 +264,13 @@ class Sandbox:
                 log.warning("%s: user-data not understood: %s", instance_id, exc)
                 parsed = parse_user_data(None)
             image_root = self.storage.image_root(inst.image_id)
+            loopback_user = self.login_user if self.loopback else None
             if image_root is not None:  # a baked image: its root disk, made this instance's by cloud-init rules
                 disk.prepare_root_from_image(inst_dir, image_root, key.material_public if key else None, raw,
-                                             parsed)
+                                             parsed, loopback_user=loopback_user)
             else:
-                disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed)
+                disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed,
+                                  loopback_user=loopback_user)
         volumes = self._volumes_of(inst)
         for volume_id in volumes:
             (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
@@ -255,7 +280,10 @@ class Sandbox:
             availability_zone=getattr(inst._placement, "zone", None) or f"{host.backend.region_name}a",
             lifecycle="spot" if inst.lifecycle == "spot" else "on-demand",
             shared_dir=str(self.shared), wheelhouse=self.wheelhouse, volumes_dir=str(self.volumes_dir),
-            volumes=tuple(volumes),
+            volumes=tuple(volumes), mode=self.mode, login_user=self.login_user, ssh_port=self.ssh_port,
+            imds_endpoint=(f"http://{host.address}:{self.imds_port}" if self.loopback
+                           else "http://169.254.169.254"),
+            marker=self.network.marker(instance_id) if isinstance(self.network, LoopbackNetwork) else "",
         )
         disk.update_boot(inst_dir, facts)
         self.network.create(instance_id, host.address)
@@ -267,22 +295,38 @@ class Sandbox:
     def _spawn_init(self, host: Host) -> None:
         inst_dir = self._instance_dir(host.instance_id)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": SRC_DIR, "LANG": "C.UTF-8"}
+        init = [sys.executable, "-m", "nbcloud.providers.sandbox.init", str(inst_dir)]
+        if isinstance(self.network, LoopbackNetwork):
+            env[MARKER_ENV] = self.network.marker(host.instance_id)
+            env["USER"] = self.login_user
+            argv = init
+        else:
+            argv = ["ip", "netns", "exec", self.network.netns_name(host.instance_id), "unshare", "--mount", "--uts",
+                    "--propagation", "private", *init]
         with open(inst_dir / "init.log", "ab") as out:
-            host.init = subprocess.Popen(
-                ["ip", "netns", "exec", self.network.netns_name(host.instance_id), "unshare", "--mount", "--uts",
-                 "--propagation", "private", sys.executable, "-m", "nbcloud.providers.sandbox.init", str(inst_dir)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
-            )
+            host.init = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                         start_new_session=True)
+        # a later daemon (after this one died) finds the instance's processes from here (checked against reuse)
+        (inst_dir / "init.pid").write_text(f"{host.init.pid}\n")
         threading.Thread(target=host.init.wait, daemon=True).start()
+
+    def instance_pids(self, host: Host) -> list[int]:
+        """The processes of a host: its namespace's (netns mode), or its init's tree and marked ones (loopback)."""
+        if isinstance(self.network, LoopbackNetwork):
+            return instance_processes(self._instance_dir(host.instance_id), self.network.marker(host.instance_id))
+        netns = self.network.netns_name(host.instance_id)
+        return instance_pids(netns) if os.path.exists(f"/run/netns/{netns}") else []
 
     def _ask_init(self, instance_id: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any] | None:
         import socket
 
-        path = self._instance_dir(instance_id) / "root/run/nbcloud-sandbox/init.sock"
+        path = str(self._instance_dir(instance_id) / "root/run/nbcloud-sandbox/init.sock")
+        if isinstance(self.network, LoopbackNetwork):
+            path = socket_address(init_socket(self.network.marker(instance_id)))
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
-                sock.connect(str(path))
+                sock.connect(path)
                 sock.sendall(json.dumps(request).encode() + b"\n")
                 data = b""
                 while not data.endswith(b"\n"):
@@ -296,10 +340,12 @@ class Sandbox:
 
     def _halt(self, host: Host, keep_network: bool = False) -> None:
         """Stop services gracefully (as systemd would at shutdown), then kill everything in the namespace."""
-        netns = self.network.netns_name(host.instance_id)
         if host.init is not None and host.init.poll() is None:
             self._ask_init(host.instance_id, {"cmd": "shutdown", "timeout": 5.0}, timeout=8.0)
-        if keep_network:
+        if isinstance(self.network, LoopbackNetwork):
+            kill_processes(lambda: self.instance_pids(host))
+        elif keep_network:
+            netns = self.network.netns_name(host.instance_id)
             kill_namespace_processes(netns)
         else:
             self.network.destroy(host.instance_id, host.address)
@@ -368,6 +414,8 @@ class Sandbox:
 
     # faults and instance requests --------------------------------------------------------------------------
     def host_by_peer(self, pid: int) -> Host | None:
+        if self.loopback:  # no namespace to compare: walk up from the caller to an instance's init
+            return self._host_above(pid)
         try:
             peer = os.stat(f"/proc/{pid}/ns/net").st_ino
         except OSError:
@@ -379,6 +427,21 @@ class Sandbox:
                         return host
                 except OSError:
                     continue
+        return None
+
+    def _host_above(self, pid: int) -> Host | None:
+        with self.lock:
+            by_init = {h.init.pid: h for h in self.hosts.values() if h.init is not None and h.init.poll() is None}
+        seen: set[int] = set()
+        while pid > 1 and pid not in seen:
+            if pid in by_init:
+                return by_init[pid]
+            seen.add(pid)
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_bytes()
+            except OSError:
+                return None
+            pid = int(stat[stat.rfind(b")") + 2 :].split()[1])
         return None
 
     def power(self, host: Host, action: str) -> str:
@@ -428,16 +491,20 @@ class Sandbox:
         for host in hosts:
             if host.state == "terminated":
                 continue
-            netns = self.network.netns_name(host.instance_id)
-            running = os.path.exists(f"/run/netns/{netns}")
+            namespace = None
+            if isinstance(self.network, Network):
+                netns = self.network.netns_name(host.instance_id)
+                namespace = netns if os.path.exists(f"/run/netns/{netns}") else None
             rows.append({
                 "instance_id": host.instance_id, "state": host.state, "address": host.address,
-                "namespace": netns if running else None, "pids": instance_pids(netns) if running else [],
+                "ssh_port": self.ssh_port, "namespace": namespace, "pids": self.instance_pids(host),
                 "init_pid": host.init.pid if host.init else None, "link": "up" if host.link_up else "down",
                 "boots": host.boots,
             })
-        guard = {"blackhole": self.network.guard_present(), "leaked_packets": self.network.leaked_packets(),
-                 "nft_table": self.network.nft_table}
+        guard = None  # loopback: 127/8 never leaves the machine, there is nothing to guard
+        if isinstance(self.network, Network):
+            guard = {"blackhole": self.network.guard_present(), "leaked_packets": self.network.leaked_packets(),
+                     "nft_table": self.network.nft_table}
         return {"instances": rows, "api_faults": self.cloud.faults.pending(), "guard": guard}
 
     def shutdown(self) -> None:
@@ -450,7 +517,10 @@ class Sandbox:
             t.start()
         for t in threads:
             t.join(timeout=15)
-        self.network.cleanup_all()
+        if isinstance(self.network, LoopbackNetwork):
+            self.network.cleanup_all(self.instances_dir)
+        else:
+            self.network.cleanup_all()
         self.cloud.stop()
 
 
@@ -460,6 +530,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subnet", required=True)
     parser.add_argument("--wheelhouse", default="")
     parser.add_argument("--uv-cache", default="")
+    parser.add_argument("--mode", choices=("netns", "loopback"), default="netns")
+    parser.add_argument("--mode-reason", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -468,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     except SubnetBusy as exc:
         log.error("%s", exc)
         raise SystemExit(3) from exc
-    sandbox = Sandbox(args.dir.resolve(), args.subnet, args.wheelhouse, args.uv_cache)
+    sandbox = Sandbox(args.dir.resolve(), args.subnet, args.wheelhouse, args.uv_cache, mode=args.mode)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -479,7 +551,8 @@ def main(argv: list[str] | None = None) -> None:
         sock = InstanceSocket(sandbox, sandbox.shared / "control" / "daemon.sock")
         info = {
             "endpoint_url": sandbox.cloud.endpoint_url, "region": REGION, "control_url": control.url,
-            "caller_ip": sandbox.network.caller_ip, "subnet": sandbox.network.subnet, "mode": "netns",
+            "caller_ip": sandbox.network.caller_ip, "subnet": sandbox.network.subnet, "mode": sandbox.mode,
+            "mode_reason": args.mode_reason, "login_user": sandbox.login_user, "ssh_port": sandbox.ssh_port,
             "sandbox_dir": str(sandbox.dir), "prefix": sandbox.network.prefix, "pid": os.getpid(),
             "wheelhouse": args.wheelhouse, "started_at": time.time(),
         }
@@ -495,7 +568,10 @@ def main(argv: list[str] | None = None) -> None:
         control.close()
     except BaseException:
         log.exception("daemon failed")
-        sandbox.network.cleanup_all()
+        if isinstance(sandbox.network, LoopbackNetwork):
+            sandbox.network.cleanup_all(sandbox.instances_dir)
+        else:
+            sandbox.network.cleanup_all()
         (sandbox.dir / "sandbox.json").unlink(missing_ok=True)
         raise
 

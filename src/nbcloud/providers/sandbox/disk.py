@@ -16,7 +16,8 @@ from typing import Any
 from .init import SHIM_PATH
 from .userdata import UserData
 
-__all__ = ["BootFacts", "prepare_root", "prepare_root_from_image", "update_boot", "write_sshd_config"]
+__all__ = ["BootFacts", "loopback_env", "prepare_root", "prepare_root_from_image", "update_boot",
+           "write_loopback_sshd_config", "write_sshd_config"]
 
 UID = GID = 1000
 USER = "ubuntu"
@@ -35,6 +36,11 @@ class BootFacts:
     wheelhouse: str
     volumes_dir: str
     volumes: tuple[str, ...] = ()
+    mode: str = "netns"  # or "loopback" (see loopback.py): init and sshd then run without namespaces
+    login_user: str = USER
+    ssh_port: int = 22
+    imds_endpoint: str = "http://169.254.169.254"
+    marker: str = ""  # loopback: the value of loopback.MARKER_ENV every process of the instance carries
 
     @property
     def hostname(self) -> str:
@@ -83,6 +89,64 @@ def _users(root: Path) -> None:
     sudoers = f'Defaults secure_path="{SHIM_PATH}"\n{USER} ALL=(ALL) NOPASSWD:ALL\n'
     (root / "etc/sudoers.d").mkdir(parents=True, exist_ok=True)
     _write(root / "etc/sudoers.d/90-cloud-init-users", sudoers, 0o440)
+
+
+def _key_types(root: Path) -> list[str]:
+    order = ["ed25519", "ecdsa", "rsa"]
+    present = [p.name[len("ssh_host_"):-len("_key")] for p in (root / "etc/ssh").glob("ssh_host_*_key")]
+    return sorted((k for k in present if k in order), key=order.index)
+
+
+def loopback_env(root: Path, facts: BootFacts) -> dict[str, str]:
+    """What every process of a loopback instance sees: its IMDS, its init, its marker, the shims first."""
+    from .init import MOUNT_ROOT
+    from .loopback import init_socket
+
+    shared = Path(facts.shared_dir)
+    return {
+        "PATH": SHIM_PATH.replace(str(MOUNT_ROOT), str(shared)),
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": facts.imds_endpoint,
+        "NBCLOUD_SANDBOX_ROOT": str(root),
+        "NBCLOUD_SANDBOX_INIT_SOCKET": init_socket(facts.marker),
+        "NBCLOUD_SANDBOX_DAEMON_SOCKET": str(shared / "control/daemon.sock"),
+        "NBCLOUD_SANDBOX_INSTANCE": facts.marker,
+    }
+
+
+def write_loopback_sshd_config(root: Path, facts: BootFacts) -> None:
+    """An sshd the current user can run: its own port, address, host keys and pid file, absolute paths only.
+
+    ``StrictModes no``: the instance's files live under the sandbox directory, which may sit below a
+    world-writable /tmp that sshd's ownership checks would refuse. Sessions get the instance's environment.
+    """
+    host_keys = "\n".join(f"HostKey {root}/etc/ssh/ssh_host_{kind}_key" for kind in _key_types(root))
+    env = " ".join(f"{k}={v}" for k, v in loopback_env(root, facts).items())
+    config = f"""# written by the nbcloud sandbox (loopback mode)
+Port {facts.ssh_port}
+ListenAddress {facts.address}
+{host_keys}
+PidFile {root}/run/sshd.pid
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin {"prohibit-password" if facts.login_user == "root" else "no"}
+AllowUsers {facts.login_user}
+PubkeyAuthentication yes
+AuthorizedKeysFile {root}/home/{facts.login_user}/.ssh/authorized_keys
+AllowTcpForwarding yes
+AllowStreamLocalForwarding yes
+X11Forwarding no
+ClientAliveInterval 5
+ClientAliveCountMax 3
+UseDNS no
+PrintMotd no
+MaxStartups 100:30:200
+AcceptEnv LANG LC_*
+SetEnv {env}
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+    _write(root / "etc/ssh/sshd_config", config)
 
 
 def write_sshd_config(root: Path, key_types: list[str]) -> None:
@@ -136,27 +200,34 @@ def _host_keys(root: Path, user_data: UserData) -> list[str]:
 
 
 def prepare_root(instance_dir: Path, public_key: str | bytes | None, raw_user_data: bytes | None,
-                 user_data: UserData) -> None:
-    """Make the root volume of a new instance (first launch only)."""
+                 user_data: UserData, loopback_user: str | None = None) -> None:
+    """Make the root volume of a new instance (first launch only).
+
+    ``loopback_user``: loopback mode, where nothing is bound over /etc: no users of its own, the login user's
+    authorized key in ``home/<loopback_user>``, files owned by us, sshd's config written at each boot.
+    """
     root = instance_dir / "root"
     for rel, mode in (("etc/systemd/system/multi-user.target.wants", 0o755), ("home", 0o755), ("opt", 0o755),
                       ("var/log", 0o755), ("var/lib/cloud/instance/scripts", 0o755), ("run/sshd", 0o755),
                       ("tmp", 0o1777), ("root", 0o700), ("srv", 0o755), ("etc/ssh", 0o755)):
         (root / rel).mkdir(parents=True, exist_ok=True)
         os.chmod(root / rel, mode)
-    _users(root)
+    if loopback_user is None:
+        _users(root)
     for name in ("moduli", "ssh_config"):
         if Path("/etc/ssh", name).is_file():
             shutil.copyfile(Path("/etc/ssh", name), root / "etc/ssh" / name)
-    write_sshd_config(root, _host_keys(root, user_data))
-    home = root / "home" / USER
+    key_types = _host_keys(root, user_data)
+    if loopback_user is None:
+        write_sshd_config(root, key_types)
+    home = root / "home" / (loopback_user or USER)
     if Path("/etc/skel").is_dir():
         shutil.copytree("/etc/skel", home, dirs_exist_ok=True)
     (home / ".ssh").mkdir(parents=True, exist_ok=True)
     if isinstance(public_key, bytes):
         public_key = public_key.decode()
     _write(home / ".ssh/authorized_keys", (public_key or "").strip() + "\n", 0o600)
-    for path in [home, *home.rglob("*")]:
+    for path in [home, *home.rglob("*")] if loopback_user is None else []:
         os.lchown(path, UID, GID)
     os.chmod(home, 0o750)
     os.chmod(home / ".ssh", 0o700)
@@ -168,7 +239,8 @@ def prepare_root(instance_dir: Path, public_key: str | bytes | None, raw_user_da
 
 
 def prepare_root_from_image(instance_dir: Path, image_root: Path, public_key: str | bytes | None,
-                            raw_user_data: bytes | None, user_data: UserData) -> None:
+                            raw_user_data: bytes | None, user_data: UserData,
+                            loopback_user: str | None = None) -> None:
     """A new instance of a baked image: a copy of the image's root disk, then what cloud-init does per instance.
 
     New host keys (user-data's; the image's are deleted), the new key pair's public key, this instance's user-data
@@ -187,12 +259,15 @@ def prepare_root_from_image(instance_dir: Path, image_root: Path, public_key: st
     os.chmod(root / "tmp", 0o1777)
     for old in (root / "etc/ssh").glob("ssh_host_*"):
         old.unlink()
-    write_sshd_config(root, _host_keys(root, user_data))
-    home = root / "home" / USER
+    key_types = _host_keys(root, user_data)
+    if loopback_user is None:
+        write_sshd_config(root, key_types)
+    home = root / "home" / (loopback_user or USER)
     (home / ".ssh").mkdir(parents=True, exist_ok=True)
     if isinstance(public_key, bytes):
         public_key = public_key.decode()
-    _write(home / ".ssh/authorized_keys", (public_key or "").strip() + "\n", 0o600, (UID, GID))
+    _write(home / ".ssh/authorized_keys", (public_key or "").strip() + "\n", 0o600,
+           None if loopback_user else (UID, GID))
     scripts = root / "var/lib/cloud/instance/scripts"
     shutil.rmtree(scripts, ignore_errors=True)
     scripts.mkdir(parents=True)
@@ -211,6 +286,11 @@ def update_boot(instance_dir: Path, facts: BootFacts) -> None:
     _write(root / "etc/hosts", f"127.0.0.1 localhost\n{facts.address} {facts.hostname}\n"
            "::1 localhost ip6-localhost ip6-loopback\n")
     _write(root / "etc/resolv.conf", "# no DNS in the sandbox\nnameserver 127.0.0.53\noptions timeout:1 attempts:1\n")
+    if facts.mode == "loopback":  # the address (and so ListenAddress) changes at every start
+        write_loopback_sshd_config(root, facts)
+    data = facts.to_json()
+    if facts.mode == "loopback":
+        data["loopback_env"] = loopback_env(root, facts)
     tmp = instance_dir / "boot.json.tmp"
-    _write(tmp, json.dumps(facts.to_json(), indent=2), 0o644)
+    _write(tmp, json.dumps(data, indent=2), 0o644)
     os.replace(tmp, instance_dir / "boot.json")

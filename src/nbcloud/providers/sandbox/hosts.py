@@ -20,6 +20,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,16 +82,27 @@ def lock_subnet(subnet: str, owner: str) -> int:
     """Take the machine-wide lock of a subnet (held by the daemon for its lifetime); returns the fd."""
     import fcntl
 
-    path = f"/run/nbcloud-sandbox-{prefix_for_subnet(subnet)}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    name = f"nbcloud-sandbox-{prefix_for_subnet(subnet)}.lock"
+    if ipaddress.ip_network(subnet, strict=False).is_loopback:
+        # loopback sandboxes of every user share 127/8: the lock lives where every user can take it
+        path = os.path.join(tempfile.gettempdir(), name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, 0o666)  # whatever our umask: the next user must be able to open it too
+        except PermissionError:  # another user's lock file, not writable for us: a read fd can still flock
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    else:
+        fd = os.open(f"/run/{name}", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 4096).decode(errors="replace").strip()
         os.close(fd)
         raise SubnetBusy(f"subnet {subnet} is used by another sandbox ({holder or 'unknown'})") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, owner.encode())
+    with contextlib.suppress(OSError):  # the owner text is a courtesy for the error message above
+        os.ftruncate(fd, 0)
+        os.write(fd, owner.encode())
     return fd
 
 

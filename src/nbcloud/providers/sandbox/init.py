@@ -5,6 +5,10 @@ imports everything it needs first (after the mounts the host's /root, where Pyth
 mounts the instance's root volume over the host paths, serves IMDSv2, starts sshd, runs user-data scripts on the
 first boot (once per instance, as cloud-init does) and the enabled services at every boot, and answers the
 ``systemctl`` shim and the daemon on ``/run/nbcloud-sandbox/init.sock``.
+
+In loopback mode (``boot.json`` ``"mode": "loopback"``, see loopback.py) it runs as the current user with no
+namespace: nothing is mounted, paths stay under ``<instance>/root``, IMDS and sshd listen on the instance's
+127.x address, and it is a child subreaper so every process the instance starts stays below it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ BIND_FILES = ["etc/passwd", "etc/group", "etc/shadow", "etc/hosts", "etc/hostnam
 SHIMMED = {"systemctl": "/usr/bin/systemctl", "journalctl": "/usr/bin/journalctl"}
 
 MS_BIND, MS_REC, MS_PRIVATE, MNT_DETACH = 4096, 16384, 1 << 18, 2
+PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -118,25 +123,43 @@ class Init:
     def __init__(self, instance_dir: Path) -> None:
         self.instance_dir = instance_dir
         self.boot = json.loads((instance_dir / "boot.json").read_text())
-        self.services = ServiceManager(base_env())
+        self.loopback = self.boot.get("mode") == "loopback"
+        # the instance's "/": the real one behind the mounts, or its root volume's directory in loopback mode
+        self.root = instance_dir / "root" if self.loopback else Path("/")
+        self.env = self._loopback_env() if self.loopback else base_env()
+        self.services = ServiceManager(self.env, root=self.root, switch_user=not self.loopback)
         self.sshd: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
 
+    def _loopback_env(self) -> dict[str, str]:
+        return {**base_env(), "HOME": str(self.root / "root"), **{
+            key: str(value) for key, value in self.boot.get("loopback_env", {}).items()}}
+
+    def path(self, absolute: str) -> Path:
+        """An instance path (``/var/log/...``) as this process sees it."""
+        return self.root / absolute.lstrip("/")
+
     def run(self) -> None:
-        setup_mounts(self.instance_dir, self.boot)
-        self.instance_dir = MOUNT_ROOT / "instance"  # the host path may be hidden now
-        _libc.sethostname(self.boot["hostname"].encode(), len(self.boot["hostname"]))
-        Path("/run/nbcloud-sandbox").mkdir(parents=True, exist_ok=True)
-        Path("/run/nbcloud-sandbox/instance-id").write_text(self.boot["instance_id"] + "\n")
-        serve_imds(MetadataSource(self.instance_dir))
-        for volume_id in self.boot.get("volumes", []):
+        if self.loopback:
+            _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of the instance stay below this process
+            imds_host, _, imds_port = self.boot["imds_endpoint"].split("//", 1)[1].rpartition(":")
+            serve_imds(MetadataSource(self.instance_dir), imds_host, int(imds_port))
+        else:
+            setup_mounts(self.instance_dir, self.boot)
+            self.instance_dir = MOUNT_ROOT / "instance"  # the host path may be hidden now
+            _libc.sethostname(self.boot["hostname"].encode(), len(self.boot["hostname"]))
+            serve_imds(MetadataSource(self.instance_dir))
+        run_dir = self.path("/run/nbcloud-sandbox")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "instance-id").write_text(self.boot["instance_id"] + "\n")
+        for volume_id in self.boot.get("volumes", []) if not self.loopback else []:
             try:
                 mount_volume(volume_id)
             except OSError as exc:
                 _log(f"volume {volume_id}: {exc}")
         self.start_sshd()
         self.serve_control()
-        Path("/run/nbcloud-sandbox/ready").write_text(str(time.time()))
+        (run_dir / "ready").write_text(str(time.time()))
         _log(f"ready (sshd pid {self.sshd.pid if self.sshd else '-'})")
         self.services.start_enabled()
         threading.Thread(target=self.run_user_scripts, name="cloud-final", daemon=True).start()
@@ -148,15 +171,15 @@ class Init:
         self.shutdown()
 
     def start_sshd(self) -> None:
-        log = open("/var/log/sshd.log", "ab")  # noqa: SIM115
+        log = open(self.path("/var/log/sshd.log"), "ab")  # noqa: SIM115
         self.sshd = subprocess.Popen(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=base_env(), start_new_session=True,
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.path("/etc/ssh/sshd_config"))],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env, start_new_session=True,
         )
         log.close()
 
     def run_user_scripts(self) -> None:
-        cloud = Path("/var/lib/cloud")
+        cloud = self.path("/var/lib/cloud")
         scripts_dir = cloud / "instance" / "scripts"
         sem = cloud / "instances" / self.boot["instance_id"] / "sem" / "config_scripts_user"
         status = {"status": "done", "errors": []}
@@ -165,12 +188,15 @@ class Init:
             sem.write_text(str(time.time()))
             (cloud / "instance" / "boot-finished").unlink(missing_ok=True)
             env = {**base_env(), "HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash"}
-            with open("/var/log/cloud-init-output.log", "ab") as out:
+            if self.loopback:  # the scripts run as us, not root: our name, the instance's /root as home
+                user = os.environ.get("USER") or str(os.getuid())
+                env = {**self.env, "USER": user, "LOGNAME": user, "SHELL": "/bin/bash"}
+            with open(self.path("/var/log/cloud-init-output.log"), "ab") as out:
                 for script in sorted(scripts_dir.iterdir()):
                     script.chmod(0o700)
                     out.write(f"== running {script.name} ==\n".encode())
                     out.flush()
-                    code = subprocess.run([str(script)], cwd="/", env=env, stdin=subprocess.DEVNULL,
+                    code = subprocess.run([str(script)], cwd=str(self.root), env=env, stdin=subprocess.DEVNULL,
                                           stdout=out, stderr=out, start_new_session=True).returncode
                     out.write(f"== {script.name} exited {code} ==\n".encode())
                     if code != 0:
@@ -191,7 +217,7 @@ class Init:
         name = request.get("unit", "")
         mutating = {"start", "stop", "restart", "enable", "disable", "daemon-reload", "mount-volume",
                     "unmount-volume", "shutdown"}
-        if cmd in mutating and uid != 0:
+        if cmd in mutating and uid not in (0, os.getuid()):  # loopback: the instance's "root" is us
             return {"code": 4, "err": "Access denied (run it with sudo)\n"}
         try:
             if cmd == "daemon-reload":
@@ -251,10 +277,14 @@ class Init:
                     reply = {"code": 1, "err": "bad request\n"}
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
 
-        Path(INIT_SOCKET).unlink(missing_ok=True)
-        server = socketserver.ThreadingUnixStreamServer(INIT_SOCKET, Handler)
+        if self.loopback:  # an abstract name (see loopback.init_socket): nothing to unlink or chmod
+            name = self.env["NBCLOUD_SANDBOX_INIT_SOCKET"]
+            server = socketserver.ThreadingUnixStreamServer("\0" + name[1:], Handler)
+        else:
+            Path(INIT_SOCKET).unlink(missing_ok=True)
+            server = socketserver.ThreadingUnixStreamServer(INIT_SOCKET, Handler)
+            os.chmod(INIT_SOCKET, 0o666)
         server.daemon_threads = True
-        os.chmod(INIT_SOCKET, 0o666)
         threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
 
 

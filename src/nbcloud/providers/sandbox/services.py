@@ -2,6 +2,9 @@
 
 Runs inside the instance's namespaces (the init process's mount namespace sees the instance's /etc). A unit's
 processes run as its ``User=``/``Group=`` with the user's groups, its environment, in a new session.
+
+In loopback mode (no mount namespace, no root) the manager is given the instance's root directory: unit files,
+logs and working directories are read under it, and every unit runs as the current user whatever ``User=`` says.
 """
 
 from __future__ import annotations
@@ -44,23 +47,31 @@ def _normalize(name: str) -> str:
 
 
 class ServiceManager:
-    def __init__(self, base_env: dict[str, str]) -> None:
+    def __init__(self, base_env: dict[str, str], root: Path = Path("/"), switch_user: bool = True) -> None:
         self.base_env = base_env
+        self.root = root
+        self.switch_user = switch_user
+        self.unit_dir = self.path(UNIT_DIR)
+        self.wants_dir = self.path(WANTS_DIR)
         self._lock = threading.RLock()
         self._services: dict[str, _Service] = {}
+
+    def path(self, absolute: str | Path) -> Path:
+        """An instance path as this process sees it (unchanged unless the instance's root is a directory)."""
+        return self.root / str(absolute).lstrip("/")
 
     # unit files --------------------------------------------------------------------------------------------
     def load(self, name: str) -> Unit:
         name = _normalize(name)
-        path = UNIT_DIR / name
+        path = self.unit_dir / name
         if not path.is_file():
             raise KeyError(f"Unit {name} not found.")
         return parse_unit(name, path.read_text())
 
     def enabled_units(self) -> dict[str, Unit]:
         units: dict[str, Unit] = {}
-        if WANTS_DIR.is_dir():
-            for link in sorted(WANTS_DIR.iterdir()):
+        if self.wants_dir.is_dir():
+            for link in sorted(self.wants_dir.iterdir()):
                 if link.name.endswith(".service"):
                     try:
                         units[link.name] = self.load(link.name)
@@ -69,18 +80,18 @@ class ServiceManager:
         return units
 
     def is_enabled(self, name: str) -> bool:
-        return (WANTS_DIR / _normalize(name)).exists() or (WANTS_DIR / _normalize(name)).is_symlink()
+        return (self.wants_dir / _normalize(name)).exists() or (self.wants_dir / _normalize(name)).is_symlink()
 
     def enable(self, name: str) -> None:
         name = _normalize(name)
         self.load(name)
-        WANTS_DIR.mkdir(parents=True, exist_ok=True)
-        link = WANTS_DIR / name
+        self.wants_dir.mkdir(parents=True, exist_ok=True)
+        link = self.wants_dir / name
         if not link.is_symlink():
-            link.symlink_to(UNIT_DIR / name)
+            link.symlink_to(self.unit_dir / name)
 
     def disable(self, name: str) -> None:
-        link = WANTS_DIR / _normalize(name)
+        link = self.wants_dir / _normalize(name)
         if link.is_symlink() or link.exists():
             link.unlink()
 
@@ -99,7 +110,7 @@ class ServiceManager:
         env["INVOCATION_ID"] = os.urandom(16).hex()
         for spec in unit.environment_files:
             optional = spec.startswith("-")
-            path = Path(spec.lstrip("-"))
+            path = self.path(spec.lstrip("-"))
             try:
                 env.update(parse_env_file(path.read_text()))
             except OSError:
@@ -110,17 +121,21 @@ class ServiceManager:
 
     def _stream(self, spec: str, unit: Unit, fallback: IO[bytes] | None) -> Any:
         if spec.startswith(("append:", "file:", "truncate:")):
-            kind, _, path = spec.partition(":")
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kind, _, name = spec.partition(":")
+            path = self.path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
             return open(path, "ab" if kind == "append" else "wb")
         if spec == "null":
             return subprocess.DEVNULL
         if spec == "inherit" and fallback is not None:
             return fallback
-        JOURNAL_DIR.mkdir(parents=True, exist_ok=True)
-        return open(JOURNAL_DIR / f"{unit.name}.log", "ab")
+        journal = self.path(JOURNAL_DIR)
+        journal.mkdir(parents=True, exist_ok=True)
+        return open(journal / f"{unit.name}.log", "ab")
 
     def _spawn(self, unit: Unit, argv: list[str]) -> subprocess.Popen[bytes]:
+        if not self.switch_user:  # loopback: we cannot become anyone else; the unit's directories are ours
+            return self._spawn_as_self(unit, argv)
         user = pwd.getpwnam(unit.user) if unit.user else pwd.getpwuid(0)
         gid = grp.getgrnam(unit.group).gr_gid if unit.group else user.pw_gid
         groups = os.getgrouplist(user.pw_name, gid)
@@ -132,6 +147,22 @@ class ServiceManager:
                 env=self._env(unit, user), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 user=user.pw_uid, group=gid, extra_groups=groups, start_new_session=True, close_fds=True,
             )
+        finally:
+            for stream in {id(out): out, id(err): err}.values():
+                if hasattr(stream, "close"):
+                    stream.close()
+
+    def _spawn_as_self(self, unit: Unit, argv: list[str]) -> subprocess.Popen[bytes]:
+        user = pwd.getpwuid(os.getuid())
+        home = self.path(f"/home/{unit.user}") if unit.user else self.path("/root")
+        cwd = self.path(unit.working_directory) if unit.working_directory else home
+        env = {**self._env(unit, user), "HOME": str(home)}
+        out = self._stream(unit.stdout, unit, None)
+        err = self._stream(unit.stderr, unit, out if out is not subprocess.DEVNULL else None)
+        try:
+            return subprocess.Popen(argv, cwd=cwd if cwd.is_dir() else self.root, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                                    close_fds=True)
         finally:
             for stream in {id(out): out, id(err): err}.values():
                 if hasattr(stream, "close"):
@@ -243,13 +274,13 @@ class ServiceManager:
 
     def status_text(self, name: str) -> str:
         name = _normalize(name)
-        loaded = "loaded" if (UNIT_DIR / name).is_file() else "not-found"
+        loaded = "loaded" if (self.unit_dir / name).is_file() else "not-found"
         enabled = "enabled" if self.is_enabled(name) else "disabled"
         with self._lock:
             svc = self._services.get(name)
             state = svc.state if svc else "inactive"
             pid = svc.proc.pid if svc and svc.proc else None
-        lines = [f"● {name}", f"     Loaded: {loaded} ({UNIT_DIR / name}; {enabled})", f"     Active: {state}"]
+        lines = [f"● {name}", f"     Loaded: {loaded} ({self.unit_dir / name}; {enabled})", f"     Active: {state}"]
         if pid:
             lines.append(f"   Main PID: {pid}")
         return "\n".join(lines)
