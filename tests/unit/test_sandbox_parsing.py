@@ -128,12 +128,32 @@ def test_imds_lookup(tmp_path: Path) -> None:
     assert src.lookup("/latest/user-data")[0] == 404
 
 
-def test_start_without_root_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_without_root_the_sandbox_falls_back_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbcloud.providers.sandbox import client
+
+    monkeypatch.delenv("NBCLOUD_SANDBOX_MODE", raising=False)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert client.select_mode() == ("loopback", "not root")
+    monkeypatch.setenv("NBCLOUD_SANDBOX_MODE", "loopback")
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert client.select_mode() == ("loopback", "NBCLOUD_SANDBOX_MODE=loopback")
+
+
+def test_forcing_netns_without_root_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from nbcloud.errors import SandboxError
     from nbcloud.providers.sandbox import client
 
+    monkeypatch.setenv("NBCLOUD_SANDBOX_MODE", "netns")
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(SandboxError, match="needs root") as raised:
         client.start(tmp_path / "sbx")
     assert raised.value.exit_code == 2
     assert not (tmp_path / "sbx").exists()
+
+
+def test_loopback_subnets_mirror_the_netns_ones() -> None:
+    from nbcloud.providers.sandbox.loopback import loopback_subnet
+
+    assert loopback_subnet("10.240.0.0/16") == "127.240.0.0/16"
+    assert loopback_subnet("127.71.0.0/16") == "127.71.0.0/16"
+    assert loopback_subnet("192.168.5.0/24") == "127.168.5.0/24"

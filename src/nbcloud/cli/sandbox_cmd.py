@@ -1,4 +1,4 @@
-"""`nbcloud sandbox ...`: run the emulated EC2 on this machine (root, network namespaces, real sshd)."""
+"""`nbcloud sandbox ...`: run the emulated EC2 on this machine (root: network namespaces; else loopback mode)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ def sandbox() -> None:
 
 def _info_text(info: Any) -> str:
     return "\n".join([
-        f"sandbox running ({info.mode}) in {info.sandbox_dir}",
+        f"sandbox running ({info.mode}: {info.mode_reason or 'root'}) in {info.sandbox_dir}",
         f"  endpoint_url  {info.endpoint_url}   region {info.region}",
         f"  control_url   {info.control_url}",
         f"  subnet        {info.subnet}   caller_ip {info.caller_ip}",
+        f"  instances     ssh {info.login_user}@<address> port {info.ssh_port}",
     ])
 
 
@@ -45,9 +46,15 @@ def start(sandbox_dir: Path | None, as_json: bool) -> None:
 
 def _status_text(result: dict[str, Any]) -> str:
     if not result["running"]:
-        return f"sandbox not running ({result['sandbox_dir']})"
-    head = (f"sandbox running ({result['mode']}), pid {result['pid']}, subnet {result['subnet']}\n"
-            f"  endpoint_url {result['endpoint_url']}")
+        upcoming = (f"`sandbox start` would use {result['next_mode']} mode: {result['mode_reason']}"
+                    if result.get("next_mode") else result.get("mode_reason", ""))
+        return f"sandbox not running ({result['sandbox_dir']})" + (f"\n  {upcoming}" if upcoming else "")
+    mode = f"{result['mode']} mode: {result.get('mode_reason') or 'root'}"
+    head = (f"sandbox running ({mode}), pid {result['pid']}, subnet {result['subnet']}\n"
+            f"  endpoint_url {result['endpoint_url']}\n"
+            f"  instances: ssh {result.get('login_user', 'ubuntu')}@<address> port {result.get('ssh_port', 22)}")
+    if result["mode"] == "loopback":
+        head += "\n  no link faults, no Jupyter bootstrap in loopback mode (they need root)"
     rows = [{**r, "pids": len(r["pids"])} for r in result["instances"]]
     body = table(rows, ["instance_id", "state", "address", "namespace", "pids", "link", "boots"])
     return head + ("\n" + body if body else "\n  no instances")

@@ -1,0 +1,282 @@
+"""The sandbox in loopback mode (no root): 127.x addresses, an unprivileged sshd, processes tracked by pid.
+
+Two ways in: forced with ``NBCLOUD_SANDBOX_MODE=loopback`` (works as root or not), and, when the suite runs as
+root, truly unprivileged: the CLI runs as a throwaway uid (``setpriv``) that exists only in a private mount
+namespace's /etc/passwd, so the machine's user database is never touched. That namespace also exposes this
+Python when it lives under a directory other users cannot enter (e.g. pyenv under /root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# loopback subnets of their own: never a netns test subnet, tried in order when a parallel run holds one
+LOOPBACK_SUBNETS = ("127.71.0.0/16", "127.72.0.0/16", "127.73.0.0/16", "127.74.0.0/16")
+THROWAWAY_UID = 64123
+THROWAWAY_USER = "nbcloud-lbtest"
+CLI = "import sys; sys.argv[0] = 'nbcloud'; from nbcloud.cli.app import main; main()"
+
+
+def _skip_reason() -> str | None:
+    if not os.path.exists("/usr/sbin/sshd") or shutil.which("ssh") is None:
+        return "loopback mode needs OpenSSH's sshd and ssh"
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        return "the sandbox needs moto"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def _keypair(path: Path) -> tuple[Path, str]:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)], check=True)
+    return path, Path(f"{path}.pub").read_text().strip()
+
+
+def _boto_ec2(info: dict[str, Any]) -> Any:
+    import boto3
+
+    return boto3.client("ec2", endpoint_url=info["endpoint_url"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def _launch(ec2: Any, keys_dir: Path) -> tuple[str, str, Path, str]:
+    """RunInstances with a key pair and user-data host keys (as `up` does): (id, address, login key, host key)."""
+    login, login_pub = _keypair(keys_dir / "login")
+    host, host_pub = _keypair(keys_dir / "host")
+    ec2.import_key_pair(KeyName="lb", PublicKeyMaterial=login_pub.encode())
+    user_data = "#cloud-config\n" + json.dumps({"ssh_keys": {"ed25519_private": host.read_text(),
+                                                             "ed25519_public": host_pub}})
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    reply = ec2.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName="lb",
+                              UserData=user_data,
+                              TagSpecifications=[{"ResourceType": "instance",
+                                                  "Tags": [{"Key": "nbcloud:name", "Value": "lb"}]}])
+    inst = reply["Instances"][0]
+    return inst["InstanceId"], inst["PublicIpAddress"], login, host_pub
+
+
+def _ssh_config(path: Path, address: str, port: int, user: str, login: Path, host_pub: str) -> Path:
+    """nbcloud's own entry format (HostKeyAlias + pinned key, StrictHostKeyChecking yes) for alias nb-lb."""
+    from nbcloud.ssh.config import SshEntry, render_entry
+
+    known = path / "known_hosts"
+    known.write_text(f"nb-lb {host_pub}\n")
+    config = path / "ssh_config"
+    config.write_text(render_entry(SshEntry(alias="nb-lb", host=address, user=user, identity_file=login,
+                                            known_hosts=known, port=port)) + "  BatchMode yes\n")
+    return config
+
+
+def _ssh_until_true(config: Path, timeout: float = 30.0) -> float:
+    start = time.monotonic()
+    while True:
+        result = subprocess.run(["ssh", "-F", str(config), "nb-lb", "true"], capture_output=True, text=True)
+        if result.returncode == 0:
+            return time.monotonic() - start
+        assert "REMOTE HOST IDENTIFICATION" not in result.stderr, result.stderr
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"ssh never got in: {result.stderr.strip()}")
+        time.sleep(0.05)
+
+
+def _live(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while _live(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _live(pids)
+
+
+# -------------------------------------------------------------------------------------------- forced loopback
+@pytest.fixture
+def forced_loopback(nbcloud_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from nbcloud.errors import SandboxError
+    from nbcloud.providers.sandbox import client
+
+    monkeypatch.setenv("NBCLOUD_SANDBOX_MODE", "loopback")
+    directory = nbcloud_home / "sandbox"
+    info = None
+    try:
+        for subnet in LOOPBACK_SUBNETS:
+            try:
+                info = client.start(directory, subnet=subnet)
+                break
+            except SandboxError as exc:
+                if "used by another sandbox" not in str(exc):
+                    raise
+        if info is None:
+            pytest.skip("every loopback test subnet is held by another sandbox")
+        yield info
+    finally:
+        client.reset(directory)
+
+
+def test_forced_loopback_run_instances_then_ssh(forced_loopback: Any, tmp_path: Path) -> None:
+    from nbcloud.providers.registry import get_provider
+    from nbcloud.providers.sandbox import client
+
+    info = forced_loopback
+    assert info.mode == "loopback" and info.mode_reason == "NBCLOUD_SANDBOX_MODE=loopback"
+    status = client.status(info.sandbox_dir)
+    assert status["mode"] == "loopback" and status["guard"] is None
+    assert status["subnet"].startswith("127.")
+
+    t0 = time.monotonic()
+    instance_id, address, login, host_pub = _launch(_boto_ec2(vars(info)), tmp_path)
+    assert address.startswith(status["subnet"].rsplit(".", 2)[0] + ".")  # moto reports the loopback address
+
+    provider = get_provider("sandbox", start=False)  # what `up` would see: the login user and port it reports
+    found = provider.find("lb")
+    assert found is not None and found.host == address
+    assert (found.user, found.ssh_port) == (info.login_user, info.ssh_port)
+    config = _ssh_config(tmp_path, address, found.ssh_port, found.user, login, host_pub)
+    _ssh_until_true(config)
+    print(f"loopback RunInstances -> ssh true: {time.monotonic() - t0:.2f} s")
+
+    # the session carries the instance's environment: its IMDS answers with its own id
+    probe = ("import json, os, urllib.request as u; base = os.environ['AWS_EC2_METADATA_SERVICE_ENDPOINT'];"
+             "t = u.urlopen(u.Request(base + '/latest/api/token', method='PUT',"
+             " headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'})).read().decode();"
+             "print(u.urlopen(u.Request(base + '/latest/meta-data/instance-id',"
+             " headers={'X-aws-ec2-metadata-token': t})).read().decode())")
+    result = subprocess.run(["ssh", "-F", str(config), "nb-lb", f"cloud-init status --wait; python3 -c \"{probe}\""],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert instance_id in result.stdout and "status: done" in result.stdout
+
+    row = client.status(info.sandbox_dir)["instances"][0]
+    assert row["state"] == "running" and row["namespace"] is None and row["pids"]
+
+    fault = subprocess.run([sys.executable, "-c", CLI, "sandbox", "fault", instance_id, "link-down"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert fault.returncode == 2 and "netns mode" in fault.stderr and len(fault.stderr.strip().splitlines()) == 1
+
+    pids = row["pids"]
+    client.reset(info.sandbox_dir)
+    assert _wait_gone(pids) == [], "reset left instance processes running"
+    assert not (info.sandbox_dir / "instances").exists()
+
+
+# -------------------------------------------------------------------------------------------- truly unprivileged
+def _inaccessible_ancestor(path: Path) -> Path | None:
+    """The highest directory on the way to ``path`` that other users cannot enter (no o+x), if any."""
+    for parent in reversed(path.parents):
+        if parent != Path("/") and not os.stat(parent).st_mode & 0o001:
+            return parent
+    return None
+
+
+@pytest.fixture
+def unprivileged(tmp_path: Path) -> Iterator[Any]:
+    """Run the CLI as a throwaway uid: ``run(*args)`` returns the CompletedProcess."""
+    if os.geteuid() != 0:
+        pytest.skip("already unprivileged: the forced-loopback test covers this run")
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        pytest.skip("needs unshare and setpriv (util-linux)")
+    base = Path(tempfile.mkdtemp(prefix="nblb-", dir="/tmp"))  # pytest's tmp is 0700 root: not for the user
+    os.chmod(base, 0o755)
+    home = base / "home"
+    home.mkdir()
+    os.chown(home, THROWAWAY_UID, THROWAWAY_UID)
+    etc = base / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(Path("/etc/passwd").read_text()
+                                + f"{THROWAWAY_USER}:x:{THROWAWAY_UID}:{THROWAWAY_UID}::{home}:/bin/bash\n")
+    (etc / "group").write_text(Path("/etc/group").read_text() + f"{THROWAWAY_USER}:x:{THROWAWAY_UID}:\n")
+    # root's private view: the user database with the throwaway user, and this Python made reachable
+    setup = [f"mount --bind {etc / 'passwd'} /etc/passwd", f"mount --bind {etc / 'group'} /etc/group"]
+    prefix = Path(sys.prefix).resolve()
+    hidden = _inaccessible_ancestor(prefix)
+    if hidden is not None:
+        (base / "orig").mkdir()
+        inner = prefix.relative_to(hidden)
+        setup += [f"mount --bind {hidden} {base / 'orig'}", f"mount -t tmpfs -o mode=0755 tmpfs {hidden}",
+                  f"mkdir -p {hidden / inner}", f"mount --bind {base / 'orig' / inner} {hidden / inner}"]
+    env = {"HOME": str(home), "USER": THROWAWAY_USER, "LOGNAME": THROWAWAY_USER, "LANG": "C.UTF-8",
+           "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(ROOT / "src"),
+           "NBCLOUD_HOME": str(home / "nb"), "NBCLOUD_QUIET": "1"}
+
+    def run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        drop = ["setpriv", f"--reuid={THROWAWAY_UID}", f"--regid={THROWAWAY_UID}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "env", "-i",
+                *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()],
+                sys.executable, "-c", CLI, *args]
+        script = "set -e; " + "; ".join(setup) + '; exec "$@"'
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *drop],
+                              capture_output=True, text=True, timeout=120, cwd="/")
+
+    try:
+        yield run
+    finally:
+        run("sandbox", "reset")
+        for pid in _processes_of(THROWAWAY_UID):  # a failed test must not leave the throwaway uid running
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_unprivileged_user_gets_loopback_mode(unprivileged: Any, tmp_path: Path) -> None:
+    started = None
+    for subnet in LOOPBACK_SUBNETS:
+        started = unprivileged("sandbox", "start", "--json", extra_env={"NBCLOUD_SANDBOX_SUBNET": subnet})
+        if started.returncode == 0 or "used by another sandbox" not in started.stderr:
+            break
+    assert started is not None and started.returncode == 0, started.stderr if started else ""
+    status = json.loads(unprivileged("sandbox", "status", "--json").stdout)
+    assert status["mode"] == "loopback" and status["mode_reason"] == "not root"
+    assert status["login_user"] == THROWAWAY_USER
+    if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() != "0":
+        assert status["ssh_port"] != 22  # an unprivileged sshd cannot bind 22 here
+
+    t0 = time.monotonic()
+    _, address, login, host_pub = _launch(_boto_ec2(status), tmp_path)
+    config = _ssh_config(tmp_path, address, status["ssh_port"], THROWAWAY_USER, login, host_pub)
+    _ssh_until_true(config)
+    print(f"unprivileged loopback RunInstances -> ssh true: {time.monotonic() - t0:.2f} s")
+    who = subprocess.run(["ssh", "-F", str(config), "nb-lb", "id -u"], capture_output=True, text=True, timeout=30)
+    assert who.stdout.strip() == str(THROWAWAY_UID)
+    text = unprivileged("sandbox", "status")
+    assert "loopback" in text.stdout and "not root" in text.stdout
+
+    assert _processes_of(THROWAWAY_UID), "the daemon and the instance run as the throwaway user"
+    reset = unprivileged("sandbox", "reset")
+    assert reset.returncode == 0, reset.stderr
+    assert _wait_gone(_processes_of(THROWAWAY_UID)) == [], "reset left processes of the throwaway user"
