@@ -1,9 +1,10 @@
 """Public mode across stop/start (issue 5): the instance comes back on a new address and its certificate follows.
 
-`up --public`, `stop`, `start`: the certificate Jupyter serves must name the new address (a browser or
-`curl --cacert NAME.crt` checks the address against it), nbcloud's pinned fingerprint must be the one served, the
-password must still log in, and `connect` (which refuses anything but the pinned certificate) must work. Without
-the re-issue on `start`, the served certificate still names the first address and this test fails.
+`up --public`, `stop`, `start` (and `stop`, `up` reusing it): the certificate Jupyter serves must name the new
+address (a browser or `curl --cacert NAME.crt` checks the address against it), nbcloud's pinned fingerprint must be
+the one served, the password must still log in, and `connect` (which refuses anything but the pinned certificate)
+must work. Without the re-issue on `start`, the served certificate still names the first address and this test
+fails.
 """
 
 from __future__ import annotations
@@ -96,3 +97,10 @@ def test_start_reissues_the_certificate_for_the_new_address(world) -> None:
     # A start of a running instance whose certificate already names its address leaves it alone (no restart).
     world.nb("start", NAME)
     assert _pinned() == pin and _sha256(_served(second)[0]) == pin
+
+    # `up` of a stopped instance reuses it through the same start: the certificate follows again.
+    world.nb("stop", NAME)
+    third = world.up(NAME)["host"]
+    der, names = _served(third)
+    assert third != second and names == [third] and _sha256(der) == _pinned() != pin, (third, names)
+    assert _logs_in(third, _pinned())
