@@ -34,11 +34,11 @@ def _sha256(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _pinned() -> str:
+def _pinned(name: str = NAME) -> str:
     from nbcloud.ops import Context
     from nbcloud.ops.public import pinned_fingerprint
 
-    value = pinned_fingerprint(Context.create(), NAME)  # the world fixture points NBCLOUD_HOME at the test's home
+    value = pinned_fingerprint(Context.create(), name)  # the world fixture points NBCLOUD_HOME at the test's home
     assert value, "no fingerprint pinned"
     return value.replace(":", "").lower()
 
@@ -104,3 +104,29 @@ def test_start_reissues_the_certificate_for_the_new_address(world) -> None:
     der, names = _served(third)
     assert third != second and names == [third] and _sha256(der) == _pinned() != pin, (third, names)
     assert _logs_in(third, _pinned())
+
+
+def test_spot_relaunch_in_public_mode_gets_a_certificate_and_the_password(world) -> None:
+    """A reclaimed spot instance is relaunched on a new root disk: it needs the password hash again (without it the
+    Jupyter config does not load, Jupyter falls back to plain HTTP on loopback and `up` fails) and a certificate for
+    its new address."""
+    from nbcloud.providers.sandbox import client
+
+    name = "pubspot"
+    password_file = world.home.parent / "password"
+    password_file.write_text(PASSWORD + "\n")
+    first = world.up(name, "--public", "--spot", "--password-file", str(password_file), "--idle-stop", "off")
+    client.fault(first["instance_id"], "spot-notice", world.sandbox.sandbox_dir, seconds=2)
+    deadline = time.monotonic() + 90
+    while world.nb_json("status", name)["state"] != "gone":
+        assert time.monotonic() < deadline, "the spot instance was not reclaimed within 90 s"
+        time.sleep(0.5)
+
+    again = world.up(name)  # relaunch from the stored spec: spot, public
+    assert again["instance_id"] != first["instance_id"] and not again["reused"], again
+    host = again["host"]
+    der, names = _served(host)
+    pin = _pinned(name)
+    assert names == [host] and _sha256(der) == pin, (names, host)
+    assert _logs_in(host, pin)
+    assert world.nb_json("connect", name, "--no-browser")["url"] == f"https://{host}:8888/lab"

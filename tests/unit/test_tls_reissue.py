@@ -124,3 +124,15 @@ def test_failed_install_keeps_the_old_pin_so_the_next_start_retries(ctx: Any,
     with pytest.raises(RemoteError, match="new certificate"):
         public.reissue_tls_if_moved(ctx, "pub", "10.9.0.3")
     assert public.pinned_fingerprint(ctx, "pub") != first_pin
+
+
+def test_prepare_tls_keeps_the_password_hash_for_a_relaunch(ctx: Any) -> None:
+    from nbcloud.ops import public
+
+    _record(ctx, "pub", public=True)
+    public.prepare_tls(ctx, "pub", "10.9.0.2")
+    assert public.stored_password_hash(ctx.store.get("pub")) is None
+    public.prepare_tls(ctx, "pub", "10.9.0.2", "argon2:$argon2id$v=19$m=10240,t=10,p=8$abc$def")
+    record = ctx.store.get("pub")
+    assert public.stored_password_hash(record) == "argon2:$argon2id$v=19$m=10240,t=10,p=8$abc$def"
+    assert record.spec["tls_fingerprint"] == public.pinned_fingerprint(ctx, "pub")

@@ -284,7 +284,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
             from .public import cert_path, prepare_tls
 
             progress("TLS certificate (fingerprint pinned locally)")
-            tls = prepare_tls(ctx, spec.name, instance.host or "")
+            tls = prepare_tls(ctx, spec.name, instance.host or "", password_hash)
             rollback.add("local certificate", lambda: cert_path(ctx, spec.name).unlink(missing_ok=True))
         progress(f"waiting for ssh {alias} ({instance.host})")
         # the first session that gets in installs the secrets: no separate handshake just to probe
@@ -441,5 +441,9 @@ def _relaunch_spot(ctx: Context, provider: Provider, record: Record, progress: P
         spec = replace(spec, zone=zone)
     progress(f"spot instance {record.instance_id} of {record.name} was reclaimed: launching a new one "
              f"(data volumes are kept)")
+    from .public import stored_password_hash
+
+    password_hash = stored_password_hash(record)  # public mode: the new root disk needs it; read before down forgets
     down_unlocked(ctx, record.name, progress=progress)
-    return _launch(ctx, provider, spec, record.profile, progress, wait_jupyter, ssh_timeout, ready_timeout)
+    return _launch(ctx, provider, spec, record.profile, progress, wait_jupyter, ssh_timeout, ready_timeout,
+                   password_hash)

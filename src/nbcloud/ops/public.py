@@ -19,13 +19,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import RemoteError, UsageError
+from ..state import Record
 from .context import Context, Progress, no_progress
 
 __all__ = ["MIN_PASSWORD", "PinnedResponse", "cert_path", "check_password", "fetch_verified", "pinned_fingerprint",
-           "prepare_tls", "reissue_tls_if_moved"]
+           "prepare_tls", "reissue_tls_if_moved", "stored_password_hash"]
 
 MIN_PASSWORD = 8
 FINGERPRINT_KEY = "tls_fingerprint"
+PASSWORD_HASH_KEY = "password_hash"  # in the local record (0600 state, like the token), for a spot relaunch
 
 
 def check_password(password: str | None) -> str:
@@ -38,22 +40,32 @@ def cert_path(ctx: Context, name: str) -> Path:
     return ctx.paths.secrets_dir / f"{name}.crt"
 
 
-def prepare_tls(ctx: Context, name: str, host: str) -> tuple[str, str]:
-    """Make the certificate for ``host``, keep it locally, pin its fingerprint → (cert_pem, key_pem) to install."""
+def prepare_tls(ctx: Context, name: str, host: str, password_hash: str | None = None) -> tuple[str, str]:
+    """Make the certificate for ``host``, keep it locally, pin its fingerprint → (cert_pem, key_pem) to install.
+
+    ``password_hash`` (the argon2 hash, never the password) is kept in the local record too: a reclaimed spot
+    instance is relaunched on a new root disk, and without the hash there its Jupyter config would not load.
+    """
     from ..remote.secrets import make_tls_cert
 
     cert_pem, key_pem, fingerprint = make_tls_cert(name, host)
-    _pin(ctx, name, cert_pem, fingerprint)
+    _pin(ctx, name, cert_pem, fingerprint, {PASSWORD_HASH_KEY: password_hash} if password_hash else {})
     return cert_pem, key_pem
 
 
-def _pin(ctx: Context, name: str, cert_pem: str, fingerprint: str) -> None:
+def stored_password_hash(record: Record) -> str | None:
+    """The argon2 hash ``up --public`` installed, for a relaunch (read it before `down` forgets the record)."""
+    value = (record.spec or {}).get(PASSWORD_HASH_KEY)
+    return str(value) if value else None
+
+
+def _pin(ctx: Context, name: str, cert_pem: str, fingerprint: str, extra: dict[str, str] | None = None) -> None:
     from ..config import write_private
 
     write_private(cert_path(ctx, name), cert_pem)
     record = ctx.store.get(name)
     spec = dict(record.spec or {}) if record else {}
-    ctx.store.update(name, spec=spec | {FINGERPRINT_KEY: fingerprint})
+    ctx.store.update(name, spec=spec | {FINGERPRINT_KEY: fingerprint} | (extra or {}))
 
 
 def _names_host(ctx: Context, name: str, host: str) -> bool:
