@@ -26,7 +26,7 @@ from typing import Any
 
 from ...config import ensure_private_dir, paths
 from ...errors import NotFoundError, SandboxError, UsageError
-from .wheelhouse import ensure_uv_cache, ensure_wheelhouse
+from .wheelhouse import INSTANCE_UV_CACHE, ensure_uv_cache, ensure_wheelhouse, warm_uv_cache
 
 __all__ = [
     "DEFAULT_SUBNET",
@@ -83,7 +83,7 @@ def _bootstrap_env() -> dict[str, str]:
         "NBCLOUD_PYTHON": "/usr/bin/python3",
         "NBCLOUD_FIND_LINKS": f"{INSIDE}/wheelhouse",
         "NBCLOUD_NO_INDEX": "1",
-        "UV_CACHE_DIR": f"{INSIDE}/uv-cache",
+        "UV_CACHE_DIR": INSTANCE_UV_CACHE,
     }
 
 
@@ -223,6 +223,8 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     # the wheelhouse feeds the Jupyter bootstrap, which needs root inside the instance: netns mode only
     wheelhouse = ensure_wheelhouse(say) if mode == "netns" else ""
     uv_cache = ensure_uv_cache() if mode == "netns" else ""
+    if wheelhouse and uv_cache:
+        warm_uv_cache(wheelhouse, uv_cache, say)
     say(f"starting the sandbox daemon ({mode} mode: {mode_reason})")
     log_path = directory / "daemon.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}

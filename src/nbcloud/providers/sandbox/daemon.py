@@ -43,6 +43,7 @@ from .loopback import (
 )
 from .storage import Storage
 from .userdata import parse_user_data
+from .wheelhouse import UvCacheSeeder
 
 __all__ = ["Sandbox", "main"]
 
@@ -88,6 +89,7 @@ class Sandbox:
                  mode: str = "netns") -> None:
         self.dir = sandbox_dir
         self.uv_cache = uv_cache
+        self.uv_seeder = UvCacheSeeder(Path(uv_cache), sandbox_dir / "spare") if uv_cache and mode == "netns" else None
         self.mode = mode
         self.loopback = mode == "loopback"
         self.network: Network | LoopbackNetwork = LoopbackNetwork(subnet) if self.loopback else Network(subnet)
@@ -122,6 +124,8 @@ class Sandbox:
                 os.chown(cache, disk.UID, disk.GID)
         self.instances_dir.mkdir(exist_ok=True)
         self.volumes_dir.mkdir(exist_ok=True)
+        if self.uv_seeder is not None:
+            self.uv_seeder.refill()
         os.chmod(self.volumes_dir, 0o700)
         shims_src = Path(__file__).with_name("shims")
         for shim in shims_src.iterdir():
@@ -271,6 +275,8 @@ class Sandbox:
             else:
                 disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed,
                                   loopback_user=loopback_user)
+                if self.uv_seeder is not None:
+                    self.uv_seeder.seed(inst_dir / "root")
         volumes = self._volumes_of(inst)
         for volume_id in volumes:
             (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 from .imds import MetadataSource, serve_imds
 from .services import ServiceManager
+from .wheelhouse import wait_uv_cache_seed
 
 __all__ = ["INIT_SOCKET", "MOUNT_ROOT", "SHIM_PATH", "main"]
 
@@ -184,6 +185,7 @@ class Init:
         sem = cloud / "instances" / self.boot["instance_id"] / "sem" / "config_scripts_user"
         status = {"status": "done", "errors": []}
         if not sem.exists() and scripts_dir.is_dir():
+            wait_uv_cache_seed(self.root)  # the bootstrap installs from it
             sem.parent.mkdir(parents=True, exist_ok=True)
             sem.write_text(str(time.time()))
             (cloud / "instance" / "boot-finished").unlink(missing_ok=True)

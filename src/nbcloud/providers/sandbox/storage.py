@@ -25,8 +25,9 @@ log = logging.getLogger("nbcloud.sandbox.storage")
 def copy_tree(source: Path, target: Path, link: tuple[str, ...] = ()) -> None:
     """``cp -a`` (owners, modes, hard links, sparse files kept); the target must not exist.
 
-    Top-level entries named in ``link`` are hard-linked instead (``cp -al``): an instance of a baked image shares
-    the image's /opt (the venv, ~200 MB) the way EBS shares a snapshot's blocks until they are written. Installers
+    Top-level entries named in ``link`` are hard-linked instead (``cp -al``): an image shares its instance's /opt
+    (the venv, ~200 MB, and the uv cache's links) and an instance of a baked image the image's, the way EBS shares
+    a snapshot's blocks until they are written. Installers
     replace files rather than write into them, so the image keeps its content; an in-place edit of a file under
     /opt would show through, a limit of this emulation.
     """
@@ -103,7 +104,9 @@ class Storage:
         def finish(ok: bool) -> None:
             ami.state = "available" if ok else "failed"
 
-        self._background(f"image {ami.id}", lambda: copy_tree(source, self.images_dir / ami.id / "root"), finish)
+        # /opt (the venv and the uv cache's hard links) is shared by links both ways, as instances of images do
+        self._background(f"image {ami.id}",
+                         lambda: copy_tree(source, self.images_dir / ami.id / "root", link=("opt",)), finish)
 
     def on_deregister_image(self, ami_id: str) -> None:
         shutil.rmtree(self.images_dir / ami_id, ignore_errors=True)
