@@ -19,31 +19,20 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
-UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+from tests.helpers import UBUNTU, keypair, pinned_ssh  # noqa: E402
+
 SUBNET = os.environ.get("NBCLOUD_BENCH_SUBNET", "10.241.0.0/16")
-
-
-def keypair() -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    return private, public
 
 
 def wait_ssh(address: str, user: str, key: Path, known_hosts: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = subprocess.run(
-            ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-             "-o", "BatchMode=yes", "-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR", f"{user}@{address}", "true"],
-            capture_output=True)
+        done = subprocess.run([*pinned_ssh(key, known_hosts, connect_timeout=2), f"{user}@{address}", "true"],
+                              capture_output=True)
         if done.returncode == 0:
             return
         time.sleep(0.02)

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from tests.helpers import UBUNTU, keypair, pinned_ssh
 
 from nbcloud.remote.ready import wait_ready_script
 from nbcloud.remote.secrets import install_secrets_script, new_token
@@ -28,24 +27,11 @@ from nbcloud.remote.userdata import render_user_data
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(240)]
 
-UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
-
-
-def keypair() -> tuple[str, str]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    return private, public
-
 
 class Host:
     def __init__(self, address: str, key_file: Path, known_hosts: Path) -> None:
         self.address = address
-        self.base = ["ssh", "-i", str(key_file), "-o", "StrictHostKeyChecking=yes",
-                     "-o", f"UserKnownHostsFile={known_hosts}", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
-                     "-o", "LogLevel=ERROR"]
+        self.base = pinned_ssh(key_file, known_hosts)
 
     def run(self, command: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([*self.base, f"ubuntu@{self.address}", command], input=stdin, capture_output=True,

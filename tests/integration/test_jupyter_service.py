@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from tests.helpers import World, world_env
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -33,62 +30,18 @@ PASSWORD = "correct horse battery"
 SLOW_CELL = "import time\nfor i in range(10):\n    print('tick', i, flush=True)\n    time.sleep(2)\nprint('done')"
 
 
-@dataclass
-class Nb:
-    """A private nbcloud (own NBCLOUD_HOME and ~/.ssh/config) on the session's sandbox, shared by this module."""
-
-    home: Path
-    user_ssh_config: Path
-    sandbox: Any
-    env: dict[str, str]
-    names: set[str] = field(default_factory=set)
-
-    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "nbcloud.cli.app", *args], capture_output=True, text=True,
-                              env=self.env, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"nbcloud {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{done.stdout}")
-        return done
-
-    def json(self, *args: str, **kwargs: Any) -> Any:
-        return json.loads(self.run(*args, "--json", **kwargs).stdout)
-
-    def up(self, name: str, *extra: str) -> dict[str, Any]:
-        self.names.add(name)
-        return self.json("up", name, "--provider", "sandbox", "--no-connect", *extra)
-
-    def ssh(self, name: str, command: str, timeout: float = 60) -> str:
-        done = subprocess.run(["ssh", "-F", str(self.user_ssh_config), "-o", "BatchMode=yes", f"nb-{name}", command],
-                              capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"ssh nb-{name} {command!r}: {done.stderr}"
-        return done.stdout
-
-    def secret(self, name: str, suffix: str) -> str:
-        return (self.home / "secrets" / f"{name}.{suffix}").read_text().strip()
-
-    def pinned(self, name: str) -> str:
-        from nbcloud.ops import Context
-        from nbcloud.ops.public import pinned_fingerprint
-
-        value = pinned_fingerprint(Context.create(), name)
-        assert value, f"no fingerprint pinned for {name}"
-        return value
-
-
 @pytest.fixture(scope="module")
-def nb(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nb]:
+def nb(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A private nbcloud (own NBCLOUD_HOME and ~/.ssh/config) on the session's sandbox, shared by this module."""
     root = tmp_path_factory.mktemp("jsvc")
-    values = {"NBCLOUD_HOME": str(root / "nbhome"), "NBCLOUD_USER_SSH_CONFIG": str(root / "dot-ssh" / "config"),
-              "NBCLOUD_SANDBOX_DIR": str(sandbox.sandbox_dir), "NBCLOUD_QUIET": "1"}
-    world = Nb(root / "nbhome", root / "dot-ssh" / "config", sandbox, dict(os.environ) | values)
+    world = World.under(root, sandbox)
     with pytest.MonkeyPatch.context() as mp:  # for in-process calls (nbcloud.ops.public)
-        for key, value in values.items():
+        for key, value in world_env(root, sandbox).items():
             mp.setenv(key, value)
         try:
             yield world
         finally:
-            for name in sorted(world.names):
-                world.run("down", name, "--delete-data", "--yes", check=False, timeout=300)
+            world.down_all()
 
 
 @dataclass
@@ -131,10 +84,10 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(nb: Nb) -> Lab:
+def lab(nb: World) -> Lab:
     up = nb.up(NAME, "--durable-outputs")
     # An ephemeral port: other programs on this host (parallel runs) take 8888, 8889, … while we are disconnected.
-    connected = nb.json("connect", NAME, "--no-browser", "--port", str(_free_port()))
+    connected = nb.nb_json("connect", NAME, "--no-browser", "--port", str(_free_port()))
     token = urllib.parse.parse_qs(urllib.parse.urlsplit(connected["url"]).query)["token"][0]
     assert connected["url"].startswith(f"http://127.0.0.1:{connected['local_port']}/lab?token=")
     result = Lab(NAME, up["instance_id"], up["host"], connected["local_port"], token)
@@ -181,15 +134,15 @@ def _execute_over_websocket(lab: Lab, kernel_id: str, code: str, timeout: float 
         ws.close()
 
 
-def _jupyter_pid(nb: Nb) -> int:
+def _jupyter_pid(nb: World) -> int:
     """The pid listening on 8888 as the instance's own `ss` shows it (pids are shared with the host: never by name)."""
-    out = nb.ssh(NAME, "sudo ss -ltnpH 'sport = :8888'")
+    out = nb.ssh_out(NAME, "sudo ss -ltnpH 'sport = :8888'")
     marker = "pid="
     assert marker in out, f"nothing listens on 8888: {out!r}"
     return int(out.split(marker, 1)[1].split(",", 1)[0])
 
 
-def test_rest_kernel_contents_and_access(nb: Nb, lab: Lab) -> None:
+def test_rest_kernel_contents_and_access(nb: World, lab: Lab) -> None:
     status, body = lab.request("GET", "/api/status")
     assert status == 200 and "started" in body
     assert lab.request("GET", "/api/kernels", token=None)[0] == 403
@@ -206,7 +159,7 @@ def test_rest_kernel_contents_and_access(nb: Nb, lab: Lab) -> None:
     status, saved = lab.request("PUT", "/api/contents/data/acceptance.ipynb",
                                 {"type": "notebook", "format": "json", "content": notebook})
     assert status == 201 and saved["path"] == "data/acceptance.ipynb"
-    assert "acceptance.ipynb" in nb.ssh(NAME, "ls ~/data").split()
+    assert "acceptance.ipynb" in nb.ssh_out(NAME, "ls ~/data").split()
 
     # JupyterLab's news feed is off for every user of the venv: no popup, no outbound request.
     status, setting = lab.request("GET", "/lab/api/settings/@jupyterlab/apputils-extension:notification")
@@ -217,7 +170,7 @@ def test_rest_kernel_contents_and_access(nb: Nb, lab: Lab) -> None:
         socket.create_connection((lab.host, 8888), timeout=3).close()
 
 
-def test_kernel_keeps_running_and_outputs_land_in_the_file_across_a_dropped_tunnel(nb: Nb, lab: Lab) -> None:
+def test_kernel_keeps_running_and_outputs_land_in_the_file_across_a_dropped_tunnel(nb: World, lab: Lab) -> None:
     """--durable-outputs: a real collaborative client opens the notebook, nbmodel runs the cell on the server."""
     import websocket
 
@@ -253,11 +206,11 @@ def test_kernel_keeps_running_and_outputs_land_in_the_file_across_a_dropped_tunn
         ws.close()
 
     # Drop the SSH connection mid-cell: nothing of the client is attached any more.
-    nb.json("disconnect", NAME)
+    nb.nb_json("disconnect", NAME)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{lab.port}/api/status", timeout=3)
     time.sleep(24)  # the 20 s cell finishes while disconnected
-    connected = nb.json("connect", NAME, "--no-browser", "--port", str(lab.port))
+    connected = nb.nb_json("connect", NAME, "--no-browser", "--port", str(lab.port))
     assert connected["local_port"] == lab.port
     lab.wait_up(60)
 
@@ -276,9 +229,9 @@ def test_kernel_keeps_running_and_outputs_land_in_the_file_across_a_dropped_tunn
     lab.request("DELETE", f"/api/sessions/{kernel_session['id']}")
 
 
-def test_jupyter_killed_comes_back_with_the_same_token(nb: Nb, lab: Lab) -> None:
+def test_jupyter_killed_comes_back_with_the_same_token(nb: World, lab: Lab) -> None:
     before = _jupyter_pid(nb)
-    nb.ssh(NAME, f"sudo kill -9 {before}")
+    nb.ssh_out(NAME, f"sudo kill -9 {before}")
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -294,7 +247,7 @@ def test_jupyter_killed_comes_back_with_the_same_token(nb: Nb, lab: Lab) -> None
     assert lab.request("GET", "/api/kernels", token=None)[0] == 403
 
 
-def test_reboot_keeps_token_and_notebooks(nb: Nb, lab: Lab) -> None:
+def test_reboot_keeps_token_and_notebooks(nb: World, lab: Lab) -> None:
     from nbcloud.providers.sandbox import client
 
     client.fault(lab.instance_id, "reboot", sandbox_dir=nb.sandbox.sandbox_dir)
@@ -302,7 +255,7 @@ def test_reboot_keeps_token_and_notebooks(nb: Nb, lab: Lab) -> None:
     deadline = time.monotonic() + 180
     while True:
         try:
-            nb.json("connect", NAME, "--no-browser", "--port", str(lab.port), timeout=120)
+            nb.nb_json("connect", NAME, "--no-browser", "--port", str(lab.port), timeout=120)
             lab.wait_up(30)
             break
         except AssertionError:
@@ -310,28 +263,28 @@ def test_reboot_keeps_token_and_notebooks(nb: Nb, lab: Lab) -> None:
     assert lab.request("GET", "/api/kernels")[0] == 200
     status, listing = lab.request("GET", "/api/contents/data")
     assert status == 200 and {"acceptance.ipynb", "durable.ipynb"} <= {f["name"] for f in listing["content"]}
-    assert "acceptance.ipynb" in nb.ssh(NAME, "ls ~/data").split()
+    assert "acceptance.ipynb" in nb.ssh_out(NAME, "ls ~/data").split()
     status, kernel = lab.request("POST", "/api/kernels", {"name": "python3"})
     assert status == 201 and _execute_over_websocket(lab, kernel["id"], "1+1") == "2"
     lab.request("DELETE", f"/api/kernels/{kernel['id']}")
 
 
-def test_no_secret_in_process_list_or_logs(nb: Nb, lab: Lab) -> None:
+def test_no_secret_in_process_list_or_logs(nb: World, lab: Lab) -> None:
     token = nb.secret(NAME, "token")
-    args = nb.ssh(NAME, "ps -eo args")
+    args = nb.ssh_out(NAME, "ps -eo args")
     assert "jupyter" in args and token not in args
-    logs = nb.ssh(NAME, "sudo cat /var/log/nbcloud/*.log /var/log/nbcloud/*/*.log 2>/dev/null; true")
+    logs = nb.ssh_out(NAME, "sudo cat /var/log/nbcloud/*.log /var/log/nbcloud/*/*.log 2>/dev/null; true")
     assert "jupyter" in logs.lower() and token not in logs
 
 
-def test_public_mode_tls_password_and_security_group(nb: Nb) -> None:
+def test_public_mode_tls_password_and_security_group(nb: World) -> None:
     from nbcloud.ops.public import fetch_verified
 
     password_file = nb.home.parent / "password"
     password_file.write_text(PASSWORD + "\n")
     up = nb.up(PUBLIC, "--public", "--password-file", str(password_file))
     host = up["host"]
-    connected = nb.json("connect", PUBLIC, "--no-browser")
+    connected = nb.nb_json("connect", PUBLIC, "--no-browser")
     assert connected["url"] == f"https://{host}:8888/lab" and connected["tunnel"] == "none"
 
     # The certificate served is the one pinned locally (and kept as <secrets>/NAME.crt); the key is not kept.
@@ -374,23 +327,17 @@ def test_public_mode_tls_password_and_security_group(nb: Nb) -> None:
     assert fetch_verified(f"https://{host}:8888/api/kernels", pinned, headers={"Cookie": login_cookie}).status == 200
 
     # The security group: 22 and 8888, each from the caller's /32 only.
-    ec2 = _ec2(nb)
+    ec2 = nb.ec2()
     (group,) = ec2.describe_security_groups(Filters=[{"Name": "tag:nbcloud:name", "Values": [PUBLIC]}])[
         "SecurityGroups"]
     rules = {(r["FromPort"], r["ToPort"]): sorted(ip["CidrIp"] for ip in r["IpRanges"]) for r in group["IpPermissions"]}
     assert rules == {(22, 22): [f"{nb.sandbox.caller_ip}/32"], (8888, 8888): [f"{nb.sandbox.caller_ip}/32"]}
 
     # Neither the password nor its hash nor the TLS key shows in ps or the logs.
-    record_hash = nb.ssh(PUBLIC, "cat ~/.config/nbcloud/password.hash").strip()
-    key_line = nb.ssh(PUBLIC, "sed -n 2p ~/.config/nbcloud/jupyter.key").strip()
+    record_hash = nb.ssh_out(PUBLIC, "cat ~/.config/nbcloud/password.hash").strip()
+    key_line = nb.ssh_out(PUBLIC, "sed -n 2p ~/.config/nbcloud/jupyter.key").strip()
     assert record_hash.startswith("argon2:") and PASSWORD not in record_hash
-    seen = nb.ssh(PUBLIC, "ps -eo args; sudo cat /var/log/nbcloud/*.log")
+    seen = nb.ssh_out(PUBLIC, "ps -eo args; sudo cat /var/log/nbcloud/*.log")
     for secret in (PASSWORD, record_hash, key_line, nb.secret(PUBLIC, "token")):
         assert secret not in seen
 
-
-def _ec2(nb: Nb) -> Any:
-    import boto3
-
-    return boto3.client("ec2", endpoint_url=nb.sandbox.endpoint_url, region_name=nb.sandbox.region,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")

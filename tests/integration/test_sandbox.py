@@ -14,21 +14,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from tests.helpers import UBUNTU, keypair, pinned_ssh, wait_until
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(180)]
-
-UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
-
-
-def _keypair() -> tuple[str, str]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    return private, public
 
 
 def _user_data(host_private: str, host_public: str, script: str) -> str:
@@ -63,12 +51,8 @@ class Machine:
             known_hosts: str | None = None) -> subprocess.CompletedProcess[str]:
         kh = self.workdir / "known_hosts"
         kh.write_text(known_hosts or f"{self.address} {self.host_public}\n")
-        return subprocess.run(
-            ["ssh", "-i", str(self.key_file), "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={kh}",
-             "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "LogLevel=ERROR", *extra,
-             f"ubuntu@{self.address}", command],
-            capture_output=True, text=True, timeout=timeout,
-        )
+        return subprocess.run([*pinned_ssh(self.key_file, kh), *extra, f"ubuntu@{self.address}", command],
+                              capture_output=True, text=True, timeout=timeout)
 
     def wait_ssh(self, timeout: float = 30) -> float:
         start = time.monotonic()
@@ -86,8 +70,8 @@ def machine(sandbox: Any, sandbox_ec2: Any, sandbox_client: Any, tmp_path: Path)
     made: list[str] = []
 
     def launch(script: str = "#!/bin/bash\necho ran > /home/ubuntu/ran.txt\n", **extra: Any) -> Machine:
-        private, public = _keypair()
-        host_private, host_public = _keypair()
+        private, public = keypair()
+        host_private, host_public = keypair()
         key_file = tmp_path / f"key{len(made)}"
         key_file.write_text(private)
         key_file.chmod(0o600)
@@ -121,13 +105,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait(predicate: Any, timeout: float = 20, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout, step)
 
 
 def test_api_images_validation_and_checkip(sandbox: Any, sandbox_ec2: Any, sandbox_client: Any) -> None:
@@ -147,7 +125,7 @@ def test_lifecycle_ssh_userdata_stop_start_terminate(sandbox: Any, machine: Any)
     m.ec2.get_waiter("instance_running").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
     m.wait_ssh()
     assert m.ssh("cat /home/ubuntu/ran.txt").stdout.strip() == "ran"
-    _, wrong = _keypair()
+    _, wrong = keypair()
     refused = m.ssh("true", known_hosts=f"{m.address} {wrong}\n")
     assert refused.returncode != 0 and "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
     first = m.address

@@ -1,0 +1,133 @@
+"""Helpers shared by the tests (and bench/): the real CLI in a private world, key pairs, a pinned `ssh`, waiting.
+
+Import as ``from tests.helpers import ...`` (tests/conftest.py puts the repository root on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["UBUNTU", "World", "keypair", "pinned_ssh", "run_cli", "wait_until", "world_env"]
+
+
+def run_cli(env: dict[str, str], *args: str, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`nbcloud ARGS` as a user runs it (a new process with ``env``); with ``check``, a failure is an AssertionError."""
+    done = subprocess.run([sys.executable, "-m", "nbcloud.cli.app", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"nbcloud {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{done.stdout}")
+    return done
+
+
+def keypair() -> tuple[str, str]:
+    """A fresh ed25519 pair: (OpenSSH private key, ``ssh-ed25519 AAAA…`` public key without a comment)."""
+    from nbcloud.ssh.keys import generate_ed25519
+
+    pair = generate_ed25519("")
+    return pair.private_openssh, pair.public_blob
+
+
+def pinned_ssh(key_file: Path, known_hosts: Path, connect_timeout: float = 3) -> list[str]:
+    """The start of an OpenSSH command line that logs in with ``key_file`` and accepts only the pinned host key."""
+    return ["ssh", "-i", str(key_file), "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout:g}", "-o", "LogLevel=ERROR"]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); an AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def world_env(root: Path, sandbox: Any) -> dict[str, str]:
+    """The variables that give a test its own NBCLOUD_HOME and ~/.ssh/config under ``root`` on ``sandbox``."""
+    return {"NBCLOUD_HOME": str(root / "nbhome"), "NBCLOUD_USER_SSH_CONFIG": str(root / "dot-ssh" / "config"),
+            "NBCLOUD_SANDBOX_DIR": str(sandbox.sandbox_dir), "NBCLOUD_QUIET": "1"}
+
+
+@dataclass
+class World:
+    """One test's (or module's) nbcloud: its own NBCLOUD_HOME and ~/.ssh/config, the shared sandbox cloud."""
+
+    home: Path
+    user_ssh_config: Path
+    sandbox: Any
+    env: dict[str, str]
+    names: set[str] = field(default_factory=set)
+
+    @classmethod
+    def under(cls, root: Path, sandbox: Any) -> World:
+        values = world_env(root, sandbox)
+        return cls(Path(values["NBCLOUD_HOME"]), Path(values["NBCLOUD_USER_SSH_CONFIG"]), sandbox,
+                   dict(os.environ) | values)
+
+    def nb(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.env, *args, check=check, timeout=timeout)
+
+    def nb_json(self, *args: str, **kwargs: Any) -> Any:
+        return json.loads(self.nb(*args, "--json", **kwargs).stdout)
+
+    def up(self, name: str, *extra: str) -> dict[str, Any]:
+        self.names.add(name)
+        return self.nb_json("up", name, "--provider", "sandbox", "--no-connect", *extra)
+
+    def down_all(self) -> None:
+        """Tear down whatever the test made, even when it failed half-way."""
+        for name in sorted(self.names):
+            self.nb("down", name, "--delete-data", "--yes", check=False, timeout=300)
+
+    def ssh(self, alias: str, command: str = "true", timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Plain OpenSSH through the user's ~/.ssh/config, as a user would type it."""
+        return subprocess.run(["ssh", "-F", str(self.user_ssh_config), "-o", "BatchMode=yes", alias, command],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ssh_out(self, name: str, command: str, timeout: float = 60) -> str:
+        """``ssh nb-NAME COMMAND`` that must succeed: its stdout."""
+        done = self.ssh(f"nb-{name}", command, timeout=timeout)
+        assert done.returncode == 0, f"ssh nb-{name} {command!r}: {done.stderr}"
+        return done.stdout
+
+    def secret(self, name: str, suffix: str) -> str:
+        """The local secrets/NAME.SUFFIX (token, crt …)."""
+        return (self.home / "secrets" / f"{name}.{suffix}").read_text().strip()
+
+    def pinned(self, name: str) -> str:
+        """The certificate fingerprint pinned for a public-mode instance (in-process: needs NBCLOUD_HOME set)."""
+        from nbcloud.ops import Context
+        from nbcloud.ops.public import pinned_fingerprint
+
+        value = pinned_fingerprint(Context.create(), name)
+        assert value, f"no fingerprint pinned for {name}"
+        return value
+
+    def ec2(self) -> Any:
+        import boto3
+
+        return boto3.client("ec2", endpoint_url=self.sandbox.endpoint_url, region_name=self.sandbox.region,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def tagged(self, name: str) -> list[Any]:
+        from nbcloud.providers.aws.provider import AwsProvider
+        from nbcloud.providers.aws.session import AwsSession
+
+        session = AwsSession.create(region=self.sandbox.region, endpoint_url=self.sandbox.endpoint_url,
+                                    access_key="testing", secret_key="testing")
+        return AwsProvider(session, label="sandbox").tagged_resources(name)
+
+
+# The SSM parameter of the Ubuntu 24.04 AMI (seeded in the sandbox)
+UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
