@@ -165,3 +165,14 @@ def test_count_ssh_connections() -> None:
     assert count_ssh(PROC_NET_TCP6) == 1
     assert count_ssh(PROC_NET_TCP, port=8888) == 0
     assert count_ssh("") == 0
+
+
+def test_environment_says_where_imds_and_jupyter_are() -> None:
+    from nbcloud.remote.agent.nbcloud_agent import _env_overrides
+
+    env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.9.0.5:8169/", "NBCLOUD_JUPYTER_IP": "127.9.0.5"}
+    found = _env_overrides({"jupyter_url": "http://127.0.0.1:8888"}, env)
+    assert found == {"imds_url": "http://127.9.0.5:8169", "jupyter_url": "http://127.9.0.5:8888"}
+    # the config file's own IMDS wins; without the variables nothing changes (AWS: 169.254.169.254, 127.0.0.1)
+    assert _env_overrides({"imds_url": "http://x"}, env).get("imds_url") is None
+    assert _env_overrides({"jupyter_url": "http://127.0.0.1:8888"}, {}) == {}

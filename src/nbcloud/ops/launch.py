@@ -277,7 +277,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
 
         _write_access(ctx, instance, key_path, host_key)
         rollback.add("ssh config entry", lambda: _remove_access(ctx, spec.name))
-        ctx.store.update(spec.name, state=instance.state, host=instance.host)
+        ctx.store.update(spec.name, state=instance.state, host=instance.host, user=instance.user)
 
         tls = None
         if spec.public:
@@ -324,7 +324,8 @@ def _write_access(ctx: Context, instance: Instance, key_path, host_key: keys.Key
     alias = f"nb-{instance.name}"
     ssh_config.pin_host_key(ctx.paths, alias, host_key.public_blob)
     ssh_config.write_entry(ctx.paths, ssh_config.SshEntry(alias=alias, host=instance.host or "", user=instance.user,
-                                                          identity_file=key_path, known_hosts=ctx.paths.known_hosts))
+                                                          identity_file=key_path, known_hosts=ctx.paths.known_hosts,
+                                                          port=instance.ssh_port))
     ssh_config.ensure_include(ctx.paths)
 
 

@@ -92,15 +92,18 @@ def _sync_record(ctx: Context, record: Record, instance: Instance | None) -> Non
         return
     ctx.store.record_state(record.name, instance.instance_id, instance.state)
     if instance.host and instance.host != record.host:
-        _rewrite_host(ctx, record.name, instance.host, record.user)
+        _rewrite_host(ctx, record.name, instance)
     ctx.store.update(record.name, state=instance.state, host=instance.host or record.host,
                      instance_id=instance.instance_id, lifecycle=instance.lifecycle)
 
 
-def _rewrite_host(ctx: Context, name: str, host: str, user: str) -> None:
+def _rewrite_host(ctx: Context, name: str, instance: Instance) -> None:
+    """The address moved: rewrite the entry with the login user and port the provider reports (not the record's:
+    a loopback sandbox's sshd listens on a high port and logs in the current user)."""
     key_path = ctx.paths.keys_dir / name
-    ssh_config.write_entry(ctx.paths, ssh_config.SshEntry(alias=f"nb-{name}", host=host, user=user,
-                                                          identity_file=key_path, known_hosts=ctx.paths.known_hosts))
+    ssh_config.write_entry(ctx.paths, ssh_config.SshEntry(alias=f"nb-{name}", host=instance.host or "",
+                                                          user=instance.user, identity_file=key_path,
+                                                          known_hosts=ctx.paths.known_hosts, port=instance.ssh_port))
 
 
 def refresh(ctx: Context, name: str, repin: bool = True) -> Instance | None:

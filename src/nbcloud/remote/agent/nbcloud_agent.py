@@ -184,9 +184,29 @@ def load_config(path: str = CONFIG_PATH) -> Config:
         log(f"config {path} unreadable ({exc}): using defaults")
         raw = {}
     known = {k: v for k, v in raw.items() if k in Config.__dataclass_fields__}
+    known.update(_env_overrides(known))
     config = Config(**known)
     config.check_period = min(15.0, max(1.0, float(config.check_period)))
     return config
+
+
+def _env_overrides(known: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Where IMDS and Jupyter are when the machine says so in the environment (the config file's values win).
+
+    ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` is the variable AWS SDKs honour (a sandbox instance without root
+    serves IMDS on its own address); ``NBCLOUD_JUPYTER_IP`` is the address Jupyter listens on when it is not
+    127.0.0.1 (instances sharing one network, each on its own loopback address).
+    """
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
+    if endpoint and "imds_url" not in known:
+        found["imds_url"] = endpoint
+    address = env.get("NBCLOUD_JUPYTER_IP", "").strip()
+    url = known.get("jupyter_url", Config.jupyter_url)
+    if address and "//127.0.0.1:" in url:
+        found["jupyter_url"] = url.replace("//127.0.0.1:", f"//{address}:", 1)
+    return found
 
 
 def load_settings(path: str, previous: Settings) -> Settings:
