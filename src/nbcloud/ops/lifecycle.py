@@ -277,10 +277,19 @@ def _snapshot_volumes(provider: Provider, volumes: list[Any], progress: Progress
 
 
 def _forget_locally(ctx: Context, name: str) -> None:
-    ssh_config.remove_entry(ctx.paths, f"nb-{name}")
-    ssh_config.unpin_host_key(ctx.paths, f"nb-{name}")
-    keys.remove_keys(ctx.paths.keys_dir, name)
-    (ctx.paths.secrets_dir / f"{name}.token").unlink(missing_ok=True)
+    """Every local trace of ``name`` (run after ``_stop_tunnel``): ssh entry and pin, keys, secrets, tunnel and
+    local-lab files, the record. Only ``locks/NAME.lock`` stays: the caller holds it, and unlinking a held lock
+    would let a second process lock a new file while the first still works on the name."""
+    p = ctx.paths
+    ssh_config.remove_entry(p, f"nb-{name}")
+    ssh_config.unpin_host_key(p, f"nb-{name}")
+    keys.remove_keys(p.keys_dir, name)
+    # written by launch, gateway and public (secrets), ssh.tunnel (tunnels) and gateway's local lab (lab)
+    files = [p.secrets_dir / f"{name}{suffix}" for suffix in (".token", ".gateway-token", ".crt")]
+    files += [p.tunnels_dir / f"{name}{suffix}" for suffix in (".json", ".args.json", ".log", ".log.1")]
+    files += [p.data_dir / "lab" / f"{name}{suffix}" for suffix in (".json", ".log", ".token")]
+    for path in files:
+        path.unlink(missing_ok=True)
     ctx.store.delete(name)
 
 

@@ -83,6 +83,7 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     from ..ssh.tunnel import Forward, read_state, start_supervisor, stop_supervisor, wait_until_up
     from .launch import GATEWAY_PORT, JUPYTER_PORT, token_path
     from .lifecycle import _spec, refresh
+    from .public import reissue_tls_if_moved
 
     record = ctx.record(name)
     ctx.key_path(name)
@@ -90,9 +91,11 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     if instance is None:
         raise ConflictError(f"instance {name!r} no longer exists", f"`nbcloud up {name}` makes a new one")
     if instance.state != "running":
-        raise ConflictError(f"instance {name!r} is {instance.state}", f"start it with `nbcloud start {name}`")
+        raise ConflictError(f"instance {name!r} is {instance.state}", _not_running_hint(ctx, record))
     spec = _spec(record)
     if spec.public:
+        # started outside nbcloud (e.g. the AWS console), it came back on an address its certificate does not name
+        reissue_tls_if_moved(ctx, name, instance.host, progress=progress)
         return _connect_public(ctx, name, instance.host or "", open_browser, progress, timeout)
     current = read_state(name)
     if port is not None and current is not None and current.state != "down" and record.local_port != port:
@@ -115,6 +118,16 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     return ConnectResult(name=name, url=url, local_port=local_port, tunnel=state.state,
                          token_file=str(token_path(ctx, name)), gateway_url=gateway_url,
                          gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened)
+
+
+def _not_running_hint(ctx: Context, record: Record) -> str:
+    """`nbcloud start` only where nbcloud powers the machine; a machine the user already had is theirs to power."""
+    from ..providers.base import manages_machines
+
+    if manages_machines(ctx.provider_for(record)):
+        return f"start it with `nbcloud start {record.name}`"
+    return (f"nbcloud does not power this machine: check that it is on and reachable (`ssh nb-{record.name}`), "
+            f"then `nbcloud connect {record.name}` again")
 
 
 def _connect_public(ctx: Context, name: str, host: str, open_browser: bool, progress: Progress,

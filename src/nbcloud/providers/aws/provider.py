@@ -24,6 +24,7 @@ class AwsProvider:
     label: str = "aws"
     checkip_url: str = network.CHECKIP_URL
     package_env: dict[str, str] = field(default_factory=dict)
+    manages_machines = True  # nbcloud creates, starts, stops and terminates these machines (base.Provider)
 
     @property
     def name(self) -> str:
