@@ -4,17 +4,20 @@
 address (a browser or `curl --cacert NAME.crt` checks the address against it), nbcloud's pinned fingerprint must be
 the one served, the password must still log in, and `connect` (which refuses anything but the pinned certificate)
 must work. Without the re-issue on `start`, the served certificate still names the first address and this test
-fails.
+fails. A stop/start outside nbcloud (the AWS console) is caught by `connect`, which re-issues too; `down` then leaves
+no file of the instance on this machine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 import time
 import urllib.parse
 
 import pytest
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -41,6 +44,14 @@ def _pinned(name: str = NAME) -> str:
     value = pinned_fingerprint(Context.create(), name)  # the world fixture points NBCLOUD_HOME at the test's home
     assert value, "no fingerprint pinned"
     return value.replace(":", "").lower()
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _logs_in(host: str, pin: str) -> bool:
@@ -104,6 +115,28 @@ def test_start_reissues_the_certificate_for_the_new_address(world) -> None:
     der, names = _served(third)
     assert third != second and names == [third] and _sha256(der) == _pinned() != pin, (third, names)
     assert _logs_in(third, _pinned())
+
+    # Stopped and started outside nbcloud (the AWS console): `connect` finds the new address and re-issues.
+    ec2, instance_id = world.ec2(), world.nb_json("status", NAME)["instance_id"]
+    ec2.stop_instances(InstanceIds=[instance_id])
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[instance_id], WaiterConfig={"Delay": 1})
+    ec2.start_instances(InstanceIds=[instance_id])
+    ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig={"Delay": 1})
+    fourth = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["PublicIpAddress"]
+    assert fourth != third
+    wait_until(lambda: _accepts(fourth, 22), 60, 0.2, "sshd on the new address")
+    before = _pinned()
+    connected = world.nb_json("connect", NAME, "--no-browser")
+    assert connected["url"] == f"https://{fourth}:8888/lab", connected
+    der, names = _served(fourth)
+    assert names == [fourth] and _sha256(der) == _pinned() != before, (fourth, names)
+    assert _logs_in(fourth, _pinned())
+
+    # `down` leaves nothing of the instance on this machine but its name lock (the certificate included).
+    world.nb_json("down", NAME, "--delete-data", "--yes")
+    left = sorted(str(p.relative_to(world.home)) for p in world.home.rglob(f"{NAME}*") if not p.is_dir())
+    assert left == [f"locks/{NAME}.lock"], left
+    assert f"nb-{NAME}" not in (world.home / "ssh_config").read_text()
 
 
 def test_spot_relaunch_in_public_mode_gets_a_certificate_and_the_password(world) -> None:
