@@ -12,15 +12,17 @@ GB-month whatever the instance does: that is the "stopped but still paying" line
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .pricing import PriceTable
 
 __all__ = [
     "MIN_BILLED_SECONDS",
+    "PRICE_EVENT",
     "CostLine",
     "CostReport",
     "RunningPeriod",
@@ -31,7 +33,10 @@ __all__ = [
     "format_usd",
     "idle_volume_monthly",
     "latest_spot_price",
+    "parse_transition_time",
+    "period_hourly",
     "running_periods_from_events",
+    "stop_event_time",
 ]
 
 #: Linux on-demand/spot instances bill at least one minute per start.
@@ -40,70 +45,166 @@ MIN_BILLED_SECONDS = 60.0
 _BILLED_STATES = frozenset({"running"})
 _UNBILLED_STATES = frozenset({"pending", "stopping", "stopped", "shutting-down", "terminated"})
 
+#: A pseudo-state in the event log: the price of the running period changed at that moment (a spot price moved).
+#: It never opens or closes a period; it only splits one, so the 60-s minimum is not paid twice.
+PRICE_EVENT = "price"
+
 
 @dataclass(frozen=True)
 class RunningPeriod:
-    """One stretch in ``running``; ``end`` None means it is running still (use ``now``). Use aware UTC times."""
+    """One stretch in ``running``; ``end`` None means it is running still (use ``now``). Use aware UTC times.
+
+    ``hourly`` is the price this stretch bills at, as recorded when it began (None: not recorded, the caller's
+    default applies). ``continued`` marks a stretch that follows the previous one without a stop (only the price
+    changed): the instance did not start again, so no second 60-s minimum.
+    """
 
     start: datetime
     end: datetime | None = None
+    hourly: float | None = None
+    continued: bool = False
 
     def seconds(self, now: datetime) -> float:
         end = self.end if self.end is not None else now
         return max(0.0, (min(end, now) - self.start).total_seconds())
 
 
-def running_periods_from_events(events: Iterable[tuple[datetime, str]]) -> list[RunningPeriod]:
-    """Fold ``(timestamp, state)`` transitions into the periods the instance was billed.
+Event = tuple[datetime, str] | tuple[datetime, str, float | None]
+
+
+def running_periods_from_events(events: Iterable[Event]) -> list[RunningPeriod]:
+    """Fold ``(timestamp, state[, hourly])`` transitions into the periods the instance was billed.
 
     The client records transitions twice over (its own start/stop calls, then the states status refreshes see),
     so repeats are normal: a second ``running`` inside an open period is ignored and the earliest one counts (the
-    estimate errs towards more cost, never less). Unknown states are skipped. Events need not be sorted.
+    estimate errs towards more cost, never less). A ``running`` event's ``hourly`` is the price recorded when that
+    period began; a :data:`PRICE_EVENT` inside an open period ends it there and continues at the new price.
+    Unknown states are skipped. Events need not be sorted.
     """
     periods: list[RunningPeriod] = []
     open_since: datetime | None = None
-    for when, state in sorted(events, key=lambda e: e[0]):
-        state = state.lower()
+    open_price: float | None = None
+    continued = False
+    for event in sorted(events, key=lambda e: e[0]):
+        when, state = event[0], event[1].lower()
+        price = event[2] if len(event) > 2 else None
         if state in _BILLED_STATES:
             if open_since is None:
-                open_since = when
+                open_since, open_price, continued = when, price, False
+            elif open_price is None:
+                open_price = price  # the repeat knows the price the first sighting did not
+        elif state == PRICE_EVENT:
+            if open_since is not None and price is not None and price != open_price:
+                if when > open_since:
+                    periods.append(RunningPeriod(open_since, when, open_price, continued))
+                    open_since, continued = when, True
+                open_price = price
         elif state in _UNBILLED_STATES and open_since is not None:
-            periods.append(RunningPeriod(open_since, when))
-            open_since = None
+            periods.append(RunningPeriod(open_since, when, open_price, continued))
+            open_since, open_price, continued = None, None, False
     if open_since is not None:
-        periods.append(RunningPeriod(open_since, None))
+        periods.append(RunningPeriod(open_since, None, open_price, continued))
     return periods
 
 
+def _billed(periods: Sequence[RunningPeriod], now: datetime, since: datetime | None) -> list[float]:
+    """Billed seconds of each period (same order): per second, plus the top-up to 60 s per start.
+
+    The minimum is per start, not per price segment: a stretch split by price changes pays one top-up
+    (``60 - its total``, if positive) on its first segment. With ``since``, only the part of each period after
+    ``since`` counts, and a stretch that began before ``since`` already paid its minimum.
+    """
+    out = [0.0] * len(periods)
+    stretch_first: int | None = None
+    stretch_total = 0.0
+    stretch_in_window = False
+
+    def close() -> None:
+        if stretch_first is not None and stretch_in_window:
+            out[stretch_first] += max(0.0, MIN_BILLED_SECONDS - stretch_total)
+
+    for index, period in enumerate(periods):
+        if not period.continued:
+            close()
+            stretch_first, stretch_total = index, 0.0
+            stretch_in_window = period.start < now and (since is None or period.start >= since)
+        if period.start >= now:
+            continue
+        start = period.start if since is None else max(period.start, since)
+        seconds = RunningPeriod(start, period.end).seconds(now) if (period.end is None or period.end > start) else 0.0
+        out[index] = seconds
+        stretch_total += seconds
+    close()
+    return out
+
+
 def billed_seconds(periods: Iterable[RunningPeriod], now: datetime, since: datetime | None = None) -> float:
-    """Seconds billed across ``periods`` up to ``now``: per second, 60 s minimum per period.
+    """Seconds billed across ``periods`` up to ``now``: per second, 60 s minimum per start.
 
     With ``since``, only the part of each period after ``since`` counts; a period cut by ``since`` started
     earlier and already paid its minimum, so the minimum applies only to periods that start inside the window.
     """
-    total = 0.0
-    for period in periods:
-        if period.start >= now:
-            continue
-        if since is not None and period.start < since:
-            end = period.end if period.end is not None else now
-            if end <= since:
-                continue
-            total += RunningPeriod(since, end).seconds(now)
-        else:
-            total += max(MIN_BILLED_SECONDS, period.seconds(now))
-    return total
+    return sum(_billed(list(periods), now, since))
 
 
 def accrued_usd(
-    periods: Iterable[RunningPeriod], hourly: float, now: datetime, since: datetime | None = None
-) -> float:
+    periods: Iterable[RunningPeriod], hourly: float | None, now: datetime, since: datetime | None = None
+) -> float | None:
     """Dollars accrued by running time only (a stopped stretch costs nothing for compute).
+
+    Each period bills at its own recorded ``hourly`` (a spot instance at the spot price it was started at, an
+    on-demand one at the table's price); ``hourly`` is the default for periods recorded without a price. None when
+    a billed period has neither (never 0: an unknown price must not read as free).
 
     Linux on-demand is billed per second with a 60-second minimum per start (spot likewise), so each period
     counts ``max(60, seconds)``. Unrounded: round only for display (``format_usd``) so totals do not drift.
     """
-    return billed_seconds(periods, now, since) * hourly / 3600.0
+    periods = list(periods)
+    total = 0.0
+    for period, seconds in zip(periods, _billed(periods, now, since), strict=True):
+        if not seconds:
+            continue
+        price = period.hourly if period.hourly is not None else hourly
+        if price is None:
+            return None
+        total += seconds * price / 3600.0
+    return total
+
+
+def period_hourly(periods: Sequence[RunningPeriod], default: float | None) -> float | None:
+    """The price the latest period bills (or billed) at: what `status` shows as $/h and the agent's cap uses."""
+    if periods and periods[-1].hourly is not None:
+        return periods[-1].hourly
+    return default
+
+
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})\s*(?:GMT|UTC|Z)?\)")
+
+
+def parse_transition_time(reason: str | None) -> datetime | None:
+    """The moment in EC2's ``StateTransitionReason``: ``"User initiated (2026-11-23 15:00:00 GMT)"`` (AWS writes
+    GMT, moto UTC). Instance-initiated stops (the agent's ``shutdown``) carry one too. None when there is none."""
+    if not reason:
+        return None
+    match = _TRANSITION_TIME.search(reason)
+    if not match:
+        return None
+    try:
+        return datetime.fromisoformat(match.group(1).replace("T", " ")).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def stop_event_time(reported: datetime | None, after: datetime | None, now: datetime) -> datetime:
+    """When to record a stop nbcloud noticed only now: the cloud's own transition time when it has one.
+
+    Clamped to ``[after, now]``: never before the last event already recorded for the instance (a skewed clock
+    must not make a period end before it began or reorder the log) and never in the future.
+    """
+    when = now if reported is None else min(reported, now)
+    if after is not None and when < after:
+        when = after
+    return when
 
 
 def _volume_fields(volume: Any) -> tuple[float, str]:
@@ -250,20 +351,21 @@ def cost_line(
 ) -> CostLine:
     """Build one ``nbcloud cost`` row from recorded state transitions.
 
-    Spot uses ``spot_hourly`` (the current price, an approximation: spot prices move) and falls back to the
-    on-demand price, an upper bound, when none was fetched. An unknown price gives ``accrued=None``, never 0.
+    Periods recorded with a price bill at it; the others at ``spot_hourly`` for spot (the current price, an
+    approximation: spot prices move) or the on-demand price, an upper bound, when none was fetched. An unknown
+    price gives ``accrued=None``, never 0.
     """
     hourly = table.hourly(instance_type, region)
     if lifecycle == "spot" and spot_hourly is not None:
         hourly = spot_hourly
-    periods = running_periods_from_events(events)
+    periods = running_periods_from_events(events)  # periods with a recorded price bill at it
     return CostLine(
         name=name,
         instance_type=instance_type,
         region=region,
         lifecycle=lifecycle,
-        hourly=hourly,
-        accrued=None if hourly is None else accrued_usd(periods, hourly, now, since),
+        hourly=period_hourly(periods, hourly),
+        accrued=accrued_usd(periods, hourly, now, since),
         volume_monthly=idle_volume_monthly(volumes, table, region),
         state=state,
     )

@@ -136,6 +136,9 @@ class Instance:
     key_name: str | None = None
     volume_ids: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
+    # When the current stop (or termination) began, from the cloud's own record (EC2's StateTransitionReason):
+    # a stop the on-instance agent made is billed up to here, not up to when nbcloud happened to look.
+    stopped_at: datetime | None = None
 
     @property
     def ssh_alias(self) -> str:

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS events (
     name TEXT NOT NULL,
     instance_id TEXT NOT NULL,
     at REAL NOT NULL,
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    hourly REAL
 );
 CREATE INDEX IF NOT EXISTS events_by_name ON events (name, at);
 """
@@ -87,10 +88,22 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         for suffix in ("", "-wal", "-shm"):
             side = Path(f"{db_path}{suffix}")
             if side.exists():
                 os.chmod(side, 0o600)
+
+    def _migrate(self) -> None:
+        """Stores made before prices were recorded per period lack ``events.hourly``: add it (NULL = unknown, the
+        price table's figure applies, as it did before)."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "hourly" not in columns:
+            try:
+                self._db.execute("ALTER TABLE events ADD COLUMN hourly REAL")
+            except sqlite3.OperationalError as exc:  # another process added it in between
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         self._db.close()
@@ -136,19 +149,57 @@ class Store:
         rows = self._db.execute("SELECT local_port, gateway_local_port FROM instances").fetchall()
         return {p for row in rows for p in row if p}
 
-    def record_state(self, name: str, instance_id: str, state: str, at: datetime | None = None) -> None:
-        """Remember a state transition (only when it changes): the running periods that cost is made of."""
-        when = (at or datetime.now(UTC)).timestamp()
-        last = self._db.execute(
-            "SELECT state FROM events WHERE name = ? AND instance_id = ? ORDER BY at DESC LIMIT 1", (name, instance_id)
+    def last_state(self, name: str, instance_id: str) -> str | None:
+        """The latest state recorded for this instance (price rows are not states)."""
+        row = self._db.execute(
+            "SELECT state FROM events WHERE name = ? AND instance_id = ? AND state != 'price' ORDER BY at DESC LIMIT 1",
+            (name, instance_id),
         ).fetchone()
-        if last is None or last["state"] != state:
-            self._db.execute("INSERT INTO events (name, instance_id, at, state) VALUES (?, ?, ?, ?)",
-                             (name, instance_id, when, state))
+        return row["state"] if row else None
+
+    def last_event_at(self, name: str, instance_id: str) -> datetime | None:
+        """When the latest event of any kind was recorded for this instance (a floor for back-dated events)."""
+        row = self._db.execute("SELECT MAX(at) AS at FROM events WHERE name = ? AND instance_id = ?",
+                               (name, instance_id)).fetchone()
+        return datetime.fromtimestamp(row["at"], UTC) if row and row["at"] is not None else None
+
+    def record_state(self, name: str, instance_id: str, state: str, at: datetime | None = None,
+                     hourly: float | None = None) -> bool:
+        """Remember a state transition (only when it changes): the running periods that cost is made of.
+
+        ``hourly``: for ``running``, the price this period bills at (spot: the price paid at this start). ``at``
+        may lie in the past: a stop the agent made is recorded at the cloud's own stop time. True when recorded.
+        """
+        when = (at or datetime.now(UTC)).timestamp()
+        if self.last_state(name, instance_id) == state:
+            return False
+        self._db.execute("INSERT INTO events (name, instance_id, at, state, hourly) VALUES (?, ?, ?, ?, ?)",
+                         (name, instance_id, when, state, hourly))
+        return True
+
+    def record_price(self, name: str, instance_id: str, hourly: float, at: datetime | None = None) -> bool:
+        """Remember that a running instance's price changed (a spot price moved); only when it differs from the
+        price in force. True when recorded."""
+        row = self._db.execute(
+            "SELECT state, hourly FROM events WHERE name = ? AND instance_id = ? AND (state IN ('running', 'price')) "
+            "ORDER BY at DESC, rowid DESC LIMIT 1", (name, instance_id),
+        ).fetchone()
+        if row is not None and row["hourly"] is not None and abs(row["hourly"] - hourly) < 1e-9:
+            return False
+        self._db.execute("INSERT INTO events (name, instance_id, at, state, hourly) VALUES (?, ?, ?, 'price', ?)",
+                         (name, instance_id, (at or datetime.now(UTC)).timestamp(), hourly))
+        return True
 
     def events(self, name: str) -> list[tuple[datetime, str, str]]:
-        rows = self._db.execute("SELECT at, state, instance_id FROM events WHERE name = ? ORDER BY at", (name,))
+        """``(at, state, instance_id)`` state transitions, oldest first (price rows left out)."""
+        rows = self._db.execute(
+            "SELECT at, state, instance_id FROM events WHERE name = ? AND state != 'price' ORDER BY at", (name,))
         return [(datetime.fromtimestamp(r["at"], UTC), r["state"], r["instance_id"]) for r in rows]
+
+    def priced_events(self, name: str) -> list[tuple[datetime, str, float | None]]:
+        """``(at, state, hourly)`` for cost: transitions with the price recorded at each start, and price changes."""
+        rows = self._db.execute("SELECT at, state, hourly FROM events WHERE name = ? ORDER BY at, rowid", (name,))
+        return [(datetime.fromtimestamp(r["at"], UTC), r["state"], r["hourly"]) for r in rows]
 
 
 def open_store(p: Paths | None = None) -> Store:

@@ -1,39 +1,88 @@
-"""Cost as `status` and `cost` show it: price table × the running periods this machine recorded."""
+"""Cost as `status` and `cost` show it: the price recorded for each running period × the periods this machine saw.
+
+Each running period carries the price it bills at, recorded when it began (:func:`start_price`): the table's
+on-demand price, or for a spot instance the spot price in force in its zone at launch (and its later changes, which
+`status` records). The same figure goes to the on-instance agent's budget cap (:func:`current_hourly`), so a spot
+instance is not stopped early by a cap computed at on-demand prices.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import InstanceSpec
+from ..errors import NbcloudError
+from ..models import Instance, InstanceSpec
 from ..state import Record
 from .context import Context
 
-__all__ = ["cost_fields", "cost_report"]
+if TYPE_CHECKING:
+    from ..cost import RunningPeriod
+    from ..providers.base import Provider
+
+__all__ = ["cost_fields", "cost_report", "current_hourly", "start_price"]
+
+log = logging.getLogger(__name__)
 
 
-def _periods(ctx: Context, record: Record):
+def _periods(ctx: Context, record: Record) -> list[RunningPeriod]:
     from ..cost import running_periods_from_events
 
-    return running_periods_from_events((at, state) for at, state, _ in ctx.store.events(record.name))
+    return running_periods_from_events(ctx.store.priced_events(record.name))
+
+
+def _table_hourly(instance_type: str | None, region: str) -> float | None:
+    from ..pricing import load_prices
+
+    if not instance_type:
+        return None
+    try:
+        return load_prices().hourly(instance_type, region)
+    except Exception:  # a damaged table is information lost, never a reason to fail a command
+        return None
 
 
 def _hourly(record: Record) -> float | None:
-    from ..pricing import load_prices
+    """The default for periods recorded without a price (stores from before prices were recorded): on-demand."""
+    return _table_hourly(record.instance_type, record.region)
 
-    if not record.instance_type:
+
+def start_price(provider: Provider | None, instance: Instance) -> float | None:
+    """What a period that begins now bills at: the spot price in force in the instance's zone for a spot instance
+    (DescribeSpotPriceHistory), else the table's on-demand price. A spot price that cannot be read falls back to
+    on-demand: an upper bound, so the estimate and the budget cap err towards stopping early, never late."""
+    on_demand = _table_hourly(instance.instance_type, instance.region)
+    if instance.lifecycle != "spot" or provider is None:
+        return on_demand
+    try:
+        spot = provider.spot_price(instance.instance_type, instance.zone)
+    except NbcloudError as exc:
+        log.info("spot price for %s unreadable (%s): using on-demand", instance.instance_id, exc.message)
+        spot = None
+    return spot if spot is not None else on_demand
+
+
+def current_hourly(ctx: Context, name: str) -> float | None:
+    """The price the instance bills at now (its latest period's), for the agent's settings and `status`'s $/h."""
+    from ..cost import period_hourly
+
+    record = ctx.store.get(name)
+    if record is None:
         return None
-    return load_prices().hourly(record.instance_type, record.region)
+    return period_hourly(_periods(ctx, record), _hourly(record))
 
 
 def cost_fields(ctx: Context, record: Record, spec: InstanceSpec, now: datetime) -> dict[str, Any]:
-    from ..cost import accrued_usd, budget_remaining
+    from ..cost import accrued_usd, budget_remaining, period_hourly
 
-    hourly = _hourly(record)
-    accrued = accrued_usd(_periods(ctx, record), hourly, now) if hourly is not None else None
+    periods = _periods(ctx, record)
+    default = _hourly(record)
+    accrued = accrued_usd(periods, default, now)
     return {
-        "hourly_usd": hourly,
+        "hourly_usd": period_hourly(periods, default),
         "accrued_usd": round(accrued, 4) if accrued is not None else None,
         "budget_usd": spec.max_cost_usd,
         "budget_remaining_usd": budget_remaining(spec.max_cost_usd, accrued or 0.0) if spec.max_cost_usd else None,
@@ -46,17 +95,50 @@ class CostSummary:
     lines: list[Any]
     total_accrued_usd: float
     total_volume_monthly_usd: float
+    notes: list[str] = field(default_factory=list)
 
 
-def cost_report(ctx: Context, since: datetime | None = None) -> CostSummary:
-    from ..cost import CostLine, accrued_usd
+def _refresh_billing(ctx: Context) -> list[str]:
+    """Bring the store up to date for instances it believes billed, before `cost` adds them up.
 
+    Without this, a stop the agent made (idle stop, budget cap) while nobody ran `status` would count as running
+    until now. One DescribeInstances per (provider, region); the stop is recorded at the cloud's own stop time.
+    A cloud that cannot be reached leaves the store's figures, with a note saying they may run long.
+    """
+    from ..providers.base import manages_machines
+    from .lifecycle import _sync_record
+
+    groups: dict[tuple[str, str, str | None], list[Record]] = defaultdict(list)
+    for record in ctx.store.all():
+        if record.state in {"running", "pending", "stopping", "shutting-down"}:
+            groups[(record.provider, record.region, record.profile)].append(record)
+    notes = []
+    for (provider_name, region, profile), members in groups.items():
+        try:
+            provider = ctx.provider(provider_name, region, profile)
+            if not manages_machines(provider):
+                continue  # a machine the user already had: nbcloud does not bill it and need not probe it
+            live = {i.name: i for i in provider.list_instances()}
+        except NbcloudError as exc:
+            notes.append(f"{provider_name}/{region} unreachable ({exc.message}): "
+                         f"{', '.join(r.name for r in members)} counted as running until now")
+            continue
+        for record in members:
+            _sync_record(ctx, record, live.get(record.name), provider)
+    return notes
+
+
+def cost_report(ctx: Context, since: datetime | None = None, refresh: bool = True) -> CostSummary:
+    from ..cost import CostLine, accrued_usd, period_hourly
+
+    notes = _refresh_billing(ctx) if refresh else []
     now = datetime.now(UTC)
     lines = []
     for record in ctx.store.all():
-        hourly = _hourly(record)
-        accrued = accrued_usd(_periods(ctx, record), hourly, now, since) if hourly is not None else None
+        periods = _periods(ctx, record)
+        default = _hourly(record)
         lines.append(CostLine(name=record.name, instance_type=record.instance_type or "?", region=record.region,
-                              lifecycle=record.lifecycle, hourly=hourly, accrued=accrued, state=record.state))
+                              lifecycle=record.lifecycle, hourly=period_hourly(periods, default),
+                              accrued=accrued_usd(periods, default, now, since), state=record.state))
     return CostSummary(since, lines, round(sum(line.accrued or 0 for line in lines), 4),
-                       round(sum(line.volume_monthly for line in lines), 4))
+                       round(sum(line.volume_monthly for line in lines), 4), notes)

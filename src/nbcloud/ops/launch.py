@@ -21,6 +21,7 @@ from ..ssh import config as ssh_config
 from ..ssh import keys, session
 from ..state import Record
 from .context import Context, Progress, no_progress
+from .costs import current_hourly, start_price
 
 __all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
 
@@ -261,7 +262,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
 
         progress(f"waiting for {instance.instance_id} to run")
         instance = provider.wait_running(instance.instance_id, timeout=600)
-        ctx.store.record_state(spec.name, instance.instance_id, "running")
+        ctx.store.record_state(spec.name, instance.instance_id, "running", hourly=start_price(provider, instance))
         ctx.store.update(spec.name, spec=_spec_json(spec) | {"gpus": itype.gpus, "placement_zone": instance.zone})
         timings["running"] = time.monotonic() - t0
         if volume is not None:
@@ -371,15 +372,8 @@ def _secrets_script(ctx: Context, name: str, spec: InstanceSpec, *, password_has
 
 
 def _hourly_from_store(ctx: Context, name: str) -> float | None:
-    record = ctx.store.get(name)
-    if record is None or not record.instance_type:
-        return None
-    try:
-        from ..pricing import load_prices
-
-        return load_prices().hourly(record.instance_type, record.region)
-    except Exception:
-        return None
+    """The price the agent's budget cap counts with: the one recorded for the running period (spot: spot's)."""
+    return current_hourly(ctx, name)
 
 
 def wait_ready(ctx: Context, name: str, timeout: float, progress: Progress = no_progress) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,14 +83,34 @@ def _spec(record: Record) -> InstanceSpec:
 stored_spec = _spec
 
 
-def _sync_record(ctx: Context, record: Record, instance: Instance | None) -> None:
+def _sync_record(ctx: Context, record: Record, instance: Instance | None, provider: Provider | None = None) -> None:
+    """Record what the cloud says into the store: state, address, and the transitions cost is made of.
+
+    A stop this machine did not make (the agent's idle stop or budget cap) is recorded at the cloud's own stop time
+    (``Instance.stopped_at``), not when nbcloud happens to look, so the period bills only until then. A period that
+    begins is recorded with the price it bills at (spot: the spot price now; ``provider`` saves building one).
+    """
+    from ..cost import stop_event_time
+    from .costs import start_price
+
     if instance is None:
         if record.state != "gone":
             ctx.store.update(record.name, state="gone")
             if record.instance_id:
                 ctx.store.record_state(record.name, record.instance_id, "terminated")
         return
-    ctx.store.record_state(record.name, instance.instance_id, instance.state)
+    last = ctx.store.last_state(record.name, instance.instance_id)
+    if instance.state != last:
+        at: datetime | None = None
+        hourly: float | None = None
+        if instance.state == "running":
+            if instance.lifecycle == "spot" and provider is None:
+                provider = ctx.provider_for(record)
+            hourly = start_price(provider, instance)
+        elif instance.state != "pending":
+            at = stop_event_time(instance.stopped_at, ctx.store.last_event_at(record.name, instance.instance_id),
+                                 datetime.now(UTC))
+        ctx.store.record_state(record.name, instance.instance_id, instance.state, at=at, hourly=hourly)
     if instance.host and instance.host != record.host:
         _rewrite_host(ctx, record.name, instance)
     ctx.store.update(record.name, state=instance.state, host=instance.host or record.host,
@@ -305,10 +325,11 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
         live = {i.name: i for i in provider.list_instances()}
         for record in members:
             instance = live.get(record.name)
-            _sync_record(ctx, record, instance)
+            _sync_record(ctx, record, instance, provider)
+            spot_now = _spot_price_now(ctx, provider, record, instance)
             view = _view(ctx, ctx.store.get(record.name) or record, instance)
-            if instance is not None and instance.lifecycle == "spot":
-                view = _with_spot_price(provider, view, instance)
+            if spot_now is not None:
+                view = replace(view, spot_hourly_usd=spot_now)
             views.append(view)
     if with_agent:
         views = _with_agent_state(ctx, views)
@@ -334,15 +355,21 @@ def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceVi
     )
 
 
-def _with_spot_price(provider: Provider, view: InstanceView, instance: Instance) -> InstanceView:
-    """Spot bills the spot price in force (DescribeSpotPriceHistory in the instance's zone), not on-demand's."""
-    from dataclasses import replace
+def _spot_price_now(ctx: Context, provider: Provider, record: Record, instance: Instance | None) -> float | None:
+    """Spot bills the spot price in force (DescribeSpotPriceHistory in the instance's zone), not on-demand's.
 
+    A running spot instance's price that moved since it was recorded is recorded again (from now on the period
+    bills at the new one), so `accrued`, `$/h` and the price shown agree.
+    """
+    if instance is None or instance.lifecycle != "spot":
+        return None
     try:
         price = provider.spot_price(instance.instance_type, instance.zone)
     except NbcloudError:
-        price = None  # a price is information: `status` must not fail over it
-    return replace(view, spot_hourly_usd=price) if price is not None else view
+        return None  # a price is information: `status` must not fail over it
+    if price is not None and instance.state == "running":
+        ctx.store.record_price(record.name, instance.instance_id, price)
+    return price
 
 
 def _running_since(ctx: Context, record: Record, instance: Instance) -> datetime:
@@ -355,10 +382,17 @@ def _running_since(ctx: Context, record: Record, instance: Instance) -> datetime
     return starts[0] if starts else launched
 
 
-def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceView]:
-    """Read each running instance's agent state over ssh, in parallel, with a short timeout."""
-    from dataclasses import replace
+#: `status` reads each running instance's agent state over ssh: at most this many at once (each ssh is a process
+#: and a handshake; 8 keeps a 2-core laptop responsive), each given this long in all (connect included) before its
+#: idle time is shown as '-'. A healthy read takes ~0.3 s; an unreachable instance must not hold `status` up.
+AGENT_STATE_WORKERS = 8
+AGENT_STATE_TIMEOUT = 4.0
+AGENT_STATE_CONNECT_TIMEOUT = 2
 
+
+def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceView]:
+    """Read each running instance's agent state over ssh, in parallel, each bounded by a short timeout: N running
+    instances cost about one ssh round, and an unreachable one costs at most AGENT_STATE_TIMEOUT (idle: '-')."""
     running = [v for v in views if v.state == "running"]
     if not running:
         return views
@@ -366,13 +400,14 @@ def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceV
     def fetch(view: InstanceView) -> dict[str, Any]:
         try:
             result = session.run(ctx.paths.ssh_config, f"nb-{view.name}",
-                                 "cat /var/lib/nbcloud/agent-state.json 2>/dev/null || echo '{}'", timeout=8,
-                                 check=False, connect_timeout=3)
+                                 "cat /var/lib/nbcloud/agent-state.json 2>/dev/null || echo '{}'",
+                                 timeout=AGENT_STATE_TIMEOUT, check=False,
+                                 connect_timeout=AGENT_STATE_CONNECT_TIMEOUT)
             return json.loads(result.stdout or "{}") if result.returncode == 0 else {}
         except (NbcloudError, ValueError):
             return {}
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=min(AGENT_STATE_WORKERS, len(running))) as pool:
         states = dict(zip([v.name for v in running], pool.map(fetch, running), strict=True))
     out = []
     for view in views:

@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ...cost import parse_transition_time
 from ...errors import NotFoundError, RemoteError
 from ...models import LAUNCH_TAG, NAME_TAG, Instance
 from .session import tags_dict, tags_list
@@ -17,15 +18,20 @@ if TYPE_CHECKING:
 __all__ = ["describe_managed", "instance_from_api", "run_instance", "wait_state"]
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+_ENDED_STATES = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
 
 
 def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Instance:
     tags = tags_dict(data.get("Tags"))
     launched = data.get("LaunchTime")
+    state = data["State"]["Name"]
+    # "User initiated (2026-11-23 15:00:00 GMT)": when the stop began, also for the agent's own shutdown. A running
+    # instance's reason is empty on AWS and may still hold an old stop's elsewhere: read it only when stopped.
+    stopped_at = parse_transition_time(data.get("StateTransitionReason")) if state in _ENDED_STATES else None
     return Instance(
         name=tags.get(NAME_TAG, data["InstanceId"]),
         instance_id=data["InstanceId"],
-        state=data["State"]["Name"],
+        state=state,
         instance_type=data["InstanceType"],
         region=region,
         provider=provider,
@@ -40,6 +46,7 @@ def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Insta
         key_name=data.get("KeyName"),
         volume_ids=tuple(m["Ebs"]["VolumeId"] for m in data.get("BlockDeviceMappings", []) if "Ebs" in m),
         tags=tags,
+        stopped_at=stopped_at,
     )
 
 
