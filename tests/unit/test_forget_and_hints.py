@@ -30,7 +30,7 @@ def _make_instance_files(ctx: Context, name: str) -> None:
     p = ctx.paths
     load_or_create_login_key(p.keys_dir, name)
     load_or_create_host_key(p.keys_dir, name)
-    for rel in PER_INSTANCE:
+    for rel in [*PER_INSTANCE, "lab/{n}.lock"]:
         path = p.data_dir / rel.format(n=name)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -41,7 +41,7 @@ def _make_instance_files(ctx: Context, name: str) -> None:
     ctx.store.put(Record(name=name, provider="sandbox", region="us-east-1", instance_id=f"i-{name}"))
 
 
-def test_forget_locally_leaves_nothing_of_the_instance_but_its_lock(nbcloud_home: Path) -> None:
+def test_forget_locally_leaves_nothing_of_the_instance_but_its_locks(nbcloud_home: Path) -> None:
     from nbcloud.ops.lifecycle import _forget_locally
 
     ctx = Context.create()
@@ -51,7 +51,7 @@ def test_forget_locally_leaves_nothing_of_the_instance_but_its_lock(nbcloud_home
         assert {rel.format(n="demo") for rel in PER_INSTANCE} <= _files_of(nbcloud_home, "demo")
         _forget_locally(ctx, "demo")
     left = {f for f in _files_of(nbcloud_home, "demo") if "demo2" not in f}
-    assert left == {"locks/demo.lock"}, "only the name lock (held by down while it runs) may stay"
+    assert left == {"locks/demo.lock", "lab/demo.lock"}, "only the (empty) lock files may stay"
     assert ctx.store.get("demo") is None and ctx.store.get("demo2") is not None
     hosts = [line.split()[1] for line in ctx.paths.ssh_config.read_text().splitlines() if line.startswith("Host ")]
     assert hosts == ["nb-demo2"], hosts

@@ -298,8 +298,9 @@ def _snapshot_volumes(provider: Provider, volumes: list[Any], progress: Progress
 
 def _forget_locally(ctx: Context, name: str) -> None:
     """Every local trace of ``name`` (run after ``_stop_tunnel``): ssh entry and pin, keys, secrets, tunnel and
-    local-lab files, the record. Only ``locks/NAME.lock`` stays: the caller holds it, and unlinking a held lock
-    would let a second process lock a new file while the first still works on the name."""
+    local-lab files, the record. The empty lock files stay (``locks/NAME.lock``, held by the caller, and
+    ``lab/NAME.lock``): unlinking a lock file lets a second process lock a new file while the first still holds
+    the old one."""
     p = ctx.paths
     ssh_config.remove_entry(p, f"nb-{name}")
     ssh_config.unpin_host_key(p, f"nb-{name}")
