@@ -58,7 +58,8 @@ def cost(since: str | None, as_json: bool) -> None:
         rows = [{"name": line.name, "type": line.instance_type, "state": line.state, "$/h": format_usd(line.hourly),
                  "accrued": format_usd(line.accrued)} for line in r.lines]
         body = table(rows, ["name", "type", "state", "$/h", "accrued"]) if rows else "no instances"
-        return f"{body}\ntotal accrued: {format_usd(r.total_accrued_usd)}"
+        notes = "".join(f"\nnote: {note}" for note in r.notes)  # e.g. a region that could not be refreshed
+        return f"{body}\ntotal accrued: {format_usd(r.total_accrued_usd)}{notes}"
 
     emit(report, as_json, text)
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..cost import RunningPeriod
     from ..providers.base import Provider
 
-__all__ = ["cost_fields", "cost_report", "current_hourly", "start_price"]
+__all__ = ["cost_fields", "cost_report", "current_hourly", "launch_price", "start_price"]
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,27 @@ def _hourly(record: Record) -> float | None:
     return _table_hourly(record.instance_type, record.region)
 
 
-def start_price(provider: Provider | None, instance: Instance) -> float | None:
-    """What a period that begins now bills at: the spot price in force in the instance's zone for a spot instance
-    (DescribeSpotPriceHistory), else the table's on-demand price. A spot price that cannot be read falls back to
-    on-demand: an upper bound, so the estimate and the budget cap err towards stopping early, never late."""
-    on_demand = _table_hourly(instance.instance_type, instance.region)
-    if instance.lifecycle != "spot" or provider is None:
+def launch_price(provider: Provider | None, instance_type: str, region: str, *, spot: bool,
+                 zone: str | None = None) -> float | None:
+    """What a period that begins now bills at: the spot price in force in ``zone`` for spot (DescribeSpotPriceHistory;
+    no zone yet: the highest across the region's zones), else the table's on-demand price. A spot price that cannot
+    be read falls back to on-demand: an upper bound, so the estimate and the budget cap err towards stopping early,
+    never late."""
+    on_demand = _table_hourly(instance_type, region)
+    if not spot or provider is None:
         return on_demand
     try:
-        spot = provider.spot_price(instance.instance_type, instance.zone)
+        price = provider.spot_price(instance_type, zone)
     except NbcloudError as exc:
-        log.info("spot price for %s unreadable (%s): using on-demand", instance.instance_id, exc.message)
-        spot = None
-    return spot if spot is not None else on_demand
+        log.info("spot price for %s in %s unreadable (%s): using on-demand", instance_type, zone, exc.message)
+        price = None
+    return price if price is not None else on_demand
+
+
+def start_price(provider: Provider | None, instance: Instance) -> float | None:
+    """:func:`launch_price` of a running instance (its lifecycle and zone as the cloud reports them)."""
+    return launch_price(provider, instance.instance_type, instance.region, spot=instance.lifecycle == "spot",
+                        zone=instance.zone)
 
 
 def current_hourly(ctx: Context, name: str) -> float | None:

@@ -21,7 +21,7 @@ from ..ssh import config as ssh_config
 from ..ssh import keys, session
 from ..state import Record
 from .context import Context, Progress, no_progress
-from .costs import current_hourly, start_price
+from .costs import current_hourly, launch_price, start_price
 
 __all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
 
@@ -115,7 +115,7 @@ def _ingress(ctx: Context, provider: Provider, spec: InstanceSpec) -> list[Ingre
 
 def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPair, volume_id: str | None,
                     hourly: float | None):
-    from ..remote.spec import BootstrapSpec
+    from ..remote.spec import LOGIN_USER, BootstrapSpec
     from .agent import agent_check_period
 
     return BootstrapSpec(
@@ -124,6 +124,8 @@ def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPa
         idle_stop_seconds=spec.idle_stop_seconds, max_cost_usd=spec.max_cost_usd, hourly_usd=hourly,
         python_packages=spec.python_packages, requirements=spec.requirements, data_volume_id=volume_id,
         package_env=dict(provider.package_env), host_key_private=host_key.private_openssh,
+        # who logs in is the provider's to say (EC2 images: ubuntu; a sandbox without root: the current user)
+        login_user=getattr(provider, "login_user", LOGIN_USER),
         host_key_public=host_key.public_openssh, check_period=agent_check_period(),
     )
 
@@ -235,7 +237,9 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
                 made = volume
                 rollback.add(f"data volume {made.volume_id}", lambda: provider.delete_volume(made.volume_id))
 
-        hourly = _hourly(provider, spec.instance_type)
+        # the agent's cap from its first check: spot counts at spot's price (the secrets install then sets the
+        # price recorded for the instance actually launched, on-demand after a --spot-fallback)
+        hourly = launch_price(provider, spec.instance_type, provider.region, spot=spec.spot, zone=zone)
         user_data = render_user_data(_bootstrap_spec(spec, provider, host_key,
                                                      volume.volume_id if volume else None, hourly))
         progress("launching instance")
@@ -364,7 +368,9 @@ def _secrets_script(ctx: Context, name: str, spec: InstanceSpec, *, password_has
 
         gateway_token = ensure_gateway_token(ctx, name)
     cert_pem, key_pem = tls if tls else (None, None)
+    record = ctx.store.get(name)
     return secrets.install_secrets_script(token=token, gateway_token=gateway_token,
+                                          login_user=record.user if record else secrets.LOGIN_USER,
                                           password_hash=password_hash, cert_pem=cert_pem, key_pem=key_pem,
                                           idle_stop_seconds=spec.idle_stop_seconds,
                                           max_cost_usd=spec.max_cost_usd,
