@@ -20,6 +20,7 @@ import pytest
 
 from nbcloud.remote.bootstrap import render_bootstrap
 from nbcloud.remote.spec import BootstrapSpec
+from nbcloud.remote.units import JUPYTER_LAUNCHER, jupyter_launcher_source
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,10 +70,12 @@ def test_bootstrap_steps_in_a_throwaway_root(tmp_path: Path) -> None:
     assert "step venv: already installed" in second.stdout and "0 file(s) changed" in second.stdout
     assert float(re.findall(r"done in ([0-9.]+) s", second.stdout)[-1]) <= 2.0
 
-    # Jupyter from that venv, with the rendered durable-outputs config, answers with the token from the file
+    # Jupyter from that venv through the unit's launcher, with the rendered durable-outputs config: it waits for the
+    # token file, then answers with that token
     home = root / "home/ubuntu"
     token_file = home / ".config/nbcloud/token"
-    token_file.write_text("local-test-token")
+    launcher = root / JUPYTER_LAUNCHER.lstrip("/")
+    assert launcher.read_text() == jupyter_launcher_source()
     config = (root / "opt/nbcloud/etc/jupyter_server_config.py").read_text().replace("/home/ubuntu", str(home))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -81,11 +84,16 @@ def test_bootstrap_steps_in_a_throwaway_root(tmp_path: Path) -> None:
     (tmp_path / "config.py").write_text(config)
     log = open(tmp_path / "jupyter.log", "wb")  # noqa: SIM115 - the server writes to it until killed
     proc = subprocess.Popen(
-        [str(venv / "bin/jupyter-lab"), f"--config={tmp_path / 'config.py'}", "--allow-root"],
+        [str(venv / "bin/python"), str(launcher), f"--config={tmp_path / 'config.py'}", "--allow-root"],
         cwd=home, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "HOME": str(home), "JUPYTER_TOKEN_FILE": str(token_file)},
     )
     try:
+        time.sleep(3)  # imports done by now; without a token the server must not have started
+        assert proc.poll() is None, (tmp_path / "jupyter.log").read_text()[-2000:]
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, "Jupyter started before its token arrived"
+        token_file.write_text("local-test-token")
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/status",
                                      headers={"Authorization": "token local-test-token"})
         deadline = time.monotonic() + 60

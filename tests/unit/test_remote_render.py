@@ -162,7 +162,8 @@ def test_units_use_only_emulated_keys_and_parse() -> None:
     jupyter = units["nbcloud-jupyter.service"]
     assert "User=ubuntu" in jupyter and "WorkingDirectory=/home/ubuntu" in jupyter
     assert "Environment=JUPYTER_TOKEN_FILE=/home/ubuntu/.config/nbcloud/token" in jupyter
-    assert "ExecStart=/opt/nbcloud/venv/bin/jupyter-lab --config=/opt/nbcloud/etc/jupyter_server_config.py" in jupyter
+    assert ("ExecStart=/opt/nbcloud/venv/bin/python /opt/nbcloud/bin/jupyter-launch.py "
+            "--config=/opt/nbcloud/etc/jupyter_server_config.py") in jupyter
     assert "Restart=always" in jupyter and "RestartSec=1" in jupyter
     assert "StandardOutput=append:/var/log/nbcloud/jupyter.log" in jupyter
     sandbox_units = pytest.importorskip("nbcloud.providers.sandbox.units")
@@ -170,7 +171,7 @@ def test_units_use_only_emulated_keys_and_parse() -> None:
         unit = sandbox_units.parse_unit(name, text)
         assert unit.exec_start
     parsed = sandbox_units.parse_unit("j", jupyter)
-    assert parsed.user == "ubuntu" and parsed.restart == "always" and parsed.exec_start_pre
+    assert parsed.user == "ubuntu" and parsed.restart == "always" and not parsed.exec_start_pre  # the launcher waits
     assert parsed.environment["JUPYTER_TOKEN_FILE"].endswith("/token")
 
 

@@ -16,7 +16,16 @@ from ..errors import UsageError
 from .jupyter_config import CONFIG_PATH, render_jupyter_config
 from .secrets import agent_settings_json
 from .spec import BootstrapSpec
-from .units import AGENT_CONFIG_PATH, AGENT_PATH, GATEWAY_WRAPPER, VENV, render_gateway_wrapper, render_units
+from .units import (
+    AGENT_CONFIG_PATH,
+    AGENT_PATH,
+    GATEWAY_WRAPPER,
+    JUPYTER_LAUNCHER,
+    VENV,
+    jupyter_launcher_source,
+    render_gateway_wrapper,
+    render_units,
+)
 
 __all__ = ["agent_config", "agent_source", "package_hash", "render_bootstrap"]
 
@@ -61,6 +70,7 @@ def render_bootstrap(spec: BootstrapSpec) -> str:
         _put(CONFIG_PATH, "0644", render_jupyter_config(spec)),
         _put(AGENT_CONFIG_PATH, "0644", json.dumps(agent_config(spec), indent=1, sort_keys=True)),
         _put(AGENT_PATH, "0755", agent_source()),
+        _put(JUPYTER_LAUNCHER, "0644", jupyter_launcher_source()),
         _put(f"{VENV}/share/jupyter/lab/settings/overrides.json", "0644",
              json.dumps(LAB_OVERRIDES, indent=1, sort_keys=True)),
     ]

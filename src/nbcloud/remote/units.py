@@ -10,12 +10,16 @@ from __future__ import annotations
 from .jupyter_config import CONFIG_PATH
 from .spec import BootstrapSpec
 
-__all__ = ["AGENT_CONFIG_PATH", "GATEWAY_WRAPPER", "VENV", "render_gateway_wrapper", "render_units"]
+__all__ = [
+    "AGENT_CONFIG_PATH", "GATEWAY_WRAPPER", "JUPYTER_LAUNCHER", "VENV", "jupyter_launcher_source",
+    "render_gateway_wrapper", "render_units",
+]
 
 VENV = "/opt/nbcloud/venv"
 AGENT_PATH = "/opt/nbcloud/agent/nbcloud_agent.py"
 AGENT_CONFIG_PATH = "/opt/nbcloud/etc/agent-config.json"
 GATEWAY_WRAPPER = "/opt/nbcloud/bin/nbcloud-gateway"
+JUPYTER_LAUNCHER = "/opt/nbcloud/bin/jupyter-launch.py"
 _INSTALL = "\n[Install]\nWantedBy=multi-user.target\n"
 
 
@@ -39,9 +43,9 @@ def render_units(spec: BootstrapSpec) -> dict[str, str]:
             "Wants=nbcloud-data.service\n\n[Service]\nType=simple\n"
             f"User={user}\nGroup={user}\nWorkingDirectory={home}\n"
             f"Environment=HOME={home}\nEnvironment=JUPYTER_TOKEN_FILE={token}\n"
-            # The client writes the token over SSH after boot; start only once it is there.
-            f"ExecStartPre=/bin/sh -c 'while [ ! -s {token} ]; do sleep 0.2; done'\n"
-            f"ExecStart={VENV}/bin/jupyter-lab --config={CONFIG_PATH}\n"
+            # The client writes the token over SSH after boot: the launcher imports Jupyter meanwhile and
+            # starts it once the token is there.
+            f"ExecStart={VENV}/bin/python {JUPYTER_LAUNCHER} --config={CONFIG_PATH}\n"
             "Restart=always\nRestartSec=1\nTimeoutStartSec=infinity\n" + _logs("jupyter") + _INSTALL
         ),
         "nbcloud-agent.service": (
@@ -74,3 +78,9 @@ def render_gateway_wrapper(spec: BootstrapSpec) -> str:
         f"exec {VENV}/bin/jupyter-kernelgateway --ip=127.0.0.1 --port={spec.gateway_port} "
         "--JupyterWebsocketPersonality.list_kernels=True\n"
     )
+
+
+def jupyter_launcher_source() -> str:
+    from importlib import resources
+
+    return resources.files("nbcloud.remote").joinpath("templates/jupyter-launch.py").read_text()

@@ -272,6 +272,8 @@ class Sandbox:
             if image_root is not None:  # a baked image: its root disk, made this instance's by cloud-init rules
                 disk.prepare_root_from_image(inst_dir, image_root, key.material_public if key else None, raw,
                                              parsed, loopback_user=loopback_user)
+                if self.uv_seeder is not None:
+                    self.uv_seeder.seed(inst_dir / "root")
             else:
                 disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed,
                                   loopback_user=loopback_user)

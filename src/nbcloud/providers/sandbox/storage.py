@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .wheelhouse import INSTANCE_UV_CACHE
+
 __all__ = ["Storage"]
 
 log = logging.getLogger("nbcloud.sandbox.storage")
@@ -105,8 +107,13 @@ class Storage:
             ami.state = "available" if ok else "failed"
 
         # /opt (the venv and the uv cache's hard links) is shared by links both ways, as instances of images do
-        self._background(f"image {ami.id}",
-                         lambda: copy_tree(source, self.images_dir / ami.id / "root", link=("opt",)), finish)
+        def copy() -> None:
+            root = self.images_dir / ami.id / "root"
+            copy_tree(source, root, link=("opt",))
+            # the instance's uv cache links are no part of the image (new instances get their own, ready-made)
+            shutil.rmtree(root / INSTANCE_UV_CACHE.lstrip("/"), ignore_errors=True)
+
+        self._background(f"image {ami.id}", copy, finish)
 
     def on_deregister_image(self, ami_id: str) -> None:
         shutil.rmtree(self.images_dir / ami_id, ignore_errors=True)
