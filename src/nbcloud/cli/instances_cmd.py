@@ -133,8 +133,7 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         requirements=requirements.read_text() if requirements else None,
     )
     if dry_run:
-        result = ops.dry_run(ctx, spec)
-        emit(result, as_json, lambda r: r.bootstrap)
+        emit(ops.dry_run(ctx, spec), as_json, lambda r: r.bootstrap)
         return
     password = _public_password(ctx, name, password_file) if public else None
     with progress(f"nbcloud up {name}", as_json) as step:

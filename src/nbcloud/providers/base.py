@@ -49,8 +49,10 @@ class TaggedResource:
 
 
 class Provider(Protocol):
-    name: str
-    region: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def region(self) -> str: ...
     #: environment the bootstrap needs on this cloud's instances (the sandbox's local package cache)
     package_env: dict[str, str]
     #: False for a machine nbcloud did not make (``ssh``): it cannot be started, stopped or idle-stopped
