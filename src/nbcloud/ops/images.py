@@ -27,9 +27,13 @@ _IMAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 UNITS = ("nbcloud-jupyter.service", "nbcloud-gateway.service", "nbcloud-agent.service", "nbcloud-data.service")
 
 # Runs as root on the instance right before it is stopped for CreateImage. Units are disabled so that an instance
-# of the image starts nothing until its own bootstrap has run (with its own data volume and settings).
+# of the image starts nothing until its own bootstrap has run (with its own data volume and settings); Jupyter's
+# stays enabled: its launcher imports the server at boot and starts it only once this instance's bootstrap is done
+# and its token is there, which takes ~2 s off `up` from the image.
 PREPARE_SCRIPT = f"""set -eu
-for u in {' '.join(UNITS)}; do systemctl disable "$u" >/dev/null 2>&1 || true; done
+for u in {' '.join(u for u in UNITS if u != "nbcloud-jupyter.service")}; do
+  systemctl disable "$u" >/dev/null 2>&1 || true
+done
 for u in {' '.join(UNITS)}; do systemctl stop "$u" >/dev/null 2>&1 || true; done
 rm -rf /home/*/.config/nbcloud /home/*/.local/share/jupyter/runtime
 rm -f /var/lib/nbcloud/bootstrap.done /var/lib/nbcloud/agent-state.json /var/lib/nbcloud/interruption.json

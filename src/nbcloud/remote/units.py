@@ -39,6 +39,8 @@ def render_units(spec: BootstrapSpec) -> dict[str, str]:
             + _INSTALL
         ),
         "nbcloud-jupyter.service": (
+            # After= without Wants=: at boot both are enabled and the volume comes first; a baked image's instance
+            # starts this unit alone (its data unit is enabled by its own bootstrap, for its own volume)
             "[Unit]\nDescription=nbcloud Jupyter server\nAfter=network.target nbcloud-data.service\n"
             "Wants=nbcloud-data.service\n\n[Service]\nType=simple\n"
             f"User={user}\nGroup={user}\nWorkingDirectory={home}\n"

@@ -2,7 +2,8 @@
 
 The client sends the token over SSH after boot. Importing JupyterLab and its server extensions takes ~2 s, the
 start itself after that ~0.2 s: doing the imports first takes them off the path from "the token arrived" to
-"Jupyter answers" (a new instance of a baked image waits only for its first SSH session, not for Python too).
+"Jupyter answers" (a new instance of a baked image, whose image keeps this unit enabled, waits only for its
+first SSH session and its bootstrap, not for Python too).
 Runs under systemd as the login user: `python jupyter-launch.py JUPYTERLAB-ARGS...`.
 """
 
@@ -22,8 +23,11 @@ for module in ("jupyter_server.serverapp", "jupyterlab_server", "jupyter_lsp", "
     with contextlib.suppress(Exception):
         importlib.import_module(module)
 
+# The token, and this instance's bootstrap done: an instance of a baked image starts this unit at boot, before
+# its bootstrap has written its own config (read by main() below, so the waiting process picks it up).
 token = Path(os.environ["JUPYTER_TOKEN_FILE"])
-while not (token.exists() and token.stat().st_size > 0):
+bootstrap_done = Path(os.environ.get("NBCLOUD_ROOT", "") + "/var/lib/nbcloud/bootstrap.done")
+while not (token.exists() and token.stat().st_size > 0 and bootstrap_done.exists()):
     time.sleep(0.05)
 sys.argv = ["jupyter-lab", *sys.argv[1:]]
 sys.exit(main())
