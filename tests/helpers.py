@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UBUNTU", "World", "keypair", "pinned_ssh", "run_cli", "wait_until", "world_env"]
+__all__ = ["UBUNTU", "World", "adopted_machine", "keypair", "pinned_ssh", "run_cli", "wait_until", "world_env"]
 
 
 def run_cli(env: dict[str, str], *args: str, check: bool = True,
@@ -131,3 +131,19 @@ class World:
 
 # The SSM parameter of the Ubuntu 24.04 AMI (seeded in the sandbox)
 UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+
+
+def adopted_machine(home: Path, name: str) -> Path:
+    """What `up NAME --provider ssh --host me@127.0.0.2:1` leaves in NBCLOUD_HOME=home (port 1 is closed: the machine
+    is unreachable): the record and the link keys/NAME to the user's key (returned), never a copy of it."""
+    from nbcloud.state import Record, Store
+
+    store = Store(home / "state.db")
+    store.put(Record(name=name, provider="ssh", region="-", instance_id="me@127.0.0.2:1", host="127.0.0.2",
+                     user="me", instance_type="ssh-host", spec={"ssh_port": 1}))
+    store.close()
+    (home / "keys").mkdir(mode=0o700, exist_ok=True)
+    users_key = home / "users-key"
+    (home / "keys" / name).symlink_to(users_key)
+    users_key.write_text("key")
+    return users_key

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import adopted_machine
+
 import nbcloud
 from nbcloud.config import write_private
 from nbcloud.ops import Context
@@ -65,15 +67,7 @@ def test_cloud_providers_say_they_power_their_machines() -> None:
 
 
 def test_connect_to_an_unreachable_adopted_machine_does_not_suggest_start(tmp_path: Path) -> None:
-    from nbcloud.state import Store
-
-    store = Store(tmp_path / "state.db")
-    store.put(Record(name="box", provider="ssh", region="-", instance_id="me@127.0.0.2:1", host="127.0.0.2",
-                     user="me", instance_type="ssh-host", spec={"ssh_port": 1}))
-    store.close()
-    (tmp_path / "keys").mkdir(mode=0o700)
-    (tmp_path / "keys" / "box").symlink_to(tmp_path / "users-key")
-    (tmp_path / "users-key").write_text("key")
+    adopted_machine(tmp_path, "box")
     env = {"NBCLOUD_HOME": str(tmp_path), "NBCLOUD_USER_SSH_CONFIG": str(tmp_path / "ssh-config"),
            "NBCLOUD_QUIET": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "PYTHONPATH": str(Path(nbcloud.__file__).parents[1])}  # the nbcloud under test, not an installed one

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import adopted_machine
 
 from nbcloud.errors import UsageError
 from nbcloud.providers.base import manages_machines
@@ -175,16 +176,8 @@ def test_hostkey_type_order() -> None:
 
 
 def test_down_forget_drops_an_adopted_machine_without_contacting_it(tmp_path: Path) -> None:
-    from nbcloud.state import Record, Store
-
-    store = Store(tmp_path / "state.db")
-    store.put(Record(name="gone", provider="ssh", region="-", instance_id="me@127.0.0.2:1", host="127.0.0.2",
-                     user="me", instance_type="ssh-host", spec={"ssh_port": 1}))
-    store.close()
-    (tmp_path / "keys").mkdir(mode=0o700)
-    (tmp_path / "keys" / "gone").symlink_to(tmp_path / "users-key")  # the link `up` makes; the key is not ours
-    (tmp_path / "users-key").write_text("key")
+    users_key = adopted_machine(tmp_path, "gone")  # the link `up` makes; the key is not ours
     done = _nb(tmp_path, "down", "gone", "--forget", "--json")
     assert done.returncode == 0, done.stderr
-    assert not (tmp_path / "keys" / "gone").is_symlink() and (tmp_path / "users-key").read_text() == "key"
+    assert not (tmp_path / "keys" / "gone").is_symlink() and users_key.read_text() == "key"
     assert _nb(tmp_path, "status", "--json").stdout.strip() == "[]"
