@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
 
@@ -68,16 +69,6 @@ def _agent_pid(world: Any, alias: str) -> int | None:
 
 def _agent_log(world: Any, alias: str) -> str:
     return world.ssh(alias, "sudo cat /var/log/nbcloud/agent.log").stdout
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str, step: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 def _http(method: str, url: str, token: str, body: dict[str, Any] | None = None) -> Any:
@@ -182,13 +173,14 @@ def switched_off(world: Any, probe: Probe, name: str) -> dict[str, float]:
 def robustness(world: Any, probe: Probe, name: str) -> dict[str, float]:
     """Agent killed → restarted; reboot → back; Jupyter down → no stop, and the log says why."""
     alias = f"nb-{name}"
-    first = _wait(lambda: _agent_pid(world, alias), 30, "agent running")
+    first = wait_until(lambda: _agent_pid(world, alias), 30, 1.0, "agent running")
     # PIDs are shared with the host: kill exactly the pid the instance's service manager reports.
     assert world.ssh(alias, f"sudo kill -9 {first}").returncode == 0
-    second = _wait(lambda: (p := _agent_pid(world, alias)) and p != first and p, 30, "agent restarted after kill")
+    second = wait_until(lambda: (p := _agent_pid(world, alias)) and p != first and p, 30, 1.0,
+                        "agent restarted after kill")
     instance_id = probe.instance_id
     world.nb("sandbox", "fault", instance_id, "reboot")
-    _wait(lambda: (p := _agent_pid(world, alias)) and p != second and p, 90, "agent back after the reboot")
+    wait_until(lambda: (p := _agent_pid(world, alias)) and p != second and p, 90, 1.0, "agent back after the reboot")
     assert _agent_log(world, alias).count("agent: started") >= 3, "kill and reboot should each restart the agent"
 
     assert world.ssh(alias, "sudo systemctl stop nbcloud-jupyter").returncode == 0
