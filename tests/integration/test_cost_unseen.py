@@ -53,6 +53,8 @@ def test_a_stop_nbcloud_did_not_see_bills_until_the_cloud_stop_time(world: Any) 
     up = world.up("cu-stop", "-t", "t3.medium", "--idle-stop", "off")
     first = _status(world, "cu-stop")
     assert first["state"] == "running" and first["hourly_usd"] == pytest.approx(hourly)
+    started = _events("cu-stop")[0][0]
+    time.sleep(max(0.0, started + 70 - time.time()))  # past the 60-s minimum, so the stop time is what bills
 
     # The instance powers itself off (what the agent's idle stop or budget cap does) through the sandbox's shutdown
     # shim; nbcloud is not asked and not looking.
