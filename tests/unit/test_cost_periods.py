@@ -201,6 +201,11 @@ class FakeProvider:
         return self.spot
 
 
+def fake(spot: float | Exception | None) -> Any:
+    """A provider that only answers spot_price (typed Any: it is not a whole Provider)."""
+    return FakeProvider(spot)
+
+
 def _instance(lifecycle: str = "on-demand", state: str = "running", **kw: Any) -> Instance:
     return Instance(name="lab", instance_id="i-1", state=state, instance_type="t3.medium", region="us-east-1",
                     provider="sandbox", lifecycle=lifecycle, zone="us-east-1a", **kw)
@@ -212,10 +217,10 @@ def test_start_price_spot_on_demand_and_fallbacks(nbcloud_home: Path) -> None:
 
     on_demand = load_prices().hourly("t3.medium", "us-east-1")
     assert on_demand
-    assert start_price(FakeProvider(0.0125), _instance("spot")) == 0.0125
-    assert start_price(FakeProvider(0.0125), _instance("on-demand")) == on_demand
-    assert start_price(FakeProvider(None), _instance("spot")) == on_demand  # not offered: the upper bound
-    assert start_price(FakeProvider(RemoteError("throttled")), _instance("spot")) == on_demand
+    assert start_price(fake(0.0125), _instance("spot")) == 0.0125
+    assert start_price(fake(0.0125), _instance("on-demand")) == on_demand
+    assert start_price(fake(None), _instance("spot")) == on_demand  # not offered: the upper bound
+    assert start_price(fake(RemoteError("throttled")), _instance("spot")) == on_demand
 
 
 def _ctx(tmp_path: Path, provider: FakeProvider) -> Any:
@@ -231,7 +236,7 @@ def test_sync_record_prices_a_start_and_back_dates_the_agents_stop(nbcloud_home:
     from nbcloud.ops.costs import current_hourly
     from nbcloud.ops.lifecycle import _sync_record
 
-    provider = FakeProvider(0.0125)
+    provider = fake(0.0125)
     ctx = _ctx(tmp_path, provider)
     started = datetime.now(UTC) - timedelta(hours=2)
     ctx.store.record_state("lab", "i-1", "pending", started - timedelta(seconds=5))
@@ -281,7 +286,7 @@ def test_agent_states_are_read_in_parallel_and_a_dead_one_does_not_stall(monkeyp
                           region="us-east-1", provider="sandbox", host="10.0.0.2") for n in names]
     views.append(InstanceView(name="off", instance_id="i-off", state="stopped", instance_type="t3.medium",
                               region="us-east-1", provider="sandbox", host=None))
-    ctx = SimpleNamespace(paths=SimpleNamespace(ssh_config=tmp_path / "config"))
+    ctx: Any = SimpleNamespace(paths=SimpleNamespace(ssh_config=tmp_path / "config"))
     t0 = time.monotonic()
     out = {v.name: v for v in lifecycle._with_agent_state(ctx, views)}
     elapsed = time.monotonic() - t0
