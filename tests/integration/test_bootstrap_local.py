@@ -86,7 +86,7 @@ def test_bootstrap_steps_in_a_throwaway_root(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [str(venv / "bin/python"), str(launcher), f"--config={tmp_path / 'config.py'}", "--allow-root"],
         cwd=home, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "HOME": str(home), "JUPYTER_TOKEN_FILE": str(token_file)},
+        env={**os.environ, "HOME": str(home), "JUPYTER_TOKEN_FILE": str(token_file), "NBCLOUD_ROOT": str(root)},
     )
     try:
         time.sleep(3)  # imports done by now; without a token the server must not have started
