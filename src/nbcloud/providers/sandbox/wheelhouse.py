@@ -173,8 +173,9 @@ class UvCacheSeeder:
         partial = target.with_name(target.name + ".partial")
         try:
             shutil.rmtree(partial, ignore_errors=True)
-            subprocess.run(["cp", "-al", str(self.cache), str(partial)], check=True, capture_output=True,
-                           timeout=300)
+            # lowest CPU priority: booting instances (sshd, their init) come first on a small machine
+            subprocess.run(["nice", "-n", "19", "cp", "-al", str(self.cache), str(partial)], check=True,
+                           capture_output=True, timeout=300)
             owner = self.cache.stat()
             for lock in _uv_lock_files(partial):  # a lock shared by inode would serialize instances' installs
                 lock.unlink()
@@ -199,12 +200,15 @@ class UvCacheSeeder:
     def seed(self, root: Path) -> None:
         target, pending = _seed_paths(root)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
+        taken = False
+        if self._lock.acquire(blocking=False):  # never wait for a spare being made: the boot goes on without it
             try:
                 self.spare.rename(target)
                 taken = True
             except OSError:
-                taken = False
+                pass
+            finally:
+                self._lock.release()
         if not taken:
             pending.touch()
 
