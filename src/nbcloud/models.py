@@ -127,6 +127,9 @@ class Instance:
     private_ip: str | None = None
     user: str = "ubuntu"
     ssh_port: int = 22  # not 22 only for a sandbox in loopback mode (an unprivileged sshd)
+    # where Jupyter listens, as seen on the instance: the tunnel forwards there (a loopback sandbox's instances
+    # share one network, so each listens on its own address instead)
+    jupyter_host: str = "127.0.0.1"
     zone: str | None = None
     launch_id: str | None = None
     launched_at: datetime | None = None

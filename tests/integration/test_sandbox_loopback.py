@@ -223,14 +223,18 @@ def unprivileged(tmp_path: Path) -> Iterator[Any]:
            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(ROOT / "src"),
            "NBCLOUD_HOME": str(home / "nb"), "NBCLOUD_QUIET": "1"}
 
-    def run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, extra_env: dict[str, str] | None = None, argv: list[str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The CLI with ``args`` (or any ``argv``) as the throwaway user."""
         drop = ["setpriv", f"--reuid={THROWAWAY_UID}", f"--regid={THROWAWAY_UID}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "env", "-i",
                 *[f"{k}={v}" for k, v in {**env, **(extra_env or {})}.items()],
-                sys.executable, "-c", CLI, *args]
+                *(argv or [sys.executable, "-c", CLI, *args])]
         script = "set -e; " + "; ".join(setup) + '; exec "$@"'
         return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *drop],
-                              capture_output=True, text=True, timeout=120, cwd="/")
+                              capture_output=True, text=True, timeout=timeout, cwd="/")
+
+    run.home = home  # type: ignore[attr-defined]
 
     try:
         yield run
@@ -280,3 +284,117 @@ def test_unprivileged_user_gets_loopback_mode(unprivileged: Any, tmp_path: Path)
     reset = unprivileged("sandbox", "reset")
     assert reset.returncode == 0, reset.stderr
     assert _wait_gone(_processes_of(THROWAWAY_UID)) == [], "reset left processes of the throwaway user"
+
+
+def _give_wheelhouse(home: Path) -> None:
+    """The machine's sandbox wheelhouse where the throwaway user's sandbox looks for it (~/.cache/nbcloud).
+
+    Hard links (read-only to the user: the files stay root's) when on one filesystem, else a copy; the user's own
+    uv cache is made and warmed by its ``sandbox start``.
+    """
+    from nbcloud.providers.sandbox.wheelhouse import ensure_wheelhouse
+
+    source = ensure_wheelhouse()
+    cache = home / ".cache" / "nbcloud"
+    (cache / "wheelhouse").mkdir(parents=True)
+    for directory in (home / ".cache", cache):
+        os.chown(directory, THROWAWAY_UID, THROWAWAY_UID)
+    os.chmod(cache / "wheelhouse", 0o755)
+    target = cache / "wheelhouse" / source.name
+    if subprocess.run(["cp", "-al", str(source), str(target)], capture_output=True).returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+
+
+def _instance_logs(home: Path) -> str:
+    """The tail of every instance log under the user's sandbox (for a failure message)."""
+    text = ""
+    for pattern in ("instances/*/init.log", "instances/*/root/var/log/cloud-init-output.log",
+                    "instances/*/root/var/log/nbcloud/*.log", "daemon.log"):
+        for path in sorted(home.rglob(pattern)):
+            text += f"\n== {path.name} ==\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:])
+    return text
+
+
+def _get(url: str, token: str | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"token {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.mark.timeout(900)
+def test_unprivileged_up_connect_down(unprivileged: Any) -> None:
+    """The credential-free demo without root: up → Jupyter through the tunnel (token required), ssh, status,
+    stop/start, down, reset; nothing of the user's left running."""
+    run = unprivileged
+    home: Path = run.home
+    _give_wheelhouse(home)
+    started = None
+    for subnet in LOOPBACK_SUBNETS:
+        started = run("sandbox", "start", "--json", extra_env={"NBCLOUD_SANDBOX_SUBNET": subnet}, timeout=300)
+        if started.returncode == 0 or "used by another sandbox" not in started.stderr:
+            break
+    assert started is not None and started.returncode == 0, started.stderr if started else ""
+
+    t0 = time.monotonic()
+    try:
+        up = run("up", "demo", "--provider", "sandbox", "--no-connect", "--json", timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"up timed out: {exc.stderr!r}{_instance_logs(home)}") from None
+    assert up.returncode == 0, up.stdout + up.stderr + _instance_logs(home)
+    print(f"unprivileged loopback up -> Jupyter ready: {time.monotonic() - t0:.1f} s")
+    result = json.loads(up.stdout)
+    assert result["user"] == THROWAWAY_USER
+    port = json.loads(run("sandbox", "status", "--json").stdout)["ssh_port"]
+    config_text = "".join(p.read_text() for p in (home / "nb").rglob("ssh_config"))
+    assert f"Port {port}\n" in config_text and f"User {THROWAWAY_USER}\n" in config_text
+
+    ssh = run(argv=["ssh", "-o", "BatchMode=yes", "nb-demo", "id -u"])
+    assert ssh.returncode == 0 and ssh.stdout.strip() == str(THROWAWAY_UID), ssh.stderr
+
+    def connect() -> str:
+        done = run("connect", "demo", "--no-browser", "--json", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return str(json.loads(done.stdout)["url"])
+
+    url = connect()
+    base, token = url.split("/lab?token=")
+    assert _get(f"{base}/api/status", token) == 200
+    assert _get(f"{base}/api/status") == 403, "Jupyter must want the token"
+    # the token file on the instance is 0600 and no process has it on its command line
+    mode = run(argv=["ssh", "-o", "BatchMode=yes", "nb-demo",
+                     'stat -c %a "$NBCLOUD_ROOT$HOME/.config/nbcloud/token" 2>/dev/null || '
+                     'stat -c %a "$NBCLOUD_ROOT/home/$(id -un)/.config/nbcloud/token"'])
+    assert mode.stdout.strip().splitlines()[-1] == "600", mode.stdout + mode.stderr
+    for pid in _processes_of(THROWAWAY_UID):
+        try:
+            assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+
+    status = run("status", "demo", "--json")
+    assert status.returncode == 0 and '"running"' in status.stdout, status.stdout + status.stderr
+    stop = run("stop", "demo", "--json", timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    start = run("start", "demo", "--json", timeout=300)
+    assert start.returncode == 0, start.stdout + start.stderr
+    url = connect()  # a new address after the start: the tunnel follows the instance
+    base, token = url.split("/lab?token=")
+    assert _get(f"{base}/api/status", token) == 200
+
+    volume = run("up", "other", "--provider", "sandbox", "--no-connect", "--data-volume", "10")
+    assert volume.returncode == 2 and len(volume.stderr.strip().splitlines()) == 1, volume.stderr
+
+    down = run("down", "demo", "--yes", "--json", timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    status = json.loads(run("sandbox", "status", "--json").stdout)
+    assert status["instances"] == [] or all(row["state"] == "terminated" for row in status["instances"])
+    reset = run("sandbox", "reset")
+    assert reset.returncode == 0, reset.stderr
+    assert _wait_gone(_processes_of(THROWAWAY_UID)) == [], "down + reset left processes of the throwaway user"

@@ -180,16 +180,30 @@ def test_gateway_wrapper_reads_token_without_argv() -> None:
     bash_syntax_ok(wrapper)
     assert "KG_AUTH_TOKEN" in wrapper and "--JupyterWebsocketPersonality.list_kernels=True" in wrapper
     assert "auth_token" not in wrapper and "cat " not in wrapper  # builtins only: no process sees the token
-    assert "--ip=127.0.0.1 --port=8889" in wrapper
+    assert "--ip=${NBCLOUD_JUPYTER_IP:-127.0.0.1} --port=8889" in wrapper  # 127.0.0.1 unless the machine says
+
+
+def _listen_ip(config: str, env: dict[str, str]) -> str:
+    """c.ServerApp.ip after running the config's lines up to it with ``env`` as the environment."""
+    import types
+    from unittest import mock
+
+    head = config.split("c.ServerApp.port =")[0]
+    c = types.SimpleNamespace(ServerApp=types.SimpleNamespace())
+    with mock.patch.dict("os.environ", env, clear=True):
+        exec(compile(head, "cfg", "exec"), {"get_config": lambda: c})
+    return str(c.ServerApp.ip)
 
 
 def test_jupyter_config_modes() -> None:
     local = render_jupyter_config(BootstrapSpec(name="x"))
-    assert "c.ServerApp.ip = '127.0.0.1'" in local and "c.ServerApp.port = 8888" in local
+    assert _listen_ip(local, {}) == "127.0.0.1" and "c.ServerApp.port = 8888" in local
+    # a machine whose instances share one network (sandbox without root) names the instance's own address
+    assert _listen_ip(local, {"NBCLOUD_JUPYTER_IP": "127.9.0.5"}) == "127.9.0.5"
     assert "allow_remote_access" not in local and "certfile" not in local and "cull" not in local
     assert "c.ServerApp.port_retries = 0" in local
     public = render_jupyter_config(full_spec())
-    assert "c.ServerApp.ip = '0.0.0.0'" in public and "c.ServerApp.allow_remote_access = True" in public
+    assert "or '0.0.0.0'" in public and "c.ServerApp.allow_remote_access = True" in public
     assert "c.PasswordIdentityProvider.password_required = True" in public
     assert "password.hash" in public and "argon2" not in public
     assert "c.MappingKernelManager.cull_idle_timeout = 1800" in public

@@ -101,11 +101,12 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     if port is not None and current is not None and current.state != "down" and record.local_port != port:
         stop_supervisor(name)
     local_port = _choose_port(ctx, record, port, "local_port", DEFAULT_LOCAL_PORT)
-    forwards = [Forward(local_port, JUPYTER_PORT, "jupyter")]
+    # to where the provider says Jupyter listens on the instance (127.0.0.1, or the instance's own address)
+    forwards = [Forward(local_port, JUPYTER_PORT, "jupyter", instance.jupyter_host)]
     gateway_port = None
     if spec.gateway:
         gateway_port = _choose_port(ctx, record, None, "gateway_local_port", local_port + 1000)
-        forwards.append(Forward(gateway_port, GATEWAY_PORT, "gateway"))
+        forwards.append(Forward(gateway_port, GATEWAY_PORT, "gateway", instance.jupyter_host))
     ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
     progress(f"tunnel 127.0.0.1:{local_port} → {name}:{JUPYTER_PORT}")
     start_supervisor(name, forwards)

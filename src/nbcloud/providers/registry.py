@@ -42,7 +42,8 @@ def get_provider(name: str, region: str | None = None, profile: str | None = Non
         )
         return SandboxProvider(session, label="sandbox", checkip_url=f"{info.control_url}/checkip",
                                package_env=dict(info.bootstrap_env), login_user=info.login_user,
-                               ssh_port=info.ssh_port)
+                               ssh_port=info.ssh_port, jupyter_on_address=info.jupyter_on_address,
+                               data_volumes=info.data_volumes)
     if name == "ssh":
         from .ssh.provider import SshProvider
 

@@ -17,8 +17,11 @@ def render_jupyter_config(spec: BootstrapSpec) -> str:
     secrets = spec.secrets_dir
     lines = [
         "# Written by nbcloud's bootstrap. No secrets here: see " + secrets,
+        "import os",
         "c = get_config()  # noqa: F821",
-        f"c.ServerApp.ip = {'0.0.0.0' if spec.public else '127.0.0.1'!r}",
+        # A machine whose instances share one network (the sandbox without root: each on its own 127.x address)
+        # names the address to listen on; elsewhere the variable is unset.
+        f"c.ServerApp.ip = os.environ.get('NBCLOUD_JUPYTER_IP') or {'0.0.0.0' if spec.public else '127.0.0.1'!r}",
         f"c.ServerApp.port = {spec.jupyter_port}",
         # The client's tunnel targets this exact port: fail loudly rather than drift to port+1.
         "c.ServerApp.port_retries = 0",

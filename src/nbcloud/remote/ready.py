@@ -7,13 +7,15 @@ __all__ = ["wait_ready_script"]
 
 def wait_ready_script(port: int, timeout: float, tls: bool = False) -> str:
     scheme = "https" if tls else "http"
-    # /api answers without a token; the token is never sent from here.
+    # /api answers without a token; the token is never sent from here. NBCLOUD_ROOT and NBCLOUD_JUPYTER_IP are
+    # set only where the machine's "/" is a directory and Jupyter has an address of its own (sandbox, no root).
     return f"""
 deadline=$(( $(date +%s) + {int(timeout)} ))
-log=/var/log/nbcloud/bootstrap.log
+log="${{NBCLOUD_ROOT:-}}/var/log/nbcloud/bootstrap.log"
 while :; do
-  if [ -e /var/lib/nbcloud/bootstrap.done ] &&
-     curl -ks -o /dev/null -w '%{{http_code}}' {scheme}://127.0.0.1:{port}/api 2>/dev/null | grep -q 200; then
+  if [ -e "${{NBCLOUD_ROOT:-}}/var/lib/nbcloud/bootstrap.done" ] &&
+     curl -ks -o /dev/null -w '%{{http_code}}' "{scheme}://${{NBCLOUD_JUPYTER_IP:-127.0.0.1}}:{port}/api" 2>/dev/null |
+       grep -q 200; then
     echo ready; exit 0
   fi
   if [ -r "$log" ] && grep -q 'nbcloud-bootstrap: step .* failed' "$log"; then

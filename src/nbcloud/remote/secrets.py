@@ -121,10 +121,11 @@ def agent_settings_json(
 
 # Runs as the login user over ssh (`bash -s` style). Each stdin line is "<file> <base64>": `read` and `printf` are
 # bash builtins, so the decoded secret is never an argument of a process. The token goes last because the Jupyter
-# unit waits for it: once it exists, the cert, key and password hash are already in place.
+# unit waits for it: once it exists, the cert, key and password hash are already in place. NBCLOUD_ROOT is set only
+# where the machine's "/" is a directory (a sandbox instance without root); elsewhere the paths are the machine's.
 _INSTALL = r"""set -euo pipefail
 umask 077
-d={dir}
+d="${{NBCLOUD_ROOT:-}}"{dir}
 mkdir -p "$d"
 chmod 0700 "$d"
 while read -r name data; do
@@ -197,16 +198,16 @@ def install_tls_script(cert_pem: str, key_pem: str, *, login_user: str = LOGIN_U
 # The wait compares the served certificate with the new one: a restart that brought back the old pair fails here
 # rather than at the client's pin check. Only the (public) fingerprint is in the script.
 _RESTART = r"""set -euo pipefail
-if [ ! -e /var/lib/nbcloud/bootstrap.done ]; then
+if [ ! -e "${NBCLOUD_ROOT:-}/var/lib/nbcloud/bootstrap.done" ]; then
   echo "nbcloud: the bootstrap has not finished; Jupyter will start with the new certificate"; exit 0
 fi
 sudo systemctl restart {unit}
-exec {python} - <<'PY'
-import hashlib, ssl, sys, time
+exec "${NBCLOUD_ROOT:-}"{python} - <<'PY'
+import hashlib, os, ssl, sys, time
 want, deadline, last = "{fingerprint}", time.monotonic() + {timeout}, "no answer"
 while time.monotonic() < deadline:
     try:
-        pem = ssl.get_server_certificate(("127.0.0.1", {port}), timeout=2)
+        pem = ssl.get_server_certificate((os.environ.get("NBCLOUD_JUPYTER_IP") or "127.0.0.1", {port}), timeout=2)
         seen = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
         if seen == want:
             print("nbcloud: Jupyter serves the new certificate"); sys.exit(0)
@@ -241,7 +242,8 @@ def autostop_update_script(idle_stop_seconds: int | None, login_user: str = LOGI
     path = f"/home/{login_user}/.config/nbcloud/{AGENT_SETTINGS}"
     value = "None" if idle_stop_seconds is None else str(int(idle_stop_seconds))
     code = (
-        f"import json,os;p={path!r};d=json.load(open(p)) if os.path.exists(p) else {{}};"
+        f"import json,os;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};"
+        "d=json.load(open(p)) if os.path.exists(p) else {};"
         f"d['idle_stop_seconds']={value};t=p+'.tmp';open(t,'w').write(json.dumps(d,sort_keys=True));"
         "os.chmod(t,0o600);os.replace(t,p);print('idle_stop_seconds',d['idle_stop_seconds'])"
     )

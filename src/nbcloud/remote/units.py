@@ -42,7 +42,7 @@ def render_units(spec: BootstrapSpec) -> dict[str, str]:
             # After= without Wants=: at boot both are enabled and the volume comes first; a baked image's instance
             # starts this unit alone (its data unit is enabled by its own bootstrap, for its own volume)
             "[Unit]\nDescription=nbcloud Jupyter server\nAfter=network.target nbcloud-data.service\n"
-            "Wants=nbcloud-data.service\n\n[Service]\nType=simple\n"
+            "\n[Service]\nType=simple\n"
             f"User={user}\nGroup={user}\nWorkingDirectory={home}\n"
             f"Environment=HOME={home}\nEnvironment=JUPYTER_TOKEN_FILE={token}\n"
             # The client writes the token over SSH after boot: the launcher imports Jupyter meanwhile and
@@ -77,7 +77,8 @@ def render_gateway_wrapper(spec: BootstrapSpec) -> str:
         "#!/bin/sh\nset -eu\n"
         f"while [ ! -s {token} ]; do sleep 0.2; done\n"
         f"read -r KG_AUTH_TOKEN < {token} || [ -n \"$KG_AUTH_TOKEN\" ]\nexport KG_AUTH_TOKEN\n"
-        f"exec {VENV}/bin/jupyter-kernelgateway --ip=127.0.0.1 --port={spec.gateway_port} "
+        # NBCLOUD_JUPYTER_IP: the address of its own an instance listens on when instances share one network
+        f"exec {VENV}/bin/jupyter-kernelgateway --ip=${{NBCLOUD_JUPYTER_IP:-127.0.0.1}} --port={spec.gateway_port} "
         "--JupyterWebsocketPersonality.list_kernels=True\n"
     )
 

@@ -70,7 +70,8 @@ class TunnelSupervisor:
         self._ever_up = False
         self._state = TunnelState(name=name, state="connecting", since=now_iso(), reason="starting",
                                   local_ports={f.label: f.local_port for f in self.forwards},
-                                  remote_ports={f.label: f.remote_port for f in self.forwards}, pid=os.getpid())
+                                  remote_ports={f.label: f.remote_port for f in self.forwards},
+                                  remote_hosts={f.label: f.remote_host for f in self.forwards}, pid=os.getpid())
         self._resolve_thread: threading.Thread | None = None
         self._resolved: ResolveResult | None = None
         self._last_resolve = -1e9

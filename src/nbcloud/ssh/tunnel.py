@@ -68,6 +68,7 @@ class Forward:
     local_port: int
     remote_port: int
     label: str
+    remote_host: str = "127.0.0.1"  # as the instance sees it (Instance.jupyter_host)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class TunnelState:
     reason: str
     local_ports: dict[str, int] = field(default_factory=dict)
     remote_ports: dict[str, int] = field(default_factory=dict)
+    remote_hosts: dict[str, str] = field(default_factory=dict)
     pid: int | None = None  # the supervisor
     ssh_pid: int | None = None
     attempts: int = 0  # ssh attempts since the tunnel was last up (or since start)
@@ -166,7 +168,7 @@ def build_ssh_argv(host_alias: str, forwards: list[Forward], ssh_config: Path, *
             # Pinned on the command line too, so no config edit can make us accept a different host key.
             "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=VERBOSE"]
     for fw in forwards:
-        argv += ["-L", f"127.0.0.1:{fw.local_port}:127.0.0.1:{fw.remote_port}"]
+        argv += ["-L", f"127.0.0.1:{fw.local_port}:{fw.remote_host}:{fw.remote_port}"]
     argv.append(host_alias)
     return argv
 
@@ -297,9 +299,11 @@ def start_supervisor(name: str, forwards: list[Forward], *, host_alias: str | No
     """
     want_local = {f.label: f.local_port for f in forwards}
     want_remote = {f.label: f.remote_port for f in forwards}
+    want_hosts = {f.label: f.remote_host for f in forwards}
     current = read_state(name)
     if current is not None and current.state != "down" and _is_supervisor(current.pid):
-        if current.local_ports == want_local and current.remote_ports == want_remote:
+        same_hosts = (current.remote_hosts or {f.label: "127.0.0.1" for f in forwards}) == want_hosts
+        if current.local_ports == want_local and current.remote_ports == want_remote and same_hosts:
             return int(current.pid or 0)
         stop_supervisor(name)
     for fw in forwards:

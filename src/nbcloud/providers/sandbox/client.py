@@ -26,7 +26,7 @@ from typing import Any
 
 from ...config import ensure_private_dir, paths
 from ...errors import NotFoundError, SandboxError, UsageError
-from .wheelhouse import INSTANCE_UV_CACHE, ensure_uv_cache, ensure_wheelhouse, warm_uv_cache
+from .wheelhouse import INSTANCE_PYTHON, INSTANCE_UV_CACHE, ensure_uv_cache, ensure_wheelhouse, warm_uv_cache
 
 __all__ = [
     "DEFAULT_SUBNET",
@@ -67,6 +67,10 @@ class SandboxInfo:
     mode_reason: str = ""
     login_user: str = "ubuntu"
     ssh_port: int = 22
+    # loopback: instances share the host's network, so Jupyter listens on the instance's own address (not
+    # 127.0.0.1), and there are no mounts for data volumes
+    jupyter_on_address: bool = False
+    data_volumes: bool = True
 
     @property
     def checkip_url(self) -> str:
@@ -75,6 +79,20 @@ class SandboxInfo:
 
 def default_dir() -> Path:
     return paths().sandbox_dir
+
+
+def _loopback_bootstrap_env(directory: Path, raw: dict[str, Any]) -> dict[str, str]:
+    """The bootstrap's package source for loopback instances: host paths (no mounts), the sandbox's wheelhouse,
+    and the machine-wide uv cache itself (instances run as us: they may write it, and uv locks it)."""
+    if not raw.get("wheelhouse"):
+        return {}
+    return {
+        "NBCLOUD_UV": str(directory / "shared" / "bin" / "uv"),
+        "NBCLOUD_PYTHON": INSTANCE_PYTHON,
+        "NBCLOUD_FIND_LINKS": str(raw["wheelhouse"]),
+        "NBCLOUD_NO_INDEX": "1",
+        "UV_CACHE_DIR": str(raw.get("uv_cache") or directory / "shared" / "uv-cache"),
+    }
 
 
 def _bootstrap_env() -> dict[str, str]:
@@ -107,9 +125,10 @@ def load_info(sandbox_dir: Path | None = None) -> SandboxInfo | None:
     return SandboxInfo(
         endpoint_url=raw["endpoint_url"], region=raw["region"], control_url=raw["control_url"],
         caller_ip=raw["caller_ip"], subnet=raw["subnet"], mode=raw["mode"], sandbox_dir=directory,
-        bootstrap_env=_bootstrap_env() if raw["mode"] == "netns" else {}, pid=int(raw["pid"]),
-        prefix=raw.get("prefix", ""), mode_reason=raw.get("mode_reason", ""),
+        bootstrap_env=_bootstrap_env() if raw["mode"] == "netns" else _loopback_bootstrap_env(directory, raw),
+        pid=int(raw["pid"]), prefix=raw.get("prefix", ""), mode_reason=raw.get("mode_reason", ""),
         login_user=raw.get("login_user", "ubuntu"), ssh_port=int(raw.get("ssh_port", 22)),
+        jupyter_on_address=raw["mode"] == "loopback", data_volumes=raw["mode"] != "loopback",
     )
 
 
@@ -220,9 +239,9 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     if previous.exists() and previous.read_text().strip() != subnet:
         _cleanup_network(previous.read_text().strip(), directory)  # leftovers of a dead daemon on another subnet
     previous.write_text(subnet + "\n")
-    # the wheelhouse feeds the Jupyter bootstrap, which needs root inside the instance: netns mode only
-    wheelhouse = ensure_wheelhouse(say) if mode == "netns" else ""
-    uv_cache = ensure_uv_cache() if mode == "netns" else ""
+    # the wheelhouse and warm uv cache feed the Jupyter bootstrap (instances have no index to install from)
+    wheelhouse = ensure_wheelhouse(say)
+    uv_cache = ensure_uv_cache()
     if wheelhouse and uv_cache:
         warm_uv_cache(wheelhouse, uv_cache, say)
     say(f"starting the sandbox daemon ({mode} mode: {mode_reason})")

@@ -52,6 +52,17 @@ SRC_DIR = str(Path(__file__).resolve().parents[3])
 SHIM_LINKS = ("shutdown", "poweroff", "halt", "reboot")
 
 
+def _uv_binary() -> str | None:
+    """uv's real executable: the uv package's own when importable (a PATH entry may be a pyenv shim script,
+    useless to instances and to another user), else the one on PATH."""
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
 def _report(instance: Any, name: str, code: int) -> None:
     """What DescribeInstances says: moto flips states at once; the sandbox reports them when they are true."""
     instance._state.name = name
@@ -135,7 +146,12 @@ class Sandbox:
             link = self.shared / "shims" / name
             link.unlink(missing_ok=True)
             link.symlink_to("systemctl")
-        uv = shutil.which("uv")
+        if self.loopback:  # commands only loopback instances get (see disk.loopback_env)
+            (self.shared / disk.LOOPBACK_SHIMS).mkdir(mode=0o755, exist_ok=True)
+            for shim in Path(__file__).with_name(disk.LOOPBACK_SHIMS).iterdir():
+                shutil.copyfile(shim, self.shared / disk.LOOPBACK_SHIMS / shim.name)
+                os.chmod(self.shared / disk.LOOPBACK_SHIMS / shim.name, 0o755)
+        uv = _uv_binary()
         if uv:
             target = self.shared / "bin" / "uv"
             shutil.copyfile(os.path.realpath(uv), target)
@@ -562,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
             "caller_ip": sandbox.network.caller_ip, "subnet": sandbox.network.subnet, "mode": sandbox.mode,
             "mode_reason": args.mode_reason, "login_user": sandbox.login_user, "ssh_port": sandbox.ssh_port,
             "sandbox_dir": str(sandbox.dir), "prefix": sandbox.network.prefix, "pid": os.getpid(),
-            "wheelhouse": args.wheelhouse, "started_at": time.time(),
+            "wheelhouse": args.wheelhouse, "uv_cache": args.uv_cache, "started_at": time.time(),
         }
         tmp = sandbox.dir / ".sandbox.json.tmp"
         tmp.write_text(json.dumps(info, indent=2))

@@ -21,6 +21,7 @@ __all__ = ["BootFacts", "loopback_env", "prepare_root", "prepare_root_from_image
 
 UID = GID = 1000
 USER = "ubuntu"
+LOOPBACK_SHIMS = "shims-loopback"  # under the shared dir: commands only loopback instances get (sudo)
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,23 @@ def _key_types(root: Path) -> list[str]:
 
 
 def loopback_env(root: Path, facts: BootFacts) -> dict[str, str]:
-    """What every process of a loopback instance sees: its IMDS, its init, its marker, the shims first."""
+    """What every process of a loopback instance sees: its IMDS, its init, its marker, the shims first.
+
+    Also what nbcloud's own remote scripts need on a machine whose "/" is a directory: ``NBCLOUD_ROOT`` (the
+    bootstrap writes under it and, with ``NBCLOUD_ROOT_LIVE``, names it in the files it writes; ssh scripts find
+    the token and logs there) and ``NBCLOUD_JUPYTER_IP`` (Jupyter listens on the instance's own 127.x address,
+    not 127.0.0.1, which every instance on this host shares). The loopback shims (``sudo``: the instance's
+    "root" is the current user) come before the common ones.
+    """
     from .init import MOUNT_ROOT
     from .loopback import init_socket
 
     shared = Path(facts.shared_dir)
     return {
-        "PATH": SHIM_PATH.replace(str(MOUNT_ROOT), str(shared)),
+        "PATH": f"{shared / LOOPBACK_SHIMS}:" + SHIM_PATH.replace(str(MOUNT_ROOT), str(shared)),
+        "NBCLOUD_ROOT": str(root),
+        "NBCLOUD_ROOT_LIVE": "1",
+        "NBCLOUD_JUPYTER_IP": facts.address,
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": facts.imds_endpoint,
         "NBCLOUD_SANDBOX_ROOT": str(root),
         "NBCLOUD_SANDBOX_INIT_SOCKET": init_socket(facts.marker),

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ...models import Instance
+from ...errors import UsageError
+from ...models import Instance, Volume
 from ..aws.provider import AwsProvider
 from ..base import LaunchRequest
 
@@ -20,9 +21,26 @@ __all__ = ["SandboxProvider"]
 class SandboxProvider(AwsProvider):
     login_user: str = "ubuntu"
     ssh_port: int = 22
+    #: loopback mode: instances share the host's network, so each one's Jupyter listens on its own address
+    jupyter_on_address: bool = False
+    data_volumes: bool = True
 
     def _reached(self, instance: Instance) -> Instance:
-        return replace(instance, user=self.login_user, ssh_port=self.ssh_port)
+        jupyter_host = instance.host if self.jupyter_on_address and instance.host else instance.jupyter_host
+        return replace(instance, user=self.login_user, ssh_port=self.ssh_port, jupyter_host=jupyter_host)
+
+    def _refuse_volumes(self) -> None:
+        if not self.data_volumes:
+            raise UsageError("data volumes need the sandbox in netns mode: a loopback instance (no root) has no "
+                             "mounts", "leave out --data-volume, or run the sandbox as root")
+
+    def find_volume(self, volume_name: str) -> Volume | None:
+        self._refuse_volumes()
+        return super().find_volume(volume_name)
+
+    def create_volume(self, size_gb: int, zone: str, tags: dict[str, str]) -> Volume:
+        self._refuse_volumes()
+        return super().create_volume(size_gb, zone, tags)
 
     def run_instance(self, request: LaunchRequest) -> Instance:
         return self._reached(super().run_instance(request))

@@ -57,7 +57,13 @@ class ServiceManager:
         self._services: dict[str, _Service] = {}
 
     def path(self, absolute: str | Path) -> Path:
-        """An instance path as this process sees it (unchanged unless the instance's root is a directory)."""
+        """An instance path as this process sees it (unchanged unless the instance's root is a directory).
+
+        A path already under that directory stays as it is: a loopback bootstrap writes units that name it.
+        """
+        path = Path(absolute)
+        if self.root != Path("/") and path.is_relative_to(self.root):
+            return path
         return self.root / str(absolute).lstrip("/")
 
     # unit files --------------------------------------------------------------------------------------------

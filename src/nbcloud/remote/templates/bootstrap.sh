@@ -6,7 +6,9 @@
 set -Eeuo pipefail
 umask 022
 @@ENV@@
-# NBCLOUD_ROOT prefixes every path written (tests run the steps in a throwaway tree).
+# NBCLOUD_ROOT prefixes every path written (tests run the steps in a throwaway tree). With NBCLOUD_ROOT_LIVE=1 the
+# machine itself runs from that tree (a sandbox instance without root, whose "/" is a directory): the paths inside
+# the files written (units, configs, the agent) then name it too.
 R="${NBCLOUD_ROOT:-}"
 U=@@USER@@
 H=@@HOME@@
@@ -31,13 +33,23 @@ on_error() { local rc=$?; log "step $STEP failed (exit $rc, line ${BASH_LINENO[0
 trap on_error ERR
 fail() { log "$*"; false; }
 owned() {  # chown to the login user; a test tree (NBCLOUD_ROOT) may have no such user
+  if [ "$(id -u)" = "$(id -u "$U" 2>/dev/null)" ]; then return 0; fi  # run as the login user: ours already
   if id -u "$U" >/dev/null 2>&1; then chown "$U:$U" "$@"; elif [ -z "$R" ]; then fail "no user $U"; fi
+}
+# stdin to stdout; when the machine runs from $R, nbcloud's paths in it get the prefix (one pass: $R itself may
+# lie below $H). perl is in every Debian/Ubuntu base system.
+live_paths() {
+  if [ "${NBCLOUD_ROOT_LIVE:-0}" = 1 ] && [ -n "$R" ]; then
+    NB_R="$R" NB_H="$H" perl -pe 's{(?<![\w./-])(/opt/nbcloud|/var/lib/nbcloud|/var/log/nbcloud|\Q$ENV{NB_H}\E)(?![\w.-])}{$ENV{NB_R}$1}g'
+  else
+    cat
+  fi
 }
 # put PATH MODE < content: replace only when different, so a re-run changes nothing and we know what changed
 put() {
   local dst="$R$1" mode=$2
   mkdir -p "$(dirname "$dst")"
-  cat > "$dst.nbcloud-new"
+  live_paths > "$dst.nbcloud-new"
   if cmp -s "$dst.nbcloud-new" "$dst"; then rm -f "$dst.nbcloud-new"; return 0; fi
   chmod "$mode" "$dst.nbcloud-new" && mv -f "$dst.nbcloud-new" "$dst"
   CHANGED+=("$1")
@@ -46,7 +58,7 @@ put() {
 step_python() {
   PY="${NBCLOUD_PYTHON:-/usr/bin/python3}"
   # uv-managed Pythons go where the login user can read them (root's home is 0700)
-  export UV_PYTHON_INSTALL_DIR=/opt/nbcloud/python
+  export UV_PYTHON_INSTALL_DIR="$R/opt/nbcloud/python"
   if [ ! -x "$PY" ]; then
     [ "${NBCLOUD_NO_INDEX:-0}" = 1 ] && fail "no Python at $PY"
     PY=3.12  # no system Python: uv fetches one

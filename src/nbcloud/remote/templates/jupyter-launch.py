@@ -26,7 +26,10 @@ for module in ("jupyter_server.serverapp", "jupyterlab_server", "jupyter_lsp", "
 # The token, and this instance's bootstrap done: an instance of a baked image starts this unit at boot, before
 # its bootstrap has written its own config (read by main() below, so the waiting process picks it up).
 token = Path(os.environ["JUPYTER_TOKEN_FILE"])
-bootstrap_done = Path(os.environ.get("NBCLOUD_ROOT", "") + "/var/lib/nbcloud/bootstrap.done")
+# Under NBCLOUD_ROOT when the machine's "/" is a directory; a live root's bootstrap has already put the prefix in
+# this very line (NBCLOUD_ROOT_LIVE): never twice.
+root, done_path = os.environ.get("NBCLOUD_ROOT", ""), "/var/lib/nbcloud/bootstrap.done"
+bootstrap_done = Path(done_path if root and done_path.startswith(root + "/") else root + done_path)
 while not (token.exists() and token.stat().st_size > 0 and bootstrap_done.exists()):
     time.sleep(0.05)
 sys.argv = ["jupyter-lab", *sys.argv[1:]]
