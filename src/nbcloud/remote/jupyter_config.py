@@ -26,6 +26,8 @@ def render_jupyter_config(spec: BootstrapSpec) -> str:
         # The client's tunnel targets this exact port: fail loudly rather than drift to port+1.
         "c.ServerApp.port_retries = 0",
         "c.ServerApp.open_browser = False",
+        # a sandbox without namespaces logs its instances in as whoever runs it: root too, when forced to
+        "c.ServerApp.allow_root = os.environ.get('NBCLOUD_JUPYTER_ALLOW_ROOT') == '1'",
         f"c.ServerApp.root_dir = {spec.home!r}",
     ]
     if spec.cull_idle_minutes:

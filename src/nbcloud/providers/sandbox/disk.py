@@ -116,6 +116,8 @@ def loopback_env(root: Path, facts: BootFacts) -> dict[str, str]:
         "NBCLOUD_ROOT": str(root),
         "NBCLOUD_ROOT_LIVE": "1",
         "NBCLOUD_JUPYTER_IP": facts.address,
+        # loopback forced as root: the instance's user is root, which Jupyter refuses unless told
+        **({"NBCLOUD_JUPYTER_ALLOW_ROOT": "1"} if facts.login_user == "root" else {}),
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": facts.imds_endpoint,
         "NBCLOUD_SANDBOX_ROOT": str(root),
         "NBCLOUD_SANDBOX_INIT_SOCKET": init_socket(facts.marker),
