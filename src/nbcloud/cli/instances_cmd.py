@@ -339,7 +339,7 @@ def logs(name: str, bootstrap: bool, agent: bool, follow: bool, lines: int) -> N
     ctx = _ctx()
     ctx.key_path(name)
     log = "bootstrap" if bootstrap else "agent" if agent else "jupyter"
-    command = f"tail -n {lines} {'-F' if follow else ''} /var/log/nbcloud/{log}.log"
+    command = f"tail -n {lines} {'-F' if follow else ''} \"${{NBCLOUD_ROOT:-}}/var/log/nbcloud/{log}.log\""
     argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), command]
     sys.exit(subprocess.call(argv))
 

@@ -401,7 +401,7 @@ def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceV
     def fetch(view: InstanceView) -> dict[str, Any]:
         try:
             result = session.run(ctx.paths.ssh_config, f"nb-{view.name}",
-                                 "cat /var/lib/nbcloud/agent-state.json 2>/dev/null || echo '{}'",
+                                 "cat \"${NBCLOUD_ROOT:-}/var/lib/nbcloud/agent-state.json\" 2>/dev/null || echo '{}'",
                                  timeout=AGENT_STATE_TIMEOUT, check=False,
                                  connect_timeout=AGENT_STATE_CONNECT_TIMEOUT)
             return json.loads(result.stdout or "{}") if result.returncode == 0 else {}
