@@ -276,7 +276,9 @@ def test_uv_installs_the_remote_packages_offline(sandbox: Any, machine: Any) -> 
     m.wait_ssh()
     env = " ".join(f"{k}={v}" for k, v in sandbox.bootstrap_env.items())
     reqs = " ".join(f"'{r}'" for r in all_requirements())
-    done = m.ssh(f"export {env}; $NBCLOUD_UV venv -q -p $NBCLOUD_PYTHON ~/venv && $NBCLOUD_UV pip install -q "
+    # as a user-data script would run: once boot is finished (the instance's package cache is in place by then)
+    done = m.ssh(f"cloud-init status --wait >/dev/null; export {env}; "
+                 f"$NBCLOUD_UV venv -q -p $NBCLOUD_PYTHON ~/venv && $NBCLOUD_UV pip install -q "
                  f"--no-index --find-links $NBCLOUD_FIND_LINKS -p ~/venv {reqs} && ~/venv/bin/jupyter lab --version",
                  timeout=170)
     assert done.returncode == 0, done.stderr

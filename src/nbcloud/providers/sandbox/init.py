@@ -184,8 +184,8 @@ class Init:
         scripts_dir = cloud / "instance" / "scripts"
         sem = cloud / "instances" / self.boot["instance_id"] / "sem" / "config_scripts_user"
         status = {"status": "done", "errors": []}
+        wait_uv_cache_seed(self.root)  # user-data installs from it; "boot finished" means it is there
         if not sem.exists() and scripts_dir.is_dir():
-            wait_uv_cache_seed(self.root)  # the bootstrap installs from it
             sem.parent.mkdir(parents=True, exist_ok=True)
             sem.write_text(str(time.time()))
             (cloud / "instance" / "boot-finished").unlink(missing_ok=True)
