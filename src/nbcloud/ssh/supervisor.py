@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 from ..config import write_private
 from .tunnel import (
@@ -198,11 +199,11 @@ class TunnelSupervisor:
                         pending[sock] = now
                 wait = (not_before if reachable else next_probe) - time.monotonic()
                 for key, _ in sel.select(timeout=max(0.0, min(0.1, wait))) if pending else ():
-                    sock = key.fileobj  # type: ignore[assignment]
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    sel.unregister(sock)
-                    del pending[sock]
-                    sock.close()
+                    probe = cast(socket.socket, key.fileobj)
+                    err = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    sel.unregister(probe)
+                    del pending[probe]
+                    probe.close()
                     if err == 0:
                         reachable = True
                     else:

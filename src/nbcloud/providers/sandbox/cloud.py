@@ -60,6 +60,11 @@ def _instances(result: Iterable[Any]) -> list[Any]:
     return [item[0] if isinstance(item, tuple) else item for item in result]
 
 
+def _on_attach(listener: CloudListener, backend: Any, attachment: Any) -> None:
+    if attachment:  # moto answers None when the attachment was refused
+        listener.on_attach(backend, attachment.volume.id, attachment.instance.id)
+
+
 def install_hooks(listener: CloudListener) -> None:
     """Wrap moto's EC2 backend methods (class-wide: every account and region) so the listener sees changes.
 
@@ -90,7 +95,7 @@ def install_hooks(listener: CloudListener) -> None:
     wrap("stop_instances", lambda b, r, a, k: lst().on_stop(b, _instances(r)))
     wrap("terminate_instances", lambda b, r, a, k: lst().on_terminate(b, _instances(r)))
     wrap("reboot_instances", lambda b, r, a, k: lst().on_reboot(b, _instances(r)))
-    wrap("attach_volume", lambda b, r, a, k: r and lst().on_attach(b, r.volume.id, r.instance.id))
+    wrap("attach_volume", lambda b, r, a, k: _on_attach(lst(), b, r))
     wrap("delete_volume", lambda b, r, a, k: lst().on_delete_volume(b, k.get("volume_id") or a[0]))
 
 
@@ -142,7 +147,8 @@ def seed_images(region: str = REGION, account_id: str = DEFAULT_ACCOUNT_ID) -> d
         params = ssm._parameters
         if not dict.get(params, param):
             dict.__setitem__(params, param, [
-                Parameter(account_id=account_id, name=param, value=ami_id, parameter_type="String",
+                Parameter(  # type: ignore[abstract]  # moto's own class, made the way moto makes it
+                          account_id=account_id, name=param, value=ami_id, parameter_type="String",
                           description=None, allowed_pattern=None, keyid=None,
                           last_modified_date=datetime.now(UTC), version=1,
                           data_type="aws:ec2:image")
@@ -224,7 +230,7 @@ class MotoCloud:
     @property
     def endpoint_url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def start(self) -> None:
         self.thread.start()

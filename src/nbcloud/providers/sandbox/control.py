@@ -36,7 +36,7 @@ class ControlServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -141,7 +141,8 @@ class _Server(ThreadingHTTPServer):
 
     def server_bind(self) -> None:  # HTTPServer's would resolve our name (getfqdn): no DNS in a sandbox
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = host.decode() if isinstance(host, (bytes, bytearray)) else host
 
 
 def serve_imds(source: MetadataSource, address: str = IMDS_ADDRESS, port: int = 80) -> Callable[[], None]:

@@ -88,8 +88,8 @@ def parse_user_data(raw: bytes | str | None) -> UserData:
         for index, part in enumerate(message.walk()):
             if part.is_multipart():
                 continue
-            payload = part.get_payload(decode=True) or b""
-            payload = _decompress(payload)
+            body = part.get_payload(decode=True)
+            payload = _decompress(body if isinstance(body, bytes) else b"")
             ctype = part.get_content_type()
             name = part.get_filename() or f"part-{index:03d}"
             _classify(ctype, name, payload, scripts, config)

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -327,7 +328,7 @@ def save_for_interruption(jupyter: Jupyter, config: Config, notice: dict[str, An
             continue
         entry: dict[str, Any] = {"path": path}
         try:
-            model = jupyter.get(f"/api/contents/{urllib.request.quote(path)}?content=0")
+            model = jupyter.get(f"/api/contents/{urllib.parse.quote(path)}?content=0")
             saved = parse_iso(model.get("last_modified"))
             entry["saved_seconds_before_notice"] = None if saved is None else round(now - saved, 1)
         except (OSError, ValueError) as exc:
