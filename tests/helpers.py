@@ -114,6 +114,25 @@ class World:
         assert value, f"no fingerprint pinned for {name}"
         return value
 
+    def status(self, name: str) -> dict[str, Any]:
+        """``status NAME --json`` of one instance."""
+        data = self.nb_json("status", name)
+        return data[0] if isinstance(data, list) else data
+
+    def scale_prices(self, factor: float, instance_type: str = "t3.medium") -> float:
+        """Write the price table times ``factor`` where `load_prices()` finds it; return that type's scaled price.
+
+        Money tests scale prices so a cent accrues in about a second.
+        """
+        from nbcloud.pricing import load_prices
+
+        table = load_prices().scaled(factor)
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "prices.json").write_text(table.to_json())
+        hourly = table.hourly(instance_type, self.sandbox.region)
+        assert hourly
+        return hourly
+
     def ec2(self) -> Any:
         import boto3
 

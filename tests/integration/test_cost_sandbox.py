@@ -17,23 +17,6 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(420)]
 FACTOR = 1000.0  # t3.medium: $0.0416/h → $41.6/h, a cent every ~0.9 s
 
 
-def _scaled_prices(world: Any) -> float:
-    """Write the scaled table where `load_prices()` finds it; return the scaled t3.medium price."""
-    from nbcloud.pricing import load_prices
-
-    table = load_prices().scaled(FACTOR)
-    world.home.mkdir(parents=True, exist_ok=True)
-    (world.home / "prices.json").write_text(table.to_json())
-    hourly = table.hourly("t3.medium", world.sandbox.region)
-    assert hourly
-    return hourly
-
-
-def _status(world: Any, name: str) -> dict[str, Any]:
-    data = world.nb_json("status", name)
-    return data[0] if isinstance(data, list) else data
-
-
 def _events(world: Any, name: str) -> list[tuple[float, str]]:
     from nbcloud.state import open_store
 
@@ -41,11 +24,11 @@ def _events(world: Any, name: str) -> list[tuple[float, str]]:
 
 
 def test_status_cost_and_running_time_only(world: Any) -> None:
-    hourly = _scaled_prices(world)
+    hourly = world.scale_prices(FACTOR)
     per_second = hourly / 3600
     world.up("cs-money", "-t", "t3.medium", "--data-volume", "1")
 
-    first = _status(world, "cs-money")
+    first = world.status("cs-money")
     assert first["hourly_usd"] == pytest.approx(hourly)
     assert first["accrued_usd"] > 0
     assert first["budget_usd"] is None and first["budget_remaining_usd"] is None
@@ -54,25 +37,25 @@ def test_status_cost_and_running_time_only(world: Any) -> None:
         if idle["idle_seconds"] is not None:
             break
         time.sleep(2)
-        idle = _status(world, "cs-money")
+        idle = world.status("cs-money")
     assert idle["idle_seconds"] is not None and idle["idle_seconds"] >= 0
 
     # Stop for N s and start again: the stopped stretch must not count.
-    before, t_before = _status(world, "cs-money")["accrued_usd"], time.time()
+    before, t_before = world.status("cs-money")["accrued_usd"], time.time()
     stopped = world.nb_json("stop", "cs-money")
     assert stopped["still_billing"], "a stopped instance's disks still bill: stop must say so"
     assert stopped["monthly_usd"] and stopped["monthly_usd"] > 0
     assert any("GB" in line for line in stopped["still_billing"])
-    stopped_status = _status(world, "cs-money")
+    stopped_status = world.status("cs-money")
     assert stopped_status["state"] == "stopped"
     assert stopped_status["uptime_seconds"] is None
     time.sleep(20)
-    frozen = _status(world, "cs-money")["accrued_usd"]
+    frozen = world.status("cs-money")["accrued_usd"]
     assert frozen == pytest.approx(stopped_status["accrued_usd"], abs=0.0002), "accrued grew while stopped"
     world.nb_json("start", "cs-money")
     started_at = time.time()
     time.sleep(max(0.0, 65 - (time.time() - started_at)))  # past the 60-s minimum the new period is billed at
-    after_status = _status(world, "cs-money")
+    after_status = world.status("cs-money")
     after, t_after = after_status["accrued_usd"], time.time()
     assert after_status["uptime_seconds"] is not None and after_status["uptime_seconds"] < 120, \
         "uptime counts the current running period only"
@@ -105,11 +88,11 @@ def test_status_cost_and_running_time_only(world: Any) -> None:
 
 
 def test_budget_cap_stops_before_the_cap(world: Any) -> None:
-    hourly = _scaled_prices(world)
+    hourly = world.scale_prices(FACTOR)
     cap = round(hourly * 150 / 3600, 2)  # 150 s of running; the agent keeps a margin of 60 s + two checks
     t0 = time.monotonic()
     up = world.up("cs-cap", "-t", "t3.medium", "--max-cost", str(cap))
-    first = _status(world, "cs-cap")
+    first = world.status("cs-cap")
     assert first["budget_usd"] == pytest.approx(cap)
     assert 0 < first["budget_remaining_usd"] < cap
     assert first["budget_remaining_usd"] == pytest.approx(cap - first["accrued_usd"], abs=0.01)
@@ -118,10 +101,10 @@ def test_budget_cap_stops_before_the_cap(world: Any) -> None:
     seen = first
     while seen["state"] == "running" and time.monotonic() - t0 < 300:
         time.sleep(2)
-        seen = _status(world, "cs-cap")
+        seen = world.status("cs-cap")
     elapsed = time.monotonic() - t0
     assert seen["state"] in ("stopping", "stopped"), f"still {seen['state']} after {elapsed:.0f} s"
-    final = _status(world, "cs-cap")
+    final = world.status("cs-cap")
     print(f"\nbudget cap ${cap:.2f} at ${hourly:.2f}/h: stopped after {elapsed:.0f} s, "
           f"accrued ${final['accrued_usd']:.2f}, remaining ${final['budget_remaining_usd']:.2f}")
     assert final["accrued_usd"] <= cap, "the agent let the accrued cost pass the cap"

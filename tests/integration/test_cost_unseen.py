@@ -20,22 +20,6 @@ FACTOR = 1000.0  # t3.medium: $0.0416/h → $41.6/h
 MOTO_SPOT = 0.00001  # moto's DescribeSpotPriceHistory answers this for every type and zone
 
 
-def _scaled_prices(world: Any) -> float:
-    from nbcloud.pricing import load_prices
-
-    table = load_prices().scaled(FACTOR)
-    world.home.mkdir(parents=True, exist_ok=True)
-    (world.home / "prices.json").write_text(table.to_json())
-    hourly = table.hourly("t3.medium", world.sandbox.region)
-    assert hourly
-    return hourly
-
-
-def _status(world: Any, name: str) -> dict[str, Any]:
-    data = world.nb_json("status", name)
-    return data[0] if isinstance(data, list) else data
-
-
 def _events(name: str) -> list[tuple[float, str, float | None]]:
     from nbcloud.state import open_store
 
@@ -48,10 +32,10 @@ def _cloud_state(world: Any, instance_id: str) -> str:
 
 
 def test_a_stop_nbcloud_did_not_see_bills_until_the_cloud_stop_time(world: Any) -> None:
-    hourly = _scaled_prices(world)
+    hourly = world.scale_prices(FACTOR)
     per_second = hourly / 3600
     up = world.up("cu-stop", "-t", "t3.medium", "--idle-stop", "off")
-    first = _status(world, "cu-stop")
+    first = world.status("cu-stop")
     assert first["state"] == "running" and first["hourly_usd"] == pytest.approx(hourly)
     started = _events("cu-stop")[0][0]
     time.sleep(max(0.0, started + 70 - time.time()))  # past the 60-s minimum, so the stop time is what bills
@@ -83,18 +67,18 @@ def test_a_stop_nbcloud_did_not_see_bills_until_the_cloud_stop_time(world: Any) 
     assert line["accrued_usd"] < per_second * (t_cost - runs[0] - 20), "the time after the stop was billed"
     assert line["state"] in ("stopping", "stopped")
 
-    later = _status(world, "cu-stop")
+    later = world.status("cu-stop")
     assert later["state"] == "stopped"
     assert later["accrued_usd"] == pytest.approx(line["accrued_usd"], abs=per_second * 0.5), "status and cost agree"
 
 
 def test_spot_accrues_and_caps_at_the_spot_price(world: Any) -> None:
-    hourly = _scaled_prices(world)
+    hourly = world.scale_prices(FACTOR)
     # A cap that on-demand's price would trip at the agent's first check ((0 + 2 checks + 60 s) × $41.6/h = $0.74).
     cap = 0.5
     world.env["NBCLOUD_AGENT_CHECK_PERIOD"] = "2"
     up = world.up("cu-spot", "--spot", "-t", "t3.medium", "--idle-stop", "off", "--max-cost", str(cap))
-    view = _status(world, "cu-spot")
+    view = world.status("cu-spot")
     assert view["lifecycle"] == "spot", view
     assert view["hourly_usd"] == pytest.approx(MOTO_SPOT), "status must show the price it accrues at"
     assert view["spot_hourly_usd"] == pytest.approx(MOTO_SPOT)
@@ -109,7 +93,7 @@ def test_spot_accrues_and_caps_at_the_spot_price(world: Any) -> None:
     assert state["settings"]["hourly_usd"] == pytest.approx(MOTO_SPOT), state
     assert "cost cap" not in state["reason"], state
 
-    final = _status(world, "cu-spot")
+    final = world.status("cu-spot")
     on_demand_would_be = hourly * max(60.0, final["uptime_seconds"] or 0) / 3600
     print(f"\nspot after {final['uptime_seconds']:.0f} s: accrued ${final['accrued_usd']:.6f} at ${MOTO_SPOT}/h "
           f"(on-demand ${hourly:.2f}/h would be ${on_demand_would_be:.2f}); budget left "
