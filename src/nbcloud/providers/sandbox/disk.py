@@ -126,6 +126,20 @@ def loopback_env(root: Path, facts: BootFacts) -> dict[str, str]:
     }
 
 
+
+# What every sandbox sshd allows: forwarding (the tunnel), keepalives like an instance's, many parallel logins
+_SSHD_SESSIONS = """AllowTcpForwarding yes
+AllowStreamLocalForwarding yes
+X11Forwarding no
+ClientAliveInterval 5
+ClientAliveCountMax 3
+UseDNS no
+PrintMotd no
+MaxStartups 100:30:200
+AcceptEnv LANG LC_*
+"""
+
+
 def write_loopback_sshd_config(root: Path, facts: BootFacts) -> None:
     """An sshd the current user can run: its own port, address, host keys and pid file, absolute paths only.
 
@@ -147,16 +161,7 @@ PermitRootLogin {"prohibit-password" if facts.login_user == "root" else "no"}
 AllowUsers {facts.login_user}
 PubkeyAuthentication yes
 AuthorizedKeysFile {root}/home/{facts.login_user}/.ssh/authorized_keys
-AllowTcpForwarding yes
-AllowStreamLocalForwarding yes
-X11Forwarding no
-ClientAliveInterval 5
-ClientAliveCountMax 3
-UseDNS no
-PrintMotd no
-MaxStartups 100:30:200
-AcceptEnv LANG LC_*
-SetEnv {env}
+{_SSHD_SESSIONS}SetEnv {env}
 Subsystem sftp /usr/lib/openssh/sftp-server
 """
     _write(root / "etc/ssh/sshd_config", config)
@@ -175,16 +180,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin no
 PubkeyAuthentication yes
 AuthorizedKeysFile .ssh/authorized_keys
-AllowTcpForwarding yes
-AllowStreamLocalForwarding yes
-X11Forwarding no
-ClientAliveInterval 5
-ClientAliveCountMax 3
-UseDNS no
-PrintMotd no
-MaxStartups 100:30:200
-AcceptEnv LANG LC_*
-SetEnv PATH={SHIM_PATH}
+{_SSHD_SESSIONS}SetEnv PATH={SHIM_PATH}
 Subsystem sftp /usr/lib/openssh/sftp-server
 """
     _write(root / "etc/ssh/sshd_config", config)
