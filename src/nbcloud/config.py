@@ -79,8 +79,12 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 def write_private(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Write atomically with ``mode`` from the first byte (never world-readable, even for an instant)."""
-    ensure_private_dir(path.parent)
+    """Write atomically with ``mode`` from the first byte (never world-readable, even for an instant).
+
+    A missing parent is made 0700; an existing one keeps its mode (it may be the user's, e.g. ~/.ssh, or /tmp).
+    """
+    if not path.parent.is_dir():
+        ensure_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

@@ -74,3 +74,17 @@ def test_store_is_private_wal_and_records_transitions(nbcloud_home: Path) -> Non
     assert [s for _, s, _ in store.events("demo")] == ["running", "stopped", "running"]
     store.delete("demo")
     assert store.get("demo") is None
+
+
+def test_private_files_never_change_a_shared_parent(tmp_path: Path) -> None:
+    """A user ssh config in a shared directory (NBCLOUD_USER_SSH_CONFIG=/tmp/x once made /tmp 0700)."""
+    from nbcloud.config import write_private
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    write_private(shared / "config", "Host x\n")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((shared / "config").stat().st_mode) == 0o600
+    write_private(tmp_path / "made" / "key", "secret")
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o700
