@@ -210,15 +210,20 @@ def unprivileged(tmp_path: Path) -> Iterator[Any]:
     (etc / "passwd").write_text(Path("/etc/passwd").read_text()
                                 + f"{THROWAWAY_USER}:x:{THROWAWAY_UID}:{THROWAWAY_UID}::{home}:/bin/bash\n")
     (etc / "group").write_text(Path("/etc/group").read_text() + f"{THROWAWAY_USER}:x:{THROWAWAY_UID}:\n")
-    # root's private view: the user database with the throwaway user, and this Python made reachable
+    # root's private view: the user database with the throwaway user, and this Python and this checkout made
+    # reachable (either may sit below a directory other users cannot enter, such as /root)
     setup = [f"mount --bind {etc / 'passwd'} /etc/passwd", f"mount --bind {etc / 'group'} /etc/group"]
-    prefix = Path(sys.prefix).resolve()
-    hidden = _inaccessible_ancestor(prefix)
-    if hidden is not None:
-        (base / "orig").mkdir()
-        inner = prefix.relative_to(hidden)
-        setup += [f"mount --bind {hidden} {base / 'orig'}", f"mount -t tmpfs -o mode=0755 tmpfs {hidden}",
-                  f"mkdir -p {hidden / inner}", f"mount --bind {base / 'orig' / inner} {hidden / inner}"]
+    hidden: dict[Path, list[Path]] = {}
+    for needed in (Path(sys.prefix).resolve(), ROOT / "src"):
+        ancestor = _inaccessible_ancestor(needed)
+        if ancestor is not None:
+            hidden.setdefault(ancestor, []).append(needed.relative_to(ancestor))
+    for index, (ancestor, inners) in enumerate(hidden.items()):
+        orig = base / f"orig{index}"
+        orig.mkdir()
+        setup += [f"mount --bind {ancestor} {orig}", f"mount -t tmpfs -o mode=0755 tmpfs {ancestor}"]
+        for inner in inners:
+            setup += [f"mkdir -p {ancestor / inner}", f"mount --bind {orig / inner} {ancestor / inner}"]
     env = {"HOME": str(home), "USER": THROWAWAY_USER, "LOGNAME": THROWAWAY_USER, "LANG": "C.UTF-8",
            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(ROOT / "src"),
            "NBCLOUD_HOME": str(home / "nb"), "NBCLOUD_QUIET": "1"}
