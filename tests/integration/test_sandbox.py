@@ -124,7 +124,8 @@ def test_lifecycle_ssh_userdata_stop_start_terminate(sandbox: Any, machine: Any)
     m = machine()
     m.ec2.get_waiter("instance_running").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
     m.wait_ssh()
-    assert m.ssh("cat /home/ubuntu/ran.txt").stdout.strip() == "ran"
+    # user-data runs once boot is finished (after sshd is up, as with cloud-init's final stage)
+    assert m.ssh("cloud-init status --wait >/dev/null; cat /home/ubuntu/ran.txt", timeout=90).stdout.strip() == "ran"
     _, wrong = keypair()
     refused = m.ssh("true", known_hosts=f"{m.address} {wrong}\n")
     assert refused.returncode != 0 and "HOST IDENTIFICATION HAS CHANGED" in refused.stderr

@@ -157,3 +157,26 @@ def test_loopback_subnets_mirror_the_netns_ones() -> None:
     assert loopback_subnet("10.240.0.0/16") == "127.240.0.0/16"
     assert loopback_subnet("127.71.0.0/16") == "127.71.0.0/16"
     assert loopback_subnet("192.168.5.0/24") == "127.168.5.0/24"
+
+
+def test_unix_sockets_at_paths_longer_than_af_unix_allows(tmp_path: Path) -> None:
+    """pytest's xdist directories make a sandbox's socket paths exceed 107 bytes; bind and connect still work."""
+    import socket
+
+    from nbcloud.providers.sandbox.unixsock import unix_address
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = deep / "init.sock"
+    assert len(str(path)) > 108
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        with unix_address(path) as address:
+            server.bind(address)
+        server.listen(1)
+        assert path.exists()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client, unix_address(path) as address:
+            client.connect(address)
+            peer, _ = server.accept()
+            client.sendall(b"ok")
+            assert peer.recv(2) == b"ok"
+            peer.close()

@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .unixsock import unix_address
+
 if TYPE_CHECKING:
     from .daemon import Sandbox
 
@@ -114,7 +116,8 @@ class InstanceSocket:
                     reply = {"code": 1, "err": f"{exc}\n"}
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
 
-        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        with unix_address(path) as address:
+            self.server = socketserver.ThreadingUnixStreamServer(address, Handler)
         self.server.daemon_threads = True
         os.chmod(path, 0o666)
         threading.Thread(target=self.server.serve_forever, name="instance-socket", daemon=True).start()

@@ -42,6 +42,7 @@ from .loopback import (
     socket_address,
 )
 from .storage import Storage
+from .unixsock import unix_address
 from .userdata import parse_user_data
 from .wheelhouse import UvCacheSeeder
 
@@ -348,9 +349,9 @@ class Sandbox:
         if isinstance(self.network, LoopbackNetwork):
             path = socket_address(init_socket(self.network.marker(instance_id)))
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, unix_address(path) as address:
                 sock.settimeout(timeout)
-                sock.connect(path)
+                sock.connect(address)
                 sock.sendall(json.dumps(request).encode() + b"\n")
                 data = b""
                 while not data.endswith(b"\n"):
