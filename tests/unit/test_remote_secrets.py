@@ -5,9 +5,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import ssl
 import stat
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,27 @@ def test_install_script_agent_settings_from_fields() -> None:
         "idle_stop_seconds": None, "max_cost_usd": 3.0, "hourly_usd": 0.5}
     _, stdin = install_secrets_script("t")
     assert b"agent.json" not in stdin  # not passed: the instance's current settings stay
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_install_script_waits_while_the_bootstrap_hands_the_directory_over() -> None:
+    """The first ssh session can run while the bootstrap (root) has made ~/.config/nbcloud but not chowned it."""
+    user = 64124
+    base = Path(tempfile.mkdtemp(prefix="nbsecrets-", dir="/tmp"))  # pytest's tmp is 0700 root: not for the user
+    os.chmod(base, 0o755)
+    home = base / "home"
+    target = home / ".config" / "nbcloud"
+    target.mkdir(parents=True)  # made by "root", not yet handed over
+    for path in (home, home / ".config"):
+        os.chown(path, user, user)
+    script, stdin = install_secrets_script("tok", secrets_dir=str(target))
+    try:
+        proc = subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "bash", "-c",
+                                 script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        os.chown(target, user, user)  # the bootstrap's `owned`
+        _out, err = proc.communicate(stdin, timeout=30)
+        assert proc.returncode == 0, err
+        assert (target / "token").read_text() == "tok"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

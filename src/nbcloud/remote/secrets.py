@@ -126,6 +126,11 @@ def agent_settings_json(
 _INSTALL = r"""set -euo pipefail
 umask 077
 d="${{NBCLOUD_ROOT:-}}"{dir}
+# the first ssh session may run while the bootstrap (root) is still making this directory and handing it over
+for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+  if mkdir -p "$d" 2>/dev/null && chmod 0700 "$d" 2>/dev/null; then break; fi
+  sleep 0.25
+done
 mkdir -p "$d"
 chmod 0700 "$d"
 while read -r name data; do
