@@ -289,12 +289,12 @@ class Sandbox:
             if image_root is not None:  # a baked image: its root disk, made this instance's by cloud-init rules
                 disk.prepare_root_from_image(inst_dir, image_root, key.material_public if key else None, raw,
                                              parsed, loopback_user=loopback_user)
-                if self.uv_seeder is not None:
+                if self.uv_seeder is not None and parsed.scripts:  # only user-data installs at boot
                     self.uv_seeder.seed(inst_dir / "root")
             else:
                 disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed,
                                   loopback_user=loopback_user)
-                if self.uv_seeder is not None:
+                if self.uv_seeder is not None and parsed.scripts:  # only user-data installs at boot
                     self.uv_seeder.seed(inst_dir / "root")
         volumes = self._volumes_of(inst)
         for volume_id in volumes:

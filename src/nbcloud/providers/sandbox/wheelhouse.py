@@ -155,6 +155,9 @@ def _uv_lock_files(cache: Path) -> list[Path]:
     return found
 
 
+REFILL_DELAY = 10.0  # seconds after a launch took the spare
+
+
 class UvCacheSeeder:
     """Hard-link copies of the machine-wide uv cache for new instances' root disks.
 
@@ -188,8 +191,9 @@ class UvCacheSeeder:
             shutil.rmtree(partial, ignore_errors=True)
             return False
 
-    def refill(self) -> None:
+    def refill(self, delay: float = 0.0) -> None:
         def make_spare() -> None:
+            time.sleep(delay)
             with self._lock:
                 if not self.spare.exists():
                     self.spare.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,8 @@ class UvCacheSeeder:
                     pending.unlink(missing_ok=True)
 
             threading.Thread(target=copy, name=f"uv-cache seed {root.parent.name}", daemon=True).start()
-        self.refill()
+        # later: not while the instance that took the spare installs and starts Jupyter on the same 2 cores
+        self.refill(delay=REFILL_DELAY)
 
 
 def wait_uv_cache_seed(root: Path, timeout: float = 60.0) -> None:
