@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def main() -> None:
                            capture_output=True, env=env, timeout=300)
     finally:
         sandbox.reset()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

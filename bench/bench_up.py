@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -136,6 +137,7 @@ def main() -> None:
         print(f"EC2 API calls by `status` for 50 instances: {calls}  (goal: 1 page)")
     finally:
         sandbox.reset()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
