@@ -38,25 +38,28 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     reason = sandbox_skip_reason()
     if reason:
         pytest.skip(reason)
-    from nbcloud.errors import SandboxError
     from nbcloud.providers.sandbox import client
 
     directory = tmp_path_factory.mktemp("sandbox")
     wanted = os.environ.get("NBCLOUD_TEST_SANDBOX_SUBNET")
-    info = None
     try:
-        for subnet in (wanted,) if wanted else TEST_SUBNETS:
-            try:
-                info = client.start(directory, subnet=subnet)
-                break
-            except SandboxError as exc:
-                if "used by another sandbox" not in str(exc):
-                    raise
-        if info is None:
-            pytest.skip("every test subnet is held by another sandbox")
-        yield info
+        yield start_on_a_free_subnet(directory, (wanted,) if wanted else TEST_SUBNETS)
     finally:
         client.reset(directory)
+
+
+def start_on_a_free_subnet(directory: Any, subnets: tuple[str, ...]) -> Any:
+    """Start a sandbox on the first subnet no other live sandbox holds (a parallel test run may); else skip."""
+    from nbcloud.errors import SandboxError
+    from nbcloud.providers.sandbox import client
+
+    for subnet in subnets:
+        try:
+            return client.start(directory, subnet=subnet)
+        except SandboxError as exc:
+            if "used by another sandbox" not in str(exc):
+                raise
+    pytest.skip(f"every test subnet ({', '.join(subnets)}) is held by another sandbox")
 
 
 @pytest.fixture

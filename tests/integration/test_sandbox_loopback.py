@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.sandbox_fixtures import start_on_a_free_subnet
 
 ROOT = Path(__file__).resolve().parents[2]
 # loopback subnets of their own: never a netns test subnet, tried in order when a parallel run holds one
@@ -117,23 +118,12 @@ def _wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
 # -------------------------------------------------------------------------------------------- forced loopback
 @pytest.fixture
 def forced_loopback(nbcloud_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from nbcloud.errors import SandboxError
     from nbcloud.providers.sandbox import client
 
     monkeypatch.setenv("NBCLOUD_SANDBOX_MODE", "loopback")
     directory = nbcloud_home / "sandbox"
-    info = None
     try:
-        for subnet in LOOPBACK_SUBNETS:
-            try:
-                info = client.start(directory, subnet=subnet)
-                break
-            except SandboxError as exc:
-                if "used by another sandbox" not in str(exc):
-                    raise
-        if info is None:
-            pytest.skip("every loopback test subnet is held by another sandbox")
-        yield info
+        yield start_on_a_free_subnet(directory, tuple(LOOPBACK_SUBNETS))
     finally:
         client.reset(directory)
 
