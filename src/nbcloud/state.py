@@ -8,6 +8,7 @@ at once; the file is 0600 in a 0700 directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -77,22 +78,35 @@ class Record:
         return cls(**data)
 
 
+@contextmanager
+def _setup_lock(db_path: Path) -> Iterator[None]:
+    fd = os.open(f"{db_path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Store:
     def __init__(self, db_path: Path) -> None:
         ensure_private_dir(db_path.parent)
-        fresh = not db_path.exists()
-        if fresh:
-            os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._db = sqlite3.connect(db_path, timeout=10, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
-        for suffix in ("", "-wal", "-shm"):
-            side = Path(f"{db_path}{suffix}")
-            if side.exists():
-                os.chmod(side, 0o600)
+        # Setting up the schema (journal mode, tables, migration) is serialized across processes: SQLite answers
+        # a concurrent `PRAGMA journal_mode=WAL` with SQLITE_BUSY at once, without its busy handler, so two
+        # first-ever nbcloud calls (two `up` in parallel) would otherwise fail with "database is locked".
+        with _setup_lock(db_path):
+            if not db_path.exists():
+                os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._db = sqlite3.connect(db_path, timeout=10, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+            for suffix in ("", "-wal", "-shm"):
+                side = Path(f"{db_path}{suffix}")
+                if side.exists():
+                    os.chmod(side, 0o600)
 
     def _migrate(self) -> None:
         """Stores made before prices were recorded per period lack ``events.hourly``: add it (NULL = unknown, the

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from nbcloud.config import paths
 from nbcloud.ssh import config as ssh_config
 from nbcloud.ssh.keys import load_or_create_host_key, load_or_create_login_key
-from nbcloud.state import Record, open_store
+from nbcloud.state import Record, Store, open_store
 
 
 def mode(path: Path) -> int:
@@ -88,3 +90,29 @@ def test_private_files_never_change_a_shared_parent(tmp_path: Path) -> None:
     assert stat.S_IMODE((shared / "config").stat().st_mode) == 0o600
     write_private(tmp_path / "made" / "key", "secret")
     assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o700
+
+
+def _open_at_once(db_path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        Store(Path(db_path)).close()
+    except Exception as exc:  # the parent reports what each child hit
+        errors.put(repr(exc))
+
+
+def test_first_ever_stores_opened_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two `nbcloud up` on a fresh machine open the store in the same instant (seen in CI as 'database is locked';
+    without the setup lock about one fresh store in six fails here)."""
+    ctx = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    for attempt in range(100):
+        db_path = tmp_path / f"try{attempt}" / "state.db"
+        barrier, errors = ctx.Barrier(4), ctx.Queue()
+        children = [ctx.Process(target=_open_at_once, args=(str(db_path), barrier, errors)) for _ in range(4)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(30)
+        while not errors.empty():
+            failures.append(errors.get())
+    assert failures == [], f"{len(failures)} of 400 opens failed: {failures[0]}"
