@@ -171,6 +171,7 @@ class JupyterLabPage:
 
     def type_code(self, code: str) -> None:
         """Put `code` into the active cell's editor (replacing what is there), as typed text."""
+        self.dismiss_dialogs()  # a 'Server Connection Error' can pop up late after an outage; a person closes it
         cell = self.cells.nth(self.active_cell_index())
         editor = cell.locator(".cm-content")
         editor.click()
@@ -184,6 +185,7 @@ class JupyterLabPage:
 
     def run_active_cell(self, *, timeout: float = CELL_TIMEOUT_S, expect_output: bool = True) -> CellResult:
         """Shift+Enter on the active cell; wait for its execution count and (unless told not to) its output."""
+        self.dismiss_dialogs()
         index = self.active_cell_index()
         cell = self.cells.nth(index)
         cell.locator(".cm-content").click()

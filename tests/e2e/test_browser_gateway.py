@@ -63,6 +63,16 @@ def _ssh(cli: Cli, command: str) -> subprocess.CompletedProcess[str]:
                            command], capture_output=True, text=True, timeout=60)
 
 
+def _print_logs(cli: Cli, local_log: Path) -> None:
+    """On a failure: what the local server and the instance's gateway said (shown in pytest's captured stdout)."""
+    local = local_log.read_text(errors="replace").splitlines()[-60:] if local_log.exists() else ["(no log)"]
+    print(f"--- local JupyterLab log {local_log} (last 60 lines)", *local, sep="\n")
+    remote = cli.run("logs", NAME, "--gateway", "-n", "60", check=False, timeout=60)
+    print("--- gateway log on the instance (last 60 lines)", remote.stdout, remote.stderr, sep="\n")
+    page_console = cli.run("logs", NAME, "-n", "20", check=False, timeout=60)
+    print("--- Jupyter log on the instance (last 20 lines)", page_console.stdout, sep="\n")
+
+
 def test_local_lab_in_chromium_runs_its_kernel_on_the_instance(page: Page, gateway_cli: Cli, tmp_path: Path) -> None:
     t0 = time.monotonic()
 
@@ -83,12 +93,16 @@ def test_local_lab_in_chromium_runs_its_kernel_on_the_instance(page: Page, gatew
     assert started["url"].startswith("http://127.0.0.1:") and "token=" in started["url"], started
     assert started["gateway_url"].startswith("http://127.0.0.1:"), started
 
-    lab = JupyterLabPage.open(page, started["url"], timeout=120)
-    mark("JupyterLab loaded in Chromium")
-    lab.new_notebook(timeout=180)  # the kernel starts on the instance, through the gateway and the tunnel
-    mark("notebook open, kernel idle")
-    result = lab.run_cell(PROBE, timeout=120)
-    mark("cell ran")
+    try:
+        lab = JupyterLabPage.open(page, started["url"], timeout=120)
+        mark("JupyterLab loaded in Chromium")
+        lab.new_notebook(timeout=180)  # the kernel starts on the instance, through the gateway and the tunnel
+        mark("notebook open, kernel idle")
+        result = lab.run_cell(PROBE, timeout=120)
+        mark("cell ran")
+    except Exception:
+        _print_logs(gateway_cli, Path(started["log_file"]))
+        raise
     assert result.output == repr(instance_hostname), (
         f"the cell printed {result.output!r}: expected the instance's {instance_hostname!r} "
         f"(this machine is {socket.gethostname()!r})")

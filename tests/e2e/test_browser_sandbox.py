@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,23 @@ def nbcloud(sandbox: Any, tmp_path: Path) -> Iterator[Cli]:
         cli.run("down", NAME, "--delete-data", "--yes", check=False, timeout=300)
 
 
+def _wait_for_server_through_tunnel(url: str, *, timeout: float) -> None:
+    parts = urllib.parse.urlsplit(url)
+    token = urllib.parse.parse_qs(parts.query)["token"][0]
+    status = f"{parts.scheme}://{parts.netloc}/api/status?token={token}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(status, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server did not answer through the tunnel within {timeout:g} s of the heal")
+        time.sleep(0.5)
+
+
 def test_sandbox_notebook_survives_link_cut_without_reload(page: Page, nbcloud: Cli, sandbox: Any) -> None:
     from nbcloud.providers.sandbox import client as sandbox_client
 
@@ -83,6 +102,7 @@ def test_sandbox_notebook_survives_link_cut_without_reload(page: Page, nbcloud: 
     finally:
         sandbox_client.fault(up["instance_id"], "link-up", sandbox_dir=sandbox.sandbox_dir)
 
+    _wait_for_server_through_tunnel(url, timeout=120)  # as a person waits for the page to answer again
     lab.dismiss_dialogs()
     lab.wait_for_kernel_connected(timeout=180)
     again = lab.run_cell("import socket, os; (socket.gethostname(), os.getpid())", timeout=120)

@@ -330,15 +330,19 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
 @click.argument("name")
 @click.option("--bootstrap", is_flag=True, help="The setup log instead of Jupyter's.")
 @click.option("--agent", is_flag=True, help="The idle-stop agent's log.")
+@click.option("--gateway", is_flag=True, help="The Kernel Gateway's log (gateway mode).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming.")
 @click.option("--lines", "-n", type=int, default=200, show_default=True)
-def logs(name: str, bootstrap: bool, agent: bool, follow: bool, lines: int) -> None:
-    """Show the Jupyter server log of NAME (or --bootstrap, --agent)."""
+def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, lines: int) -> None:
+    """Show the Jupyter server log of NAME (or --bootstrap, --agent, --gateway)."""
     from ..ssh.session import ssh_argv
 
     ctx = _ctx()
     ctx.key_path(name)
-    log = "bootstrap" if bootstrap else "agent" if agent else "jupyter"
+    chosen = [flag for flag, on in (("bootstrap", bootstrap), ("agent", agent), ("gateway", gateway)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"--{chosen[0]} and --{chosen[1]} name two logs", "pick one log per call")
+    log = chosen[0] if chosen else "jupyter"
     command = f"tail -n {lines} {'-F' if follow else ''} \"${{NBCLOUD_ROOT:-}}/var/log/nbcloud/{log}.log\""
     argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), command]
     sys.exit(subprocess.call(argv))
