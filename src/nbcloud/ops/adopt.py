@@ -14,7 +14,7 @@ import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..errors import ConflictError, NbcloudError, RemoteError, UsageError
+from ..errors import ConflictError, RemoteError, UsageError
 from ..models import InstanceSpec
 from ..providers.base import Provider, manages_machines
 from ..providers.ssh.target import SshTarget
@@ -136,9 +136,7 @@ def _adopt(ctx: Context, provider: Provider, spec: InstanceSpec, target: SshTarg
             wait_ready(ctx, spec.name, ready_timeout, progress)
             timings["jupyter"] = time.monotonic() - t0
     except BaseException as exc:
-        rollback.run()
-        if rollback.failures and isinstance(exc, NbcloudError):
-            exc.hint = (exc.hint + "; " if exc.hint else "") + f"cleanup incomplete: {'; '.join(rollback.failures)}"
+        rollback.undo_after(exc, f"remove them by hand on {target.address}")
         raise
     return UpResult(name=spec.name, instance_id=target.address, state="running", host=target.hostname,
                     user=target.user, ssh_alias=alias, provider=provider.name, region=provider.region,

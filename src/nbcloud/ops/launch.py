@@ -81,6 +81,13 @@ class Rollback:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
+    def undo_after(self, exc: BaseException, leftovers_fix: str) -> None:
+        """Run the undo steps for a failed `up`; what could not be undone goes into the error's hint."""
+        self.run()
+        if self.failures and isinstance(exc, NbcloudError):
+            exc.hint = (exc.hint + "; " if exc.hint else "") + (
+                f"some resources could not be removed ({'; '.join(self.failures)}): {leftovers_fix}")
+
 
 def _main_thread() -> bool:
     import threading
@@ -301,11 +308,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
             wait_ready(ctx, spec.name, ready_timeout, progress)
             timings["jupyter"] = time.monotonic() - t0
     except BaseException as exc:
-        rollback.run()
-        if rollback.failures and isinstance(exc, NbcloudError):
-            exc.hint = (exc.hint + "; " if exc.hint else "") + (
-                f"some resources could not be removed ({'; '.join(rollback.failures)}): "
-                f"`nbcloud doctor --orphans --fix` removes them")
+        rollback.undo_after(exc, "`nbcloud doctor --orphans --fix` removes them")
         raise
     return _result(instance, itype, reused=False, volume_id=volume.volume_id if volume else None, seconds=timings)
 
