@@ -221,6 +221,62 @@ def test_kernel_runs_behind_the_gateway_and_notebooks_stay_local(local_lab: tupl
     assert not (gateway.workdir / "analysis.ipynb").exists()
 
 
+def _kernel_info_reply(ws: websocket.WebSocket, session_id: str, timeout: float = 30) -> bool:
+    """Send a kernel_info_request on an open kernel websocket: does its reply come back?"""
+    from jupyter_client.jsonutil import json_default
+    from jupyter_client.session import Session
+
+    msg = Session(session=session_id).msg("kernel_info_request", content={})
+    msg["channel"] = "shell"
+    ws.send(json.dumps(msg, default=json_default))
+    ws.settimeout(1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(websocket.WebSocketTimeoutException):
+            reply = json.loads(ws.recv())
+            if reply.get("parent_header", {}).get("msg_id") == msg["header"]["msg_id"] and \
+                    reply["msg_type"] == "kernel_info_reply":
+                return True
+    return False
+
+
+def _gateway_connections(gateway: Gateway, kernel_id: str, expect: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, model = http("GET", f"{gateway.url}/api/kernels/{kernel_id}", gateway.token)
+        assert status == 200 and isinstance(model, dict)
+        if model["connections"] == expect or time.monotonic() > deadline:
+            return int(model["connections"])
+        time.sleep(0.2)
+
+
+def test_a_websocket_closed_mid_handshake_leaves_no_upstream_connection(local_lab: tuple[LabResult, Path],
+                                                                        gateway: Gateway) -> None:
+    """What JupyterLab does when it opens a new notebook: connect, close at once, connect again, same session.
+
+    Stock jupyter_server leaves the first upstream websocket open on the gateway under the same session id (its
+    cancel does not stop tornado's handshake); now and then the notebook then never sees a kernel_info_reply.
+    """
+    result, _ = local_lab
+    base, token = f"http://127.0.0.1:{result.local_port}", _token(result)
+    status, kernel = http("POST", f"{base}/api/kernels", token, {"name": "python3"})
+    assert status == 201 and isinstance(kernel, dict)
+    session_id = uuid.uuid4().hex
+    url = f"ws://127.0.0.1:{result.local_port}/api/kernels/{kernel['id']}/channels?session_id={session_id}"
+    try:
+        websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=30).close()
+        live = websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=30)
+        try:
+            assert _kernel_info_reply(live, session_id)
+            # the gateway's own count: the one live websocket, no orphan beside it
+            assert _gateway_connections(gateway, kernel["id"], expect=1) == 1
+        finally:
+            live.close()
+        assert _gateway_connections(gateway, kernel["id"], expect=0) == 0
+    finally:
+        http("DELETE", f"{base}/api/kernels/{kernel['id']}", token)
+
+
 def test_lab_is_idempotent_and_refuses_another_root(local_lab: tuple[LabResult, Path], gateway: Gateway,
                                                      tmp_path: Path) -> None:
     result, state_file = local_lab

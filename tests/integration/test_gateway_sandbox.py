@@ -79,6 +79,8 @@ def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
                 time.sleep(1)
 
         mark("survived the cut")
+        gateway_log = world.nb("logs", "gwbox", "--gateway", "-n", "1000").stdout
+        assert f"Kernel started: {kernel['id']}" in gateway_log and token not in gateway_log, gateway_log[-2000:]
         status, _ = http("PUT", f"{base}/api/contents/kept.ipynb", _token(lab), {
             "type": "notebook", "format": "json",
             "content": {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}})
