@@ -385,6 +385,8 @@ def test_unprivileged_up_connect_down(unprivileged: Any) -> None:
 
     volume = run("up", "other", "--provider", "sandbox", "--no-connect", "--data-volume", "10")
     assert volume.returncode == 2 and len(volume.stderr.strip().splitlines()) == 1, volume.stderr
+    orphans = json.loads(run("doctor", "--orphans", "--provider", "sandbox", "--json").stdout)["orphans"]
+    assert [o for o in orphans if o["name"] == "other"] == [], f"the refused up left {orphans}"
 
     down = run("down", "demo", "--yes", "--json", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -195,6 +195,11 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
     progress(f"{itype.describe()} · image {image.name or image.image_id}")
     rules = _ingress(ctx, provider, spec)
     volume_spec = parse_data_volume(spec.data_volume, spec.name)
+    # looked up before anything is made: a volume in use, or a cloud without volumes, leaves nothing behind
+    found_volume = provider.find_volume(volume_spec[0]) if volume_spec else None
+    if found_volume is not None and found_volume.attached_to:
+        raise ConflictError(f"data volume {found_volume.name!r} is attached to {found_volume.attached_to}",
+                            "stop using it there first (`nbcloud down` that instance)")
 
     launch_id = uuid.uuid4().hex[:12]
     tags = {NAME_TAG: spec.name, LAUNCH_TAG: launch_id, MANAGED_TAG: "true", **dict(spec.tags)}
@@ -225,11 +230,8 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         volume = None
         if volume_spec:
             volume_name, size = volume_spec
-            volume = provider.find_volume(volume_name)
+            volume = found_volume
             if volume is not None:
-                if volume.attached_to:
-                    raise ConflictError(f"data volume {volume_name!r} is attached to {volume.attached_to}",
-                                        "stop using it there first (`nbcloud down` that instance)")
                 if zone and zone != volume.zone:
                     from .storage import move_volume
 
