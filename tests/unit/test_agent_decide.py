@@ -165,6 +165,11 @@ def test_count_ssh_connections() -> None:
     assert count_ssh(PROC_NET_TCP6) == 1
     assert count_ssh(PROC_NET_TCP, port=8888) == 0
     assert count_ssh("") == 0
+    # instances sharing one network (loopback sandbox): only sessions to this machine's own address count
+    assert count_ssh(PROC_NET_TCP, address="10.200.1.2") == 1
+    assert count_ssh(PROC_NET_TCP, address="10.200.1.3") == 0
+    assert count_ssh(PROC_NET_TCP6, address="10.200.1.2") == 1
+    assert count_ssh(PROC_NET_TCP6, address="127.0.0.1") == 0
 
 
 def test_environment_says_where_imds_and_jupyter_are() -> None:
@@ -172,7 +177,10 @@ def test_environment_says_where_imds_and_jupyter_are() -> None:
 
     env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.9.0.5:8169/", "NBCLOUD_JUPYTER_IP": "127.9.0.5"}
     found = _env_overrides({"jupyter_url": "http://127.0.0.1:8888"}, env)
-    assert found == {"imds_url": "http://127.9.0.5:8169", "jupyter_url": "http://127.9.0.5:8888"}
+    assert found == {"imds_url": "http://127.9.0.5:8169", "jupyter_url": "http://127.9.0.5:8888",
+                     "ssh_address": "127.9.0.5"}
+    assert _env_overrides({}, {"NBCLOUD_SSH_PORT": "2222"}) == {"ssh_port": 2222}
+    assert _env_overrides({"ssh_port": 22}, {"NBCLOUD_SSH_PORT": "2222"}) == {}
     # the config file's own IMDS wins; without the variables nothing changes (AWS: 169.254.169.254, 127.0.0.1)
     assert _env_overrides({"imds_url": "http://x"}, env).get("imds_url") is None
     assert _env_overrides({"jupyter_url": "http://127.0.0.1:8888"}, {}) == {}

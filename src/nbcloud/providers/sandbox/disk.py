@@ -116,6 +116,7 @@ def loopback_env(root: Path, facts: BootFacts) -> dict[str, str]:
         "NBCLOUD_ROOT": str(root),
         "NBCLOUD_ROOT_LIVE": "1",
         "NBCLOUD_JUPYTER_IP": facts.address,
+        "NBCLOUD_SSH_PORT": str(facts.ssh_port),  # the agent counts ssh sessions on it (not 22 without root)
         # loopback forced as root: the instance's user is root, which Jupyter refuses unless told
         **({"NBCLOUD_JUPYTER_ALLOW_ROOT": "1"} if facts.login_user == "root" else {}),
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": facts.imds_endpoint,

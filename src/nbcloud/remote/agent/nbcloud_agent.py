@@ -142,16 +142,32 @@ def summarize_jupyter(status: dict[str, Any], kernels: list[dict[str, Any]], ter
     return busy, connections, (max(known) if known else None), len(terminals)
 
 
-def count_ssh(proc_net_text: str, port: int = 22) -> int:
-    """Established TCP connections whose local port is ``port``, from /proc/net/tcp or /proc/net/tcp6 text."""
+def _ipv4_of(hex_address: str) -> str | None:
+    """The dotted IPv4 address of a /proc/net/tcp{,6} field (host byte order: little-endian here); None for IPv6."""
+    if len(hex_address) == 32 and hex_address[:24].upper() == "0000000000000000FFFF0000":
+        hex_address = hex_address[24:]  # an IPv4-mapped IPv6 address
+    if len(hex_address) != 8:
+        return None
+    return ".".join(str(b) for b in reversed(bytes.fromhex(hex_address)))
+
+
+def count_ssh(proc_net_text: str, port: int = 22, address: str | None = None) -> int:
+    """Established TCP connections whose local port is ``port``, from /proc/net/tcp or /proc/net/tcp6 text.
+
+    With ``address``, only those to that local address: instances that share one network (the sandbox without
+    root) each have their own address and must not count each other's ssh sessions.
+    """
     count = 0
     for line in proc_net_text.splitlines()[1:]:
         fields = line.split()
         if len(fields) < 4 or ":" not in fields[1]:
             continue
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        if local_port == port and fields[3] == "01":  # 01 = TCP_ESTABLISHED
-            count += 1
+        local_address, local_port = fields[1].rsplit(":", 1)
+        if int(local_port, 16) != port or fields[3] != "01":  # 01 = TCP_ESTABLISHED
+            continue
+        if address is not None and _ipv4_of(local_address) != address:
+            continue
+        count += 1
     return count
 
 
@@ -167,6 +183,8 @@ class Config:
     interruption_file: str = "/var/lib/nbcloud/interruption.json"
     check_period: float = 10.0
     ssh_port: int = 22
+    #: count only ssh connections to this local address (None: any)
+    ssh_address: str | None = None
     durable_outputs: bool = False
     imds_url: str = "http://169.254.169.254"
     proc_net: list[str] = field(default_factory=lambda: ["/proc/net/tcp", "/proc/net/tcp6"])
@@ -207,6 +225,11 @@ def _env_overrides(known: dict[str, Any], environ: dict[str, str] | None = None)
     url = known.get("jupyter_url", Config.jupyter_url)
     if address and "//127.0.0.1:" in url:
         found["jupyter_url"] = url.replace("//127.0.0.1:", f"//{address}:", 1)
+    if address and "ssh_address" not in known:
+        found["ssh_address"] = address  # the machine's own address: its sshd listens there too
+    ssh_port = env.get("NBCLOUD_SSH_PORT", "").strip()
+    if ssh_port.isdigit() and "ssh_port" not in known:
+        found["ssh_port"] = int(ssh_port)
     return found
 
 
@@ -262,7 +285,7 @@ class Jupyter:
         for path in self.config.proc_net:
             try:
                 with open(path) as fh:
-                    ssh += count_ssh(fh.read(), self.config.ssh_port)
+                    ssh += count_ssh(fh.read(), self.config.ssh_port, self.config.ssh_address)
             except OSError:
                 pass  # no IPv6 on this kernel
         try:
