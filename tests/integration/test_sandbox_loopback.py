@@ -323,6 +323,33 @@ def _get(url: str, token: str | None = None) -> int:
         return int(exc.code)
 
 
+def _gateway_without_root(run: Any, home: Path) -> None:
+    """Gateway mode on a loopback instance: a local JupyterLab (this user's) whose kernel runs in the instance,
+    i.e. with the instance's home under the sandbox as its working directory."""
+    from tests.integration.test_gateway_local import _execute, http
+
+    from nbcloud.ops.gateway import LabResult
+
+    enabled = run("gateway", "demo", "--json", timeout=300)
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    notebooks = home / "notebooks"
+    notebooks.mkdir()
+    os.chown(notebooks, THROWAWAY_UID, THROWAWAY_UID)
+    started = run("lab", "demo", str(notebooks), "--no-browser", "--json", timeout=200)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        raw = json.loads(started.stdout)
+        lab = LabResult(**{k: v for k, v in raw.items() if k in LabResult.__dataclass_fields__})
+        token = lab.url.split("token=", 1)[1]
+        status, kernel = http("POST", f"http://127.0.0.1:{lab.local_port}/api/kernels", token, {"name": "python3"})
+        assert status == 201 and isinstance(kernel, dict)
+        cwd = _execute(lab, kernel["id"], "import os; os.getcwd()")
+        assert "/instances/i-" in cwd and cwd.endswith(f"/home/{THROWAWAY_USER}'"), cwd
+    finally:
+        stopped = run("lab", "demo", "--stop", timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+
+
 @pytest.mark.timeout(900)
 def test_unprivileged_up_connect_down(unprivileged: Any) -> None:
     """The credential-free demo without root: up → Jupyter through the tunnel (token required), ssh, status,
@@ -387,6 +414,8 @@ def test_unprivileged_up_connect_down(unprivileged: Any) -> None:
     assert volume.returncode == 2 and len(volume.stderr.strip().splitlines()) == 1, volume.stderr
     orphans = json.loads(run("doctor", "--orphans", "--provider", "sandbox", "--json").stdout)["orphans"]
     assert [o for o in orphans if o["name"] == "other"] == [], f"the refused up left {orphans}"
+
+    _gateway_without_root(run, home)
 
     down = run("down", "demo", "--yes", "--json", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -46,7 +46,7 @@ def test_enable_script_reruns_the_bootstrap_with_the_gateway() -> None:
     bootstrap = stdin.decode()
     assert "jupyter-kernel-gateway==3.0.1" in bootstrap and "nbcloud-gateway.service" in bootstrap
     assert "KG_AUTH_TOKEN" in bootstrap and "NBCLOUD_FIND_LINKS=/mnt/wheelhouse" in bootstrap
-    assert "systemctl restart nbcloud-gateway.service" in script and "127.0.0.1:8889" in script
+    assert "systemctl restart nbcloud-gateway.service" in script and "${NBCLOUD_JUPYTER_IP:-127.0.0.1}:8889" in script
     bash = shutil.which("bash")
     assert bash is not None
     assert subprocess.run([bash, "-n", "-c", script], capture_output=True).returncode == 0

@@ -18,31 +18,35 @@ GATEWAY_UNIT = "nbcloud-gateway.service"
 # Run as the login user; the rendered bootstrap arrives on stdin (it holds no secret). Written to a file first so
 # the bootstrap installs itself as /opt/nbcloud/bootstrap.sh (a later boot's `mount-data` runs the new copy).
 _ENABLE = r"""set -euo pipefail
+# NBCLOUD_ROOT / NBCLOUD_JUPYTER_IP: set only on a sandbox instance without root (its "/" is a directory and it
+# listens on its own loopback address); empty / 127.0.0.1 on a real machine
+root="${NBCLOUD_ROOT:-}"
+export NBCLOUD_GATEWAY_PROBE="http://${NBCLOUD_JUPYTER_IP:-127.0.0.1}:{port}/api"
 t=$(mktemp /tmp/nbcloud-bootstrap.XXXXXX)
 trap 'rm -f "$t"' EXIT
 cat > "$t"
 if ! sudo bash "$t" > /dev/null 2>&1; then
   echo "nbcloud: the bootstrap failed:" >&2
-  sudo tail -n 5 /var/log/nbcloud/bootstrap.log >&2 || true
+  sudo tail -n 5 "$root/var/log/nbcloud/bootstrap.log" >&2 || true
   exit 3
 fi
 # restart: a gateway already running keeps the token it read at start
 sudo systemctl restart {unit}
 for _ in $(seq 1 240); do
-  if /opt/nbcloud/venv/bin/python - <<'PY'
-import sys, urllib.error, urllib.request
+  if "$root/opt/nbcloud/venv/bin/python" - <<'PY'
+import os, sys, urllib.error, urllib.request
 try:
-    urllib.request.urlopen("http://127.0.0.1:{port}/api", timeout=2)
+    urllib.request.urlopen(os.environ["NBCLOUD_GATEWAY_PROBE"], timeout=2)
 except urllib.error.HTTPError:
     pass  # 401 without the token: it answers
 except OSError:
     sys.exit(1)
 PY
-  then echo "nbcloud: gateway up on 127.0.0.1:{port}"; exit 0; fi
+  then echo "nbcloud: gateway up on $NBCLOUD_GATEWAY_PROBE"; exit 0; fi
   sleep 0.25
 done
-echo "nbcloud: the Kernel Gateway did not answer on 127.0.0.1:{port} within 60 s" >&2
-sudo tail -n 5 /var/log/nbcloud/gateway.log >&2 || true
+echo "nbcloud: the Kernel Gateway did not answer on $NBCLOUD_GATEWAY_PROBE within 60 s" >&2
+sudo tail -n 5 "$root/var/log/nbcloud/gateway.log" >&2 || true
 exit 4
 """
 
