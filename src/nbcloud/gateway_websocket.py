@@ -1,30 +1,30 @@
 """The kernel websocket class of the local JupyterLab that `nbcloud lab` starts (runs inside that server only).
 
 jupyter_server's `GatewayWebSocketConnection` opens one upstream websocket to the Kernel Gateway per browser
-websocket. JupyterLab often closes its first kernel websocket a millisecond after opening it (a new notebook
-connects twice); `disconnect()` then cancels the pending upstream connect, but cancelling the future does not stop
-tornado's handshake: the upstream connection opens anyway, nobody closes it, and it stays open on the gateway under
-the same session id as the browser's second websocket. The gateway then prepares two connections of one session at
-once, and now and then the live one never gets its `kernel_info_reply`: the notebook's kernel shows 'unknown'
-forever (seen in CI about one run in five).
+websocket and names it with the browser's session id. JupyterLab often closes a new notebook's first kernel
+websocket a millisecond after opening it and opens a second one with the same session id. Two things then go wrong
+on the gateway, now and then (seen in CI under load):
 
-This class closes such an orphan as soon as its handshake completes, and a new upstream connection of the same
-kernel session waits for the previous handshake first, so the gateway sees them one after the other: the orphan is
-then an ordinary stale connection that the gateway replaces.
+- `disconnect()` cancels the pending upstream connect, but cancelling the future does not stop tornado's handshake:
+  the first upstream connection opens anyway and nobody closes it. The gateway prepares two connections of one
+  session at once, and the live one may never get its `kernel_info_reply` (the kernel shows 'unknown' forever).
+- Even with that orphan closed as soon as it opens, the gateway may take the live connection for a reconnect of the
+  orphan's session ("Replacing stale connection", then restoring the orphan's half-closed channels), and the first
+  `execute_request` is lost.
+
+So this class closes an orphan as soon as its handshake completes, and gives each browser websocket an upstream
+session id of its own (the browser's id plus a suffix), so the gateway never confuses two of them. A connection that
+re-attaches after a network cut keeps its id, so the gateway still replays what the kernel sent meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Any, ClassVar
+import uuid
+from typing import Any
 
 from jupyter_server.gateway.connections import GatewayWebSocketConnection
 
-__all__ = ["SequentialGatewayWebSocketConnection"]
-
-# A handshake stuck longer than this is not worth waiting for: the gateway's own stale-session handling remains.
-_WAIT_FOR_EARLIER_S = 10.0
+__all__ = ["IsolatedGatewayWebSocketConnection"]
 
 
 def _close_when_open(future: Any) -> None:
@@ -33,27 +33,15 @@ def _close_when_open(future: Any) -> None:
     future.result().close()
 
 
-class SequentialGatewayWebSocketConnection(GatewayWebSocketConnection):
-    _handshakes: ClassVar[dict[str, Any]] = {}
+class IsolatedGatewayWebSocketConnection(GatewayWebSocketConnection):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._upstream_suffix = uuid.uuid4().hex[:12]
 
-    def _session_key(self) -> str:
-        return f"{self.kernel_id}:{self.session_id}"
-
-    async def connect(self) -> None:
-        key = self._session_key()
-        earlier = self._handshakes.get(key)
-        if earlier is not None and not earlier.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(earlier), _WAIT_FOR_EARLIER_S)
-        await super().connect()
-        handshake = self.ws_future
-        if handshake is not None:
-            self._handshakes[key] = handshake
-            handshake.add_done_callback(lambda future: self._forget(key, future))
-
-    def _forget(self, key: str, future: Any) -> None:
-        if self._handshakes.get(key) is future:
-            del self._handshakes[key]
+    @property
+    def session_id(self) -> str:
+        """The upstream session id: the browser's, made unique to this websocket (the gateway's view only)."""
+        return f"{self.session.session}.{self._upstream_suffix}"
 
     def disconnect(self) -> None:  # type: ignore[override]  # the gateway class's own is synchronous too
         pending = self.ws_future

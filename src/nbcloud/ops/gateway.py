@@ -166,9 +166,9 @@ def lab_argv(root_dir: Path, port: int, gateway_url: str, python: str = sys.exec
             # no calls home from the laptop's lab: news feed, update check, extension manager's index
             "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.extension_manager=readonly",
-            # closes the upstream websocket of a browser websocket that went away mid-handshake (see the module)
+            # one upstream session per browser websocket, and no orphan left open on the gateway (see the module)
             "--ServerApp.kernel_websocket_connection_class="
-            "nbcloud.gateway_websocket.SequentialGatewayWebSocketConnection"]
+            "nbcloud.gateway_websocket.IsolatedGatewayWebSocketConnection"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         argv.append("--allow-root")  # Jupyter refuses root otherwise
     return argv
