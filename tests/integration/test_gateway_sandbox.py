@@ -24,6 +24,15 @@ def _status(url: str, token: str | None) -> int:
         return exc.code
 
 
+def _print_logs(world, lab_log: Path) -> None:
+    """On a failure: the local lab's, the tunnel's and the gateway's logs (pytest shows captured stdout)."""
+    for title, path in (("local lab", lab_log), ("tunnel", world.home / "tunnels" / "gwbox.log")):
+        text = path.read_text(errors="replace").splitlines()[-40:] if path.exists() else ["(none)"]
+        print(f"--- {title} log {path}", *text, sep="\n")
+    gateway = world.nb("logs", "gwbox", "--gateway", "-n", "60", check=False)
+    print("--- gateway log on the instance", gateway.stdout, gateway.stderr, sep="\n")
+
+
 def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
     from nbcloud.ops.gateway import LabResult
 
@@ -75,6 +84,7 @@ def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
                 break
             except Exception:
                 if time.monotonic() > deadline:
+                    _print_logs(world, Path(lab.log_file))
                     raise
                 time.sleep(1)
 
