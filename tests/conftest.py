@@ -32,3 +32,8 @@ def nbcloud_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def pytest_configure(config: pytest.Config) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     os.environ.setdefault("NBCLOUD_QUIET", "1")
+    # Each xdist worker takes its tunnels' local ports from its own range: a test that cuts a link releases its
+    # ports for the outage, and a test on the other worker must not take them (it did: the gateway test's tunnel
+    # came back to find 127.0.0.1:9888 forwarding to another test's instance).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    os.environ["NBCLOUD_LOCAL_PORT"] = str(20000 + 3000 * (int(worker) if worker.isdigit() else 0))

@@ -72,6 +72,16 @@ def paths() -> Paths:
     )
 
 
+def local_port_base() -> int:
+    """The first local port nbcloud tries for a new tunnel (8888; the gateway's is 1000 above, a local lab's 2 above).
+
+    ``NBCLOUD_LOCAL_PORT`` moves it: for a second user or test run on the same machine, whose tunnels would otherwise
+    take a port that a tunnel of the first one released during an outage and wants back.
+    """
+    raw = os.environ.get("NBCLOUD_LOCAL_PORT", "").strip()
+    return int(raw) if raw.isdigit() and 1024 <= int(raw) <= 64000 else 8888
+
+
 def ensure_private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)

@@ -116,3 +116,15 @@ def test_first_ever_stores_opened_at_once_all_succeed(tmp_path: Path) -> None:
         while not errors.empty():
             failures.append(errors.get())
     assert failures == [], f"{len(failures)} of 400 opens failed: {failures[0]}"
+
+
+def test_local_port_base(monkeypatch: Any) -> None:
+    from nbcloud.config import local_port_base
+
+    monkeypatch.delenv("NBCLOUD_LOCAL_PORT", raising=False)
+    assert local_port_base() == 8888
+    monkeypatch.setenv("NBCLOUD_LOCAL_PORT", "23000")
+    assert local_port_base() == 23000
+    for junk in ("x", "80", "70000"):  # not a number, privileged, past the top: the default
+        monkeypatch.setenv("NBCLOUD_LOCAL_PORT", junk)
+        assert local_port_base() == 8888

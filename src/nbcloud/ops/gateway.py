@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ensure_private_dir, write_private
+from ..config import ensure_private_dir, local_port_base, write_private
 from ..errors import ConflictError, UsageError
 from .context import Context, Progress, no_progress
 
@@ -183,8 +183,8 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pick_port(avoid: set[int], start: int = DEFAULT_LAB_PORT) -> int:
-    port = start
+def _pick_port(avoid: set[int], start: int | None = None) -> int:
+    port = start if start is not None else local_port_base() + DEFAULT_LAB_PORT - 8888
     while port in avoid or not _port_free(port):
         port += 1
     return port

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import local_port_base
 from ..errors import ConflictError, RemoteError, UsageError
 from ..state import Record
 from .context import Context, Progress, no_progress
 
 __all__ = ["ConnectResult", "connect", "disconnect", "sync", "tunnel_fields", "tunnel_resolver"]
 
-DEFAULT_LOCAL_PORT = 8888
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     current = read_state(name)
     if port is not None and current is not None and current.state != "down" and record.local_port != port:
         stop_supervisor(name)
-    local_port = _choose_port(ctx, record, port, "local_port", DEFAULT_LOCAL_PORT)
+    local_port = _choose_port(ctx, record, port, "local_port", local_port_base())
     # to where the provider says Jupyter listens on the instance (127.0.0.1, or the instance's own address)
     forwards = [Forward(local_port, JUPYTER_PORT, "jupyter", instance.jupyter_host)]
     gateway_port = None
