@@ -35,5 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Each xdist worker takes its tunnels' local ports from its own range: a test that cuts a link releases its
     # ports for the outage, and a test on the other worker must not take them (it did: the gateway test's tunnel
     # came back to find 127.0.0.1:9888 forwarding to another test's instance).
+    # NBCLOUD_TEST_PORT_BASE separates two test runs on one machine the same way.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    os.environ["NBCLOUD_LOCAL_PORT"] = str(20000 + 3000 * (int(worker) if worker.isdigit() else 0))
+    base = int(os.environ.get("NBCLOUD_TEST_PORT_BASE", "20000"))
+    os.environ["NBCLOUD_LOCAL_PORT"] = str(base + 3000 * (int(worker) if worker.isdigit() else 0))
