@@ -17,7 +17,6 @@ from .context import Context, Progress, no_progress
 __all__ = ["ConnectResult", "connect", "disconnect", "sync", "tunnel_fields", "tunnel_resolver"]
 
 
-
 @dataclass(frozen=True)
 class ConnectResult:
     name: str

@@ -289,13 +289,11 @@ class Sandbox:
             if image_root is not None:  # a baked image: its root disk, made this instance's by cloud-init rules
                 disk.prepare_root_from_image(inst_dir, image_root, key.material_public if key else None, raw,
                                              parsed, loopback_user=loopback_user)
-                if self.uv_seeder is not None and parsed.scripts:  # only user-data installs at boot
-                    self.uv_seeder.seed(inst_dir / "root")
             else:
                 disk.prepare_root(inst_dir, key.material_public if key else None, raw, parsed,
                                   loopback_user=loopback_user)
-                if self.uv_seeder is not None and parsed.scripts:  # only user-data installs at boot
-                    self.uv_seeder.seed(inst_dir / "root")
+            if self.uv_seeder is not None and parsed.scripts:  # only user-data installs at boot
+                self.uv_seeder.seed(inst_dir / "root")
         volumes = self._volumes_of(inst)
         for volume_id in volumes:
             (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
@@ -439,18 +437,17 @@ class Sandbox:
 
     # faults and instance requests --------------------------------------------------------------------------
     def host_by_peer(self, pid: int) -> Host | None:
-        if self.loopback:  # no namespace to compare: walk up from the caller to an instance's init
-            return self._host_above(pid)
+        if self.loopback or not isinstance(self.network, Network):
+            return self._host_above(pid)  # no namespace to compare: walk up from the caller to an instance's init
+        network = self.network
         try:
             peer = os.stat(f"/proc/{pid}/ns/net").st_ino
         except OSError:
             return None
         with self.lock:
             for host in self.hosts.values():
-                if not isinstance(self.network, Network):
-                    break  # loopback instances have no namespace
                 try:
-                    if os.stat(f"/run/netns/{self.network.netns_name(host.instance_id)}").st_ino == peer:
+                    if os.stat(f"/run/netns/{network.netns_name(host.instance_id)}").st_ino == peer:
                         return host
                 except OSError:
                     continue

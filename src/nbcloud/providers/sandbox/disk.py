@@ -127,7 +127,6 @@ def loopback_env(root: Path, facts: BootFacts) -> dict[str, str]:
     }
 
 
-
 # What every sandbox sshd allows: forwarding (the tunnel), keepalives like an instance's, many parallel logins
 _SSHD_SESSIONS = """AllowTcpForwarding yes
 AllowStreamLocalForwarding yes
