@@ -5,8 +5,9 @@ Launches N instances concurrently with `nbcloud up --idle-stop 1m`, leaves them 
 sessions are the last activity). Prints each run's delay past the limit, the agent's own figure (the idle time it
 logged when it stopped), and the median. Goal ≤ 30 s; SkyPilot's autostop checks once a minute (60 s granularity).
 
-Run as root: python bench/bench_autostop.py [--runs 5] [--check-period 10]
-Uses its own sandbox on 10.212.0.0/16 with temporary NBCLOUD_HOME/NBCLOUD_SANDBOX_DIR, reset at the end.
+Run as root: python bench/bench_autostop.py [--runs 5] [--check-period 10] [--subnet 10.212.0.0/16]
+Uses its own sandbox on --subnet (or $NBCLOUD_BENCH_SUBNET) with temporary NBCLOUD_HOME/NBCLOUD_SANDBOX_DIR,
+reset at the end.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def one_run(env: dict[str, str], ec2, sandbox_dir: Path, name: str) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--subnet", default=os.environ.get("NBCLOUD_BENCH_SUBNET", "10.212.0.0/16"),
+                        help="the sandbox's subnet (one no other sandbox holds)")
     parser.add_argument("--check-period", type=int, default=None, help="agent check period, s (default: nbcloud's)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -74,7 +77,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nbcloud-bench-autostop-"))
     os.environ["NBCLOUD_HOME"] = str(tmp / "home")
     os.environ["NBCLOUD_USER_SSH_CONFIG"] = str(tmp / "ssh_config")
-    os.environ["NBCLOUD_SANDBOX_SUBNET"] = "10.212.0.0/16"
+    os.environ["NBCLOUD_SANDBOX_SUBNET"] = args.subnet
     os.environ["NBCLOUD_SANDBOX_DIR"] = str(tmp / "sandbox")
     os.environ["NBCLOUD_QUIET"] = "1"
     if args.check_period:

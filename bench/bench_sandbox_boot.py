@@ -5,12 +5,15 @@ Prints, in one run (median of --runs):
   * reference: `ip netns add` + veth + a bare `sshd -D` in that namespace → `ssh true` succeeds
   * the ratio (goal ≤ 1.5)
 
-Run as root: python bench/bench_sandbox_boot.py [--runs 5]   (uses its own sandbox on 10.241.0.0/16, then resets)
+Run as root: python bench/bench_sandbox_boot.py [--runs 5] [--subnet 10.241.0.0/16] [--bare-subnet 10.242.0.0/24]
+(its own sandbox on --subnet or $NBCLOUD_BENCH_SUBNET, reset at the end; the bare reference on --bare-subnet, behind
+a blackhole route; namespace names carry this process's id, so it runs beside another sandbox or benchmark)
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import statistics
 import subprocess
@@ -24,8 +27,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import UBUNTU, keypair, pinned_ssh  # noqa: E402
-
-SUBNET = os.environ.get("NBCLOUD_BENCH_SUBNET", "10.241.0.0/16")
 
 
 def wait_ssh(address: str, user: str, key: Path, known_hosts: Path, timeout: float = 30) -> None:
@@ -61,10 +62,11 @@ def sandbox_boot(ec2, ami: str, tmp: Path, index: int) -> float:
     return elapsed
 
 
-def bare_sshd(tmp: Path, index: int) -> float:
+def bare_sshd(tmp: Path, index: int, bare_net: ipaddress.IPv4Network) -> float:
     """The floor: a namespace, a veth with /32s, root's own sshd config with one authorized key."""
-    ns, host, inner = f"nbbench{index}", f"nbbh{index}", f"nbbi{index}"
-    caller, addr = "10.242.0.1", f"10.242.0.{index + 2}"
+    tag = f"{os.getpid() % 100000}x{index}"  # interface names: 15 bytes at most
+    ns, host, inner = f"nbbench{tag}", f"nbbh{tag}", f"nbbi{tag}"
+    caller, addr = str(bare_net[1]), str(bare_net[index + 2])
     d = tmp / f"bare{index}"
     d.mkdir()
     private, public = keypair()
@@ -100,17 +102,25 @@ def bare_sshd(tmp: Path, index: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--subnet", default=os.environ.get("NBCLOUD_BENCH_SUBNET", "10.241.0.0/16"),
+                        help="the sandbox's subnet (one no other sandbox holds)")
+    parser.add_argument("--bare-subnet", default="10.242.0.0/24", help="the bare sshd reference's addresses")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
+    bare_net = ipaddress.ip_network(args.bare_subnet)
+    if bare_net.num_addresses < args.runs + 3:
+        raise SystemExit(f"--bare-subnet {bare_net} is too small for {args.runs} runs")
+    # the bare sshd needs its privilege-separation directory; a fresh machine has none until sshd ran once
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     import boto3
 
     from nbcloud.providers.sandbox import client
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        subprocess.run(["ip", "route", "replace", "blackhole", "10.242.0.0/24"], check=True)
-        info = client.start(tmp / "sandbox", subnet=SUBNET)
+        subprocess.run(["ip", "route", "replace", "blackhole", str(bare_net)], check=True)
+        info = client.start(tmp / "sandbox", subnet=args.subnet)
         try:
             kw = {"endpoint_url": info.endpoint_url, "region_name": info.region, "aws_access_key_id": "testing",
                   "aws_secret_access_key": "testing"}
@@ -120,10 +130,10 @@ def main() -> None:
             boots, bares = [], []
             for i in range(args.runs):
                 boots.append(sandbox_boot(ec2, ami, tmp, i))
-                bares.append(bare_sshd(tmp, i))
+                bares.append(bare_sshd(tmp, i, bare_net))
         finally:
             client.reset(tmp / "sandbox")
-            subprocess.run(["ip", "route", "del", "blackhole", "10.242.0.0/24"], check=False)
+            subprocess.run(["ip", "route", "del", "blackhole", str(bare_net)], check=False)
     boot, bare = statistics.median(boots), statistics.median(bares)
     print(f"sandbox RunInstances → ssh true   median {boot:.3f} s  ({', '.join(f'{b:.3f}' for b in boots)})")
     print(f"bare netns + sshd → ssh true      median {bare:.3f} s  ({', '.join(f'{b:.3f}' for b in bares)})")
