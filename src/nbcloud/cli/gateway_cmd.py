@@ -31,7 +31,8 @@ def gateway(name: str, as_json: bool) -> None:
 
     def text(r: dict[str, Any]) -> str:
         return (f"{r['name']}: Kernel Gateway on {r['gateway_url']} (jupyter_server {r['server_version']}), "
-                f"kernels: {', '.join(r['kernelspecs']) or '-'}\n  next: `nbcloud lab {r['name']} .`")
+                f"kernels: {', '.join(r['kernelspecs']) or '-'}\n  next: `nbcloud lab {r['name']} .`\n"
+                f"  or your own JupyterLab: {r['jupyter_command']}")
 
     emit(result, as_json, text)
 
