@@ -42,6 +42,7 @@ def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
         print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)
 
     up = world.up("gwbox", "--mode", "gateway")
+    assert up["vscode"] == "code --remote ssh-remote+nb-gwbox /home/ubuntu"  # the editor hint `up` prints
     # `nbcloud gateway` installs a fresh gateway token (and is what turns gateway mode on for any instance)
     mark("up")
     enabled = world.nb_json("gateway", "gwbox")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..ssh.config import vscode_command
 from .output import emit, json_option, progress, table
 
 provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
@@ -150,6 +151,7 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         with progress(f"connecting to {name}", as_json) as step:
             connected = ops.connect(ctx, name, port=port, open_browser=not no_browser and not as_json, progress=step)
     payload: dict[str, Any] = dict(vars(result))
+    payload["vscode"] = vscode_command(result.ssh_alias, result.user)
     if connected is not None:
         payload.update(url=connected.url, local_port=connected.local_port, tunnel=connected.tunnel)
 
@@ -161,6 +163,7 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
             lines.append(f"  jupyter: {p['url']}")
         else:
             lines.append(f"  jupyter: nbcloud connect {p['name']}")
+        lines.append(f"  vscode:  {p['vscode']}")
         return "\n".join(lines)
 
     emit(payload, as_json, text)
@@ -196,9 +199,13 @@ def status(name: str | None, as_json: bool) -> None:
     ctx = _ctx()
     views = ops.status(ctx, name)
     if name:
-        emit(views[0] if views else {}, as_json, lambda v: _status_text([v]))
+        emit(views[0] if views else {}, as_json, lambda v: _status_text([v]) + _vscode_line(v))
     else:
         emit(views, as_json, _status_text)
+
+
+def _vscode_line(view: Any) -> str:
+    return f"\n  vscode: {view.vscode}" if getattr(view, "vscode", None) else ""
 
 
 def _status_text(views: list[Any]) -> str:

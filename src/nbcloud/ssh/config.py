@@ -21,7 +21,7 @@ from ..config import Paths, ensure_private_dir, write_private
 from ..errors import UsageError
 
 __all__ = ["SshEntry", "ensure_include", "include_problem", "pin_host_key", "remove_entry", "render_entry",
-           "unpin_host_key", "write_entry"]
+           "unpin_host_key", "vscode_command", "write_entry"]
 
 # For people (interactive ssh, VS Code Remote-SSH): a minute of stall before giving up. The tunnel supervisor puts
 # its own 2 s x 2 on its ssh command line, which wins over these.
@@ -57,6 +57,12 @@ def render_entry(entry: SshEntry) -> str:
         "  LogLevel ERROR",
         "",
     ])
+
+
+def vscode_command(alias: str, user: str) -> str:
+    """VS Code on the instance through its Host block, opened in the login user's home."""
+    home = "/root" if user == "root" else f"/home/{user}"
+    return f"code --remote ssh-remote+{alias} {home}"
 
 
 _BLOCK = re.compile(r"^Host (\S+)\n(?:  .*\n|\n)*", re.MULTILINE)
