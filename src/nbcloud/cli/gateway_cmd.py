@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .complete import instance_names
 from .output import emit, json_option, progress
 
 
@@ -17,7 +18,7 @@ def _ctx():
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @json_option
 def gateway(name: str, as_json: bool) -> None:
     """Turn gateway mode on for NAME: a Kernel Gateway next to its JupyterLab, forwarded by the tunnel.
@@ -38,7 +39,7 @@ def gateway(name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.argument("path", type=click.Path(path_type=Path), default=Path("."))
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @click.option("--port", type=click.IntRange(1024, 65535), default=None, help="Local port of the local JupyterLab.")

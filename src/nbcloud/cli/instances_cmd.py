@@ -12,6 +12,7 @@ import click
 
 from ..errors import UsageError
 from ..ssh.config import vscode_command
+from .complete import instance_names
 from .output import emit, json_option, progress, table
 
 provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
@@ -55,7 +56,7 @@ def _duration(seconds: float | None) -> str:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @provider_option
 @region_option
 @profile_option
@@ -190,7 +191,7 @@ def _public_password(ctx: Any, name: str, password_file: Path | None) -> str | N
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=instance_names)
 @json_option
 def status(name: str | None, as_json: bool) -> None:
     """Show instances (state, type, address, uptime, cost, tunnel)."""
@@ -243,7 +244,7 @@ def list_(provider: str | None, region: str | None, profile: str | None, as_json
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @json_option
 def stop(name: str, as_json: bool) -> None:
     """Stop NAME; its disks keep billing (shown)."""
@@ -256,7 +257,7 @@ def stop(name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--no-wait", is_flag=True, help="Do not wait for Jupyter to answer.")
 @json_option
 def start(name: str, no_wait: bool, as_json: bool) -> None:
@@ -270,7 +271,7 @@ def start(name: str, no_wait: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--delete-data", is_flag=True, help="Also delete the data volume(s).")
 @click.option("--snapshot-on-down", is_flag=True,
               help="Snapshot each data volume (and wait for it) once the instance is gone, before deleting anything.")
@@ -317,7 +318,7 @@ def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, forget
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(name: str, command: tuple[str, ...]) -> None:
     """Open a shell on NAME, or run COMMAND (`nbcloud ssh NAME -- nvidia-smi`)."""
@@ -334,7 +335,7 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--bootstrap", is_flag=True, help="The setup log instead of Jupyter's.")
 @click.option("--agent", is_flag=True, help="The idle-stop agent's log.")
 @click.option("--gateway", is_flag=True, help="The Kernel Gateway's log (gateway mode).")

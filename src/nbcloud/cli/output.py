@@ -117,11 +117,11 @@ def _is_bare_group(error: click.ClickException) -> bool:
     return no_args is not None and isinstance(error, no_args) and error.ctx is not None
 
 
-def run_cli(group: click.Group, argv: list[str] | None = None) -> None:
+def run_cli(group: click.Group, argv: list[str] | None = None, prog_name: str = "nbcloud") -> None:
     """Run the click group; every failure ends here as one line (or one JSON document) and an exit code."""
     debug = bool(os.environ.get("NBCLOUD_DEBUG")) or "--debug" in (argv if argv is not None else sys.argv)
     try:
-        group.main(args=argv, prog_name="nbcloud", standalone_mode=False)
+        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except NbcloudError as error:
         if debug:
             raise
