@@ -318,13 +318,26 @@ def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, forget
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@json_option
 @click.argument("name", shell_complete=instance_names)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def ssh(name: str, command: tuple[str, ...]) -> None:
-    """Open a shell on NAME, or run COMMAND (`nbcloud ssh NAME -- nvidia-smi`)."""
+def ssh(name: str, command: tuple[str, ...], as_json: bool) -> None:
+    """Open a shell on NAME, or run COMMAND (`nbcloud ssh NAME -- nvidia-smi`).
+
+    `nbcloud ssh --json NAME -- CMD` prints {exit_code, stdout, stderr} and exits with CMD's exit code.
+    """
     from ..ssh.session import ssh_argv
 
     ctx = _ctx()
+    if command[:1] == ("--json",):  # `nbcloud ssh NAME --json -- CMD`: after NAME click passes it on as CMD
+        as_json, command = True, command[1:]
+    if as_json:
+        from ..ops.shell import run_command
+
+        words = command[1:] if command[:1] == ("--",) else command
+        result = run_command(ctx, name, " ".join(words))
+        emit(result, as_json)
+        sys.exit(result.exit_code)
     ctx.key_path(name)
     argv = ssh_argv(ctx.paths.ssh_config, f"nb-{name}")
     argv.remove("BatchMode=yes")
@@ -340,19 +353,25 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
 @click.option("--agent", is_flag=True, help="The idle-stop agent's log.")
 @click.option("--gateway", is_flag=True, help="The Kernel Gateway's log (gateway mode).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming.")
-@click.option("--lines", "-n", type=int, default=200, show_default=True)
-def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, lines: int) -> None:
-    """Show the Jupyter server log of NAME (or --bootstrap, --agent, --gateway)."""
+@click.option("--lines", "-n", type=click.IntRange(min=1), default=200, show_default=True)
+@json_option
+def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, lines: int, as_json: bool) -> None:
+    """Show the Jupyter server log of NAME (or --bootstrap, --agent, --gateway); --json: {"lines": [...]}."""
+    from ..ops.shell import log_command, read_log
     from ..ssh.session import ssh_argv
 
-    ctx = _ctx()
-    ctx.key_path(name)
     chosen = [flag for flag, on in (("bootstrap", bootstrap), ("agent", agent), ("gateway", gateway)) if on]
     if len(chosen) > 1:
         raise UsageError(f"--{chosen[0]} and --{chosen[1]} name two logs", "pick one log per call")
+    if follow and as_json:
+        raise UsageError("--follow streams without end and --json prints one document", "drop one of them")
     log = chosen[0] if chosen else "jupyter"
-    command = f"tail -n {lines} {'-F' if follow else ''} \"${{NBCLOUD_ROOT:-}}/var/log/nbcloud/{log}.log\""
-    argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), command]
+    ctx = _ctx()
+    if as_json:
+        emit(read_log(ctx, name, log, lines), as_json)
+        return
+    ctx.key_path(name)
+    argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), log_command(log, lines, follow)]
     sys.exit(subprocess.call(argv))
 
 
