@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import Paths, ensure_private_dir, paths
 
-__all__ = ["Record", "Store", "open_store"]
+__all__ = ["Record", "Store", "open_store", "read_names"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -214,6 +214,20 @@ class Store:
         """``(at, state, hourly)`` for cost: transitions with the price recorded at each start, and price changes."""
         rows = self._db.execute("SELECT at, state, hourly FROM events WHERE name = ? ORDER BY at, rowid", (name,))
         return [(datetime.fromtimestamp(r["at"], UTC), r["state"], r["hourly"]) for r in rows]
+
+
+def read_names(db_path: Path) -> list[str]:
+    """The instance names in the store, read-only (shell completion: never creates or migrates the store)."""
+    if not db_path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, timeout=2)
+        try:
+            return [row[0] for row in db.execute("SELECT name FROM instances ORDER BY name")]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
 
 
 def open_store(p: Paths | None = None) -> Store:

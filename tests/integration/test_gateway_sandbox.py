@@ -42,10 +42,15 @@ def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
         print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)
 
     up = world.up("gwbox", "--mode", "gateway")
+    assert up["vscode"] == "code --remote ssh-remote+nb-gwbox /home/ubuntu"  # the editor hint `up` prints
     # `nbcloud gateway` installs a fresh gateway token (and is what turns gateway mode on for any instance)
     mark("up")
     enabled = world.nb_json("gateway", "gwbox")
     assert "python3" in enabled["kernelspecs"] and enabled["server_version"].startswith("2.")
+    # scripts and your own `jupyter lab --gateway-url=…` get the token from `gateway --json`
+    gateway_token = (world.home / "secrets" / "gwbox.gateway-token").read_text().strip()
+    assert enabled["gateway_token"] == gateway_token and enabled["gateway_url"].startswith("http://127.0.0.1:")
+    assert enabled["jupyter_command"].endswith(f"jupyter lab --gateway-url={enabled['gateway_url']}")
     root = tmp_path / "notebooks"
     root.mkdir()
     try:

@@ -71,3 +71,12 @@ def test_unknown_region_is_one_line(nbcloud_home) -> None:
     done = nb("up", "demo", "--region", "us-esat-1", "--no-connect")
     assert done.returncode == 2
     assert "unknown AWS region 'us-esat-1'" in done.stderr and "did you mean" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [[], ["prices"], ["image"], ["sandbox"]])
+def test_a_bare_group_prints_its_help(argv: list[str], nbcloud_home) -> None:
+    done = nb(*argv)
+    assert done.returncode == 0, done
+    assert done.stdout.startswith(f"Usage: nbcloud {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND"), done.stdout
+    assert "\nCommands:\n" in done.stdout and len(done.stdout.splitlines()) > 5
+    assert "error" not in done.stderr

@@ -141,3 +141,22 @@ def test_lab_without_jupyterlab_says_how_to_install(nbcloud_home: Path, monkeypa
     with pytest.raises(UsageError, match="JupyterLab is not installed") as info:
         lab(ctx, "gw", open_browser=False)
     assert info.value.hint == "pip install 'nbcloud[lab]'"
+
+
+def test_jupyter_command_for_your_own_jupyterlab(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nbcloud gateway NAME` prints a command line whose token reaches JupyterLab's gateway client by env."""
+    import shlex
+
+    from nbcloud.ops import gateway as gw
+
+    token = "t0k-en_with'quote"
+    line = gw.jupyter_command("http://127.0.0.1:9999", token)
+    words = shlex.split(line)
+    assignment, program = words[0], words[1:]
+    var, _, value = assignment.partition("=")
+    assert program == ["jupyter", "lab", "--gateway-url=http://127.0.0.1:9999"] and value == token
+    assert token not in " ".join(program)  # not an argument: `ps` would show it
+    from jupyter_server.gateway.gateway_client import GatewayClient
+
+    monkeypatch.setenv(var, value)
+    assert GatewayClient().auth_token == token

@@ -41,6 +41,22 @@ def test_password_hash_verifies_with_jupyter() -> None:
         hash_password("")
 
 
+def test_password_hash_needs_no_jupyter_on_this_machine() -> None:
+    """`up --public` on a laptop without nbcloud[lab]: the hash is made anyway, and Jupyter accepts it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor m in ('jupyter_server', 'notebook', 'IPython'):\n    sys.modules[m] = None\n"
+            "from nbcloud.remote.secrets import hash_password\nprint(hash_password('correct horse'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    hashed = done.stdout.strip()
+    assert hashed.startswith("argon2:$argon2id$")
+    from jupyter_server.auth.security import passwd_check
+
+    assert passwd_check(hashed, "correct horse") and not passwd_check(hashed, "wrong horse")
+
+
 def test_tls_cert_has_the_ip_and_loads(tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes

@@ -8,6 +8,8 @@ rendered once, in :func:`main`.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import click
 
@@ -94,10 +96,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def prog_name(argv0: str) -> str:
+    """``jupyter nbcloud`` runs the ``jupyter-nbcloud`` script: its usage lines and its shell completion
+    (``_JUPYTER_NBCLOUD_COMPLETE``) must name that program, not ``nbcloud``."""
+    return "jupyter-nbcloud" if os.path.basename(argv0) == "jupyter-nbcloud" else "nbcloud"
+
+
 def main(argv: list[str] | None = None) -> None:
     from .output import run_cli
 
-    run_cli(cli, argv)
+    run_cli(cli, argv, prog_name=prog_name(sys.argv[0]))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .complete import instance_names
 from .output import emit, json_option, progress
 
 
@@ -16,7 +17,7 @@ def _ctx():
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Local port (remembered per instance).")
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @json_option
@@ -38,7 +39,7 @@ def connect(name: str, port: int | None, no_browser: bool, as_json: bool) -> Non
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @json_option
 def disconnect(name: str, as_json: bool) -> None:
     """Stop the tunnel to NAME."""
@@ -48,7 +49,7 @@ def disconnect(name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.argument("path", type=click.Path(path_type=Path), default=Path("."))
 @click.option("--pull", is_flag=True, help="Copy from the instance to PATH instead.")
 @click.option("--remote", default=None, help="Folder on the instance (default ~/<folder name>).")

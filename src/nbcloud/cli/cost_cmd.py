@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from ..errors import UsageError
+from .complete import instance_names
 from .output import emit, json_option, progress, table
 
 
@@ -17,7 +18,7 @@ def _ctx():
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.argument("duration")
 @json_option
 def autostop(name: str, duration: str, as_json: bool) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .complete import instance_names
 from .output import emit, json_option, progress
 
 
@@ -17,7 +18,7 @@ def _ctx():
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @json_option
 def gateway(name: str, as_json: bool) -> None:
     """Turn gateway mode on for NAME: a Kernel Gateway next to its JupyterLab, forwarded by the tunnel.
@@ -31,13 +32,14 @@ def gateway(name: str, as_json: bool) -> None:
 
     def text(r: dict[str, Any]) -> str:
         return (f"{r['name']}: Kernel Gateway on {r['gateway_url']} (jupyter_server {r['server_version']}), "
-                f"kernels: {', '.join(r['kernelspecs']) or '-'}\n  next: `nbcloud lab {r['name']} .`")
+                f"kernels: {', '.join(r['kernelspecs']) or '-'}\n  next: `nbcloud lab {r['name']} .`\n"
+                f"  or your own JupyterLab: {r['jupyter_command']}")
 
     emit(result, as_json, text)
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.argument("path", type=click.Path(path_type=Path), default=Path("."))
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
 @click.option("--port", type=click.IntRange(1024, 65535), default=None, help="Local port of the local JupyterLab.")

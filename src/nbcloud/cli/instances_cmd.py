@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..ssh.config import vscode_command
+from .complete import instance_names
 from .output import emit, json_option, progress, table
 
 provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
@@ -54,7 +56,7 @@ def _duration(seconds: float | None) -> str:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @provider_option
 @region_option
 @profile_option
@@ -150,6 +152,7 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         with progress(f"connecting to {name}", as_json) as step:
             connected = ops.connect(ctx, name, port=port, open_browser=not no_browser and not as_json, progress=step)
     payload: dict[str, Any] = dict(vars(result))
+    payload["vscode"] = vscode_command(result.ssh_alias, result.user)
     if connected is not None:
         payload.update(url=connected.url, local_port=connected.local_port, tunnel=connected.tunnel)
 
@@ -161,6 +164,7 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
             lines.append(f"  jupyter: {p['url']}")
         else:
             lines.append(f"  jupyter: nbcloud connect {p['name']}")
+        lines.append(f"  vscode:  {p['vscode']}")
         return "\n".join(lines)
 
     emit(payload, as_json, text)
@@ -187,7 +191,7 @@ def _public_password(ctx: Any, name: str, password_file: Path | None) -> str | N
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=instance_names)
 @json_option
 def status(name: str | None, as_json: bool) -> None:
     """Show instances (state, type, address, uptime, cost, tunnel)."""
@@ -196,9 +200,13 @@ def status(name: str | None, as_json: bool) -> None:
     ctx = _ctx()
     views = ops.status(ctx, name)
     if name:
-        emit(views[0] if views else {}, as_json, lambda v: _status_text([v]))
+        emit(views[0] if views else {}, as_json, lambda v: _status_text([v]) + _vscode_line(v))
     else:
         emit(views, as_json, _status_text)
+
+
+def _vscode_line(view: Any) -> str:
+    return f"\n  vscode: {view.vscode}" if getattr(view, "vscode", None) else ""
 
 
 def _status_text(views: list[Any]) -> str:
@@ -236,7 +244,7 @@ def list_(provider: str | None, region: str | None, profile: str | None, as_json
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @json_option
 def stop(name: str, as_json: bool) -> None:
     """Stop NAME; its disks keep billing (shown)."""
@@ -249,7 +257,7 @@ def stop(name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--no-wait", is_flag=True, help="Do not wait for Jupyter to answer.")
 @json_option
 def start(name: str, no_wait: bool, as_json: bool) -> None:
@@ -263,7 +271,7 @@ def start(name: str, no_wait: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--delete-data", is_flag=True, help="Also delete the data volume(s).")
 @click.option("--snapshot-on-down", is_flag=True,
               help="Snapshot each data volume (and wait for it) once the instance is gone, before deleting anything.")
@@ -310,13 +318,26 @@ def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, forget
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name")
+@json_option
+@click.argument("name", shell_complete=instance_names)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def ssh(name: str, command: tuple[str, ...]) -> None:
-    """Open a shell on NAME, or run COMMAND (`nbcloud ssh NAME -- nvidia-smi`)."""
+def ssh(name: str, command: tuple[str, ...], as_json: bool) -> None:
+    """Open a shell on NAME, or run COMMAND (`nbcloud ssh NAME -- nvidia-smi`).
+
+    `nbcloud ssh --json NAME -- CMD` prints {exit_code, stdout, stderr} and exits with CMD's exit code.
+    """
     from ..ssh.session import ssh_argv
 
     ctx = _ctx()
+    if command[:1] == ("--json",):  # `nbcloud ssh NAME --json -- CMD`: after NAME click passes it on as CMD
+        as_json, command = True, command[1:]
+    if as_json:
+        from ..ops.shell import run_command
+
+        words = command[1:] if command[:1] == ("--",) else command
+        result = run_command(ctx, name, " ".join(words))
+        emit(result, as_json)
+        sys.exit(result.exit_code)
     ctx.key_path(name)
     argv = ssh_argv(ctx.paths.ssh_config, f"nb-{name}")
     argv.remove("BatchMode=yes")
@@ -327,24 +348,30 @@ def ssh(name: str, command: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--bootstrap", is_flag=True, help="The setup log instead of Jupyter's.")
 @click.option("--agent", is_flag=True, help="The idle-stop agent's log.")
 @click.option("--gateway", is_flag=True, help="The Kernel Gateway's log (gateway mode).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming.")
-@click.option("--lines", "-n", type=int, default=200, show_default=True)
-def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, lines: int) -> None:
-    """Show the Jupyter server log of NAME (or --bootstrap, --agent, --gateway)."""
+@click.option("--lines", "-n", type=click.IntRange(min=1), default=200, show_default=True)
+@json_option
+def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, lines: int, as_json: bool) -> None:
+    """Show the Jupyter server log of NAME (or --bootstrap, --agent, --gateway); --json: {"lines": [...]}."""
+    from ..ops.shell import log_command, read_log
     from ..ssh.session import ssh_argv
 
-    ctx = _ctx()
-    ctx.key_path(name)
     chosen = [flag for flag, on in (("bootstrap", bootstrap), ("agent", agent), ("gateway", gateway)) if on]
     if len(chosen) > 1:
         raise UsageError(f"--{chosen[0]} and --{chosen[1]} name two logs", "pick one log per call")
+    if follow and as_json:
+        raise UsageError("--follow streams without end and --json prints one document", "drop one of them")
     log = chosen[0] if chosen else "jupyter"
-    command = f"tail -n {lines} {'-F' if follow else ''} \"${{NBCLOUD_ROOT:-}}/var/log/nbcloud/{log}.log\""
-    argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), command]
+    ctx = _ctx()
+    if as_json:
+        emit(read_log(ctx, name, log, lines), as_json)
+        return
+    ctx.key_path(name)
+    argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), log_command(log, lines, follow)]
     sys.exit(subprocess.call(argv))
 
 

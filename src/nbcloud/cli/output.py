@@ -111,11 +111,17 @@ def _render_error(error: NbcloudError) -> None:
         err(error.one_line())
 
 
-def run_cli(group: click.Group, argv: list[str] | None = None) -> None:
+def _is_bare_group(error: click.ClickException) -> bool:
+    """A group called without its subcommand (click >= 8.2 raises this instead of printing the help itself)."""
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    return no_args is not None and isinstance(error, no_args) and error.ctx is not None
+
+
+def run_cli(group: click.Group, argv: list[str] | None = None, prog_name: str = "nbcloud") -> None:
     """Run the click group; every failure ends here as one line (or one JSON document) and an exit code."""
     debug = bool(os.environ.get("NBCLOUD_DEBUG")) or "--debug" in (argv if argv is not None else sys.argv)
     try:
-        group.main(args=argv, prog_name="nbcloud", standalone_mode=False)
+        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except NbcloudError as error:
         if debug:
             raise
@@ -127,6 +133,9 @@ def run_cli(group: click.Group, argv: list[str] | None = None) -> None:
         err("error: interrupted — nothing half-created was left behind")
         sys.exit(130)
     except click.ClickException as bad:
+        if _is_bare_group(bad):  # `nbcloud`, `nbcloud sandbox`: the help, as --help prints it, and success
+            click.echo(bad.ctx.get_help())  # type: ignore[union-attr]
+            sys.exit(0)
         if debug:
             raise
         message = bad.format_message()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .complete import instance_names
 from .output import emit, json_option, progress, table
 
 
@@ -35,7 +36,7 @@ def image() -> None:
 
 
 @image.command("bake")
-@click.argument("name")
+@click.argument("name", shell_complete=instance_names)
 @click.option("--image-name", default=None, help="Name of the image (default: the instance's name).")
 @json_option
 def image_bake(name: str, image_name: str | None, as_json: bool) -> None:

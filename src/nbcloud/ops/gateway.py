@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ __all__ = [
     "check_versions",
     "enable_gateway",
     "ensure_gateway_token",
+    "jupyter_command",
     "lab",
     "lab_argv",
     "read_lab_state",
@@ -441,4 +443,14 @@ def enable_gateway(ctx: Context, name: str, *, progress: Progress = no_progress,
     conn = connect(ctx, name, open_browser=False, progress=progress)
     info = check_gateway(conn.gateway_url or "", gateway_token, name=name)
     return {"name": name, "gateway_url": conn.gateway_url, "gateway_local_port": conn.gateway_local_port,
+            "gateway_token": gateway_token, "jupyter_command": jupyter_command(conn.gateway_url or "", gateway_token),
             "kernelspecs": list(info.kernelspecs), "server_version": info.server_version}
+
+
+def jupyter_command(gateway_url: str, gateway_token: str) -> str:
+    """Your own `jupyter lab` with its kernels behind the gateway, as you would type it.
+
+    The token goes in the environment (JupyterLab reads ``JUPYTER_GATEWAY_AUTH_TOKEN``), not in an argument: a
+    command line is visible to every local user in ``ps``, the environment of another user's process is not.
+    """
+    return f"JUPYTER_GATEWAY_AUTH_TOKEN={shlex.quote(gateway_token)} jupyter lab --gateway-url={gateway_url}"

@@ -170,6 +170,7 @@ def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, re
                 "but its keys are not on this machine",
                 "use another name, or remove it from the machine that made it (`nbcloud down`)")
         password_hash = _public_password_hash(spec, password)  # before anything is made: fail fast
+        ssh_config.ensure_include(ctx.paths)  # an unwritable ~/.ssh/config refuses before anything is made
         return _launch(ctx, provider, spec, profile, progress, wait_jupyter, ssh_timeout, ready_timeout,
                        password_hash)
 

@@ -51,6 +51,7 @@ class InstanceView:
     spot_notice: str | None = None
     spot_hourly_usd: float | None = None
     managed_here: bool = True
+    vscode: str | None = None  # `code --remote ssh-remote+nb-NAME /home/USER`
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,7 @@ def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceVi
         lifecycle=instance.lifecycle if instance else record.lifecycle, zone=instance.zone if instance else None,
         uptime_seconds=uptime, idle_stop_seconds=spec.idle_stop_seconds, gpus=(record.spec or {}).get("gpus"),
         **tunnel_fields(ctx, record), **cost_fields(ctx, record, spec, now),
+        vscode=ssh_config.vscode_command(f"nb-{record.name}", record.user),
     )
 
 

@@ -187,6 +187,53 @@ def disconnect(ctx: Context, name: str) -> dict[str, str]:
     return {"name": name, "tunnel": "down"}
 
 
+def git_ignored(folder: Path) -> list[str] | None:
+    """What git ignores under ``folder`` (paths relative to it, ignored folders as ``dir/``), or None outside git.
+
+    git's own answer, so negations (``*.log`` then ``!keep.log``), nested and global ignore files all count.
+    """
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        inside = subprocess.run([git, "rev-parse", "--is-inside-work-tree"], cwd=folder, capture_output=True,
+                                text=True, timeout=30)
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return None
+        listed = subprocess.run([git, "ls-files", "--others", "--ignored", "--exclude-standard", "--directory",
+                                 "-z"], cwd=folder, capture_output=True, check=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [p for p in listed.stdout.decode(errors="surrogateescape").split("\0") if p]
+
+
+def _anchored(path: str) -> str:
+    """An rsync exclude matching exactly ``path`` (from the transfer root): wildcard characters escaped."""
+    escaped = "".join("\\" + c if c in "*?[\\" else c for c in path)
+    return "/" + escaped
+
+
+def rsync_argv(rsync: str, ssh: str, local: Path, endpoint: str, *, pull: bool, delete: bool,
+               git_ignored: list[str] | None) -> tuple[list[str], bytes | None]:
+    """The rsync command line (and what to feed its stdin) for one sync.
+
+    In a git work tree, git's list of ignored paths becomes rsync's excludes (read NUL-separated from stdin), so
+    what is pushed is what git would track; elsewhere rsync reads each folder's `.gitignore` itself (no
+    negations). Excluded paths are also kept from ``--delete`` on the receiving side, as before.
+    """
+    argv = [rsync, "-az", "--exclude=.git/", "-e", ssh]
+    stdin = None
+    if git_ignored is None:
+        argv.insert(2, "--filter=:- .gitignore")
+    else:
+        argv += ["--from0", "--exclude-from=-"]
+        stdin = b"".join(_anchored(p).encode(errors="surrogateescape") + b"\0" for p in git_ignored)
+    if delete:
+        argv.append("--delete")
+    argv += [endpoint, f"{local}/"] if pull else [f"{local}/", endpoint]
+    return argv, stdin
+
+
 @dataclass(frozen=True)
 class SyncResult:
     name: str
@@ -197,7 +244,7 @@ class SyncResult:
 
 def sync(ctx: Context, name: str, path: Path, *, pull: bool = False, remote: str | None = None,
          delete: bool = False) -> SyncResult:
-    """rsync over the instance's ssh entry; `.gitignore` rules are honoured (rsync's dir-merge filter)."""
+    """rsync over the instance's ssh entry; `.gitignore` rules are honoured (git's own answer in a work tree)."""
     rsync = shutil.which("rsync")
     if not rsync:
         raise UsageError("rsync is not installed",
@@ -208,15 +255,13 @@ def sync(ctx: Context, name: str, path: Path, *, pull: bool = False, remote: str
         raise UsageError(f"{path} is not a folder", "pass the folder to push, e.g. `nbcloud sync NAME .`")
     target = remote or f"~/{local.name}"
     ssh = f"ssh -F {ctx.paths.ssh_config} -o BatchMode=yes"
-    argv = [rsync, "-az", "--filter=:- .gitignore", "--exclude=.git/", "-e", ssh]
-    if delete:
-        argv.append("--delete")
     endpoint = f"nb-{name}:{target.rstrip('/')}/"
-    argv += [endpoint, f"{local}/"] if pull else [f"{local}/", endpoint]
+    ignored = None if pull else git_ignored(local)
+    argv, stdin = rsync_argv(rsync, ssh, local, endpoint, pull=pull, delete=delete, git_ignored=ignored)
     if pull:
         local.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(argv, input=stdin, capture_output=True, timeout=3600)
     if done.returncode != 0:
-        raise RemoteError(f"rsync failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}",
+        raise RemoteError(f"rsync failed: {(done.stderr.decode(errors='replace').strip().splitlines() or ['?'])[-1]}",
                           f"check `ssh nb-{name}` works; `nbcloud status {name}`")
     return SyncResult(name, str(local), target, "pull" if pull else "push")

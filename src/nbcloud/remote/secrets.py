@@ -43,21 +43,19 @@ def new_token() -> str:
 
 
 def hash_password(password: str) -> str:
-    """An argon2 hash in jupyter_server's own format (``argon2:$argon2id$…``), verified by ``passwd_check``."""
+    """An argon2 hash in jupyter_server's own format (``argon2:$argon2id$…``), verified by ``passwd_check``.
+
+    Made with argon2-cffi directly (a core dependency) with jupyter_server's parameters, so `up --public` needs no
+    Jupyter on this machine.
+    """
     if not password:
         from ..errors import UsageError
 
         raise UsageError("the password is empty", "choose a password of at least 8 characters")
-    try:
-        # Imported here: the CLI must start without importing Jupyter.
-        from jupyter_server.auth import passwd
-    except ImportError as exc:
-        from ..errors import UsageError
+    import argon2  # here: the CLI starts without it
 
-        raise UsageError(
-            "hashing a Jupyter password needs jupyter_server on this machine", "pip install 'nbcloud[lab]'"
-        ) from exc
-    return str(passwd(password, algorithm="argon2"))
+    hasher = argon2.PasswordHasher(memory_cost=10240, time_cost=10, parallelism=8)  # jupyter_server's passwd()
+    return f"argon2:{hasher.hash(password)}"
 
 
 def make_tls_cert(common_name: str, ip: str, days: int = 825) -> tuple[str, str, str]:

@@ -11,18 +11,22 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Paths, ensure_private_dir, write_private
+from ..errors import UsageError
 
-__all__ = ["SshEntry", "ensure_include", "pin_host_key", "remove_entry", "render_entry", "unpin_host_key",
-           "write_entry"]
+__all__ = ["SshEntry", "ensure_include", "include_problem", "pin_host_key", "remove_entry", "render_entry",
+           "unpin_host_key", "vscode_command", "write_entry"]
 
-KEEPALIVE_INTERVAL = 2
-KEEPALIVE_COUNT = 2
+# For people (interactive ssh, VS Code Remote-SSH): a minute of stall before giving up. The tunnel supervisor puts
+# its own 2 s x 2 on its ssh command line, which wins over these.
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT = 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ def render_entry(entry: SshEntry) -> str:
         "  LogLevel ERROR",
         "",
     ])
+
+
+def vscode_command(alias: str, user: str) -> str:
+    """VS Code on the instance through its Host block, opened in the login user's home."""
+    home = "/root" if user == "root" else f"/home/{user}"
+    return f"code --remote ssh-remote+{alias} {home}"
 
 
 _BLOCK = re.compile(r"^Host (\S+)\n(?:  .*\n|\n)*", re.MULTILINE)
@@ -112,22 +122,45 @@ def ensure_include(p: Paths) -> bool:
     """Add ``Include <nbcloud ssh_config>`` at the top of the user's ssh config once (backing it up first).
 
     At the top because an Include below a ``Host`` line would only apply inside that block.
-    Returns True when the file was changed.
+    Returns True when the file was changed. A symlinked config is edited where it points; when that file cannot
+    be written, UsageError names the line to add by hand.
     """
     with _locked(p):
         return _ensure_include(p)
 
 
 def _ensure_include(p: Paths) -> bool:
-    user_config = p.user_ssh_config
     line = f'Include "{p.ssh_config}"'
-    existing = user_config.read_text() if user_config.exists() else ""
+    link = p.user_ssh_config
+    # Through a symlink (stow, home-manager, a dotfile repo): edit the file it points to, never replace the link.
+    target = Path(os.path.realpath(link))
+    existing = target.read_text() if target.exists() else ""
     if any(ln.strip() == line for ln in existing.splitlines()):
         return False
-    ensure_private_dir(user_config.parent)
-    if user_config.exists():
-        backup = user_config.with_name(user_config.name + ".nbcloud-backup")
+    problem = include_problem(link, target)
+    if problem:
+        raise UsageError(f"cannot add nbcloud's Include to {link}: {problem}",
+                         f"add this line at the top of {target} yourself, then retry: {line}")
+    if not target.parent.exists():
+        ensure_private_dir(target.parent)  # a new ~/.ssh is 0700; an existing one keeps the mode the user gave it
+    if target.exists():
+        backup = target.with_name(target.name + ".nbcloud-backup")
         if not backup.exists():
-            shutil.copy2(user_config, backup)
-    write_private(user_config, f"# Added by nbcloud (ssh nb-NAME)\n{line}\n\n{existing}")
+            shutil.copy2(target, backup)
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o600
+    write_private(target, f"# Added by nbcloud (ssh nb-NAME)\n{line}\n\n{existing}", mode=mode)
     return True
+
+
+def include_problem(link: Path, target: Path) -> str | None:
+    """Why the Include line cannot be written into ``target`` (the resolved ``link``), or None when it can.
+
+    The file is replaced atomically by a sibling, so its directory must be writable as well as the file.
+    """
+    shown = f"{target}" + (f" (where {link} points)" if target != link else "")
+    if target.exists() and not os.access(target, os.W_OK):
+        return f"{shown} is not writable"
+    directory = next((d for d in [target.parent, *target.parent.parents] if d.exists()), None)
+    if directory is None or not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory or target.parent} is not writable"
+    return None

@@ -238,13 +238,17 @@ class TunnelSupervisor:
 
     # --- one ssh attempt -------------------------------------------------------------------------------------------
 
-    def _attempt(self) -> Event:
-        """Run ssh until it exits; returns why it ended. Marks the tunnel up once authenticated and listening."""
-        argv = build_ssh_argv(self.host_alias, self.forwards, self.ssh_config,
+    def ssh_argv(self) -> list[str]:
+        """The tunnel's keepalives go on its own command line: they override the gentler ones of the Host block
+        (an interactive ssh should ride out a stall; the tunnel should notice a dead link within seconds)."""
+        return build_ssh_argv(self.host_alias, self.forwards, self.ssh_config,
                               keepalive_interval=self.keepalive_interval, keepalive_count=self.keepalive_count,
                               connect_timeout=self.connect_timeout, ssh_binary=self.ssh_binary)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                preexec_fn=_pdeathsig(), close_fds=True)
+
+    def _attempt(self) -> Event:
+        """Run ssh until it exits; returns why it ended. Marks the tunnel up once authenticated and listening."""
+        proc = subprocess.Popen(self.ssh_argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, preexec_fn=_pdeathsig(), close_fds=True)
         self._proc = proc
         assert proc.stderr is not None
         self._set(ssh_pid=proc.pid, attempts=self._state.attempts + 1)

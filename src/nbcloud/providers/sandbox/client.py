@@ -10,6 +10,7 @@ on port 22), else ``loopback`` (loopback.py: 127.x addresses, an unprivileged ss
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -170,6 +171,23 @@ def select_mode() -> tuple[str, str]:
     return "netns", f"{MODE_ENV}=netns" if forced else "root"
 
 
+SANDBOX_EXTRA = ("moto", "yaml", "werkzeug")  # what the daemon imports from the [sandbox] extra
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules (blocked)
+        return False
+
+
+def _check_extra() -> None:
+    missing = [m for m in SANDBOX_EXTRA if not _installed(m)]
+    if missing:
+        raise UsageError(f"the sandbox needs the [sandbox] extra ({', '.join(missing)} not installed)",
+                         "pip install 'nbcloud[sandbox]'")
+
+
 def _check_requirements(mode: str) -> None:
     missing = [tool for tool in (*NETNS_TOOLS, "ssh-keygen") if shutil.which(tool) is None] if mode == "netns" else []
     if not os.path.exists("/usr/sbin/sshd"):
@@ -226,6 +244,7 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     info = load_info(directory)
     if info is not None:
         return info
+    _check_extra()  # before the 100 MB wheelhouse: without moto the daemon could not start anyway
     mode, mode_reason = select_mode()
     _check_requirements(mode)
     subnet = _subnet(subnet)

@@ -23,6 +23,7 @@ from ...errors import SandboxError
 __all__ = [
     "INSTANCE_UV_CACHE",
     "UvCacheSeeder",
+    "download_summary",
     "ensure_uv_cache",
     "ensure_wheelhouse",
     "wait_uv_cache_seed",
@@ -72,21 +73,19 @@ def ensure_wheelhouse(progress: Callable[[str], None] | None = None, requirement
     root.mkdir(parents=True, exist_ok=True)
     partial = root / f".{target.name}.{os.getpid()}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    say(f"downloading {len(reqs)} packages and their dependencies into {target} (once per machine)")
+    log_path = root / "pip-download.log"
+    say(f"downloading {len(reqs)} packages and their dependencies into {target} (once per machine; "
+        f"pip's log: {log_path})")
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
            "--python-version", version, "-d", str(partial), *reqs]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    tail: list[str] = []
-    for line in proc.stdout:
-        line = line.strip()
-        tail = [*tail[-9:], line]
-        if line.startswith(("Collecting", "Saved")):
-            say(line)
-    if proc.wait() != 0:
+    started = time.monotonic()
+    code, tail = _run_logged(cmd, log_path)
+    if code != 0:
         shutil.rmtree(partial, ignore_errors=True)
         raise SandboxError(f"pip download for the sandbox wheelhouse failed: {' | '.join(tail[-3:])}",
-                           "check that the package index is reachable (pip config), then retry")
+                           f"see {log_path}; check that the package index is reachable (pip config), then retry")
+    wheels = list(partial.glob("*.whl"))
+    say(download_summary(len(wheels), sum(w.stat().st_size for w in wheels), time.monotonic() - started))
     for path in [partial, *partial.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     (partial / ".complete").write_text("\n".join(reqs) + "\n")
@@ -96,6 +95,21 @@ def ensure_wheelhouse(progress: Callable[[str], None] | None = None, requirement
         shutil.rmtree(partial, ignore_errors=True)
     os.chmod(root, 0o755)
     return target
+
+
+def _run_logged(cmd: list[str], log_path: Path) -> tuple[int, list[str]]:
+    """Run ``cmd`` with its output in ``log_path`` (not on the user's terminal) → (exit code, its last lines)."""
+    with open(log_path, "w") as log:
+        code = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT).returncode
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    return code, lines[-10:]
+
+
+def download_summary(files: int, size: int, seconds: float) -> str:
+    """The one line a download ends with: what, how much, how fast."""
+    mb = size / 1e6
+    return (f"downloaded {files} wheel{'s' if files != 1 else ''}, {mb:.1f} MB in {seconds:.1f} s "
+            f"({mb / max(seconds, 0.001):.1f} MB/s)")
 
 
 def ensure_uv_cache() -> Path:
