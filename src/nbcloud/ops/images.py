@@ -111,7 +111,7 @@ def bake(ctx: Context, name: str, image_name: str | None = None, progress: Progr
 
 
 def _provider(ctx: Context, provider_name: str | None, region: str | None, profile: str | None) -> Provider:
-    return ctx.provider(provider_name, region, profile)
+    return ctx.listing_provider(provider_name, region, profile)
 
 
 def list_images(ctx: Context, provider_name: str | None = None, region: str | None = None,

@@ -433,7 +433,7 @@ class OrphanReport:
 def orphans(ctx: Context, provider_name: str | None, region: str | None, profile: str | None,
             fix: bool = False) -> OrphanReport:
     """Anything tagged by nbcloud that no live instance owns. Named data volumes are kept on purpose: not orphans."""
-    provider = ctx.provider(provider_name, region, profile)
+    provider = ctx.listing_provider(provider_name, region, profile)
     resources = provider.tagged_resources()
     live_launches = {r.launch_id for r in resources if r.kind == "instance"}
     data_volumes = {v.volume_id for v in provider.list_volumes() if v.tags.get(VOLUME_NAME_TAG)}

@@ -107,8 +107,8 @@ def describe_one(session: AwsSession, instance_id: str, provider: str) -> Instan
 
 
 def wait_state(session: AwsSession, instance_id: str, provider: str, wanted: set[str], timeout: float,
-               interval: float = 0.2) -> Instance | None:
-    """Poll until the instance is in one of ``wanted`` (None: it vanished). Fast poll: the sandbox is quick."""
+               interval: float = 2.0) -> Instance | None:
+    """Poll every ``interval`` s until the instance is in one of ``wanted`` (None: it vanished)."""
     deadline = time.monotonic() + timeout
     while True:
         instance = describe_one(session, instance_id, provider)

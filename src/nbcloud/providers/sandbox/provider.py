@@ -24,6 +24,8 @@ class SandboxProvider(AwsProvider):
     #: loopback mode: instances share the host's network, so each one's Jupyter listens on its own address
     jupyter_on_address: bool = False
     data_volumes: bool = True
+    #: the emulator answers in milliseconds and has no rate limit: poll it often, so tests and demos stay fast
+    poll_interval: float = 0.2
 
     def _reached(self, instance: Instance) -> Instance:
         jupyter_host = instance.host if self.jupyter_on_address and instance.host else instance.jupyter_host
