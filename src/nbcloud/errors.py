@@ -61,7 +61,10 @@ class CredentialsError(NbcloudError):
 
 
 class CapacityError(NbcloudError):
-    default_hint = "try another availability zone (`--zone`) or instance type, or retry later"
+    """The cloud has no room for the request (after failover): not the user's input, so exit 1."""
+
+    exit_code = 1
+    default_hint = "retry later, or allow other instance types with `--fallback-types T1,T2`"
 
 
 class QuotaError(NbcloudError):

@@ -191,6 +191,8 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     itype = provider.instance_type(spec.instance_type)
+    for fallback in spec.fallback_types:  # validated before anything is made
+        provider.instance_type(fallback)
     image = provider.image(spec.image)
     progress(f"{itype.describe()} · image {image.name or image.image_id}")
     rules = _ingress(ctx, provider, spec)
@@ -239,7 +241,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
                 zone = volume.zone
                 progress(f"reusing data volume {volume_name} ({volume.volume_id}, {volume.size_gb} GB, {zone})")
             else:
-                zone = zone or provider.default_zone()
+                zone = zone or provider.default_zone(spec.instance_type)
                 progress(f"data volume {volume_name} ({size} GB, encrypted)")
                 volume = provider.create_volume(size, zone, tags | {ROLE_TAG: "data-volume",
                                                                     VOLUME_NAME_TAG: volume_name})
@@ -256,20 +258,24 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
             name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
             key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb, zone=zone,
             spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
+            fallback_types=spec.fallback_types,
         )
         try:
-            instance = provider.run_instance(request)
+            instance = provider.run_instance(request, progress)
         except CapacityError:
             if not (spec.spot and spec.spot_fallback):
                 raise
             progress("no spot capacity: falling back to on-demand (--spot-fallback)")
             instance = provider.run_instance(replace(request, spot=False, max_price=None,
-                                                     launch_id=f"{launch_id}-od"))
+                                                     launch_id=f"{launch_id}-od"), progress)
+        if (instance.instance_type, instance.zone) != (spec.instance_type, zone or instance.zone):
+            progress(f"launched {instance.instance_type} in {instance.zone} (asked: {spec.instance_type}"
+                     f"{' in ' + zone if zone else ''})")
         instance_id.append(instance.instance_id)
         rollback.add(f"instance {instance.instance_id}", lambda: provider.terminate(instance.instance_id))
         ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,
                              instance_id=instance.instance_id, launch_id=launch_id, state=instance.state,
-                             instance_type=spec.instance_type, lifecycle=instance.lifecycle,
+                             instance_type=instance.instance_type, lifecycle=instance.lifecycle,
                              spec=_spec_json(spec) | {"gpus": itype.gpus}))
         rollback.add("local record", lambda: ctx.store.delete(spec.name))
 

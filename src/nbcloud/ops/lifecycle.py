@@ -76,6 +76,7 @@ def _spec(record: Record) -> InstanceSpec:
     data.setdefault("name", record.name)
     data["tags"] = tuple(tuple(t) for t in data.get("tags", ()))
     data["python_packages"] = tuple(data.get("python_packages", ()))
+    data["fallback_types"] = tuple(data.get("fallback_types", ()))
     known = InstanceSpec.__dataclass_fields__
     return InstanceSpec(**{k: v for k, v in data.items() if k in known})
 

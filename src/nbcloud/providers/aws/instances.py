@@ -51,6 +51,7 @@ def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Insta
 
 
 def run_instance(session: AwsSession, request: LaunchRequest, provider: str) -> Instance:
+    """One RunInstances call; botocore's ClientError passes through (failover reads its code)."""
     tags = tags_list(request.tags)
     params: dict[str, Any] = {
         "ImageId": request.image_id,
@@ -79,7 +80,7 @@ def run_instance(session: AwsSession, request: LaunchRequest, provider: str) -> 
         if request.max_price:
             options["MaxPrice"] = f"{request.max_price:.4f}"
         params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
-    data = session.call("ec2", "run_instances", **params)["Instances"][0]
+    data = session.client("ec2").run_instances(**params)["Instances"][0]
     return instance_from_api(data, session.region, provider)
 
 

@@ -5,14 +5,14 @@ The sandbox uses this very class, pointed at its emulated endpoint; nothing here
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import NbcloudError
 from ...models import LAUNCH_TAG, NAME_TAG, ImageInfo, Instance, InstanceTypeInfo, Volume
 from ..base import IngressRule, LaunchRequest, TaggedResource
-from . import images, instances, network, volumes
+from . import images, instances, network, placement, volumes
 from .session import AwsSession, tags_dict, tags_list
 
 __all__ = ["AwsProvider"]
@@ -50,10 +50,13 @@ class AwsProvider:
     def image(self, ref: str) -> ImageInfo:
         return images.resolve_image(self.session, ref)
 
-    def default_zone(self) -> str:
-        zones = self.session.call("ec2", "describe_availability_zones",
-                                  Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
-        return sorted(z["ZoneName"] for z in zones)[0]
+    def default_zone(self, instance_type: str | None = None) -> str:
+        """A zone for a new data volume: one that offers ``instance_type`` (not all do), else the first."""
+        zones = sorted(z["ZoneName"] for z in self.session.call(
+            "ec2", "describe_availability_zones", Filters=[{"Name": "state", "Values": ["available"]}]
+        )["AvailabilityZones"])
+        offered = placement.offered_zones(self.session, [instance_type]).get(instance_type) if instance_type else None
+        return next((z for z in zones if z in (offered or ())), zones[0])
 
     # key pairs and security groups
     def import_key_pair(self, key_name: str, public_key: str, tags: dict[str, str]) -> None:
@@ -73,8 +76,11 @@ class AwsProvider:
         network.delete_security_group(self.session, group_id)
 
     # instances
-    def run_instance(self, request: LaunchRequest) -> Instance:
-        return instances.run_instance(self.session, request, self.label)
+    def run_instance(self, request: LaunchRequest, progress: Callable[[str], None] | None = None) -> Instance:
+        """Failover across zones and ``request.fallback_types`` (placement.py), each attempt said in ``progress``."""
+        return placement.run_with_failover(
+            self.session, request, lambda r: instances.run_instance(self.session, r, self.label),
+            request.fallback_types, progress)
 
     def wait_running(self, instance_id: str, timeout: float) -> Instance:
         found = instances.wait_state(self.session, instance_id, self.label, {"running"}, timeout,

@@ -7,6 +7,7 @@ this subclass stamps that on every instance it returns, so the ssh config and ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ...errors import UsageError
@@ -44,8 +45,8 @@ class SandboxProvider(AwsProvider):
         self._refuse_volumes()
         return super().create_volume(size_gb, zone, tags)
 
-    def run_instance(self, request: LaunchRequest) -> Instance:
-        return self._reached(super().run_instance(request))
+    def run_instance(self, request: LaunchRequest, progress: Callable[[str], None] | None = None) -> Instance:
+        return self._reached(super().run_instance(request, progress))
 
     def wait_running(self, instance_id: str, timeout: float) -> Instance:
         return self._reached(super().wait_running(instance_id, timeout))
