@@ -22,6 +22,7 @@ from ..ssh import keys, session
 from ..state import Record
 from .context import Context, Progress, no_progress
 from .costs import current_hourly, launch_price, start_price
+from .hostkey import rotate_host_key
 
 __all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
 
@@ -310,6 +311,8 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         # the first session that gets in installs the secrets: no separate handshake just to probe
         script, stdin = _secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
         session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
+        progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
+        rotate_host_key(ctx, spec.name)
         timings["ssh"] = time.monotonic() - t0
         if wait_jupyter:
             progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")

@@ -1,0 +1,43 @@
+"""Issue 18 on the sandbox: the host key in user-data is only a bootstrap credential (the instance makes a new one,
+pinned over the first session), and only root on the instance reaches the metadata service (user-data)."""
+
+from __future__ import annotations
+
+import base64
+import shlex
+import subprocess
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.sandbox]
+
+TOKEN = ("curl -sf -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
+         "http://169.254.169.254/latest/api/token")
+USER_DATA = f't=$({TOKEN}) && curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" http://169.254.169.254/latest/user-data'
+
+
+def test_host_key_is_rotated_and_imds_is_root_only(world: Any) -> None:
+    from nbcloud.config import paths
+    from nbcloud.providers.sandbox.userdata import parse_user_data
+
+    result = world.up("hk", "--idle-stop", "off")
+    raw = world.ec2().describe_instance_attribute(InstanceId=result["instance_id"], Attribute="userData")
+    launch_key = parse_user_data(base64.b64decode(raw["UserData"]["Value"])).host_keys["ed25519"][1]
+    launch_blob = " ".join(launch_key.split()[:2])
+
+    pinned = [line.split(" ", 1)[1] for line in paths().known_hosts.read_text().splitlines()
+              if line.startswith("nb-hk ")]
+    assert len(pinned) == 1 and pinned[0].startswith("ssh-ed25519 ") and pinned[0] != launch_blob
+    assert world.ssh("nb-hk").returncode == 0, "plain ssh works with the new pinned key"
+    scanned = subprocess.run(["ssh-keyscan", "-T", "5", "-t", "ed25519", result["host"]], capture_output=True,
+                             text=True, timeout=30).stdout
+    presented = [" ".join(line.split()[1:3]) for line in scanned.splitlines() if not line.startswith("#")]
+    assert presented == [pinned[0]], (presented, pinned)
+    assert launch_blob not in presented
+
+    as_user = world.ssh("nb-hk", TOKEN)
+    assert as_user.returncode != 0 and not as_user.stdout.strip(), "the login user cannot get an IMDS token"
+    as_root = world.ssh("nb-hk", f"sudo sh -c {shlex.quote(USER_DATA)} | wc -c")
+    assert as_root.returncode == 0 and int(as_root.stdout.strip()) > 100, as_root
+    assert "imds guard: only root" in world.ssh_out("hk", "cat /var/log/nbcloud/bootstrap.log")
