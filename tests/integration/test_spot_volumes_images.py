@@ -129,6 +129,9 @@ def test_bake_then_up_from_the_image_skips_the_install(world: Any) -> None:
         status = "curl -s -o /dev/null -w '%{http_code}' -H \"Authorization: token $(cat ~/.config/nbcloud/token)\" " \
                  "http://127.0.0.1:8888/api/status"
         assert world.ssh("nb-baker", status).stdout == "200"  # the source is back, with its secrets
+        # the image carries the source's host key of the moment: the source made itself a new one afterwards
+        new_key = world.ssh("nb-baker", "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
+        assert new_key and new_key != old_key.strip()
 
         world.up("clone", "--image", "test-img", "--idle-stop", "off")
         assert world.ssh("nb-clone", status).stdout == "200"
