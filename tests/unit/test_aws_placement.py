@@ -27,6 +27,7 @@ def test_what_triggers_failover() -> None:
     assert failover_kind("Unsupported", "") == "zone"
     assert failover_kind("InvalidParameterValue", "Your requested instance type (g5.xlarge) is not supported in "
                          "your requested Availability Zone (us-east-1e).") == "zone"
+    assert failover_kind("MissingInput", "No default subnet for availability zone: 'us-east-1e'.") == "zone"
     assert failover_kind("InvalidParameterValue", "Invalid value for InstanceType") is None
     assert failover_kind("VcpuLimitExceeded", "") == "quota"
     assert failover_kind("AuthFailure", "") is None

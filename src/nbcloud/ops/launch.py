@@ -272,6 +272,8 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         if (instance.instance_type, instance.zone) != (spec.instance_type, zone or instance.zone):
             progress(f"launched {instance.instance_type} in {instance.zone} (asked: {spec.instance_type}"
                      f"{' in ' + zone if zone else ''})")
+            if instance.instance_type != itype.name:  # a fallback type: its own GPUs
+                itype = provider.instance_type(instance.instance_type)
         instance_id.append(instance.instance_id)
         rollback.add(f"instance {instance.instance_id}", lambda: provider.terminate(instance.instance_id))
         ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,

@@ -26,7 +26,9 @@ __all__ = ["failover_kind", "offered_zones", "plan", "quota_bucket", "run_with_f
 _ZONE_CODES = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "Unsupported",
                "SpotMaxPriceTooLow"}
 _QUOTA_CODES = {"VcpuLimitExceeded", "MaxSpotInstanceCountExceeded"}
-_NOT_IN_ZONE = re.compile(r"not supported in (your requested|the requested|this) availability zone", re.I)
+# a type a zone does not offer, or a zone where the default VPC has no default subnet: another zone may do
+_NOT_IN_ZONE = re.compile(r"not supported in (your requested|the requested|this) availability zone|"
+                          r"no default subnet for availability zone", re.I)
 # EC2's vCPU quotas group families: "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", "… G and VT
 # …", "… P …", and so on. Two types in one group share one quota.
 _STANDARD = set("acdhimrtz")
@@ -44,7 +46,7 @@ def quota_bucket(instance_type: str) -> str:
 
 def failover_kind(code: str, message: str) -> Literal["zone", "quota"] | None:
     """``zone``: another zone (or type) may work; ``quota``: only another family can; None: no failover."""
-    if code in _ZONE_CODES or (code == "InvalidParameterValue" and _NOT_IN_ZONE.search(message)):
+    if code in _ZONE_CODES or (code in ("InvalidParameterValue", "MissingInput") and _NOT_IN_ZONE.search(message)):
         return "zone"
     if code in _QUOTA_CODES:
         return "quota"
