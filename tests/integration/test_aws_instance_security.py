@@ -4,11 +4,13 @@ pinned over the first session), and only root on the instance reaches the metada
 from __future__ import annotations
 
 import base64
+import json
 import shlex
 import subprocess
 from typing import Any
 
 import pytest
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -41,3 +43,17 @@ def test_host_key_is_rotated_and_imds_is_root_only(world: Any) -> None:
     as_root = world.ssh("nb-hk", f"sudo sh -c {shlex.quote(USER_DATA)} | wc -c")
     assert as_root.returncode == 0 and int(as_root.stdout.strip()) > 100, as_root
     assert "imds guard: only root" in world.ssh_out("hk", "cat /var/log/nbcloud/bootstrap.log")
+
+    # the agent (root) still reads IMDS for spot notices
+    def agent_polled() -> dict[str, Any] | None:
+        state = json.loads(world.ssh_out("hk", "sudo cat /var/lib/nbcloud/agent-state.json 2>/dev/null || echo {}"))
+        return state if state else None
+
+    assert "imds_error" not in wait_until(agent_polled, 60, 1.0, "agent state written")
+
+    # after a reboot the rule is back (the unit runs at every boot) and the rotated key still answers
+    world.nb("sandbox", "fault", result["instance_id"], "reboot")
+    wait_until(lambda: world.ssh("nb-hk", "test -e /var/lib/nbcloud/bootstrap.done && "
+                                 "grep -c 'imds guard: only root' /var/log/nbcloud/bootstrap.log").stdout.strip()
+               == "2", 120, 1.0, "the guard installed again at boot")
+    assert world.ssh("nb-hk", TOKEN).returncode != 0
