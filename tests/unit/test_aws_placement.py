@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nbcloud.errors import CapacityError
-from nbcloud.providers.aws.placement import failover_kind, plan, quota_bucket
+from nbcloud.providers.aws.placement import failover_kind, plan, quota_bucket, summarize
 
 
 def test_plan_tries_each_offering_zone_then_each_fallback_type() -> None:
@@ -45,3 +45,11 @@ def test_no_capacity_is_a_cloud_failure_exit_1_and_hints_no_zone_flag() -> None:
     error = CapacityError("no room")
     assert error.exit_code == 1
     assert "--zone" not in error.hint and "--fallback-types" in error.hint
+
+
+def test_what_was_tried_fits_one_line() -> None:
+    tried = [("g5.xlarge", "us-east-1a", "InsufficientInstanceCapacity"),
+             ("g5.xlarge", "us-east-1b", "InsufficientInstanceCapacity"),
+             ("g6.xlarge", "us-east-1a", "VcpuLimitExceeded")]
+    assert summarize(tried) == ("g5.xlarge in us-east-1a, us-east-1b (InsufficientInstanceCapacity); "
+                                "g6.xlarge in us-east-1a (VcpuLimitExceeded)")

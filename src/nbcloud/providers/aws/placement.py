@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..base import LaunchRequest
     from .session import AwsSession
 
-__all__ = ["failover_kind", "offered_zones", "plan", "quota_bucket", "run_with_failover"]
+__all__ = ["failover_kind", "offered_zones", "plan", "quota_bucket", "run_with_failover", "summarize"]
 
 _ZONE_CODES = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "Unsupported",
                "SpotMaxPriceTooLow"}
@@ -102,7 +102,7 @@ def run_with_failover(session: AwsSession, request: LaunchRequest,
     if not attempts:
         raise CapacityError(f"{', '.join(types)}: not offered in any zone of {session.region}",
                             "pick another type (`--instance-type`) or region (`--region`)")
-    tried: list[str] = []
+    tried: list[tuple[str, str, str]] = []  # (type, zone, error code)
     skipped_buckets: set[str] = set()
     last_quota: Any = None
     for number, attempt in enumerate(attempts):
@@ -123,13 +123,25 @@ def run_with_failover(session: AwsSession, request: LaunchRequest,
                     raise
                 if kind == "quota":
                     last_quota = exc
-            tried.append(f"{_describe(attempt)} ({code})")
+            tried.append((itype, zone or "a zone EC2 chose", code))
             say(f"no {'quota' if kind == 'quota' else 'capacity'} for {_describe(attempt)}: {code}")
             if kind == "quota":
                 skipped_buckets.add(quota_bucket(itype))
-    summary = f"no instance could be launched: tried {'; '.join(tried)}"
-    if last_quota is not None and all("VcpuLimitExceeded" in t or "MaxSpot" in t for t in tried):
+    summary = f"no instance could be launched: tried {summarize(tried)}"
+    if last_quota is not None and all(code in _QUOTA_CODES for _, _, code in tried):
         raise QuotaError(summary, "raise the vCPU quota (Service Quotas → Amazon EC2), or add "
                                   "`--fallback-types` of another family") from last_quota
-    raise CapacityError(summary, "retry later, add `--fallback-types T1,T2`"
+    more = "more types to `--fallback-types`" if fallback_types else "`--fallback-types T1,T2`"
+    raise CapacityError(summary, f"retry in a few minutes, or add {more}"
                                  + (", or `--spot-fallback` for on-demand" if request.spot else ""))
+
+
+def summarize(tried: Sequence[tuple[str, str, str]]) -> str:
+    """'g5.xlarge in us-east-1a, us-east-1b (InsufficientInstanceCapacity); g6.xlarge in …': one line, grouped."""
+    groups: list[tuple[str, str, list[str]]] = []
+    for itype, zone, code in tried:
+        if groups and groups[-1][0] == itype and groups[-1][1] == code:
+            groups[-1][2].append(zone)
+        else:
+            groups.append((itype, code, [zone]))
+    return "; ".join(f"{itype} in {', '.join(zones)} ({code})" for itype, code, zones in groups)
