@@ -422,7 +422,7 @@ def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceV
 
 
 def list_managed(ctx: Context, provider_name: str | None, region: str | None, profile: str | None) -> list[Instance]:
-    return ctx.provider(provider_name, region, profile).list_instances()
+    return ctx.listing_provider(provider_name, region, profile).list_instances()
 
 
 @dataclass(frozen=True)
