@@ -120,6 +120,8 @@ class Settings:
     image: str = "ubuntu"
     idle_stop: str = "60m"
     extra: dict[str, object] = field(default_factory=dict)
+    #: the keys the user set (config.toml or NBCLOUD_*), as opposed to the defaults above
+    configured: frozenset[str] = frozenset()
 
 
 _ENV = {
@@ -146,7 +148,7 @@ def load_settings(p: Paths | None = None) -> Settings:
     for key, env in _ENV.items():
         if os.environ.get(env):
             known[key] = os.environ[env]
-    return Settings(**{k: str(v) for k, v in known.items()}, extra=raw)
+    return Settings(**{k: str(v) for k, v in known.items()}, extra=raw, configured=frozenset(known))
 
 
 def dumps(obj: object) -> str:

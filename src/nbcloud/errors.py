@@ -61,7 +61,11 @@ class CredentialsError(NbcloudError):
 
 
 class CapacityError(NbcloudError):
-    default_hint = "try another availability zone (`--zone`) or instance type, or retry later"
+    """The cloud has no room for the request (after failover): not the user's input, so exit 1."""
+
+    exit_code = 1
+    default_hint = ("retry in a few minutes (EC2's capacity changes often); a new instance may also use other types: "
+                    "`up --fallback-types T1,T2`")
 
 
 class QuotaError(NbcloudError):

@@ -99,6 +99,8 @@ class InstanceSpec:
     max_price: float | None = None
     spot_fallback: bool = False
     zone: str | None = None
+    #: other instance types `up` may launch when ``instance_type`` has no capacity or quota (`--fallback-types`)
+    fallback_types: tuple[str, ...] = ()
     allow_cidr: str | None = None
     public: bool = False
     durable_outputs: bool = False

@@ -76,11 +76,17 @@ def test_spot_reclaim_keeps_the_notebook_and_up_relaunches(world: Any) -> None:
 def test_spot_fallback_to_on_demand_when_no_capacity(world: Any) -> None:
     from nbcloud.providers.sandbox import client
 
-    client.fault_api("RunInstances", "InsufficientInstanceCapacity", 1, world.sandbox.sandbox_dir)
+    # no spot capacity in any zone (`up` tries each zone offering the type before on-demand)
+    offers = world.ec2().describe_instance_type_offerings(
+        LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": ["t3.medium"]}])
+    zones = sorted(o["Location"] for o in offers["InstanceTypeOfferings"])
+    for zone in zones:
+        client.fault_api("RunInstances", "InsufficientInstanceCapacity", 1, world.sandbox.sandbox_dir, zone=zone)
     try:
         world.up("fallback", "--spot", "--spot-fallback", "--idle-stop", "off")
     finally:
-        client.fault_api("RunInstances", "InsufficientInstanceCapacity", 0, world.sandbox.sandbox_dir)
+        for zone in zones:
+            client.fault_api("RunInstances", "InsufficientInstanceCapacity", 0, world.sandbox.sandbox_dir, zone=zone)
     view = world.nb_json("status", "fallback")
     assert view["state"] == "running" and view["lifecycle"] == "on-demand"
     assert world.nb_json("doctor", "--orphans", "--provider", "sandbox")["orphans"] == []
@@ -129,6 +135,9 @@ def test_bake_then_up_from_the_image_skips_the_install(world: Any) -> None:
         status = "curl -s -o /dev/null -w '%{http_code}' -H \"Authorization: token $(cat ~/.config/nbcloud/token)\" " \
                  "http://127.0.0.1:8888/api/status"
         assert world.ssh("nb-baker", status).stdout == "200"  # the source is back, with its secrets
+        # the image carries the source's host key of the moment: the source made itself a new one afterwards
+        new_key = world.ssh("nb-baker", "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
+        assert new_key and new_key != old_key.strip()
 
         world.up("clone", "--image", "test-img", "--idle-stop", "off")
         assert world.ssh("nb-clone", status).stdout == "200"

@@ -151,11 +151,11 @@ def test_units_use_only_emulated_keys_and_parse() -> None:
     allowed = {
         "Type", "User", "Group", "WorkingDirectory", "Environment", "EnvironmentFile", "ExecStartPre",
         "ExecStart", "Restart", "RestartSec", "After", "Wants", "StandardOutput", "StandardError",
-        "TimeoutStartSec", "Description", "WantedBy",
+        "TimeoutStartSec", "Description", "WantedBy", "RemainAfterExit", "Before",
     }
     units = render_units(full_spec())
-    assert list(units) == ["nbcloud-data.service", "nbcloud-jupyter.service", "nbcloud-agent.service",
-                           "nbcloud-gateway.service"]
+    assert list(units) == ["nbcloud-imds-guard.service", "nbcloud-data.service", "nbcloud-jupyter.service",
+                           "nbcloud-agent.service", "nbcloud-gateway.service"]
     for text in units.values():
         keys = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line}
         assert keys <= allowed, keys - allowed

@@ -66,7 +66,9 @@ def _duration(seconds: float | None) -> str:
 @click.option("--disk", "disk_gb", type=click.IntRange(8, 16384), default=30, show_default=True, help="Root disk, GB.")
 @click.option("--data-volume", default=None, help="Encrypted EBS volume at ~/data, kept on down: SIZE or NAME[:SIZE].")
 @click.option("--tag", "tags", multiple=True, help="Extra tag key=value (repeatable).")
-@click.option("--zone", default=None, help="Availability zone.")
+@click.option("--zone", default=None, help="Availability zone (default: each zone offering the type, in turn).")
+@click.option("--fallback-types", default=None, metavar="T1,T2",
+              help="Instance types to launch instead when the asked one has no capacity or quota.")
 @click.option("--allow-cidr", default=None, help="Admit this address range instead of your detected IP /32.")
 @click.option("--spot", is_flag=True, help="Use a spot instance (cheaper, can be interrupted).")
 @click.option("--max-price", type=float, default=None, help="Spot: highest $/h to pay.")
@@ -96,7 +98,8 @@ def _duration(seconds: float | None) -> str:
 @json_option
 def up(name: str, provider: str | None, region: str | None, profile: str | None, instance_type: str | None,
        image: str | None, disk_gb: int, data_volume: str | None, tags: tuple[str, ...], zone: str | None,
-       allow_cidr: str | None, spot: bool, max_price: float | None, spot_fallback: bool, public: bool,
+       fallback_types: str | None, allow_cidr: str | None, spot: bool, max_price: float | None,
+       spot_fallback: bool, public: bool,
        password_file: Path | None, durable_outputs: bool, mode: str, idle_stop: str | None, max_cost: float | None,
        cull_idle: int | None, python_packages: str | None, requirements: Path | None, no_connect: bool,
        no_browser: bool, port: int | None, dry_run: bool, host: str | None, identity_file: Path | None,
@@ -119,7 +122,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
                          "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] --identity-file KEY")
     if host is not None:
         _check_host_options({"--instance-type": instance_type, "--image": image, "--data-volume": data_volume,
-                             "--zone": zone, "--allow-cidr": allow_cidr, "--spot": spot, "--max-price": max_price,
+                             "--zone": zone, "--fallback-types": fallback_types, "--allow-cidr": allow_cidr,
+                             "--spot": spot, "--max-price": max_price,
                              "--spot-fallback": spot_fallback, "--public": public, "--password-file": password_file,
                              "--max-cost": max_cost, "--dry-run": dry_run,
                              "--idle-stop": idle_stop if idle_stop and parse_duration(idle_stop) else None,
@@ -127,7 +131,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
     spec = InstanceSpec(
         name=name, instance_type=instance_type or settings.instance_type, image=image or settings.image,
         disk_gb=disk_gb, data_volume=data_volume, tags=_tags(tags), spot=spot, max_price=max_price,
-        spot_fallback=spot_fallback, zone=zone, allow_cidr=allow_cidr, public=public,
+        spot_fallback=spot_fallback, zone=zone, allow_cidr=allow_cidr,
+        fallback_types=tuple(t.strip() for t in (fallback_types or "").split(",") if t.strip()), public=public,
         durable_outputs=durable_outputs, gateway=mode == "gateway",
         idle_stop_seconds=parse_duration(idle_stop or settings.idle_stop), max_cost_usd=max_cost,
         cull_idle_minutes=cull_idle,

@@ -108,11 +108,14 @@ def fault(instance_id: str, kind: str, seconds: float, sandbox_dir: Path | None,
 @click.argument("operation")
 @click.argument("error_code")
 @click.option("--count", type=int, default=1, show_default=True, help="How many calls fail (0 clears).")
+@click.option("--zone", default=None, help="Only calls placed in this availability zone (e.g. us-east-1a).")
 @_dir_option
 @json_option
-def fault_api(operation: str, error_code: str, count: int, sandbox_dir: Path | None, as_json: bool) -> None:
+def fault_api(operation: str, error_code: str, count: int, zone: str | None, sandbox_dir: Path | None,
+              as_json: bool) -> None:
     """Make the next COUNT calls of an API operation (e.g. RunInstances) fail with an AWS error code."""
     from ..providers.sandbox import client
 
-    result = client.fault_api(operation, error_code, count, sandbox_dir)
-    emit(result, as_json, lambda r: f"the next {r['count']} {r['operation']} call(s) fail with {r['code']}")
+    result = client.fault_api(operation, error_code, count, sandbox_dir, zone=zone)
+    emit(result, as_json, lambda r: f"the next {r['count']} {r['operation']} call(s)"
+                                    + (f" in {r['zone']}" if r.get("zone") else "") + f" fail with {r['code']}")

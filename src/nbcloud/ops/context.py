@@ -47,6 +47,15 @@ class Context:
             self._providers[key] = get_provider(*key)
         return self._providers[key]
 
+    def listing_provider(self, name: str | None = None, region: str | None = None,
+                         profile: str | None = None) -> Provider:
+        """For listings across instances (volumes, images, orphans): see :func:`registry.listing_provider`."""
+        from ..providers.registry import listing_provider
+
+        configured = self.settings.provider if "provider" in self.settings.configured else None
+        chosen = name or listing_provider(configured, (r.provider for r in self.store.all()), self.settings.provider)
+        return self.provider(chosen, region, profile)
+
     def provider_for(self, record: Record) -> Provider:
         return self.provider(record.provider, record.region, record.profile)
 

@@ -4,7 +4,8 @@
 password hash and agent state go; the venv stays; ``/var/lib/nbcloud/baked`` marks it), stops it, makes the image
 (its root snapshot is encrypted like the root volume; the data volume is left out), waits until it is available,
 and brings the instance back as it was: started, bootstrapped again (the install step is skipped) and given its
-secrets again. A new instance of the image gets new host keys from its user-data and new secrets from the client.
+secrets again. A new instance of the image gets new host keys from its user-data and new secrets from the client;
+the source instance makes itself a new host key after the restart, so the one the image carries is dead.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def _alias(name: str) -> str:
 
 
 def bake(ctx: Context, name: str, image_name: str | None = None, progress: Progress = no_progress) -> BakeResult:
+    from .hostkey import rotate_host_key
     from .launch import DATA_DEVICE, _install_secrets, wait_ready
     from .lifecycle import start_instance, stop_instance, stored_spec
 
@@ -105,13 +107,16 @@ def bake(ctx: Context, name: str, image_name: str | None = None, progress: Progr
             start_instance(ctx, name, progress=progress, wait_jupyter=False)
             session.run(ctx.paths.ssh_config, _alias(name), "sudo bash /opt/nbcloud/bootstrap.sh", timeout=900)
             _install_secrets(ctx, name, stored_spec(ctx.record(name)))
+            # the image holds this instance's host key: retire it, so no copy of the image can pose as this one
+            progress(f"replacing {name}'s host key (the image has a copy of the old one)")
+            rotate_host_key(ctx, name)
             wait_ready(ctx, name, 600, progress)
             timings["restarted"] = time.monotonic() - t0
     return BakeResult(name, image_name, image_id, instance.instance_id, was_running, timings)
 
 
 def _provider(ctx: Context, provider_name: str | None, region: str | None, profile: str | None) -> Provider:
-    return ctx.provider(provider_name, region, profile)
+    return ctx.listing_provider(provider_name, region, profile)
 
 
 def list_images(ctx: Context, provider_name: str | None = None, region: str | None = None,

@@ -22,6 +22,7 @@ from ..ssh import keys, session
 from ..state import Record
 from .context import Context, Progress, no_progress
 from .costs import current_hourly, launch_price, start_price
+from .hostkey import rotate_host_key
 
 __all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
 
@@ -192,6 +193,8 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     itype = provider.instance_type(spec.instance_type)
+    for fallback in spec.fallback_types:  # validated before anything is made
+        provider.instance_type(fallback)
     image = provider.image(spec.image)
     progress(f"{itype.describe()} · image {image.name or image.image_id}")
     rules = _ingress(ctx, provider, spec)
@@ -240,7 +243,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
                 zone = volume.zone
                 progress(f"reusing data volume {volume_name} ({volume.volume_id}, {volume.size_gb} GB, {zone})")
             else:
-                zone = zone or provider.default_zone()
+                zone = zone or provider.default_zone(spec.instance_type)
                 progress(f"data volume {volume_name} ({size} GB, encrypted)")
                 volume = provider.create_volume(size, zone, tags | {ROLE_TAG: "data-volume",
                                                                     VOLUME_NAME_TAG: volume_name})
@@ -257,20 +260,26 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
             name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
             key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb, zone=zone,
             spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
+            fallback_types=spec.fallback_types,
         )
         try:
-            instance = provider.run_instance(request)
+            instance = provider.run_instance(request, progress)
         except CapacityError:
             if not (spec.spot and spec.spot_fallback):
                 raise
             progress("no spot capacity: falling back to on-demand (--spot-fallback)")
             instance = provider.run_instance(replace(request, spot=False, max_price=None,
-                                                     launch_id=f"{launch_id}-od"))
+                                                     launch_id=f"{launch_id}-od"), progress)
+        if (instance.instance_type, instance.zone) != (spec.instance_type, zone or instance.zone):
+            progress(f"launched {instance.instance_type} in {instance.zone} (asked: {spec.instance_type}"
+                     f"{' in ' + zone if zone else ''})")
+            if instance.instance_type != itype.name:  # a fallback type: its own GPUs
+                itype = provider.instance_type(instance.instance_type)
         instance_id.append(instance.instance_id)
         rollback.add(f"instance {instance.instance_id}", lambda: provider.terminate(instance.instance_id))
         ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,
                              instance_id=instance.instance_id, launch_id=launch_id, state=instance.state,
-                             instance_type=spec.instance_type, lifecycle=instance.lifecycle,
+                             instance_type=instance.instance_type, lifecycle=instance.lifecycle,
                              spec=_spec_json(spec) | {"gpus": itype.gpus}))
         rollback.add("local record", lambda: ctx.store.delete(spec.name))
 
@@ -305,6 +314,8 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
         # the first session that gets in installs the secrets: no separate handshake just to probe
         script, stdin = _secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
         session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
+        progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
+        rotate_host_key(ctx, spec.name)
         timings["ssh"] = time.monotonic() - t0
         if wait_jupyter:
             progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")

@@ -77,6 +77,7 @@ def _spec(record: Record) -> InstanceSpec:
     data.setdefault("name", record.name)
     data["tags"] = tuple(tuple(t) for t in data.get("tags", ()))
     data["python_packages"] = tuple(data.get("python_packages", ()))
+    data["fallback_types"] = tuple(data.get("fallback_types", ()))
     known = InstanceSpec.__dataclass_fields__
     return InstanceSpec(**{k: v for k, v in data.items() if k in known})
 
@@ -423,7 +424,7 @@ def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceV
 
 
 def list_managed(ctx: Context, provider_name: str | None, region: str | None, profile: str | None) -> list[Instance]:
-    return ctx.provider(provider_name, region, profile).list_instances()
+    return ctx.listing_provider(provider_name, region, profile).list_instances()
 
 
 @dataclass(frozen=True)
@@ -435,7 +436,7 @@ class OrphanReport:
 def orphans(ctx: Context, provider_name: str | None, region: str | None, profile: str | None,
             fix: bool = False) -> OrphanReport:
     """Anything tagged by nbcloud that no live instance owns. Named data volumes are kept on purpose: not orphans."""
-    provider = ctx.provider(provider_name, region, profile)
+    provider = ctx.listing_provider(provider_name, region, profile)
     resources = provider.tagged_resources()
     live_launches = {r.launch_id for r in resources if r.kind == "instance"}
     data_volumes = {v.volume_id for v in provider.list_volumes() if v.tags.get(VOLUME_NAME_TAG)}

@@ -17,7 +17,7 @@ def list_volumes(ctx: Context, provider_name: str | None, region: str | None,
                  profile: str | None) -> list[dict[str, Any]]:
     from ..pricing import load_prices
 
-    provider = ctx.provider(provider_name, region, profile)
+    provider = ctx.listing_provider(provider_name, region, profile)
     table = load_prices()
     return [{"name": v.tags.get(VOLUME_NAME_TAG), "volume_id": v.volume_id, "size_gb": v.size_gb, "zone": v.zone,
              "state": v.state, "attached_to": v.attached_to, "encrypted": v.encrypted,
@@ -29,7 +29,7 @@ def list_snapshots(ctx: Context, provider_name: str | None, region: str | None,
                    profile: str | None) -> list[dict[str, Any]]:
     from ..pricing import load_prices
 
-    provider = ctx.provider(provider_name, region, profile)
+    provider = ctx.listing_provider(provider_name, region, profile)
     table = load_prices()
     return [{"name": s["tags"].get(VOLUME_NAME_TAG), **{k: v for k, v in s.items() if k != "tags"},
              "monthly_usd": round(table.snapshot_monthly(s["size_gb"], provider.region), 2)}

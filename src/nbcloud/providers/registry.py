@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -9,7 +10,7 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     from .base import Provider
 
-__all__ = ["HOST_PROVIDER", "PROVIDERS", "adopts_hosts", "get_provider"]
+__all__ = ["HOST_PROVIDER", "PROVIDERS", "adopts_hosts", "get_provider", "listing_provider"]
 
 PROVIDERS = ("aws", "sandbox", "ssh")
 #: the provider `up --host` means when --provider is not given
@@ -19,6 +20,19 @@ HOST_PROVIDER = "ssh"
 def adopts_hosts(name: str) -> bool:
     """Whether ``name`` is a provider for machines the user already has (`up --host`), not a cloud."""
     return name == "ssh"
+
+
+def listing_provider(configured: str | None, used: Iterable[str], default: str) -> str:
+    """The cloud a listing (volumes, images, orphans) asks when the user named none.
+
+    The one the user configured; else the only cloud this machine's instances used (a machine that has only
+    ever used the sandbox lists the sandbox's volumes instead of failing for want of an AWS region); else the
+    default.
+    """
+    if configured:
+        return configured
+    clouds = {name for name in used if name in PROVIDERS and not adopts_hosts(name)}
+    return clouds.pop() if len(clouds) == 1 else default
 
 
 def get_provider(name: str, region: str | None = None, profile: str | None = None, *, start: bool = True) -> Provider:

@@ -32,6 +32,14 @@ def render_units(spec: BootstrapSpec) -> dict[str, str]:
     user, home = spec.login_user, spec.home
     token = f"{spec.secrets_dir}/token"
     units = {
+        "nbcloud-imds-guard.service": (
+            # before the services that run user code; again at every boot (nft rules do not survive one)
+            "[Unit]\nDescription=nbcloud: instance metadata for root only\nAfter=network-pre.target\n"
+            "Before=nbcloud-jupyter.service nbcloud-gateway.service\n\n"
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/bash /opt/nbcloud/bootstrap.sh imds-guard\n"
+            + _logs("bootstrap")
+            + _INSTALL
+        ),
         "nbcloud-data.service": (
             "[Unit]\nDescription=nbcloud data volume at ~/data\nAfter=local-fs.target\n\n"
             "[Service]\nType=oneshot\nExecStart=/bin/bash /opt/nbcloud/bootstrap.sh mount-data\n"

@@ -1,8 +1,9 @@
 """EC2 user-data: gzip of a MIME multipart with cloud-config (host keys) and the bootstrap script.
 
 The client generates the instance's ed25519 host key and pins it before the first connection, so the first SSH
-contact is verified (no trust-on-first-use). The host key is the only private material in user-data: it
-authenticates the machine to the client, and anyone who can read user-data already controls the instance.
+contact is verified (no trust-on-first-use). The host key is the only private material in user-data, and only a
+bootstrap credential: over that first session the instance replaces it with a key it makes itself
+(remote/hostkey.py), and the bootstrap lets only root reach IMDS, where user-data can be read.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Insta
 
 
 def run_instance(session: AwsSession, request: LaunchRequest, provider: str) -> Instance:
+    """One RunInstances call; botocore's ClientError passes through (failover reads its code)."""
     tags = tags_list(request.tags)
     params: dict[str, Any] = {
         "ImageId": request.image_id,
@@ -79,7 +80,7 @@ def run_instance(session: AwsSession, request: LaunchRequest, provider: str) -> 
         if request.max_price:
             options["MaxPrice"] = f"{request.max_price:.4f}"
         params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
-    data = session.call("ec2", "run_instances", **params)["Instances"][0]
+    data = session.client("ec2").run_instances(**params)["Instances"][0]
     return instance_from_api(data, session.region, provider)
 
 
@@ -107,8 +108,8 @@ def describe_one(session: AwsSession, instance_id: str, provider: str) -> Instan
 
 
 def wait_state(session: AwsSession, instance_id: str, provider: str, wanted: set[str], timeout: float,
-               interval: float = 0.2) -> Instance | None:
-    """Poll until the instance is in one of ``wanted`` (None: it vanished). Fast poll: the sandbox is quick."""
+               interval: float = 2.0) -> Instance | None:
+    """Poll every ``interval`` s until the instance is in one of ``wanted`` (None: it vanished)."""
     deadline = time.monotonic() + timeout
     while True:
         instance = describe_one(session, instance_id, provider)

@@ -5,15 +5,15 @@ The sandbox uses this very class, pointed at its emulated endpoint; nothing here
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import NbcloudError
 from ...models import LAUNCH_TAG, NAME_TAG, ImageInfo, Instance, InstanceTypeInfo, Volume
 from ..base import IngressRule, LaunchRequest, TaggedResource
-from . import images, instances, network, volumes
-from .session import AwsSession, tags_dict
+from . import images, instances, network, placement, volumes
+from .session import AwsSession, tags_dict, tags_list
 
 __all__ = ["AwsProvider"]
 
@@ -25,6 +25,9 @@ class AwsProvider:
     checkip_url: str = network.CHECKIP_URL
     package_env: dict[str, str] = field(default_factory=dict)
     manages_machines = True  # nbcloud creates, starts, stops and terminates these machines (base.Provider)
+    #: seconds between DescribeInstances while waiting for a state: EC2 takes tens of seconds to start an
+    #: instance and counts the calls against the account's rate limit (the sandbox, which is fast, sets its own)
+    poll_interval: float = 2.0
 
     @property
     def name(self) -> str:
@@ -47,16 +50,18 @@ class AwsProvider:
     def image(self, ref: str) -> ImageInfo:
         return images.resolve_image(self.session, ref)
 
-    def default_zone(self) -> str:
-        zones = self.session.call("ec2", "describe_availability_zones",
-                                  Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
-        return sorted(z["ZoneName"] for z in zones)[0]
+    def default_zone(self, instance_type: str | None = None) -> str:
+        """A zone for a new data volume: one that offers ``instance_type`` (not all do), else the first."""
+        zones = sorted(z["ZoneName"] for z in self.session.call(
+            "ec2", "describe_availability_zones", Filters=[{"Name": "state", "Values": ["available"]}]
+        )["AvailabilityZones"])
+        offered = placement.offered_zones(self.session, [instance_type]).get(instance_type) if instance_type else None
+        return next((z for z in zones if z in (offered or ())), zones[0])
 
     # key pairs and security groups
     def import_key_pair(self, key_name: str, public_key: str, tags: dict[str, str]) -> None:
         self.session.call("ec2", "import_key_pair", KeyName=key_name, PublicKeyMaterial=public_key.encode(),
-                          TagSpecifications=[{"ResourceType": "key-pair",
-                                              "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+                          TagSpecifications=[{"ResourceType": "key-pair", "Tags": tags_list(tags)}])
 
     def delete_key_pair(self, key_name: str) -> None:
         self.session.call("ec2", "delete_key_pair", KeyName=key_name)
@@ -71,17 +76,21 @@ class AwsProvider:
         network.delete_security_group(self.session, group_id)
 
     # instances
-    def run_instance(self, request: LaunchRequest) -> Instance:
-        return instances.run_instance(self.session, request, self.label)
+    def run_instance(self, request: LaunchRequest, progress: Callable[[str], None] | None = None) -> Instance:
+        """Failover across zones and ``request.fallback_types`` (placement.py), each attempt said in ``progress``."""
+        return placement.run_with_failover(
+            self.session, request, lambda r: instances.run_instance(self.session, r, self.label),
+            request.fallback_types, progress)
 
     def wait_running(self, instance_id: str, timeout: float) -> Instance:
-        found = instances.wait_state(self.session, instance_id, self.label, {"running"}, timeout)
+        found = instances.wait_state(self.session, instance_id, self.label, {"running"}, timeout,
+                                     self.poll_interval)
         if found is None:
             raise NbcloudError(f"instance {instance_id} disappeared while starting")
         return found
 
     def wait_gone(self, instance_id: str, state: str, timeout: float) -> None:
-        instances.wait_state(self.session, instance_id, self.label, {state}, timeout)
+        instances.wait_state(self.session, instance_id, self.label, {state}, timeout, self.poll_interval)
 
     def find(self, name: str) -> Instance | None:
         found = instances.describe_managed(self.session, self.label, name)
@@ -102,8 +111,7 @@ class AwsProvider:
         self.session.call("ec2", "terminate_instances", InstanceIds=[instance_id])
 
     def set_name_tags(self, resource_ids: Sequence[str], tags: dict[str, str]) -> None:
-        self.session.call("ec2", "create_tags", Resources=list(resource_ids),
-                          Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        self.session.call("ec2", "create_tags", Resources=list(resource_ids), Tags=tags_list(tags))
 
     # volumes
     def create_volume(self, size_gb: int, zone: str, tags: dict[str, str]) -> Volume:

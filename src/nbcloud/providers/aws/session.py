@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +23,11 @@ from ...errors import (
     RemoteError,
     UsageError,
 )
+from ...models import NAME_TAG
 
-__all__ = ["AwsSession", "aws_errors", "classify"]
+CONSOLE_NAME_TAG = "Name"
+
+__all__ = ["AwsSession", "aws_errors", "choose_region", "classify", "sso_login_hint"]
 
 _CREDENTIAL_CODES = {"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
                      "ExpiredToken", "ExpiredTokenException", "UnrecognizedClientException", "AccessDenied",
@@ -75,9 +78,32 @@ def classify(code: str, message: str, action: str = "") -> NbcloudError:
     return RemoteError(f"AWS error {code}{where}: {message}", "retry; if it persists, run with --debug")
 
 
+def sso_login_hint(profile: str | None) -> str:
+    """The command that starts an SSO session for ``profile`` (no ``--profile`` for the default one)."""
+    if not profile or profile == "default":
+        return "run `aws sso login`"
+    return f"run `aws sso login --profile {profile}`"
+
+
+def _profile_not_found(exc: Exception, asked: str | None) -> CredentialsError:
+    """botocore knows the name even when it came from AWS_PROFILE, where nbcloud's own argument is None."""
+    name = getattr(exc, "kwargs", {}).get("profile") or asked or os.environ.get("AWS_PROFILE")
+    return CredentialsError(f"AWS profile {name!r} not found",
+                            "list profiles with `aws configure list-profiles`, or unset AWS_PROFILE")
+
+
+def choose_region(flag: str | None, environ: Mapping[str, str],
+                  profile_region: str | None) -> str | None:
+    """The AWS SDKs' order: the flag, AWS_REGION, AWS_DEFAULT_REGION, then the profile's ``region``."""
+    return (flag or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or profile_region) or None
+
+
 @contextmanager
-def aws_errors(action: str = "") -> Iterator[None]:
-    """Translate botocore's exceptions raised inside the block into nbcloud errors."""
+def aws_errors(action: str = "", profile: str | None = None) -> Iterator[None]:
+    """Translate botocore's exceptions raised inside the block into nbcloud errors.
+
+    ``profile``: the session's profile, so a hint names the command to run rather than a placeholder.
+    """
     import botocore.exceptions as bx
 
     try:
@@ -90,9 +116,9 @@ def aws_errors(action: str = "") -> Iterator[None]:
         raise CredentialsError("no AWS credentials found") from exc
     except (bx.SSOTokenLoadError, bx.UnauthorizedSSOTokenError, bx.TokenRetrievalError) as exc:
         raise CredentialsError("the AWS SSO session has expired or was never started",
-                               "run `aws sso login --profile <profile>`") from exc
+                               sso_login_hint(profile)) from exc
     except bx.ProfileNotFound as exc:
-        raise CredentialsError(f"{exc}", "list profiles with `aws configure list-profiles`") from exc
+        raise _profile_not_found(exc, profile) from exc
     except bx.EndpointConnectionError as exc:
         raise RemoteError(f"cannot reach the AWS API: {exc}", "check the network or the region name") from exc
 
@@ -117,13 +143,12 @@ class AwsSession:
                 boto = boto3.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                                      region_name=region or "us-east-1")
             else:
-                boto = boto3.Session(profile_name=profile, region_name=region)
+                boto = boto3.Session(profile_name=profile)
+            chosen = boto.region_name if access_key else choose_region(region, os.environ, boto.region_name)
         except bx.ProfileNotFound as exc:
-            raise CredentialsError(f"AWS profile {profile!r} not found",
-                                   "list profiles with `aws configure list-profiles`") from exc
-        chosen = region or boto.region_name or os.environ.get("AWS_REGION")
+            raise _profile_not_found(exc, profile) from exc
         if not chosen:
-            raise UsageError("no AWS region chosen", "pass --region (e.g. us-east-1) or set AWS_REGION")
+            raise _no_region(boto, profile)
         if endpoint_url is None or region:
             known = boto.get_available_regions("ec2")
             if known and chosen not in known:
@@ -143,16 +168,40 @@ class AwsSession:
                                                   endpoint_url=self.endpoint_url, config=config)
         return self._clients[key]
 
+    @property
+    def profile(self) -> str | None:
+        return getattr(self.boto, "profile_name", None)
+
     def call(self, service: str, method: str, **kwargs: Any) -> Any:
-        with aws_errors(method):
+        with aws_errors(method, self.profile):
             return getattr(self.client(service), method)(**kwargs)
 
     def paginate(self, service: str, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        with aws_errors(method):
+        with aws_errors(method, self.profile):
             yield from self.client(service).get_paginator(method).paginate(**kwargs)
 
 
+def _no_region(boto: Any, profile: str | None) -> NbcloudError:
+    """No region anywhere: a new user most likely has no credentials either, and those come first."""
+    try:
+        with aws_errors("", profile):
+            credentials = boto.get_credentials()
+    except CredentialsError:
+        credentials = None
+    if credentials is None:
+        return CredentialsError(
+            "no AWS credentials and no region configured",
+            "for AWS run `aws configure` (keys and region) or `aws configure sso`, then retry; to try nbcloud "
+            "without an AWS account: `--provider sandbox`")
+    return UsageError("no AWS region chosen",
+                      "pass --region (e.g. us-east-1), set AWS_REGION, or add `region` to your AWS profile")
+
+
 def tags_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """EC2's tag list; anything tagged with an instance name also gets the ``Name`` the AWS console shows
+    (``nbcloud-NAME``), unless the user gave one with ``--tag Name=…``."""
+    if NAME_TAG in tags and CONSOLE_NAME_TAG not in tags:
+        tags = {CONSOLE_NAME_TAG: f"nbcloud-{tags[NAME_TAG]}", **tags}
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 

@@ -371,13 +371,15 @@ def fault(instance_id: str, kind: str, sandbox_dir: Path | None = None, seconds:
     return result
 
 
-def fault_api(operation: str, code: str, count: int = 1, sandbox_dir: Path | None = None) -> dict[str, Any]:
-    """The next ``count`` calls of ``operation`` fail with ``code``; ``count=0`` clears a pending fault."""
+def fault_api(operation: str, code: str, count: int = 1, sandbox_dir: Path | None = None,
+              zone: str | None = None) -> dict[str, Any]:
+    """The next ``count`` calls of ``operation`` (in ``zone`` only, when given) fail with ``code``; ``count=0``
+    clears a pending fault."""
     if count < 0:
         raise UsageError("--count must be 0 (clear) or more")
     info = _require(sandbox_dir)
     result: dict[str, Any] = _request(info, "POST", "/fault-api",
-                                      {"operation": operation, "code": code, "count": count})
+                                      {"operation": operation, "code": code, "count": count, "zone": zone})
     return result
 
 

@@ -157,35 +157,59 @@ def seed_images(region: str = REGION, account_id: str = DEFAULT_ACCOUNT_ID) -> d
     return made
 
 
+def _subnet_zone(subnet_id: str) -> str | None:
+    for account in ec2_backends.values():
+        for backend in account.values():
+            for zone, subnets in getattr(backend, "subnets", {}).copy().items():  # moto keys subnets by zone
+                if subnet_id in subnets:
+                    return str(zone)
+    return None
+
+
+def call_zone(params: dict[str, list[str]]) -> str | None:
+    """The availability zone an EC2 query call names: ``Placement.AvailabilityZone`` or its subnet's zone."""
+    zone = (params.get("Placement.AvailabilityZone") or params.get("AvailabilityZone") or [None])[0]
+    if zone:
+        return zone
+    subnet = next((v[0] for k, v in params.items() if k == "SubnetId" or k.endswith(".SubnetId")), None)
+    return _subnet_zone(subnet) if subnet else None
+
+
 class ApiFaults:
-    """The next N calls of an operation answer with an AWS error code (a WSGI middleware around moto)."""
+    """The next N calls of an operation (optionally: only those in one zone) answer with an AWS error code.
+
+    A WSGI middleware around moto. A zone fault matches calls that name that zone (``Placement`` or a subnet's);
+    it is taken before a fault for every zone of the same operation.
+    """
 
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
         self._lock = threading.Lock()
-        self._faults: dict[str, list[Any]] = {}
+        self._faults: dict[tuple[str, str | None], list[Any]] = {}
 
-    def add(self, operation: str, code: str, count: int = 1) -> None:
+    def add(self, operation: str, code: str, count: int = 1, zone: str | None = None) -> None:
         with self._lock:
             if count <= 0:  # count 0 clears a pending fault
-                self._faults.pop(operation, None)
+                self._faults.pop((operation, zone or None), None)
             else:
-                self._faults[operation] = [code, count]
+                self._faults[(operation, zone or None)] = [code, count]
 
     def pending(self) -> dict[str, dict[str, Any]]:
         with self._lock:
-            return {op: {"code": c, "count": n} for op, (c, n) in self._faults.items()}
+            return {op + (f"@{zone}" if zone else ""): {"code": c, "count": n, "zone": zone}
+                    for (op, zone), (c, n) in self._faults.items()}
 
-    def _take(self, operation: str | None) -> str | None:
+    def _take(self, operation: str | None, zone: str | None) -> str | None:
         if not operation:
             return None
         with self._lock:
-            fault = self._faults.get(operation)
+            key = (operation, zone) if zone and (operation, zone) in self._faults else (operation, None)
+            fault = self._faults.get(key)
             if not fault:
                 return None
             fault[1] -= 1
             if fault[1] <= 0:
-                del self._faults[operation]
+                del self._faults[key]
             return str(fault[0])
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -193,13 +217,15 @@ class ApiFaults:
             return self.app(environ, start_response)
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         operation: str | None = target.split(".")[-1] if target else None
+        zone = None
         if operation is None:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)
             query = parse_qs(body.decode("utf-8", "replace")) or parse_qs(environ.get("QUERY_STRING", ""))
             operation = (query.get("Action") or [None])[0]
-        code = self._take(operation)
+            zone = call_zone(query)
+        code = self._take(operation, zone)
         if code is None:
             return self.app(environ, start_response)
         status = "503 Service Unavailable" if code in THROTTLING else "400 Bad Request"

@@ -1,7 +1,7 @@
 """The daemon's two doors: HTTP JSON on 127.0.0.1 for the CLI and tests, a unix socket for instances.
 
 HTTP: ``GET /health``, ``GET /checkip`` (plain text, like https://checkip.amazonaws.com), ``GET /status``,
-``POST /fault`` ``{"instance_id", "kind"}``, ``POST /fault-api`` ``{"operation", "code", "count"}``,
+``POST /fault`` ``{"instance_id", "kind"}``, ``POST /fault-api`` ``{"operation", "code", "count", "zone"}``,
 ``POST /shutdown``. Unix socket (one JSON line each way): ``{"cmd": "power", "action": "poweroff"|"reboot"}``
 from the ``shutdown``/``reboot`` shims; the caller's instance is found from its network namespace (loopback
 mode: from its ancestry).
@@ -84,8 +84,10 @@ class ControlServer:
                         self._send(200, result)
                     elif path == "/fault-api":
                         count = int(body.get("count", 1))
-                        server.sandbox.cloud.faults.add(body["operation"], body["code"], count)
-                        self._send(200, {"operation": body["operation"], "code": body["code"], "count": count})
+                        zone = body.get("zone") or None
+                        server.sandbox.cloud.faults.add(body["operation"], body["code"], count, zone)
+                        self._send(200, {"operation": body["operation"], "code": body["code"], "count": count,
+                                         "zone": zone})
                     elif path == "/shutdown":
                         self._send(200, {"ok": True})
                         server.done.set()

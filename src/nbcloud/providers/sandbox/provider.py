@@ -7,6 +7,7 @@ this subclass stamps that on every instance it returns, so the ssh config and ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ...errors import UsageError
@@ -24,6 +25,8 @@ class SandboxProvider(AwsProvider):
     #: loopback mode: instances share the host's network, so each one's Jupyter listens on its own address
     jupyter_on_address: bool = False
     data_volumes: bool = True
+    #: the emulator answers in milliseconds and has no rate limit: poll it often, so tests and demos stay fast
+    poll_interval: float = 0.2
 
     def _reached(self, instance: Instance) -> Instance:
         jupyter_host = instance.host if self.jupyter_on_address and instance.host else instance.jupyter_host
@@ -42,8 +45,8 @@ class SandboxProvider(AwsProvider):
         self._refuse_volumes()
         return super().create_volume(size_gb, zone, tags)
 
-    def run_instance(self, request: LaunchRequest) -> Instance:
-        return self._reached(super().run_instance(request))
+    def run_instance(self, request: LaunchRequest, progress: Callable[[str], None] | None = None) -> Instance:
+        return self._reached(super().run_instance(request, progress))
 
     def wait_running(self, instance_id: str, timeout: float) -> Instance:
         return self._reached(super().wait_running(instance_id, timeout))

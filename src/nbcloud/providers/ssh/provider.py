@@ -182,7 +182,7 @@ class SshProvider:
     def image(self, ref: str) -> ImageInfo:
         raise _no_cloud("choose a machine image")
 
-    def default_zone(self) -> str:
+    def default_zone(self, instance_type: str | None = None) -> str:
         raise _no_cloud("choose an availability zone")
 
     def import_key_pair(self, key_name: str, public_key: str, tags: dict[str, str]) -> None:
@@ -197,7 +197,7 @@ class SshProvider:
     def delete_security_group(self, group_id: str) -> None:
         raise _no_cloud("delete security groups")
 
-    def run_instance(self, request: LaunchRequest) -> Instance:
+    def run_instance(self, request: LaunchRequest, progress: object = None) -> Instance:
         raise _no_cloud("launch instances")
 
     def set_name_tags(self, resource_ids: Sequence[str], tags: dict[str, str]) -> None:

@@ -2,6 +2,8 @@
 # nbcloud bootstrap for instance @@NAME@@: makes this machine a Jupyter server reached through SSH.
 # Idempotent: `sudo bash /opt/nbcloud/bootstrap.sh` re-runs it and skips what is already in place.
 # `bootstrap.sh mount-data` (re)mounts the data volume (nbcloud-data.service runs it at every boot).
+# `bootstrap.sh imds-guard` lets only root reach the instance metadata service (nbcloud-imds-guard.service, every
+# boot): user-data holds the launch host key, and no process of the login user needs IMDS (the agent runs as root).
 # It holds no secret: the token, password hash and TLS key arrive later over SSH, into @@SECRETS@@.
 set -Eeuo pipefail
 umask 022
@@ -144,6 +146,33 @@ mount_data() {
 
 step_data() { mount_data; }
 
+# Non-root processes may not reach 169.254.169.254 (user-data, role credentials). nftables where present, else
+# iptables; rejected rather than dropped so a blocked tool fails at once instead of hanging. Skipped where the
+# machine is not ours to firewall: a test tree, or a sandbox instance without root (its "network" is the host's).
+guard_imds() {
+  if [ -n "$R" ] || [ "${NBCLOUD_ROOT_LIVE:-0}" = 1 ] || [ "$(id -u)" != 0 ]; then
+    log "imds guard: skipped (no root or no network of its own): user processes can read IMDS"; return 0
+  fi
+  if command -v nft >/dev/null 2>&1; then
+    nft delete table inet nbcloud_imds >/dev/null 2>&1 || true
+    nft -f - <<'NFT'
+table inet nbcloud_imds {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    meta skuid != 0 ip daddr 169.254.169.254 meta l4proto tcp reject with tcp reset
+    meta skuid != 0 ip daddr 169.254.169.254 reject
+  }
+}
+NFT
+  elif command -v iptables >/dev/null 2>&1; then
+    iptables -C OUTPUT -d 169.254.169.254 -m owner ! --uid-owner 0 -j REJECT 2>/dev/null \
+      || iptables -I OUTPUT -d 169.254.169.254 -m owner ! --uid-owner 0 -j REJECT
+  else
+    log "imds guard: neither nft nor iptables found: user processes can read IMDS"; return 0
+  fi
+  log "imds guard: only root reaches 169.254.169.254"
+}
+
 step_config() {
   mkdir -p "$R/opt/nbcloud/agent" "$R/var/lib/nbcloud"
   install -d -m 0755 "$R$H/.config" && owned "$R$H/.config"
@@ -180,8 +209,9 @@ run() {
 
 case "${1:-all}" in
   mount-data) STEP=data; mount_data; exit 0;;
+  imds-guard) STEP=imds; guard_imds; exit 0;;
   all) ;;
-  *) echo "usage: $0 [all|mount-data]" >&2; exit 2;;
+  *) echo "usage: $0 [all|mount-data|imds-guard]" >&2; exit 2;;
 esac
 
 log "start (instance @@NAME@@)"

@@ -1,0 +1,55 @@
+"""Issue 18: the failover plan and the error classes that trigger it (pure functions)."""
+
+from __future__ import annotations
+
+from nbcloud.errors import CapacityError
+from nbcloud.providers.aws.placement import failover_kind, plan, quota_bucket, summarize
+
+
+def test_plan_tries_each_offering_zone_then_each_fallback_type() -> None:
+    zones = {"g5.xlarge": ["us-east-1a", "us-east-1b"], "g6.xlarge": ["us-east-1b"]}
+    assert plan(["g5.xlarge", "g6.xlarge"], zones, None) == [
+        ("g5.xlarge", "us-east-1a"), ("g5.xlarge", "us-east-1b"), ("g6.xlarge", "us-east-1b")]
+
+
+def test_a_pinned_zone_is_kept_and_types_not_offered_there_are_skipped() -> None:
+    zones = {"g5.xlarge": ["us-east-1a", "us-east-1b"], "g6.xlarge": ["us-east-1b"]}
+    assert plan(["g5.xlarge", "g6.xlarge"], zones, "us-east-1a") == [("g5.xlarge", "us-east-1a")]
+
+
+def test_without_offerings_ec2_chooses() -> None:
+    assert plan(["t3.medium"], {}, None) == [("t3.medium", None)]
+    assert plan(["t3.medium"], {"t3.medium": []}, None) == [], "offered nowhere: nothing to try"
+
+
+def test_what_triggers_failover() -> None:
+    assert failover_kind("InsufficientInstanceCapacity", "") == "zone"
+    assert failover_kind("Unsupported", "") == "zone"
+    assert failover_kind("InvalidParameterValue", "Your requested instance type (g5.xlarge) is not supported in "
+                         "your requested Availability Zone (us-east-1e).") == "zone"
+    assert failover_kind("MissingInput", "No default subnet for availability zone: 'us-east-1e'.") == "zone"
+    assert failover_kind("InvalidParameterValue", "Invalid value for InstanceType") is None
+    assert failover_kind("VcpuLimitExceeded", "") == "quota"
+    assert failover_kind("AuthFailure", "") is None
+
+
+def test_quota_buckets_follow_ec2s_vcpu_quotas() -> None:
+    assert quota_bucket("t3.medium") == quota_bucket("m5.large") == quota_bucket("c7i.xlarge") == "standard"
+    assert quota_bucket("g5.xlarge") == quota_bucket("g6.xlarge") == quota_bucket("vt1.3xlarge") == "g"
+    assert quota_bucket("p4d.24xlarge") == "p"
+    assert quota_bucket("inf2.xlarge") == "inf"
+    assert quota_bucket("trn1.2xlarge") == "trn"
+
+
+def test_no_capacity_is_a_cloud_failure_exit_1_and_hints_no_zone_flag() -> None:
+    error = CapacityError("no room")
+    assert error.exit_code == 1
+    assert "--zone" not in error.hint and "--fallback-types" in error.hint
+
+
+def test_what_was_tried_fits_one_line() -> None:
+    tried = [("g5.xlarge", "us-east-1a", "InsufficientInstanceCapacity"),
+             ("g5.xlarge", "us-east-1b", "InsufficientInstanceCapacity"),
+             ("g6.xlarge", "us-east-1a", "VcpuLimitExceeded")]
+    assert summarize(tried) == ("g5.xlarge in us-east-1a, us-east-1b (InsufficientInstanceCapacity); "
+                                "g6.xlarge in us-east-1a (VcpuLimitExceeded)")
