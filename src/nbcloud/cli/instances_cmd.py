@@ -38,6 +38,49 @@ def _tags(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+class Usd(click.ParamType):
+    """A money option: finite, above zero, bounded (`nan`, `inf`, `1e400`, `-1`, `0` refused with exit 2)."""
+
+    name = "USD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from ..models import parse_usd
+
+        if isinstance(value, float):
+            return value
+        return parse_usd(value, "--" + (param.name or "amount").replace("_", "-") if param else "amount")
+
+
+#: `up`'s parameters → the InstanceSpec field each sets (what "the user gave" means on an existing instance)
+SPEC_FIELDS = {"instance_type": "instance_type", "image": "image", "disk_gb": "disk_gb", "data_volume": "data_volume",
+               "tags": "tags", "zone": "zone", "allow_cidr": "allow_cidr", "spot": "spot", "max_price": "max_price",
+               "spot_fallback": "spot_fallback", "public": "public", "durable_outputs": "durable_outputs",
+               "mode": "gateway", "idle_stop": "idle_stop_seconds", "max_cost": "max_cost_usd",
+               "cull_idle": "cull_idle_minutes", "python_packages": "python_packages",
+               "requirements": "requirements"}
+
+
+def _given() -> frozenset[str]:
+    """The spec fields set on the command line (or by env), not left at click's defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return frozenset(field for param, field in SPEC_FIELDS.items()
+                     if ctx.get_parameter_source(param) not in (None, ParameterSource.DEFAULT))
+
+
+def _confirmer(yes: bool) -> Any:
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(question.split("?")[0] + "? needs a confirmation and there is no terminal",
+                             "confirm with --yes")
+        return bool(click.confirm(question, default=False, err=True))
+
+    return confirm
+
+
 def _money(value: float | None) -> str:
     from ..cost import format_usd
 
@@ -67,7 +110,7 @@ def _duration(seconds: float | None) -> str:
 @click.option("--zone", default=None, help="Availability zone.")
 @click.option("--allow-cidr", default=None, help="Admit this address range instead of your detected IP /32.")
 @click.option("--spot", is_flag=True, help="Use a spot instance (cheaper, can be interrupted).")
-@click.option("--max-price", type=float, default=None, help="Spot: highest $/h to pay.")
+@click.option("--max-price", type=Usd(), default=None, help="Spot: highest $/h to pay.")
 @click.option("--spot-fallback", is_flag=True, help="Spot: fall back to on-demand when there is no capacity.")
 @click.option("--public", is_flag=True, help="Serve Jupyter over TLS with a password to your IP (no SSH needed).")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -76,7 +119,7 @@ def _duration(seconds: float | None) -> str:
 @click.option("--mode", type=click.Choice(["lab", "gateway"]), default="lab", show_default=True,
               help="gateway: also run a Kernel Gateway for `nbcloud lab`.")
 @click.option("--idle-stop", default=None, help="Stop after this long idle (e.g. 30m, 2h, off). Default 60m.")
-@click.option("--max-cost", type=click.FloatRange(min=0.01), default=None, help="Stop before this many USD accrue.")
+@click.option("--max-cost", type=Usd(), default=None, help="Stop before this many USD accrue.")
 @click.option("--cull-idle", type=click.IntRange(min=1), default=None, help="Shut down kernels idle this many minutes.")
 @click.option("--python-packages", default=None, help="Extra packages for the environment, comma-separated.")
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -85,6 +128,7 @@ def _duration(seconds: float | None) -> str:
 @click.option("--no-browser", is_flag=True, help="Open the tunnel but print the URL instead of opening a browser.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Local port for the tunnel.")
 @click.option("--dry-run", is_flag=True, help="Print the bootstrap that would run and create nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (changing the instance type of a stopped instance).")
 @click.option("--host", default=None, metavar="[USER@]HOST[:PORT]",
               help="--provider ssh: a machine you already reach by ssh (your ~/.ssh/config is honoured).")
 @click.option("--identity-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -97,8 +141,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
        allow_cidr: str | None, spot: bool, max_price: float | None, spot_fallback: bool, public: bool,
        password_file: Path | None, durable_outputs: bool, mode: str, idle_stop: str | None, max_cost: float | None,
        cull_idle: int | None, python_packages: str | None, requirements: Path | None, no_connect: bool,
-       no_browser: bool, port: int | None, dry_run: bool, host: str | None, identity_file: Path | None,
-       host_key_fingerprint: str | None, as_json: bool) -> None:
+       no_browser: bool, port: int | None, dry_run: bool, yes: bool, host: str | None,
+       identity_file: Path | None, host_key_fingerprint: str | None, as_json: bool) -> None:
     """Launch NAME (or reuse it), install Jupyter, and open it in the browser."""
     from .. import ops
     from ..models import InstanceSpec, parse_duration, validate_name
@@ -115,6 +159,13 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
     if host is None and (identity_file is not None or host_key_fingerprint is not None):
         raise UsageError("--identity-file and --host-key-fingerprint go with --host",
                          "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] --identity-file KEY")
+    if host is None and provider is not None:
+        from ..providers.registry import adopts_hosts
+
+        # refused here, before --dry-run, exactly as the real run refuses it
+        if adopts_hosts(provider) and ctx.store.get(name) is None:
+            raise UsageError(f"--provider {provider} adopts a machine you already have and needs its address",
+                             "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] [--identity-file KEY]")
     if host is not None:
         _check_host_options({"--instance-type": instance_type, "--image": image, "--data-volume": data_volume,
                              "--zone": zone, "--allow-cidr": allow_cidr, "--spot": spot, "--max-price": max_price,
@@ -144,7 +195,7 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
                            host_key_fingerprint=host_key_fingerprint, provider_name=provider, progress=step)
         else:
             result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step,
-                            password=password)
+                            password=password, given=_given(), confirm=_confirmer(yes))
     connected = None
     if not no_connect:
         with progress(f"connecting to {name}", as_json) as step:
@@ -155,7 +206,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
 
     def text(p: dict[str, Any]) -> str:
         lines = [f"{p['name']}: {p['instance_type']} {p['state']} at {p['host']} ({p['provider']}, {p['region']})"
-                 + (" — reused" if p["reused"] else ""),
+                 + (" — reused" if p["reused"] else "")
+                 + (f", changed {', '.join(p['changed'])}" if p.get("changed") else ""),
                  f"  ssh:     ssh {p['ssh_alias']}"]
         if p.get("url"):
             lines.append(f"  jupyter: {p['url']}")
