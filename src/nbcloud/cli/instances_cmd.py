@@ -74,7 +74,7 @@ def _confirmer(yes: bool) -> Any:
         if yes:
             return True
         if not sys.stdin.isatty():
-            raise UsageError(question.split("?")[0] + "? needs a confirmation and there is no terminal",
+            raise UsageError(f"{question.split(' (')[0]}: needs your confirmation and there is no terminal",
                              "confirm with --yes")
         return bool(click.confirm(question, default=False, err=True))
 
@@ -352,6 +352,8 @@ def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, forget
         lines = [f"{r.name} is gone: deleted {len(r.deleted)} resources."]
         if r.kept:
             lines.append("  kept: " + "; ".join(r.kept))
+        if r.deleted_data_volumes:
+            lines.append("  deleted data volumes: " + "; ".join(r.deleted_data_volumes))
         if r.snapshots:
             lines.append("  snapshots: " + ", ".join(r.snapshots))
         if r.still_billing:
@@ -401,15 +403,16 @@ def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, l
 
 
 @click.command()
-@click.option("--orphans", "find_orphans", is_flag=True, help="List resources tagged by nbcloud that no instance owns.")
-@click.option("--fix", is_flag=True, help="With --orphans: delete them.")
+@click.option("--orphans", "find_orphans", is_flag=True,
+              help="List resources tagged by nbcloud that no instance owns, and what still bills unused.")
+@click.option("--fix", is_flag=True, help="With --orphans: delete the orphans; ask before each still-billing item.")
 @provider_option
 @region_option
 @profile_option
 @json_option
 def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | None, profile: str | None,
            as_json: bool) -> None:
-    """Check the setup; with --orphans find (and --fix) leftovers."""
+    """Check the setup; with --orphans find (and --fix) leftovers and what still bills."""
     from .. import ops
 
     ctx = _ctx()
@@ -419,10 +422,29 @@ def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | No
         checks = {tool: bool(shutil.which(tool)) for tool in ("ssh", "rsync")}
         checks["ssh_config_include"] = ctx.paths.user_ssh_config.exists() and str(ctx.paths.ssh_config) in \
             ctx.paths.user_ssh_config.read_text()
-        emit(checks, as_json, lambda c: "\n".join(f"{'ok ' if v else 'MISSING'} {k}" for k, v in c.items()))
+        emit(checks, as_json, lambda c: "\n".join(f"{'ok ' if v else 'MISSING'} {k}" for k, v in c.items())
+             + "\n(`nbcloud doctor --orphans` lists leftovers and what still bills)")
         return
-    report = ops.orphans(ctx, provider, region, profile, fix=fix)
-    emit(report, as_json, lambda r: "\n".join(
-        [f"{o.kind} {o.resource_id} (name {o.name}, launch {o.launch_id})" for o in r.orphans]
-        + ([f"removed: {', '.join(r.removed)}"] if r.removed else [])) or "no orphans")
 
+    def confirm(question: str) -> bool:  # data is deleted only item by item, on a terminal
+        return sys.stdin.isatty() and not as_json and click.confirm(question, default=False, err=True)
+
+    report = ops.orphans(ctx, provider, region, profile, fix=fix, confirm=confirm)
+    emit(report, as_json, _doctor_text)
+
+
+def _doctor_text(r: Any) -> str:
+    from ..cost import format_usd
+
+    lines = [f"orphan: {o.kind} {o.resource_id} (name {o.name}, launch {o.launch_id})" for o in r.orphans]
+    if r.removed:
+        lines.append(f"removed: {', '.join(r.removed)}")
+    if not r.orphans:
+        lines.append("no orphans")
+    if r.still_billing:
+        lines.append(f"still billing ({format_usd(r.still_billing_monthly_usd)}/month), used by no instance:")
+        lines += [f"  {i['kind']} {i['name'] or '-'} {i['id']} {i['size_gb']} GB {format_usd(i['monthly_usd'])}/month"
+                  f" — `{i['remove']}`" for i in r.still_billing]
+    else:
+        lines.append("nothing else bills unused")
+    return "\n".join(lines)

@@ -43,7 +43,8 @@ class InPlacePlan:
 
     @property
     def agent(self) -> bool:
-        return any(f in self.changed for f in AGENT_FIELDS)
+        # a new type has a new price: the agent's cap must count with it
+        return any(f in self.changed for f in AGENT_FIELDS) or bool(self.new_type and self.spec.max_cost_usd)
 
     @property
     def bootstrap(self) -> bool:
@@ -90,8 +91,8 @@ def retype(ctx: Context, record: Record, provider: Any, instance_id: str, new_ty
            confirm: Callable[[str], bool], progress: Progress = no_progress) -> None:
     """A stopped instance gets ``new_type`` (ModifyInstanceAttribute), after the user confirmed."""
     info = provider.instance_type(new_type)  # an unknown type is refused before anything changes
-    question = (f"Change {record.name} from {record.instance_type} to {info.describe()}? It bills at the new "
-                "type's price from its next start")
+    question = (f"Change the instance type of {record.name} from {record.instance_type} to {new_type} "
+                f"({info.describe()})? It bills at the new type's price from this start")
     if not confirm(question):
         raise UsageError(f"instance type of {record.name} not changed", "confirm with `--yes`, or drop -t")
     progress(f"changing the instance type of {instance_id} to {new_type}")
