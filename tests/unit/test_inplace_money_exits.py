@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nbcloud.errors import (CapacityError, ConflictError, HostKeyError, QuotaError, RemoteError, TunnelError,
-                            UsageError)
+from nbcloud.errors import CapacityError, ConflictError, HostKeyError, QuotaError, RemoteError, TunnelError, UsageError
 from nbcloud.models import InstanceSpec, parse_usd
 from nbcloud.ops.inplace import plan_in_place
 
