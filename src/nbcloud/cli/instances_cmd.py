@@ -192,7 +192,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
             from ..ops.adopt import adopt
 
             result = adopt(ctx, spec, host=host, identity_file=identity_file,
-                           host_key_fingerprint=host_key_fingerprint, provider_name=provider, progress=step)
+                           host_key_fingerprint=host_key_fingerprint, provider_name=provider, progress=step,
+                           given=_given())
         else:
             result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step,
                             password=password, given=_given(), confirm=_confirmer(yes))

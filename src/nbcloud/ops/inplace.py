@@ -134,6 +134,7 @@ def _json(value: Any) -> Any:
 
 
 def _bootstrap_script(ctx: Context, record: Record, provider: Any, spec: InstanceSpec) -> tuple[str, bytes]:
+    from ..providers.base import manages_machines
     from ..remote import gateway_check
     from ..remote.bootstrap import render_bootstrap
     from ..ssh import keys
@@ -142,8 +143,11 @@ def _bootstrap_script(ctx: Context, record: Record, provider: Any, spec: Instanc
 
     volume = parse_data_volume(spec.data_volume, record.name)
     found = provider.find_volume(volume[0]) if volume else None
-    boot = _bootstrap_spec(spec, provider, keys.load_or_create_host_key(ctx.paths.keys_dir, record.name),
-                           found.volume_id if found else None, current_hourly(ctx, record.name))
+    # the bootstrap carries no host key (user-data does); a machine the user had keeps its own: make none for it
+    host_key = (keys.load_or_create_host_key(ctx.paths.keys_dir, record.name) if manages_machines(provider)
+                else keys.KeyPair("", ""))
+    boot = replace(_bootstrap_spec(spec, provider, host_key, found.volume_id if found else None,
+                                   current_hourly(ctx, record.name)), login_user=record.user)
     if spec.gateway:
         return gateway_check.enable_script(boot)
     return _RERUN, render_bootstrap(boot).encode()
