@@ -96,6 +96,21 @@ def test_cap_with_unknown_price_is_refused_before_anything_exists(world) -> None
     assert world.tagged("p") == []
 
 
+@pytest.mark.parametrize(("code", "needle"), [("InsufficientInstanceCapacity", "no capacity"),
+                                               ("VcpuLimitExceeded", "quota")])
+def test_capacity_and_quota_exit_1(world, code: str, needle: str) -> None:
+    from nbcloud.providers.sandbox import client as sandbox
+
+    world.names.add("cap")
+    sandbox.fault_api("RunInstances", code, count=10, sandbox_dir=world.sandbox.sandbox_dir)
+    try:
+        done = world.nb("up", "cap", "--provider", "sandbox", "--no-connect", check=False)
+    finally:
+        sandbox.fault_api("RunInstances", code, count=0, sandbox_dir=world.sandbox.sandbox_dir)
+    assert done.returncode == 1 and needle in _one_line(done)
+    assert world.tagged("cap") == []
+
+
 def test_host_key_mismatch_exits_1_from_every_command(world) -> None:
     world.up("hk", "--idle-stop", "off")
     from nbcloud.config import paths

@@ -122,6 +122,7 @@ CASES = [
     (["volumes", "delete", "v9"], 2, "--yes"),
     (["cost", "--since", "yesterday"], 2, "duration"),
     (["no-such-command"], 2, "no-such-command"),
+    (["up", "x", "--public", "--dry-run"], 2, "--password-file"),
     (["up", "x", "--dry-run", "--max-cost", "25"], 0, None),
 ]
 

@@ -183,10 +183,12 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         python_packages=tuple(p.strip() for p in (python_packages or "").split(",") if p.strip()),
         requirements=requirements.read_text() if requirements else None,
     )
+    # the password is checked before --dry-run too (a dry run refuses what the real run refuses; it never prompts)
+    password = _public_password(ctx, name, password_file) if public and not (dry_run and sys.stdin.isatty()) \
+        else None
     if dry_run:
         emit(ops.dry_run(ctx, spec), as_json, lambda r: r.bootstrap)
         return
-    password = _public_password(ctx, name, password_file) if public else None
     with progress(f"nbcloud up {name}", as_json) as step:
         if host is not None:  # a machine the user already has: nothing to launch (nbcloud.ops.adopt)
             from ..ops.adopt import adopt
