@@ -69,6 +69,8 @@ def test_volume_lifecycle_end_to_end(world) -> None:
     billing = [i for i in doctor["still_billing"] if i["name"] == "v9"]
     assert len(billing) == 1 and billing[0]["kind"] == "volume" and billing[0]["monthly_usd"] > 0
     assert doctor["still_billing_monthly_usd"] >= billing[0]["monthly_usd"]
+    plain = world.nb_json("doctor", "--provider", "sandbox")
+    assert [i["monthly_usd"] for i in plain["still_billing"] if i["name"] == "v9"] == [billing[0]["monthly_usd"]]
 
     world.up("d2", "--data-volume", "v9", "--idle-stop", "off")
     attached = world.nb("volumes", "delete", "v9", "--yes", "--provider", "sandbox", check=False)

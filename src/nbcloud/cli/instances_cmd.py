@@ -425,8 +425,9 @@ def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | No
         checks = {tool: bool(shutil.which(tool)) for tool in ("ssh", "rsync")}
         checks["ssh_config_include"] = ctx.paths.user_ssh_config.exists() and str(ctx.paths.ssh_config) in \
             ctx.paths.user_ssh_config.read_text()
-        emit(checks, as_json, lambda c: "\n".join(f"{'ok ' if v else 'MISSING'} {k}" for k, v in c.items())
-             + "\n(`nbcloud doctor --orphans` lists leftovers and what still bills)")
+        from ..ops.storage import billing_check
+
+        emit({"checks": checks, **billing_check(ctx, provider, region, profile)}, as_json, _checks_text)
         return
 
     def confirm(question: str) -> bool:  # data is deleted only item by item, on a terminal
@@ -434,6 +435,18 @@ def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | No
 
     report = ops.orphans(ctx, provider, region, profile, fix=fix, confirm=confirm)
     emit(report, as_json, _doctor_text)
+
+
+def _checks_text(r: dict[str, Any]) -> str:
+    from ..cost import format_usd
+
+    lines = [f"{'ok ' if v else 'MISSING'} {k}" for k, v in r["checks"].items()]
+    lines += [f"still billing, used by no instance ({i['provider']}/{i['region']}): {i['kind']} {i['name'] or '-'} "
+              f"{i['id']} {format_usd(i['monthly_usd'])}/month — `{i['remove']}`" for i in r["still_billing"]]
+    lines += [f"not checked: {u}" for u in r["unchecked"]]
+    if not r["checked"]:
+        lines.append("no cloud checked (nothing known here); `nbcloud doctor --orphans` checks the default one")
+    return "\n".join(lines)
 
 
 def _doctor_text(r: Any) -> str:

@@ -10,7 +10,8 @@ from ..providers.aws.volumes import VOLUME_NAME_TAG
 from ..providers.base import Provider
 from .context import Context, Progress, no_progress
 
-__all__ = ["delete_volume", "list_snapshots", "list_volumes", "move_volume", "snapshot_volume", "still_billing"]
+__all__ = ["billing_check", "delete_volume", "list_snapshots", "list_volumes", "move_volume", "snapshot_volume",
+           "still_billing"]
 
 
 def list_volumes(ctx: Context, provider_name: str | None, region: str | None,
@@ -130,6 +131,26 @@ def still_billing(provider: Provider) -> list[dict[str, Any]]:
                           "monthly_usd": round(table.snapshot_monthly(snap["size_gb"], region), 2),
                           "remove": "nbcloud doctor --orphans --fix"})
     return items
+
+
+def billing_check(ctx: Context, provider_name: str | None, region: str | None,
+                  profile: str | None) -> dict[str, Any]:
+    """`doctor`'s money check: :func:`still_billing` in the cloud asked for, else in every region the local store
+    knows (no cloud call when it knows none and none was asked for). A cloud that cannot be read is a note."""
+    if provider_name or region:
+        targets = {(provider_name, region, profile)}
+    else:
+        targets = {(r.provider, r.region, r.profile) for r in ctx.store.all()}
+    items: list[dict[str, Any]] = []
+    unchecked: list[str] = []
+    for name, where, prof in sorted(targets, key=str):
+        try:
+            provider = ctx.provider(name, where, prof)
+            items += [i | {"provider": provider.name, "region": provider.region} for i in still_billing(provider)]
+        except NbcloudError as exc:
+            unchecked.append(f"{name or 'default provider'}/{where or 'default region'}: {exc.message}")
+    return {"still_billing": items, "still_billing_monthly_usd": round(sum(i["monthly_usd"] for i in items), 2),
+            "unchecked": unchecked, "checked": sorted(f"{n or 'aws'}/{r or '-'}" for n, r, _p in targets)}
 
 
 def remove_billing(provider: Provider, item: dict[str, Any]) -> None:
