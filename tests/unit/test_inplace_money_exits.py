@@ -139,3 +139,50 @@ def test_exit_codes_and_one_line(tmp_path: Path, argv: list[str], code: int, nee
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
         assert needle in lines[0], lines[0]
+
+
+def _provider_with_pricing(region: str, responses: list[dict[str, object] | str]) -> object:
+    """The real AwsProvider whose boto session hands out a pricing client stubbed with ``responses`` (the Price List
+    API cannot be reached here; a string is an error code)."""
+    from types import SimpleNamespace
+
+    import boto3
+    from botocore.stub import Stubber
+
+    from nbcloud.providers.aws.provider import AwsProvider
+
+    client = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    stub = Stubber(client)
+    for response in responses:
+        if isinstance(response, str):
+            stub.add_client_error("get_products", service_error_code=response)
+        else:
+            stub.add_response("get_products", response)
+    stub.activate()
+    session = SimpleNamespace(boto=SimpleNamespace(client=lambda *_a, **_k: client), endpoint_url=None, region=region)
+    return AwsProvider(session, label="aws")  # type: ignore[arg-type]
+
+
+def test_unknown_price_fetched_live_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_pricing import _ec2_entry
+
+    from nbcloud.ops.costs import require_price_for_cap
+    from nbcloud.pricing import load_prices
+
+    monkeypatch.setenv("NBCLOUD_HOME", str(tmp_path / "home"))
+    assert load_prices().hourly("g5.xlarge", "ap-northeast-1") is None  # the snapshot lacks the region
+    provider = _provider_with_pricing("ap-northeast-1", [{"PriceList": [_ec2_entry(regionCode="ap-northeast-1")]}])
+    assert require_price_for_cap(provider, "g5.xlarge", 25.0) == 1.006  # type: ignore[arg-type]
+    # kept in the user's table: status, cost and the agent's cap count with it from now on
+    assert load_prices().hourly("g5.xlarge", "ap-northeast-1") == 1.006
+
+
+def test_unknown_price_refuses_a_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbcloud.ops.costs import require_price_for_cap
+
+    monkeypatch.setenv("NBCLOUD_HOME", str(tmp_path / "home"))
+    provider = _provider_with_pricing("eu-west-1", ["AccessDeniedException"])
+    with pytest.raises(UsageError) as refused:
+        require_price_for_cap(provider, "p4d.24xlarge", 25.0)  # type: ignore[arg-type]
+    assert "--max-cost" in refused.value.one_line() and "p4d.24xlarge in eu-west-1" in refused.value.message
+    assert require_price_for_cap(provider, "p4d.24xlarge", None) is None  # type: ignore[arg-type]
