@@ -428,7 +428,11 @@ def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress,
         provider.wait_gone(instance.instance_id, "terminated", 600)
         instance = None
     if instance is None and record.lifecycle == "spot":
-        return _relaunch_spot(ctx, provider, record, progress, wait_jupyter, ssh_timeout, ready_timeout)
+        # a new launch: what the user gave applies to it (the type too); what is fixed at launch is still refused
+        relaunch = plan_in_place(stored_spec(record), spec, given, state="stopped")
+        result = _relaunch_spot(ctx, provider, record, progress, wait_jupyter, ssh_timeout, ready_timeout,
+                                relaunch.spec)
+        return replace(result, changed=relaunch.flags())
     if instance is None or instance.state in {"shutting-down", "terminated"}:
         raise ConflictError(
             f"instance {record.name!r} ({record.instance_id}) was terminated outside nbcloud",
@@ -455,14 +459,14 @@ def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress,
 
 
 def _relaunch_spot(ctx: Context, provider: Provider, record: Record, progress: Progress, wait_jupyter: bool,
-                   ssh_timeout: float, ready_timeout: float) -> UpResult:
+                   ssh_timeout: float, ready_timeout: float, spec: InstanceSpec | None = None) -> UpResult:
     """A reclaimed spot instance: clear what is left of it (data volumes stay) and launch its spec again.
 
     Same zone: next to the data volume when there is one, else where the reclaimed instance ran.
     """
     from .lifecycle import down_unlocked, stored_spec
 
-    spec = stored_spec(record)
+    spec = spec or stored_spec(record)
     zone = (record.spec or {}).get("placement_zone")
     if not spec.zone and not spec.data_volume and isinstance(zone, str):
         spec = replace(spec, zone=zone)
