@@ -1,8 +1,10 @@
 """One exception tree for everything nbcloud reports to a user.
 
 Every error says what happened (the message) and what to do about it (the hint). The CLI prints
-``error: <message> — <hint>`` on one line and exits with ``exit_code``: 2 for anything the user can fix
-(bad input, credentials, quota, capacity, a busy port), 1 for an operation that failed on the remote side.
+``error: <message> — <hint>`` on one line and exits with ``exit_code``, one rule for every command: 2 for bad
+input or usage (a wrong value, missing credentials, a busy port, a request that contradicts what exists), 1 for a
+failure of the cloud or the remote machine (no capacity, a quota reached, a host key that does not match, a tunnel
+that will not come up, an operation that failed after it was accepted); an interrupt exits 130.
 Third-party exceptions (botocore, OSError, subprocess) are mapped to these at the boundary that raised them.
 """
 
@@ -12,6 +14,7 @@ __all__ = [
     "CapacityError",
     "ConflictError",
     "CredentialsError",
+    "HostKeyError",
     "NbcloudError",
     "NotFoundError",
     "QuotaError",
@@ -69,6 +72,7 @@ class CapacityError(NbcloudError):
 
 
 class QuotaError(NbcloudError):
+    exit_code = 1
     default_hint = (
         "raise the quota in the Service Quotas console (EC2 > Running On-Demand instances, vCPU based) "
         "or pick a smaller instance type"
@@ -89,7 +93,16 @@ class RemoteError(NbcloudError):
     exit_code = 1
 
 
+class HostKeyError(RemoteError):
+    """The remote presented a host key other than the pinned one: a security failure of the remote, exit 1 from
+    every command (`up`, `start`, `connect`, `ssh`-based ones alike)."""
+
+    default_hint = ("someone may be intercepting the connection, or the instance was replaced; if you replaced it, "
+                    "run `nbcloud down` and `nbcloud up` again")
+
+
 class TunnelError(NbcloudError):
+    exit_code = 1  # the link or the remote end failed (a busy local port is a UsageError, raised before)
     default_hint = "`nbcloud status NAME` shows the tunnel; its log is under the nbcloud data directory"
 
 

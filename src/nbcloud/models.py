@@ -16,6 +16,7 @@ __all__ = [
     "InstanceTypeInfo",
     "Volume",
     "parse_duration",
+    "parse_usd",
     "validate_name",
 ]
 
@@ -57,6 +58,27 @@ def parse_duration(text: str) -> int | None:
     if seconds < 30:
         raise UsageError(f"duration {text!r} is too short", "use at least 30s")
     return seconds
+
+
+#: The largest amount of money an option accepts: a cap above this is a typo, not a budget.
+MAX_USD = 1_000_000.0
+
+
+def parse_usd(text: str | float, option: str, upper: float = MAX_USD) -> float:
+    """A money option's value: finite, above zero, at most ``upper`` USD. ``nan``, ``inf``, ``1e400``, ``-1`` and
+    ``0`` are refused (a NaN cap compares false with everything, so it would silently turn the cap off)."""
+    import math
+
+    from .errors import UsageError
+
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value > upper:
+        raise UsageError(f"invalid {option} {str(text).strip()!r}",
+                         f"give an amount in USD above 0 and at most {upper:,.0f}, e.g. {option} 25")
+    return value
 
 
 @dataclass(frozen=True)

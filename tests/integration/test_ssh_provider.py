@@ -160,6 +160,12 @@ def test_up_connect_status_refusals_down(ssh_world: Any, machine: Machine) -> No
     assert "cannot stop or start" in one_line_error(world.nb("stop", "other", check=False))
     assert "cannot stop or start" in one_line_error(world.nb("start", "other", check=False))
     assert "does not power it off" in one_line_error(world.nb("autostop", "other", "30m", check=False))
+    # options given to `up` on the adopted machine: refused in one line (power) or applied in place, never ignored
+    assert "--idle-stop" in one_line_error(world.nb("up", "other", "--idle-stop", "5m", "--no-connect", check=False))
+    inplace = world.nb_json("up", "other", "--durable-outputs", "--no-connect")
+    assert inplace["reused"] and inplace["changed"] == ["--durable-outputs"]
+    assert "server_side_execution = True" in machine.run("cat /opt/nbcloud/etc/jupyter_server_config.py").stdout
+    assert not (world.home / "keys" / "other.hostkey").exists(), "the machine keeps its own host key"
     # the same machine cannot be adopted twice (two Jupyter services would fight over one host)
     twice = world.nb("up", "again", "--provider", "ssh", "--host", f"ubuntu@{machine.address}",
                      "--identity-file", str(machine.key_file), check=False)

@@ -40,6 +40,49 @@ def _tags(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+class Usd(click.ParamType):
+    """A money option: finite, above zero, bounded (`nan`, `inf`, `1e400`, `-1`, `0` refused with exit 2)."""
+
+    name = "USD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from ..models import parse_usd
+
+        if isinstance(value, float):
+            return value
+        return parse_usd(value, "--" + (param.name or "amount").replace("_", "-") if param else "amount")
+
+
+#: `up`'s parameters → the InstanceSpec field each sets (what "the user gave" means on an existing instance)
+SPEC_FIELDS = {"instance_type": "instance_type", "image": "image", "disk_gb": "disk_gb", "data_volume": "data_volume",
+               "tags": "tags", "zone": "zone", "allow_cidr": "allow_cidr", "spot": "spot", "max_price": "max_price",
+               "spot_fallback": "spot_fallback", "public": "public", "durable_outputs": "durable_outputs",
+               "mode": "gateway", "idle_stop": "idle_stop_seconds", "max_cost": "max_cost_usd",
+               "cull_idle": "cull_idle_minutes", "python_packages": "python_packages",
+               "requirements": "requirements"}
+
+
+def _given() -> frozenset[str]:
+    """The spec fields set on the command line (or by env), not left at click's defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return frozenset(field for param, field in SPEC_FIELDS.items()
+                     if ctx.get_parameter_source(param) not in (None, ParameterSource.DEFAULT))
+
+
+def _confirmer(yes: bool) -> Any:
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(f"{question.split(' (')[0]}: needs your confirmation and there is no terminal",
+                             "confirm with --yes")
+        return bool(click.confirm(question, default=False, err=True))
+
+    return confirm
+
+
 def _money(value: float | None) -> str:
     from ..cost import format_usd
 
@@ -71,7 +114,7 @@ def _duration(seconds: float | None) -> str:
               help="Instance types to launch instead when the asked one has no capacity or quota.")
 @click.option("--allow-cidr", default=None, help="Admit this address range instead of your detected IP /32.")
 @click.option("--spot", is_flag=True, help="Use a spot instance (cheaper, can be interrupted).")
-@click.option("--max-price", type=float, default=None, help="Spot: highest $/h to pay.")
+@click.option("--max-price", type=Usd(), default=None, help="Spot: highest $/h to pay.")
 @click.option("--spot-fallback", is_flag=True, help="Spot: fall back to on-demand when there is no capacity.")
 @click.option("--public", is_flag=True, help="Serve Jupyter over TLS with a password to your IP (no SSH needed).")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -80,7 +123,7 @@ def _duration(seconds: float | None) -> str:
 @click.option("--mode", type=click.Choice(["lab", "gateway"]), default="lab", show_default=True,
               help="gateway: also run a Kernel Gateway for `nbcloud lab`.")
 @click.option("--idle-stop", default=None, help="Stop after this long idle (e.g. 30m, 2h, off). Default 60m.")
-@click.option("--max-cost", type=click.FloatRange(min=0.01), default=None, help="Stop before this many USD accrue.")
+@click.option("--max-cost", type=Usd(), default=None, help="Stop before this many USD accrue.")
 @click.option("--cull-idle", type=click.IntRange(min=1), default=None, help="Shut down kernels idle this many minutes.")
 @click.option("--python-packages", default=None, help="Extra packages for the environment, comma-separated.")
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -89,6 +132,7 @@ def _duration(seconds: float | None) -> str:
 @click.option("--no-browser", is_flag=True, help="Open the tunnel but print the URL instead of opening a browser.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Local port for the tunnel.")
 @click.option("--dry-run", is_flag=True, help="Print the bootstrap that would run and create nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (changing the instance type of a stopped instance).")
 @click.option("--host", default=None, metavar="[USER@]HOST[:PORT]",
               help="--provider ssh: a machine you already reach by ssh (your ~/.ssh/config is honoured).")
 @click.option("--identity-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -102,8 +146,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
        spot_fallback: bool, public: bool,
        password_file: Path | None, durable_outputs: bool, mode: str, idle_stop: str | None, max_cost: float | None,
        cull_idle: int | None, python_packages: str | None, requirements: Path | None, no_connect: bool,
-       no_browser: bool, port: int | None, dry_run: bool, host: str | None, identity_file: Path | None,
-       host_key_fingerprint: str | None, as_json: bool) -> None:
+       no_browser: bool, port: int | None, dry_run: bool, yes: bool, host: str | None,
+       identity_file: Path | None, host_key_fingerprint: str | None, as_json: bool) -> None:
     """Launch NAME (or reuse it), install Jupyter, and open it in the browser."""
     from .. import ops
     from ..models import InstanceSpec, parse_duration, validate_name
@@ -120,6 +164,13 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
     if host is None and (identity_file is not None or host_key_fingerprint is not None):
         raise UsageError("--identity-file and --host-key-fingerprint go with --host",
                          "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] --identity-file KEY")
+    if host is None and provider is not None:
+        from ..providers.registry import adopts_hosts
+
+        # refused here, before --dry-run, exactly as the real run refuses it
+        if adopts_hosts(provider) and ctx.store.get(name) is None:
+            raise UsageError(f"--provider {provider} adopts a machine you already have and needs its address",
+                             "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] [--identity-file KEY]")
     if host is not None:
         _check_host_options({"--instance-type": instance_type, "--image": image, "--data-volume": data_volume,
                              "--zone": zone, "--fallback-types": fallback_types, "--allow-cidr": allow_cidr,
@@ -139,19 +190,22 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         python_packages=tuple(p.strip() for p in (python_packages or "").split(",") if p.strip()),
         requirements=requirements.read_text() if requirements else None,
     )
+    # the password is checked before --dry-run too (a dry run refuses what the real run refuses; it never prompts)
+    password = _public_password(ctx, name, password_file) if public and not (dry_run and sys.stdin.isatty()) \
+        else None
     if dry_run:
         emit(ops.dry_run(ctx, spec), as_json, lambda r: r.bootstrap)
         return
-    password = _public_password(ctx, name, password_file) if public else None
     with progress(f"nbcloud up {name}", as_json) as step:
         if host is not None:  # a machine the user already has: nothing to launch (nbcloud.ops.adopt)
             from ..ops.adopt import adopt
 
             result = adopt(ctx, spec, host=host, identity_file=identity_file,
-                           host_key_fingerprint=host_key_fingerprint, provider_name=provider, progress=step)
+                           host_key_fingerprint=host_key_fingerprint, provider_name=provider, progress=step,
+                           given=_given())
         else:
             result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step,
-                            password=password)
+                            password=password, given=_given(), confirm=_confirmer(yes))
     connected = None
     if not no_connect:
         with progress(f"connecting to {name}", as_json) as step:
@@ -163,7 +217,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
 
     def text(p: dict[str, Any]) -> str:
         lines = [f"{p['name']}: {p['instance_type']} {p['state']} at {p['host']} ({p['provider']}, {p['region']})"
-                 + (" — reused" if p["reused"] else ""),
+                 + (" — reused" if p["reused"] else "")
+                 + (f", changed {', '.join(p['changed'])}" if p.get("changed") else ""),
                  f"  ssh:     ssh {p['ssh_alias']}"]
         if p.get("url"):
             lines.append(f"  jupyter: {p['url']}")
@@ -313,6 +368,8 @@ def down(name: str, delete_data: bool, snapshot_on_down: bool, yes: bool, forget
         lines = [f"{r.name} is gone: deleted {len(r.deleted)} resources."]
         if r.kept:
             lines.append("  kept: " + "; ".join(r.kept))
+        if r.deleted_data_volumes:
+            lines.append("  deleted data volumes: " + "; ".join(r.deleted_data_volumes))
         if r.snapshots:
             lines.append("  snapshots: " + ", ".join(r.snapshots))
         if r.still_billing:
@@ -381,15 +438,16 @@ def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, l
 
 
 @click.command()
-@click.option("--orphans", "find_orphans", is_flag=True, help="List resources tagged by nbcloud that no instance owns.")
-@click.option("--fix", is_flag=True, help="With --orphans: delete them.")
+@click.option("--orphans", "find_orphans", is_flag=True,
+              help="List resources tagged by nbcloud that no instance owns, and what still bills unused.")
+@click.option("--fix", is_flag=True, help="With --orphans: delete the orphans; ask before each still-billing item.")
 @provider_option
 @region_option
 @profile_option
 @json_option
 def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | None, profile: str | None,
            as_json: bool) -> None:
-    """Check the setup; with --orphans find (and --fix) leftovers."""
+    """Check the setup; with --orphans find (and --fix) leftovers and what still bills."""
     from .. import ops
 
     ctx = _ctx()
@@ -399,10 +457,42 @@ def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | No
         checks = {tool: bool(shutil.which(tool)) for tool in ("ssh", "rsync")}
         checks["ssh_config_include"] = ctx.paths.user_ssh_config.exists() and str(ctx.paths.ssh_config) in \
             ctx.paths.user_ssh_config.read_text()
-        emit(checks, as_json, lambda c: "\n".join(f"{'ok ' if v else 'MISSING'} {k}" for k, v in c.items()))
-        return
-    report = ops.orphans(ctx, provider, region, profile, fix=fix)
-    emit(report, as_json, lambda r: "\n".join(
-        [f"{o.kind} {o.resource_id} (name {o.name}, launch {o.launch_id})" for o in r.orphans]
-        + ([f"removed: {', '.join(r.removed)}"] if r.removed else [])) or "no orphans")
+        from ..ops.storage import billing_check
 
+        emit({"checks": checks, **billing_check(ctx, provider, region, profile)}, as_json, _checks_text)
+        return
+
+    def confirm(question: str) -> bool:  # data is deleted only item by item, on a terminal
+        return sys.stdin.isatty() and not as_json and click.confirm(question, default=False, err=True)
+
+    report = ops.orphans(ctx, provider, region, profile, fix=fix, confirm=confirm)
+    emit(report, as_json, _doctor_text)
+
+
+def _checks_text(r: dict[str, Any]) -> str:
+    from ..cost import format_usd
+
+    lines = [f"{'ok ' if v else 'MISSING'} {k}" for k, v in r["checks"].items()]
+    lines += [f"still billing, used by no instance ({i['provider']}/{i['region']}): {i['kind']} {i['name'] or '-'} "
+              f"{i['id']} {format_usd(i['monthly_usd'])}/month — `{i['remove']}`" for i in r["still_billing"]]
+    lines += [f"not checked: {u}" for u in r["unchecked"]]
+    if not r["checked"]:
+        lines.append("no cloud checked (nothing known here); `nbcloud doctor --orphans` checks the default one")
+    return "\n".join(lines)
+
+
+def _doctor_text(r: Any) -> str:
+    from ..cost import format_usd
+
+    lines = [f"orphan: {o.kind} {o.resource_id} (name {o.name}, launch {o.launch_id})" for o in r.orphans]
+    if r.removed:
+        lines.append(f"removed: {', '.join(r.removed)}")
+    if not r.orphans:
+        lines.append("no orphans")
+    if r.still_billing:
+        lines.append(f"still billing ({format_usd(r.still_billing_monthly_usd)}/month), used by no instance:")
+        lines += [f"  {i['kind']} {i['name'] or '-'} {i['id']} {i['size_gb']} GB {format_usd(i['monthly_usd'])}/month"
+                  f" — `{i['remove']}`" for i in r.still_billing]
+    else:
+        lines.append("nothing else bills unused")
+    return "\n".join(lines)

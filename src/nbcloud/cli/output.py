@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import enum
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -55,13 +56,15 @@ def to_jsonable(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN/Infinity are not JSON: an unknown figure is null
     return value
 
 
 def emit(result: Any, as_json: bool, text: Callable[[Any], str | None] | str | None = None) -> None:
     """Print ``result`` as JSON, or as the text that ``text`` makes of it."""
     if as_json:
-        click.echo(json.dumps(to_jsonable(result), indent=2, sort_keys=True))
+        click.echo(json.dumps(to_jsonable(result), indent=2, sort_keys=True, allow_nan=False))
         return
     rendered = text(result) if callable(text) else text
     if rendered:

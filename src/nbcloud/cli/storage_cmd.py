@@ -14,13 +14,18 @@ def _ctx():
     return Context.create()
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
 @click.option("--region", default=None)
 @click.option("--profile", default=None)
 @json_option
-def volumes(provider: str | None, region: str | None, profile: str | None, as_json: bool) -> None:
-    """List persistent data volumes with size, zone and monthly cost."""
+@click.pass_context
+def volumes(ctx: click.Context, provider: str | None, region: str | None, profile: str | None,
+            as_json: bool) -> None:
+    """List persistent data volumes with size, zone and monthly cost (`volumes delete NAME` deletes one)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"provider": provider, "region": region, "profile": profile}
+        return
     from ..ops.storage import list_volumes
 
     found = list_volumes(_ctx(), provider, region, profile)
@@ -28,6 +33,33 @@ def volumes(provider: str | None, region: str | None, profile: str | None, as_js
         {"name": v["name"], "id": v["volume_id"], "size": f"{v['size_gb']} GB", "zone": v["zone"],
          "state": v["state"], "attached": v["attached_to"], "$/month": v["monthly_usd"]} for v in vs],
         ["name", "id", "size", "zone", "state", "attached", "$/month"]) or "no data volumes")
+
+
+@volumes.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (needed without a terminal).")
+@click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
+@click.option("--region", default=None)
+@click.option("--profile", default=None)
+@json_option
+@click.pass_context
+def volumes_delete(ctx: click.Context, name: str, yes: bool, provider: str | None, region: str | None,
+                   profile: str | None, as_json: bool) -> None:
+    """Delete the data volume NAME (or vol-…) for good; an attached volume is refused."""
+    import sys
+
+    from ..errors import UsageError
+    from ..ops.storage import delete_volume
+
+    parent = ctx.obj or {}
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"deleting data volume {name} loses its data for good", "confirm with --yes")
+        click.confirm(f"Delete data volume {name} and everything on it for good?", abort=True, err=True)
+    result = delete_volume(_ctx(), name, provider or parent.get("provider"), region or parent.get("region"),
+                           profile or parent.get("profile"))
+    emit(result, as_json, lambda r: f"deleted data volume {r['name']} ({r['volume_id']}, {r['size_gb']} GB); "
+         f"${r['monthly_usd_saved']:.2f}/month no longer billed")
 
 
 @click.group()

@@ -29,7 +29,9 @@ __all__ = ["adopt", "forget", "removal_question"]
 
 def adopt(ctx: Context, spec: InstanceSpec, *, host: str, identity_file: Path | None = None,
           host_key_fingerprint: str | None = None, provider_name: str | None = None,
-          progress: Progress = no_progress, wait_jupyter: bool = True, ready_timeout: float = 900) -> UpResult:
+          progress: Progress = no_progress, wait_jupyter: bool = True, ready_timeout: float = 900,
+          given: frozenset[str] = frozenset()) -> UpResult:
+    """``given``: the options the user set, applied in place when the machine is already adopted."""
     from ..providers.registry import HOST_PROVIDER, adopts_hosts
     from ..providers.ssh.target import pinned_host_key, resolve_target
 
@@ -53,7 +55,7 @@ def adopt(ctx: Context, spec: InstanceSpec, *, host: str, identity_file: Path | 
     if existing is not None:
         from .launch import up
 
-        return up(ctx, spec, progress=progress, wait_jupyter=wait_jupyter, ready_timeout=ready_timeout)
+        return up(ctx, spec, progress=progress, wait_jupyter=wait_jupyter, ready_timeout=ready_timeout, given=given)
     key = pinned_host_key(target, host_key_fingerprint)
     provider = ctx.provider(name)
     with ctx.name_lock(spec.name):

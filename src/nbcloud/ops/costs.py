@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..cost import RunningPeriod
     from ..providers.base import Provider
 
-__all__ = ["cost_fields", "cost_report", "current_hourly", "launch_price", "start_price"]
+__all__ = ["cost_fields", "cost_report", "current_hourly", "launch_price", "require_price_for_cap", "start_price"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,48 @@ def _table_hourly(instance_type: str | None, region: str) -> float | None:
 def _hourly(record: Record) -> float | None:
     """The default for periods recorded without a price (stores from before prices were recorded): on-demand."""
     return _table_hourly(record.instance_type, record.region)
+
+
+def known_hourly(provider: Provider, instance_type: str) -> float | None:
+    """The on-demand price of ``instance_type`` in the provider's region: the table's, else the cloud's live price
+    (AWS Pricing API), which is then kept in the user's price table so `status`, `cost` and the agent's cap use it."""
+    hourly = _table_hourly(instance_type, provider.region)
+    if hourly is not None:
+        return hourly
+    live = getattr(provider, "on_demand_price", None)
+    hourly = live(instance_type) if live is not None else None
+    if hourly is not None:
+        _remember_price(instance_type, provider.region, hourly)
+    return hourly
+
+
+def _remember_price(instance_type: str, region: str, hourly: float) -> None:
+    import json
+
+    from ..config import write_private
+    from ..pricing import load_prices, merge_refresh, user_prices_path
+
+    try:
+        table = load_prices()
+        merged = merge_refresh(table, {"on_demand": {region: {instance_type: hourly}}, "as_of": table.as_of,
+                                       "source": table.source})
+        write_private(user_prices_path(), json.dumps(merged.to_dict(), indent=1) + "\n")
+    except (OSError, ValueError) as exc:  # the price still serves this launch
+        log.warning("could not keep the price of %s in %s: %s", instance_type, region, exc)
+
+
+def require_price_for_cap(provider: Provider, instance_type: str, max_cost_usd: float | None) -> float | None:
+    """A budget cap needs the hourly price: unknown (neither the table nor the live API has it) → refused."""
+    if max_cost_usd is None:
+        return None
+    hourly = known_hourly(provider, instance_type)
+    if hourly is None:
+        from ..errors import UsageError
+
+        raise UsageError(f"--max-cost needs the price of {instance_type} in {provider.region}, which nbcloud does "
+                         "not know (not in its price table, and the AWS Price List API did not answer)",
+                         "run `nbcloud prices refresh` with pricing:GetProducts allowed, or drop --max-cost")
+    return hourly
 
 
 def launch_price(provider: Provider | None, instance_type: str, region: str, *, spot: bool,

@@ -21,7 +21,7 @@ from ..ssh import config as ssh_config
 from ..ssh import keys, session
 from ..state import Record
 from .context import Context, Progress, no_progress
-from .costs import current_hourly, launch_price, start_price
+from .costs import current_hourly, launch_price, require_price_for_cap, start_price
 from .hostkey import rotate_host_key
 
 __all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
@@ -46,6 +46,7 @@ class UpResult:
     gpus: int
     reused: bool
     data_volume_id: str | None = None
+    changed: list[str] = field(default_factory=list)  # reused: the options applied to it in place
     url: str | None = None
     local_port: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -155,12 +156,16 @@ def dry_run(ctx: Context, spec: InstanceSpec) -> DryRun:
 
 def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, region: str | None = None,
        profile: str | None = None, progress: Progress = no_progress, wait_jupyter: bool = True,
-       ssh_timeout: float = 300, ready_timeout: float = 900, password: str | None = None) -> UpResult:
-    """``password``: public mode's Jupyter password (hashed here, only the argon2 hash reaches the instance)."""
+       ssh_timeout: float = 300, ready_timeout: float = 900, password: str | None = None,
+       given: frozenset[str] = frozenset(), confirm: Callable[[str], bool] = lambda _q: False) -> UpResult:
+    """``password``: public mode's Jupyter password (hashed here, only the argon2 hash reaches the instance).
+
+    ``given``: the spec fields the user set (not defaults); on an existing instance they are applied in place or
+    refused (:mod:`nbcloud.ops.inplace`). ``confirm``: asks the user (a changed instance type)."""
     with ctx.name_lock(spec.name):
         existing = ctx.store.get(spec.name)
         if existing is not None:
-            return _reuse(ctx, existing, spec, progress, wait_jupyter, ssh_timeout, ready_timeout)
+            return _reuse(ctx, existing, spec, progress, wait_jupyter, ssh_timeout, ready_timeout, given, confirm)
         provider = ctx.provider(provider_name, region, profile)
         progress(f"checking access to {provider.name} ({provider.region})")
         provider.check_access()
@@ -195,6 +200,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
     itype = provider.instance_type(spec.instance_type)
     for fallback in spec.fallback_types:  # validated before anything is made
         provider.instance_type(fallback)
+    require_price_for_cap(provider, spec.instance_type, spec.max_cost_usd)  # a cap must know what an hour costs
     image = provider.image(spec.image)
     progress(f"{itype.describe()} · image {image.name or image.image_id}")
     rules = _ingress(ctx, provider, spec)
@@ -413,16 +419,19 @@ def wait_ready(ctx: Context, name: str, timeout: float, progress: Progress = no_
 
 
 def _result(instance: Instance, itype: InstanceTypeInfo | None, *, reused: bool, volume_id: str | None = None,
-            seconds: dict[str, float] | None = None) -> UpResult:
+            seconds: dict[str, float] | None = None, changed: list[str] | None = None) -> UpResult:
     return UpResult(name=instance.name, instance_id=instance.instance_id, state=instance.state, host=instance.host,
                     user=instance.user, ssh_alias=instance.ssh_alias, provider=instance.provider,
                     region=instance.region, instance_type=instance.instance_type, gpus=itype.gpus if itype else 0,
-                    reused=reused, data_volume_id=volume_id, seconds=seconds or {})
+                    reused=reused, data_volume_id=volume_id, seconds=seconds or {}, changed=changed or [])
 
 
 def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress, wait_jupyter: bool,
-           ssh_timeout: float, ready_timeout: float) -> UpResult:
-    from .lifecycle import start_instance
+           ssh_timeout: float, ready_timeout: float, given: frozenset[str] = frozenset(),
+           confirm: Callable[[str], bool] = lambda _q: False) -> UpResult:
+    from ..providers.base import manages_machines
+    from .inplace import apply_in_place, plan_in_place, retype
+    from .lifecycle import start_instance, stored_spec
 
     provider = ctx.provider_for(record)
     instance = provider.find(record.name)
@@ -431,29 +440,45 @@ def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress,
         provider.wait_gone(instance.instance_id, "terminated", 600)
         instance = None
     if instance is None and record.lifecycle == "spot":
-        return _relaunch_spot(ctx, provider, record, progress, wait_jupyter, ssh_timeout, ready_timeout)
+        # a new launch: what the user gave applies to it (the type too); what is fixed at launch is still refused
+        relaunch = plan_in_place(stored_spec(record), spec, given, state="stopped")
+        result = _relaunch_spot(ctx, provider, record, progress, wait_jupyter, ssh_timeout, ready_timeout,
+                                relaunch.spec)
+        return replace(result, changed=relaunch.flags())
     if instance is None or instance.state in {"shutting-down", "terminated"}:
         raise ConflictError(
             f"instance {record.name!r} ({record.instance_id}) was terminated outside nbcloud",
             f"run `nbcloud down {record.name}` to clean up what is left, then `nbcloud up {record.name}` again")
-    progress(f"{record.name} exists ({instance.state}): reusing it")
-    if instance.state != "running":
+    # every option the user gave is applied or refused here, before anything changes: never "reusing" and dropping it
+    plan = plan_in_place(stored_spec(record), spec, given, state=instance.state,
+                         powerable=manages_machines(provider))
+    require_price_for_cap(provider, plan.spec.instance_type, plan.spec.max_cost_usd if plan.agent else None)
+    progress(f"{record.name} exists ({instance.state}): reusing it"
+             + (f", changing {', '.join(plan.flags())}" if plan.changed else ""))
+    if plan.new_type is not None:
+        if instance.state == "stopping":
+            provider.wait_gone(instance.instance_id, "stopped", 600)
+        retype(ctx, record, provider, instance.instance_id, plan.new_type, confirm, progress)
+        record = ctx.record(record.name)
+    if instance.state != "running" or plan.new_type is not None:
         instance = start_instance(ctx, record.name, progress=progress, wait_jupyter=False)
     session.wait_ssh(ctx.paths.ssh_config, instance.ssh_alias, timeout=ssh_timeout)
+    if plan.agent or plan.bootstrap:
+        apply_in_place(ctx, ctx.record(record.name), provider, plan, progress, timeout=ready_timeout)
     if wait_jupyter:
         wait_ready(ctx, record.name, ready_timeout, progress)
-    return _result(instance, None, reused=True)
+    return _result(instance, None, reused=True, changed=plan.flags())
 
 
 def _relaunch_spot(ctx: Context, provider: Provider, record: Record, progress: Progress, wait_jupyter: bool,
-                   ssh_timeout: float, ready_timeout: float) -> UpResult:
+                   ssh_timeout: float, ready_timeout: float, spec: InstanceSpec | None = None) -> UpResult:
     """A reclaimed spot instance: clear what is left of it (data volumes stay) and launch its spec again.
 
     Same zone: next to the data volume when there is one, else where the reclaimed instance ran.
     """
     from .lifecycle import down_unlocked, stored_spec
 
-    spec = stored_spec(record)
+    spec = spec or stored_spec(record)
     zone = (record.spec or {}).get("placement_zone")
     if not spec.zone and not spec.data_volume and isinstance(zone, str):
         spec = replace(spec, zone=zone)

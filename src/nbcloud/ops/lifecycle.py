@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -70,6 +71,7 @@ class DownResult:
     kept: list[str]
     still_billing: list[str] = field(default_factory=list)
     snapshots: list[str] = field(default_factory=list)
+    deleted_data_volumes: list[str] = field(default_factory=list)
 
 
 def _spec(record: Record) -> InstanceSpec:
@@ -262,6 +264,9 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
     resources = provider.tagged_resources(name)
     deleted, kept = [], []
     instances = [r for r in resources if r.kind == "instance"]
+    # a named volume made by another instance and reused here carries that instance's name tag: found by what
+    # this instance had attached (looked at before terminating detaches it) and by the name in its spec
+    reused = _reused_volumes(provider, record, {r.resource_id for r in instances})
     for resource in instances:
         progress(f"terminating {resource.resource_id}")
         provider.terminate(resource.resource_id)
@@ -270,8 +275,13 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
         deleted.append(f"instance {resource.resource_id}")
     if record.instance_id:
         ctx.store.record_state(name, record.instance_id, "terminated")
-    data_volumes = {v.volume_id: v for v in provider.list_volumes() if v.tags.get("nbcloud:name") == name}
+    data_volumes = {v.volume_id: v for v in provider.list_volumes()
+                    if v.tags.get("nbcloud:name") == name or v.volume_id in reused}
     snapshots = _snapshot_volumes(provider, list(data_volumes.values()), progress) if snapshot else []
+    tagged_ids = {r.resource_id for r in resources}
+    resources = resources + [TaggedResource("volume", vid, name, None) for vid in data_volumes
+                             if vid not in tagged_ids]
+    deleted_data: list[str] = []
     for resource in (r for r in resources if r.kind != "instance"):
         if resource.kind == "volume" and resource.resource_id in data_volumes and not delete_data:
             kept.append(f"data volume {resource.resource_id}")
@@ -280,12 +290,28 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
         try:
             provider.delete_resource(resource)
             deleted.append(f"{resource.kind} {resource.resource_id}")
+            if resource.resource_id in data_volumes:
+                volume = data_volumes[resource.resource_id]
+                deleted_data.append(f"{volume.name or volume.volume_id} ({volume.volume_id}, {volume.size_gb} GB)")
         except NbcloudError as exc:
             kept.append(f"{resource.kind} {resource.resource_id} (could not delete: {exc.message})")
     _forget_locally(ctx, name)
     billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
                                          if v.startswith("data volume")])
-    return DownResult(name, deleted, kept, billing, snapshots)
+    return DownResult(name, deleted, kept, billing, snapshots, deleted_data)
+
+
+def _reused_volumes(provider: Provider, record: Record, instance_ids: set[str]) -> set[str]:
+    """Data volumes the instance had attached, or named in its spec and attached to nothing else."""
+    from .launch import parse_data_volume
+
+    found = {v.volume_id for v in provider.list_volumes() if v.attached_to and v.attached_to in instance_ids}
+    wanted = parse_data_volume((record.spec or {}).get("data_volume"), record.name)
+    if wanted is not None:
+        volume = provider.find_volume(wanted[0])
+        if volume is not None and (volume.attached_to is None or volume.attached_to in instance_ids):
+            found.add(volume.volume_id)
+    return found
 
 
 def _snapshot_volumes(provider: Provider, volumes: list[Any], progress: Progress) -> list[str]:
@@ -431,11 +457,18 @@ def list_managed(ctx: Context, provider_name: str | None, region: str | None, pr
 class OrphanReport:
     orphans: list[TaggedResource]
     removed: list[str]
+    #: unattached data volumes, snapshots, images: kept on purpose, but billing (`kind`, `id`, `monthly_usd` …)
+    still_billing: list[dict[str, Any]] = field(default_factory=list)
+    still_billing_monthly_usd: float = 0.0
 
 
 def orphans(ctx: Context, provider_name: str | None, region: str | None, profile: str | None,
-            fix: bool = False) -> OrphanReport:
-    """Anything tagged by nbcloud that no live instance owns. Named data volumes are kept on purpose: not orphans."""
+            fix: bool = False, confirm: Callable[[str], bool] = lambda _q: False) -> OrphanReport:
+    """Anything tagged by nbcloud that no live instance owns (``fix`` deletes those), and what still bills with no
+    instance using it: named data volumes, snapshots and images are kept on purpose, so with ``fix`` each goes only
+    when ``confirm`` says yes for it."""
+    from .storage import remove_billing, still_billing
+
     provider = ctx.listing_provider(provider_name, region, profile)
     resources = provider.tagged_resources()
     live_launches = {r.launch_id for r in resources if r.kind == "instance"}
@@ -447,5 +480,13 @@ def orphans(ctx: Context, provider_name: str | None, region: str | None, profile
         for resource in found:
             provider.delete_resource(resource)
             removed.append(f"{resource.kind} {resource.resource_id}")
-    return OrphanReport(found, removed)
-
+    billing = still_billing(provider)
+    kept = []
+    for item in billing:
+        if fix and confirm(f"Delete {item['kind']} {item['name'] or item['id']} ({item['id']}, {item['size_gb']} GB, "
+                           f"${item['monthly_usd']:.2f}/month) for good?"):
+            remove_billing(provider, item)
+            removed.append(f"{item['kind']} {item['id']}")
+        else:
+            kept.append(item)
+    return OrphanReport(found, removed, kept, round(sum(i["monthly_usd"] for i in kept), 2))

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RemoteError, UsageError
+from ..errors import HostKeyError, RemoteError, UsageError
 
 __all__ = ["SshResult", "run", "ssh_argv", "wait_ssh"]
 
@@ -51,11 +51,8 @@ def run(config: Path, alias: str, command: str, *, input: bytes | None = None, t
                           f"check the instance with `nbcloud status` or `ssh {alias}`") from exc
     result = SshResult(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
     if any(marker in result.stderr for marker in HOST_KEY_MISMATCH):
-        raise RemoteError(
-            f"{alias} presented a host key that does not match the one nbcloud pinned at launch; refusing to connect",
-            "someone may be intercepting the connection, or the instance was replaced; if you replaced it, "
-            "run `nbcloud down` and `nbcloud up` again",
-        )
+        raise HostKeyError(
+            f"{alias} presented a host key that does not match the one nbcloud pinned at launch; refusing to connect")
     if check and result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise RemoteError(f"ssh {alias}: command failed ({result.returncode}): {detail}",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import ensure_private_dir, paths, write_private
-from ..errors import TunnelError, UsageError
+from ..errors import HostKeyError, TunnelError, UsageError
 
 if TYPE_CHECKING:
     from .supervisor import TunnelSupervisor
@@ -118,11 +118,13 @@ class Event:
     reason: str
 
 
+HOSTKEY_REASON = "host key verification failed"
+
 _RULES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"^Authenticated to "), "auth", "authenticated"),
     (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|host key is known for .* "
                 r"requested strict checking|Host key for .* has changed"), "hostkey",
-     "host key verification failed: the server did not present the pinned host key"),
+     HOSTKEY_REASON + ": the server did not present the pinned host key"),
     (re.compile(r"^Timeout, server .* not responding"), "lost", "link lost: server not responding to keepalives"),
     (re.compile(r"^bind \[?[\d.:a-fA-F]*\]?:(\d+): Address already in use"), "port_busy",
      "local port {0} is in use by another program"),
@@ -371,6 +373,9 @@ def wait_until_up(name: str, timeout: float) -> TunnelState:
         if st is not None and st.state == "up":
             return st
         if st is not None and st.state == "down":
+            if st.reason.startswith(HOSTKEY_REASON):
+                raise HostKeyError(f"{name} presented a host key that does not match the one nbcloud pinned; "
+                                   "refusing to connect")
             raise TunnelError(f"the tunnel to {name} is down: {st.reason}")
         if time.monotonic() >= deadline:
             why = f" (last: {st.state}, {st.reason})" if st else ""

@@ -20,7 +20,8 @@ from ...cost import latest_spot_price
 from ...errors import CredentialsError, RemoteError, UsageError
 from ...pricing import PriceTable, load_prices, merge_refresh, parse_ebs_product, parse_pricing_product
 
-__all__ = ["PRICING_REGION", "fetch_ebs", "fetch_on_demand", "fetch_spot", "pricing_errors", "refresh_prices"]
+__all__ = ["PRICING_REGION", "fetch_ebs", "fetch_hourly", "fetch_on_demand", "fetch_spot", "pricing_errors",
+           "refresh_prices"]
 
 #: The Pricing API endpoint nbcloud uses (it also exists in ap-south-1 and eu-central-1; prices are global).
 PRICING_REGION = "us-east-1"
@@ -102,6 +103,31 @@ def fetch_on_demand(
                 if wanted is None or itype in wanted:
                     out.setdefault(reg, {})[itype] = hourly
     return out
+
+
+def fetch_hourly(session: Any, instance_type: str, region: str) -> float | None:
+    """One on-demand price from the Pricing API (GetProducts), or None when it cannot be had (no permission, no
+    endpoint, e.g. the sandbox, or no such product). One attempt, short timeouts: `up` waits on it."""
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=10)
+    try:
+        client = session.boto.client("pricing", region_name=PRICING_REGION, endpoint_url=session.endpoint_url,
+                                     config=config)
+        found = fetch_on_demand(_OneClient(client), [region], [instance_type])
+    except Exception:  # a refused or unserved API (nbcloud's errors, botocore's outside pricing_errors)
+        return None
+    return found.get(region, {}).get(instance_type)
+
+
+class _OneClient:
+    """A session stand-in that hands out one prepared client (``fetch_on_demand`` asks a session for it)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def client(self, _service: str, _region: str | None = None) -> Any:
+        return self._client
 
 
 def fetch_ebs(session: Any, regions: Iterable[str]) -> dict[str, Any]:

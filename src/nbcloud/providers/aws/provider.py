@@ -107,6 +107,11 @@ class AwsProvider:
     def stop(self, instance_id: str) -> None:
         self.session.call("ec2", "stop_instances", InstanceIds=[instance_id])
 
+    def set_instance_type(self, instance_id: str, instance_type: str) -> None:
+        """A stopped instance's type (EC2 refuses it on a running one: IncorrectInstanceState)."""
+        self.session.call("ec2", "modify_instance_attribute", InstanceId=instance_id,
+                          InstanceType={"Value": instance_type})
+
     def terminate(self, instance_id: str) -> None:
         self.session.call("ec2", "terminate_instances", InstanceIds=[instance_id])
 
@@ -149,6 +154,12 @@ class AwsProvider:
         from .pricing import fetch_spot
 
         return fetch_spot(self.session.client("ec2"), instance_type, zone)
+
+    def on_demand_price(self, instance_type: str) -> float | None:
+        """The live on-demand $/h in this region (Pricing API), None when it cannot be read."""
+        from .pricing import fetch_hourly
+
+        return fetch_hourly(self.session, instance_type, self.region)
 
     def create_image(self, instance_id: str, ami_name: str, tags: dict[str, str], *,
                      exclude_devices: Sequence[str] = (), timeout: float = 3600) -> str:
