@@ -98,7 +98,7 @@ def test_cap_with_unknown_price_is_refused_before_anything_exists(world) -> None
     assert world.tagged("p") == []
 
 
-@pytest.mark.parametrize(("code", "needle"), [("InsufficientInstanceCapacity", "no capacity"),
+@pytest.mark.parametrize(("code", "needle"), [("InsufficientInstanceCapacity", "(InsufficientInstanceCapacity)"),
                                                ("VcpuLimitExceeded", "quota")])
 def test_capacity_and_quota_exit_1(world, code: str, needle: str) -> None:
     from nbcloud.providers.sandbox import client as sandbox
