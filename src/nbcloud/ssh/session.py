@@ -6,14 +6,11 @@ how nbcloud talks to its instances. Host keys are checked strictly against the p
 
 from __future__ import annotations
 
-import ctypes
-import os
+import functools
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,35 +43,25 @@ def ssh_argv(config: Path, alias: str, *options: str) -> list[str]:
     return [ssh_binary(), "-F", str(config), "-o", "BatchMode=yes", *options, alias]
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies (Linux: PR_SET_PDEATHSIG), so an
-    ssh waiting on the instance for minutes never outlives a killed `up`; None where the kernel has no such call
-    (there the child's own timeout bounds it)."""
+@functools.cache
+def _die_with_parent() -> tuple[str, ...]:
+    """A prefix that makes the child get SIGKILL when this process dies (Linux: util-linux's ``setpriv``, which sets
+    PR_SET_PDEATHSIG and execs), so an ssh waiting on the instance for minutes never outlives a killed `up`.
+
+    Not a ``preexec_fn``: with one, CPython runs its at-fork hooks in the parent, and a Ctrl-C landing in them is
+    lost ("Exception ignored in _releaseLock"). Elsewhere the child's own timeout bounds it.
+    """
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the call took effect
-            os._exit(1)
-
-    return preexec
-
-
-_PR_SET_PDEATHSIG = 1
+        return ()
+    found = shutil.which("setpriv")
+    return (found, "--pdeathsig", "KILL", "--") if found else ()
 
 
 def run(config: Path, alias: str, command: str, *, input: bytes | None = None, timeout: float = 60,
         check: bool = True, connect_timeout: int = 10) -> SshResult:
     argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}"), "--", command]
     try:
-        done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
-                              preexec_fn=_die_with_parent())
+        done = subprocess.run([*_die_with_parent(), *argv], input=input, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise RemoteError(f"ssh {alias}: `{command.split()[0]}` did not finish in {timeout:g} s",
                           f"check the instance with `nbcloud status` or `ssh {alias}`") from exc
