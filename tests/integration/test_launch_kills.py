@@ -32,8 +32,10 @@ CASES = [(step, 0.0, sig, 0.0, NEXT[(i + (sig == signal.SIGKILL)) % len(NEXT)])
 CASES += [(LAUNCHING, delay, sig, 0.0, "down") for delay in (0.01, 0.025, 0.04)
           for sig in (signal.SIGINT, signal.SIGKILL)]
 # inside RunInstances: the sandbox makes the instance and holds its answer back, the kill lands in between
-CASES += [(LAUNCHING, delay, sig, 1.5, follow) for delay, follow in ((0.3, "up"), (0.9, "doctor"))
+CASES += [(LAUNCHING, delay, sig, 1.5, follow) for delay, follow in ((0.3, "down"), (0.9, "doctor"))
           for sig in (signal.SIGINT, signal.SIGKILL)]
+CASES += [(LAUNCHING, 0.3, signal.SIGKILL, 1.5, "up")]  # and `up NAME` again works (it refused: "keys not here")
+CASES += [(SSH, 0.3, signal.SIGKILL, 0.0, "status"), (JUPYTER, 0.5, signal.SIGKILL, 0.0, "down")]
 
 
 def _case_id(case: tuple[Any, ...]) -> str:
@@ -59,12 +61,14 @@ def _left(world, name: str) -> list[str]:
 
 
 def _ssh_children(name: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "ssh " in line and f"nb-{name}" in line.split()]
 
 
-def _up_and_kill(world, name: str, step: str, delay: float, sig: int) -> tuple[int, str]:
-    """`nbcloud up NAME` killed ``delay`` s after ``step`` shows on stderr; its exit status and stderr."""
+def _up_and_kill(world, name: str, step: str, delay: float, sig: int,
+                 on_step: Any = None) -> tuple[int, str]:
+    """`nbcloud up NAME` killed ``delay`` s after ``step`` shows on stderr (``on_step(lines)`` run first); its exit
+    status and stderr."""
     env = {k: v for k, v in world.env.items() if k != "NBCLOUD_QUIET"}  # the progress lines are the trigger
     proc = subprocess.Popen([sys.executable, "-m", "nbcloud.cli.app", "up", name, "--provider", "sandbox",
                              "--no-connect", "--idle-stop", "off"], env=env, stdout=subprocess.DEVNULL,
@@ -84,8 +88,13 @@ def _up_and_kill(world, name: str, step: str, delay: float, sig: int) -> tuple[i
     if not seen.wait(120):
         proc.kill()
         raise AssertionError(f"`up {name}` never showed {step!r}:\n{''.join(lines)}")
+    if on_step is not None:
+        on_step(lines)
     time.sleep(delay)
-    os.killpg(proc.pid, sig)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C: the terminal signals the whole process group
+    else:
+        os.kill(proc.pid, sig)  # `kill -9 PID`: its ssh children are not told
     proc.wait(timeout=180)
     reader.join(timeout=10)
     return proc.returncode, "".join(lines)
@@ -114,7 +123,7 @@ def test_killed_up_leaves_nothing_behind(world, case: tuple[Any, ...]) -> None:
     else:
         assert code == -signal.SIGKILL
         # no ssh wait loop outlives the killed `up` (it would for up to 900 s)
-        wait_until(lambda: not _ssh_children(name), 5, what=f"ssh nb-{name} children gone")
+        wait_until(lambda: not _ssh_children(name), 1, what=f"ssh nb-{name} children gone")
 
     before = _left(world, name)
     _next_command(world, name, follow, before)
@@ -127,7 +136,10 @@ def _next_command(world, name: str, follow: str, before: list[str]) -> None:
     """What a user runs next; each must find the interrupted launch by its launch id and remove it (or adopt it)."""
     if follow == "down":
         done = world.nb("down", name, check=False)
-        assert done.returncode == 0 or (done.returncode == 2 and "no instance named" in done.stderr), done.stderr
+        if before:  # it used to say "no instance named"
+            assert done.returncode == 0 and f"{name} is gone" in done.stdout, done.stderr
+        else:
+            assert done.returncode in (0, 2), done.stderr
     elif follow == "status":
         world.nb("status")
     elif follow == "doctor":
