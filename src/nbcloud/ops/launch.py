@@ -332,7 +332,7 @@ def _launch_failed(ctx: Context, provider: Provider, name: str, launch_id: str, 
     re-raised as :class:`Interrupted` naming what was rolled back."""
     from ..errors import Interrupted
     from .bootlog import save_bootstrap_log
-    from .launches import describe_recovery, sweep_launch
+    from .launches import Recovery, describe_recovery, sweep_launch
 
     with _shielded():
         intent = ctx.store.launch(launch_id)
@@ -345,8 +345,11 @@ def _launch_failed(ctx: Context, provider: Provider, name: str, launch_id: str, 
             _explain(exc, log, f"the instance was kept (--keep-on-failure): `nbcloud logs {name} --bootstrap` "
                                f"shows its setup log, `nbcloud down {name}` removes it")
             return
-        recovery = sweep_launch(ctx, provider, intent, known=made,
-                                progress=lambda message: progress(f"rolling back: {message}"))
+        try:
+            recovery = sweep_launch(ctx, provider, intent, known=made,
+                                    progress=lambda message: progress(f"rolling back: {message}"))
+        except NbcloudError as err:  # the cloud did not answer: the launch stays pending for the next command
+            recovery = Recovery(name, launch_id, [], [f"what it made ({err.message})"])
     what = describe_recovery(recovery)
     left = "" if recovery.complete else f"`nbcloud down {name}` removes what is left"
     if isinstance(exc, KeyboardInterrupt):

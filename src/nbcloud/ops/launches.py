@@ -175,7 +175,12 @@ def recover_interrupted(ctx: Context, progress: Progress = no_progress) -> list[
     done = []
     for name in sorted({i.name for i in ctx.store.launches()}):
         with _lock_if_free(ctx, name) as free:
-            if free:
+            if not free:
+                continue
+            try:
                 done += recover_name(ctx, name, progress)
+            except NbcloudError as exc:  # e.g. no credentials for its cloud now: say so, keep the launch pending
+                done += [Recovery(i.name, i.launch_id, [], [f"what it made ({exc.message})"])
+                         for i in ctx.store.launches(name)]
     ctx.store.prune_launches()
     return done
