@@ -15,6 +15,7 @@ __all__ = [
     "ConflictError",
     "CredentialsError",
     "HostKeyError",
+    "Interrupted",
     "NbcloudError",
     "NotFoundError",
     "QuotaError",
@@ -108,3 +109,22 @@ class TunnelError(NbcloudError):
 
 class SandboxError(NbcloudError):
     default_hint = "`nbcloud sandbox status` shows the sandbox; `nbcloud sandbox reset` starts it afresh"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM/SIGHUP) during an operation that checked what it left: says what was rolled back.
+
+    A KeyboardInterrupt, so ``except Exception`` never swallows it; the CLI renders it like an error, exit 130.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def as_error(self) -> NbcloudError:
+        error = NbcloudError(self.message, self.hint)
+        error.exit_code = self.exit_code
+        return error

@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import Paths, ensure_private_dir, paths
 
-__all__ = ["Record", "Store", "open_store", "read_names"]
+__all__ = ["LaunchIntent", "Record", "Store", "open_store", "read_names"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -50,6 +50,18 @@ CREATE TABLE IF NOT EXISTS events (
     hourly REAL
 );
 CREATE INDEX IF NOT EXISTS events_by_name ON events (name, at);
+CREATE TABLE IF NOT EXISTS launches (
+    launch_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    region TEXT NOT NULL,
+    profile TEXT,
+    started_at REAL NOT NULL,
+    run_at REAL,
+    instance_id TEXT,
+    outcome TEXT NOT NULL DEFAULT 'pending'
+);
+CREATE INDEX IF NOT EXISTS launches_by_name ON launches (name, outcome);
 """
 
 
@@ -76,6 +88,30 @@ class Record:
         data.pop("updated_at", None)
         data["spec"] = json.loads(data.get("spec") or "{}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class LaunchIntent:
+    """A launch written down before its first cloud call: what the next command looks for if this one dies.
+
+    ``outcome``: pending (under way, or interrupted when no process holds the name's lock), done (the record owns
+    the instance), kept (failed, left for debugging with its record), rolled-back. ``run_at``: when RunInstances was
+    sent (None: not yet, so no instance can exist).
+    """
+
+    launch_id: str
+    name: str
+    provider: str
+    region: str
+    profile: str | None = None
+    started_at: float = 0.0
+    run_at: float | None = None
+    instance_id: str | None = None
+    outcome: str = "pending"
+
+
+#: how long a finished launch's row is kept: an instance that shows up later with its launch id is an orphan
+LAUNCH_LOG_DAYS = 7
 
 
 @contextmanager
@@ -158,6 +194,48 @@ class Store:
 
     def delete(self, name: str) -> None:
         self._db.execute("DELETE FROM instances WHERE name = ?", (name,))
+
+    # launches: the intent is made durable (fsync'd) before the first cloud call, so a kill or a power loss
+    # right after the call still leaves the next command a launch id to look for
+    @contextmanager
+    def _durable(self) -> Iterator[None]:
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def begin_launch(self, intent: LaunchIntent) -> None:
+        with self._durable():
+            self._db.execute(
+                "INSERT OR REPLACE INTO launches (launch_id, name, provider, region, profile, started_at, run_at, "
+                "instance_id, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (intent.launch_id, intent.name, intent.provider, intent.region, intent.profile,
+                 intent.started_at or time.time(), intent.run_at, intent.instance_id, intent.outcome))
+
+    def mark_launch(self, launch_id: str, **fields: Any) -> None:
+        """Update a launch (``run_at``, ``instance_id``, ``outcome``), durably."""
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        with self._durable():
+            self._db.execute(f"UPDATE launches SET {assignments} WHERE launch_id = ?", (*fields.values(), launch_id))
+
+    def launch(self, launch_id: str) -> LaunchIntent | None:
+        row = self._db.execute("SELECT * FROM launches WHERE launch_id = ?", (launch_id,)).fetchone()
+        return LaunchIntent(**dict(row)) if row else None
+
+    def launches(self, name: str | None = None, outcomes: tuple[str, ...] = ("pending",)) -> list[LaunchIntent]:
+        marks = ", ".join("?" for _ in outcomes)
+        query = f"SELECT * FROM launches WHERE outcome IN ({marks})"
+        args: tuple[Any, ...] = outcomes
+        if name is not None:
+            query += " AND name = ?"
+            args = (*outcomes, name)
+        return [LaunchIntent(**dict(r)) for r in self._db.execute(query + " ORDER BY started_at", args)]
+
+    def prune_launches(self, now: float | None = None) -> None:
+        """Forget finished launches older than LAUNCH_LOG_DAYS (pending ones stay until resolved)."""
+        cutoff = (now or time.time()) - LAUNCH_LOG_DAYS * 86400
+        self._db.execute("DELETE FROM launches WHERE outcome != 'pending' AND started_at < ?", (cutoff,))
 
     def ports_in_use(self) -> set[int]:
         rows = self._db.execute("SELECT local_port, gateway_local_port FROM instances").fetchall()

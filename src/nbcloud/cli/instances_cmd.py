@@ -13,7 +13,7 @@ import click
 from ..errors import UsageError
 from ..ssh.config import vscode_command
 from .complete import instance_names
-from .output import emit, json_option, progress, table
+from .output import emit, err, json_option, progress, table
 
 provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
                                help="Where to run: aws (default), sandbox (emulated cloud on this machine), "
@@ -128,6 +128,8 @@ def _duration(seconds: float | None) -> str:
 @click.option("--python-packages", default=None, help="Extra packages for the environment, comma-separated.")
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A requirements.txt to install too.")
+@click.option("--keep-on-failure", is_flag=True,
+              help="If the setup fails, keep the instance (and its record) for debugging instead of removing it.")
 @click.option("--no-connect", is_flag=True, help="Do not open the tunnel and browser at the end.")
 @click.option("--no-browser", is_flag=True, help="Open the tunnel but print the URL instead of opening a browser.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Local port for the tunnel.")
@@ -145,7 +147,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
        fallback_types: str | None, allow_cidr: str | None, spot: bool, max_price: float | None,
        spot_fallback: bool, public: bool,
        password_file: Path | None, durable_outputs: bool, mode: str, idle_stop: str | None, max_cost: float | None,
-       cull_idle: int | None, python_packages: str | None, requirements: Path | None, no_connect: bool,
+       cull_idle: int | None, python_packages: str | None, requirements: Path | None, keep_on_failure: bool,
+       no_connect: bool,
        no_browser: bool, port: int | None, dry_run: bool, yes: bool, host: str | None,
        identity_file: Path | None, host_key_fingerprint: str | None, as_json: bool) -> None:
     """Launch NAME (or reuse it), install Jupyter, and open it in the browser."""
@@ -205,7 +208,7 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
                            given=_given())
         else:
             result = ops.up(ctx, spec, provider_name=provider, region=region, profile=profile, progress=step,
-                            password=password, given=_given(), confirm=_confirmer(yes))
+                            password=password, given=_given(), confirm=_confirmer(yes), keep_on_failure=keep_on_failure)
     connected = None
     if not no_connect:
         with progress(f"connecting to {name}", as_json) as step:
@@ -256,8 +259,11 @@ def _public_password(ctx: Any, name: str, password_file: Path | None) -> str | N
 def status(name: str | None, as_json: bool) -> None:
     """Show instances (state, type, address, uptime, cost, tunnel)."""
     from .. import ops
+    from ..ops.launches import describe_recovery, recover_interrupted
 
     ctx = _ctx()
+    for recovery in recover_interrupted(ctx):  # an `up` that was killed: removed, and said so
+        err(f"note: an interrupted `nbcloud up` was rolled back: {describe_recovery(recovery)}")
     views = ops.status(ctx, name)
     if name:
         emit(views[0] if views else {}, as_json, lambda v: _status_text([v]) + _vscode_line(v))

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from ..errors import NbcloudError, UsageError
+from ..errors import Interrupted, NbcloudError, UsageError
 
 __all__ = ["emit", "json_option", "progress", "run_cli", "to_jsonable"]
 
@@ -114,6 +114,11 @@ def _render_error(error: NbcloudError) -> None:
         err(error.one_line())
 
 
+def _interrupted() -> NbcloudError:
+    """An interrupt the command did not check after: claim nothing about what it left."""
+    return NbcloudError("interrupted", "`nbcloud status` shows what exists; `nbcloud doctor --orphans` finds leftovers")
+
+
 def _is_bare_group(error: click.ClickException) -> bool:
     """A group called without its subcommand (click >= 8.2 raises this instead of printing the help itself)."""
     no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
@@ -132,8 +137,9 @@ def run_cli(group: click.Group, argv: list[str] | None = None, prog_name: str = 
         sys.exit(error.exit_code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
-        err("error: interrupted — nothing half-created was left behind")
+    except click.Abort as abort:  # click turns KeyboardInterrupt into Abort, the original as the cause
+        stop = abort.__cause__
+        _render_error(stop.as_error() if isinstance(stop, Interrupted) else _interrupted())
         sys.exit(130)
     except click.ClickException as bad:
         if _is_bare_group(bad):  # `nbcloud`, `nbcloud sandbox`: the help, as --help prints it, and success
@@ -147,8 +153,8 @@ def run_cli(group: click.Group, argv: list[str] | None = None, prog_name: str = 
             hint = f"see `{bad.ctx.command_path} --help`"
         _render_error(UsageError(message, hint))
         sys.exit(2)
-    except KeyboardInterrupt:
-        err("error: interrupted — nothing half-created was left behind")
+    except KeyboardInterrupt as stop:
+        _render_error(stop.as_error() if isinstance(stop, Interrupted) else _interrupted())
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)

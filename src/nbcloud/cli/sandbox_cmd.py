@@ -113,7 +113,10 @@ def fault(instance_id: str, kind: str, seconds: float, sandbox_dir: Path | None,
 @json_option
 def fault_api(operation: str, error_code: str, count: int, zone: str | None, sandbox_dir: Path | None,
               as_json: bool) -> None:
-    """Make the next COUNT calls of an API operation (e.g. RunInstances) fail with an AWS error code."""
+    """Make the next COUNT calls of an API operation (e.g. RunInstances) fail with an AWS error code.
+
+    ERROR_CODE ``delay:SECONDS`` carries the call out and holds its answer back that long (a slow or lost answer).
+    """
     from ..providers.sandbox import client
 
     result = client.fault_api(operation, error_code, count, sandbox_dir, zone=zone)

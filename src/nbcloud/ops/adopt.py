@@ -180,9 +180,9 @@ def _install_secrets(ctx: Context, spec: InstanceSpec, user: str) -> None:
 def removal_question(ctx: Context, name: str) -> str | None:
     """What `down NAME` must confirm first, or None: on a machine the user already has, down removes software
     from *their* machine (their key, home and ~/data stay)."""
-    record = ctx.record(name)
-    if manages_machines(ctx.provider_for(record)):
-        return None
+    record = ctx.store.get(name)
+    if record is None or manages_machines(ctx.provider_for(record)):
+        return None  # no record: `down` itself says so, or removes what an interrupted `up NAME` made
     return (f"Remove nbcloud's Jupyter service and files from {record.user}@{record.host} "
             f"(your home, notebooks and key stay)?")
 

@@ -1,28 +1,32 @@
 """`up`: from nothing (or a stopped instance) to a reachable Jupyter, rolling back whatever a failed launch made.
 
-Every resource is tagged with the instance name and a launch id the moment it is created, and its undo step is
-registered at once; any exception, Ctrl-C included, runs the undo steps in reverse before it propagates.
+The launch is written down before its first cloud call and every resource is tagged with the instance name and
+that launch id; any exception, Ctrl-C and SIGTERM included, removes what the launch made before it propagates, and
+a launch whose process died (SIGKILL) is removed by the next command (:mod:`nbcloud.ops.launches`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from ..errors import CapacityError, ConflictError, NbcloudError, RemoteError, UsageError
-from ..models import LAUNCH_TAG, MANAGED_TAG, NAME_TAG, ROLE_TAG, Instance, InstanceSpec, InstanceTypeInfo
+from ..models import LAUNCH_TAG, MANAGED_TAG, NAME_TAG, ROLE_TAG, Instance, InstanceSpec, InstanceTypeInfo, Volume
 from ..providers.aws.volumes import VOLUME_NAME_TAG
-from ..providers.base import IngressRule, LaunchRequest, Provider
+from ..providers.base import IngressRule, LaunchRequest, Provider, TaggedResource
 from ..ssh import config as ssh_config
 from ..ssh import keys, session
-from ..state import Record
+from ..state import LaunchIntent, Record
+from .bootlog import BootLog
 from .context import Context, Progress, no_progress
 from .costs import current_hourly, launch_price, require_price_for_cap, start_price
 from .hostkey import rotate_host_key
+from .launches import key_pair_name, recover_name
 
 __all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
 
@@ -157,12 +161,21 @@ def dry_run(ctx: Context, spec: InstanceSpec) -> DryRun:
 def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, region: str | None = None,
        profile: str | None = None, progress: Progress = no_progress, wait_jupyter: bool = True,
        ssh_timeout: float = 300, ready_timeout: float = 900, password: str | None = None,
-       given: frozenset[str] = frozenset(), confirm: Callable[[str], bool] = lambda _q: False) -> UpResult:
+       given: frozenset[str] = frozenset(), confirm: Callable[[str], bool] = lambda _q: False,
+       keep_on_failure: bool = False) -> UpResult:
     """``password``: public mode's Jupyter password (hashed here, only the argon2 hash reaches the instance).
 
     ``given``: the spec fields the user set (not defaults); on an existing instance they are applied in place or
-    refused (:mod:`nbcloud.ops.inplace`). ``confirm``: asks the user (a changed instance type)."""
+    refused (:mod:`nbcloud.ops.inplace`). ``confirm``: asks the user (a changed instance type).
+    ``keep_on_failure``: a launch that fails once its instance exists keeps it and its record, for debugging.
+    """
     with ctx.name_lock(spec.name):
+        for recovery in recover_name(ctx, spec.name, progress):  # an earlier `up NAME` that was killed
+            if not recovery.complete:
+                from .launches import describe_recovery
+
+                raise RemoteError(f"an interrupted earlier launch could not be undone: {describe_recovery(recovery)}",
+                                  f"retry `nbcloud up {spec.name}` or `nbcloud down {spec.name}` later")
         existing = ctx.store.get(spec.name)
         if existing is not None:
             return _reuse(ctx, existing, spec, progress, wait_jupyter, ssh_timeout, ready_timeout, given, confirm)
@@ -178,7 +191,7 @@ def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, re
         password_hash = _public_password_hash(spec, password)  # before anything is made: fail fast
         ssh_config.ensure_include(ctx.paths)  # an unwritable ~/.ssh/config refuses before anything is made
         return _launch(ctx, provider, spec, profile, progress, wait_jupyter, ssh_timeout, ready_timeout,
-                       password_hash)
+                       password_hash, keep_on_failure)
 
 
 def _public_password_hash(spec: InstanceSpec, password: str | None) -> str | None:
@@ -192,7 +205,10 @@ def _public_password_hash(spec: InstanceSpec, password: str | None) -> str | Non
 
 def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str | None, progress: Progress,
             wait_jupyter: bool, ssh_timeout: float, ready_timeout: float,
-            password_hash: str | None = None) -> UpResult:
+            password_hash: str | None = None, keep_on_failure: bool = False) -> UpResult:
+    """Make the instance. Crash-safe: the launch is written down (durably) before its first cloud call, every
+    resource carries its launch id, and any end but success undoes it here, or in the next command if this process
+    dies (:mod:`nbcloud.ops.launches`)."""
     from ..remote.userdata import render_user_data
 
     timings: dict[str, float] = {}
@@ -213,124 +229,197 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
 
     launch_id = uuid.uuid4().hex[:12]
     tags = {NAME_TAG: spec.name, LAUNCH_TAG: launch_id, MANAGED_TAG: "true", **dict(spec.tags)}
-    rollback = Rollback(progress)
+    made: list[TaggedResource] = []  # what this process knows it made: the rollback need not find it by tag
+    reached: list[str] = []  # "ssh" once the instance answered: a failure after that has a bootstrap log to keep
     alias = f"nb-{spec.name}"
-    try:
-        login, key_path = keys.load_or_create_login_key(ctx.paths.keys_dir, spec.name)
-        host_key = keys.load_or_create_host_key(ctx.paths.keys_dir, spec.name)
-        rollback.add("local keys", lambda: keys.remove_keys(ctx.paths.keys_dir, spec.name))
-
-        key_name = f"nbcloud-{spec.name}-{launch_id}"
-        progress("key pair")
-        provider.import_key_pair(key_name, login.public_openssh, tags | {ROLE_TAG: "key-pair"})
-        rollback.add(f"key pair {key_name}", lambda: provider.delete_key_pair(key_name))
-
-        progress(f"security group (ssh from {rules[0].cidr} only)")
-        group_id = provider.create_security_group(key_name, rules, tags | {ROLE_TAG: "security-group"})
-        instance_id: list[str] = []
-
-        def delete_group() -> None:
-            if instance_id:  # a group cannot be deleted while an instance still uses it
-                provider.wait_gone(instance_id[0], "terminated", 300)
-            provider.delete_security_group(group_id)
-
-        rollback.add(f"security group {group_id}", delete_group)
-
-        zone = spec.zone
-        volume = None
-        if volume_spec:
-            volume_name, size = volume_spec
-            volume = found_volume
-            if volume is not None:
-                if zone and zone != volume.zone:
-                    from .storage import move_volume
-
-                    volume = move_volume(provider, volume, zone, progress)
-                zone = volume.zone
-                progress(f"reusing data volume {volume_name} ({volume.volume_id}, {volume.size_gb} GB, {zone})")
-            else:
-                zone = zone or provider.default_zone(spec.instance_type)
-                progress(f"data volume {volume_name} ({size} GB, encrypted)")
-                volume = provider.create_volume(size, zone, tags | {ROLE_TAG: "data-volume",
-                                                                    VOLUME_NAME_TAG: volume_name})
-                made = volume
-                rollback.add(f"data volume {made.volume_id}", lambda: provider.delete_volume(made.volume_id))
-
-        # the agent's cap from its first check: spot counts at spot's price (the secrets install then sets the
-        # price recorded for the instance actually launched, on-demand after a --spot-fallback)
-        hourly = launch_price(provider, spec.instance_type, provider.region, spot=spec.spot, zone=zone)
-        user_data = render_user_data(_bootstrap_spec(spec, provider, host_key,
-                                                     volume.volume_id if volume else None, hourly))
-        progress("launching instance")
-        request = LaunchRequest(
-            name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
-            key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb, zone=zone,
-            spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
-            fallback_types=spec.fallback_types,
-        )
+    with _interrupts_raise():
         try:
-            instance = provider.run_instance(request, progress)
-        except CapacityError:
-            if not (spec.spot and spec.spot_fallback):
-                raise
-            progress("no spot capacity: falling back to on-demand (--spot-fallback)")
-            instance = provider.run_instance(replace(request, spot=False, max_price=None,
-                                                     launch_id=f"{launch_id}-od"), progress)
-        if (instance.instance_type, instance.zone) != (spec.instance_type, zone or instance.zone):
-            progress(f"launched {instance.instance_type} in {instance.zone} (asked: {spec.instance_type}"
-                     f"{' in ' + zone if zone else ''})")
-            if instance.instance_type != itype.name:  # a fallback type: its own GPUs
-                itype = provider.instance_type(instance.instance_type)
-        instance_id.append(instance.instance_id)
-        rollback.add(f"instance {instance.instance_id}", lambda: provider.terminate(instance.instance_id))
-        ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,
-                             instance_id=instance.instance_id, launch_id=launch_id, state=instance.state,
-                             instance_type=instance.instance_type, lifecycle=instance.lifecycle,
-                             spec=_spec_json(spec) | {"gpus": itype.gpus}))
-        rollback.add("local record", lambda: ctx.store.delete(spec.name))
+            ctx.store.begin_launch(LaunchIntent(launch_id, spec.name, provider.name, provider.region, profile,
+                                                time.time()))
+            login, key_path = keys.load_or_create_login_key(ctx.paths.keys_dir, spec.name)
+            host_key = keys.load_or_create_host_key(ctx.paths.keys_dir, spec.name)
+            key_name = key_pair_name(spec.name, launch_id)
+            progress("key pair")
+            provider.import_key_pair(key_name, login.public_openssh, tags | {ROLE_TAG: "key-pair"})
+            made.append(TaggedResource("key-pair", key_name, spec.name, launch_id))
+            progress(f"security group (ssh from {rules[0].cidr} only)")
+            group_id = provider.create_security_group(key_name, rules, tags | {ROLE_TAG: "security-group"})
+            made.append(TaggedResource("security-group", group_id, spec.name, launch_id))
+            zone, volume = _data_volume(provider, spec, volume_spec, found_volume, tags, made, progress)
 
-        progress(f"waiting for {instance.instance_id} to run")
-        instance = provider.wait_running(instance.instance_id, timeout=600)
-        ctx.store.record_state(spec.name, instance.instance_id, "running", hourly=start_price(provider, instance))
-        ctx.store.update(spec.name, spec=_spec_json(spec) | {"gpus": itype.gpus, "placement_zone": instance.zone})
-        timings["running"] = time.monotonic() - t0
-        if volume is not None:
-            progress(f"attaching {volume.volume_id}")
-            provider.attach_volume(volume.volume_id, instance.instance_id, DATA_DEVICE)
-            attached = volume
+            # the agent's cap from its first check: spot counts at spot's price (the secrets install then sets the
+            # price recorded for the instance actually launched, on-demand after a --spot-fallback)
+            hourly = launch_price(provider, spec.instance_type, provider.region, spot=spec.spot, zone=zone)
+            user_data = render_user_data(_bootstrap_spec(spec, provider, host_key,
+                                                         volume.volume_id if volume else None, hourly))
+            request = LaunchRequest(
+                name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
+                key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb,
+                zone=zone, spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
+                fallback_types=spec.fallback_types,
+            )
+            instance, itype = _run_instance(ctx, provider, spec, request, itype, profile, progress)
+            timings["running"] = time.monotonic() - t0
+            if volume is not None:
+                progress(f"attaching {volume.volume_id}")
+                provider.attach_volume(volume.volume_id, instance.instance_id, DATA_DEVICE)
+            _write_access(ctx, instance, key_path, host_key)
+            ctx.store.update(spec.name, state=instance.state, host=instance.host, user=instance.user)
+            tls = None
+            if spec.public:
+                from .public import prepare_tls
 
-            def detach() -> None:
-                provider.terminate(instance.instance_id)
-                provider.wait_gone(instance.instance_id, "terminated", 300)
-
-            rollback.add(f"detach {attached.volume_id}", detach)
-
-        _write_access(ctx, instance, key_path, host_key)
-        rollback.add("ssh config entry", lambda: _remove_access(ctx, spec.name))
-        ctx.store.update(spec.name, state=instance.state, host=instance.host, user=instance.user)
-
-        tls = None
-        if spec.public:
-            from .public import cert_path, prepare_tls
-
-            progress("TLS certificate (fingerprint pinned locally)")
-            tls = prepare_tls(ctx, spec.name, instance.host or "", password_hash)
-            rollback.add("local certificate", lambda: cert_path(ctx, spec.name).unlink(missing_ok=True))
-        progress(f"waiting for ssh {alias} ({instance.host})")
-        # the first session that gets in installs the secrets: no separate handshake just to probe
-        script, stdin = _secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
-        session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
-        progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
-        rotate_host_key(ctx, spec.name)
-        timings["ssh"] = time.monotonic() - t0
-        if wait_jupyter:
-            progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
-            wait_ready(ctx, spec.name, ready_timeout, progress)
-            timings["jupyter"] = time.monotonic() - t0
-    except BaseException as exc:
-        rollback.undo_after(exc, "`nbcloud doctor --orphans --fix` removes them")
-        raise
+                progress("TLS certificate (fingerprint pinned locally)")
+                tls = prepare_tls(ctx, spec.name, instance.host or "", password_hash)
+            progress(f"waiting for ssh {alias} ({instance.host})")
+            # the first session that gets in installs the secrets: no separate handshake just to probe
+            script, stdin = _secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
+            session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
+            reached.append("ssh")
+            progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
+            rotate_host_key(ctx, spec.name)
+            timings["ssh"] = time.monotonic() - t0
+            if wait_jupyter:
+                progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
+                wait_ready(ctx, spec.name, ready_timeout, progress)
+                timings["jupyter"] = time.monotonic() - t0
+            ctx.store.mark_launch(launch_id, outcome="done")
+        except BaseException as exc:
+            _launch_failed(ctx, provider, spec.name, launch_id, exc, made=made, reached_ssh=bool(reached),
+                           keep=keep_on_failure, progress=progress)
+            raise
     return _result(instance, itype, reused=False, volume_id=volume.volume_id if volume else None, seconds=timings)
+
+
+def _data_volume(provider: Provider, spec: InstanceSpec, volume_spec: tuple[str, int] | None, found: Volume | None,
+                 tags: dict[str, str], made: list[TaggedResource],
+                 progress: Progress) -> tuple[str | None, Volume | None]:
+    """The zone to launch in and the data volume (reused, moved to ``spec.zone``, or made and listed in ``made``)."""
+    zone = spec.zone
+    if not volume_spec:
+        return zone, None
+    volume_name, size = volume_spec
+    if found is not None:
+        if zone and zone != found.zone:
+            from .storage import move_volume
+
+            found = move_volume(provider, found, zone, progress)
+        progress(f"reusing data volume {volume_name} ({found.volume_id}, {found.size_gb} GB, {found.zone})")
+        return found.zone, found
+    zone = zone or provider.default_zone(spec.instance_type)
+    progress(f"data volume {volume_name} ({size} GB, encrypted)")
+    volume = provider.create_volume(size, zone, tags | {ROLE_TAG: "data-volume", VOLUME_NAME_TAG: volume_name})
+    made.append(TaggedResource("volume", volume.volume_id, spec.name, tags[LAUNCH_TAG]))
+    return zone, volume
+
+
+def _run_instance(ctx: Context, provider: Provider, spec: InstanceSpec, request: LaunchRequest,
+                  itype: InstanceTypeInfo, profile: str | None,
+                  progress: Progress) -> tuple[Instance, InstanceTypeInfo]:
+    """RunInstances (the launch marked as sent first: from then on an instance may exist), the record, running.
+
+    Returns the instance and its type (a fallback type has its own GPUs)."""
+    progress("launching instance")
+    ctx.store.mark_launch(request.launch_id, run_at=time.time())
+    try:
+        instance = provider.run_instance(request, progress)
+    except CapacityError:
+        if not (spec.spot and spec.spot_fallback):
+            raise
+        progress("no spot capacity: falling back to on-demand (--spot-fallback)")
+        instance = provider.run_instance(replace(request, spot=False, max_price=None,
+                                                 launch_id=f"{request.launch_id}-od"), progress)
+    ctx.store.mark_launch(request.launch_id, instance_id=instance.instance_id)
+    if (instance.instance_type, instance.zone) != (spec.instance_type, request.zone or instance.zone):
+        progress(f"launched {instance.instance_type} in {instance.zone} (asked: {spec.instance_type}"
+                 f"{' in ' + request.zone if request.zone else ''})")
+        if instance.instance_type != itype.name:
+            itype = provider.instance_type(instance.instance_type)
+    ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,
+                         instance_id=instance.instance_id, launch_id=request.launch_id, state=instance.state,
+                         instance_type=instance.instance_type, lifecycle=instance.lifecycle,
+                         spec=_spec_json(spec) | {"gpus": itype.gpus}))
+    progress(f"waiting for {instance.instance_id} to run")
+    instance = provider.wait_running(instance.instance_id, timeout=600)
+    ctx.store.record_state(spec.name, instance.instance_id, "running", hourly=start_price(provider, instance))
+    ctx.store.update(spec.name, spec=_spec_json(spec) | {"gpus": itype.gpus, "placement_zone": instance.zone})
+    return instance, itype
+
+
+def _launch_failed(ctx: Context, provider: Provider, name: str, launch_id: str, exc: BaseException, *,
+                   made: list[TaggedResource], reached_ssh: bool, keep: bool, progress: Progress) -> None:
+    """Undo the launch (or keep it, ``--keep-on-failure``) and make ``exc`` say what was done; an interrupt is
+    re-raised as :class:`Interrupted` naming what was rolled back."""
+    from ..errors import Interrupted
+    from .bootlog import save_bootstrap_log
+    from .launches import Recovery, describe_recovery, sweep_launch
+
+    with _shielded():
+        intent = ctx.store.launch(launch_id)
+        if intent is None:  # stopped before the launch was written down: nothing was made
+            return
+        failed = isinstance(exc, NbcloudError)
+        log = save_bootstrap_log(ctx, name, launch_id) if failed and reached_ssh else None
+        if failed and keep and ctx.store.get(name) is not None:
+            ctx.store.mark_launch(launch_id, outcome="kept")
+            _explain(exc, log, f"the instance was kept (--keep-on-failure): `nbcloud logs {name} --bootstrap` "
+                               f"shows its setup log, `nbcloud down {name}` removes it")
+            return
+        try:
+            recovery = sweep_launch(ctx, provider, intent, known=made,
+                                    progress=lambda message: progress(f"rolling back: {message}"))
+        except NbcloudError as err:  # the cloud did not answer: the launch stays pending for the next command
+            recovery = Recovery(name, launch_id, [], [f"what it made ({err.message})"])
+    what = describe_recovery(recovery)
+    left = "" if recovery.complete else f"`nbcloud down {name}` removes what is left"
+    if isinstance(exc, KeyboardInterrupt):
+        raise Interrupted(f"interrupted — rolled back {what}", left) from exc
+    if failed:
+        kept = "" if log is None else f"the setup log is saved in {log.path}"
+        again = f"`nbcloud up {name} --keep-on-failure` keeps the instance for debugging" if reached_ssh else ""
+        _explain(exc, log, "; ".join(part for part in (kept, left, again) if part))
+
+
+def _explain(exc: BaseException, log: BootLog | None, hint: str) -> None:
+    """Put the bootstrap's cause in the error's message and ``hint`` in place of a hint that no longer holds."""
+    if not isinstance(exc, NbcloudError):
+        return
+    if log is not None and log.cause:
+        exc.message = f"{exc.message.split(':', 1)[0]}: {log.cause}"
+    if hint:
+        exc.hint = hint
+
+
+@contextlib.contextmanager
+def _interrupts_raise() -> Iterator[None]:
+    """A `kill` (SIGTERM) or a closed terminal (SIGHUP) rolls a launch back as Ctrl-C does."""
+    if not _main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """No second Ctrl-C (or kill) stops a rollback half-way; SIGKILL still can: then the next command finishes it."""
+    if not _main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _spec_json(spec: InstanceSpec) -> dict[str, object]:

@@ -251,7 +251,14 @@ def down(ctx: Context, name: str, *, delete_data: bool = False, snapshot: bool =
     ``snapshot``: once the instance is gone (the disk is quiet), snapshot each data volume and wait until the
     snapshot is complete, before anything is deleted.
     """
+    from .launches import recover_name
+
     with ctx.name_lock(name):
+        # an `up NAME` that was killed: what its launch made goes first, found by its launch id
+        recovered = recover_name(ctx, name, progress)
+        if recovered and ctx.store.get(name) is None:
+            return DownResult(name, [r for rec in recovered for r in rec.removed],
+                              [f"{r} (could not delete)" for rec in recovered for r in rec.failed])
         return down_unlocked(ctx, name, delete_data=delete_data, snapshot=snapshot, progress=progress)
 
 
@@ -467,17 +474,26 @@ def orphans(ctx: Context, provider_name: str | None, region: str | None, profile
     """Anything tagged by nbcloud that no live instance owns (``fix`` deletes those), and what still bills with no
     instance using it: named data volumes, snapshots and images are kept on purpose, so with ``fix`` each goes only
     when ``confirm`` says yes for it."""
+    from .launches import interrupted_launches, recover_name
     from .storage import remove_billing, still_billing
 
     provider = ctx.listing_provider(provider_name, region, profile)
-    resources = provider.tagged_resources()
-    live_launches = {r.launch_id for r in resources if r.kind == "instance"}
-    data_volumes = {v.volume_id for v in provider.list_volumes() if v.tags.get(VOLUME_NAME_TAG)}
-    found = [r for r in resources if r.kind != "instance" and r.launch_id not in live_launches
-             and r.resource_id not in data_volumes]
+    here = [i for i in interrupted_launches(ctx) if (i.provider, i.region) == (provider.name, provider.region)]
     removed = []
+    if fix:  # an interrupted `up`: its whole launch goes, the way the next `up`/`down` of its name would do it
+        for name in sorted({i.name for i in here}):
+            with ctx.name_lock(name, wait=False):
+                removed += [r for rec in recover_name(ctx, name) for r in rec.removed]
+        here = []
+    # instances too: those of launches that were interrupted, or rolled back before their instance showed up
+    dead = {i.launch_id for i in here} | {i.launch_id for i in ctx.store.launches(outcomes=("rolled-back",))}
+    resources = provider.tagged_resources()
+    live_launches = {r.launch_id for r in resources if r.kind == "instance" and r.launch_id not in dead}
+    data_volumes = {v.volume_id for v in provider.list_volumes() if v.tags.get(VOLUME_NAME_TAG)}
+    found = [r for r in resources if r.launch_id in dead or (
+        r.kind != "instance" and r.launch_id not in live_launches and r.resource_id not in data_volumes)]
     if fix:
-        for resource in found:
+        for resource in sorted(found, key=lambda r: r.kind != "instance"):  # instances first: they hold the rest
             provider.delete_resource(resource)
             removed.append(f"{resource.kind} {resource.resource_id}")
     billing = still_billing(provider)

@@ -6,8 +6,10 @@ how nbcloud talks to its instances. Host keys are checked strictly against the p
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +43,25 @@ def ssh_argv(config: Path, alias: str, *options: str) -> list[str]:
     return [ssh_binary(), "-F", str(config), "-o", "BatchMode=yes", *options, alias]
 
 
+@functools.cache
+def _die_with_parent() -> tuple[str, ...]:
+    """A prefix that makes the child get SIGKILL when this process dies (Linux: util-linux's ``setpriv``, which sets
+    PR_SET_PDEATHSIG and execs), so an ssh waiting on the instance for minutes never outlives a killed `up`.
+
+    Not a ``preexec_fn``: with one, CPython runs its at-fork hooks in the parent, and a Ctrl-C landing in them is
+    lost ("Exception ignored in _releaseLock"). Elsewhere the child's own timeout bounds it.
+    """
+    if not sys.platform.startswith("linux"):
+        return ()
+    found = shutil.which("setpriv")
+    return (found, "--pdeathsig", "KILL", "--") if found else ()
+
+
 def run(config: Path, alias: str, command: str, *, input: bytes | None = None, timeout: float = 60,
         check: bool = True, connect_timeout: int = 10) -> SshResult:
     argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}"), "--", command]
     try:
-        done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+        done = subprocess.run([*_die_with_parent(), *argv], input=input, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise RemoteError(f"ssh {alias}: `{command.split()[0]}` did not finish in {timeout:g} s",
                           f"check the instance with `nbcloud status` or `ssh {alias}`") from exc

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -125,6 +126,24 @@ def install_hooks(listener: CloudListener) -> None:
         return result
 
     EC2Backend.detach_volume = detach_volume  # type: ignore[method-assign]
+    _idempotent_run_instances()
+
+
+def _idempotent_run_instances() -> None:
+    """RunInstances with a ClientToken already used answers with that launch's reservation and makes nothing, as
+    on AWS (moto makes a second instance): a retried call after a lost answer must not double the bill."""
+    hooked = EC2Backend.run_instances
+
+    @functools.wraps(hooked)
+    def run_instances(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = kwargs.get("client_token")
+        if token and token != "ABCDE":  # moto's stand-in when the request carries none
+            for reservation in list(self.reservations.values()):
+                if any(getattr(i, "client_token", None) == token for i in reservation.instances):
+                    return reservation
+        return hooked(self, *args, **kwargs)
+
+    EC2Backend.run_instances = run_instances  # type: ignore[method-assign]
 
 
 def seed_images(region: str = REGION, account_id: str = DEFAULT_ACCOUNT_ID) -> dict[str, str]:
@@ -228,6 +247,10 @@ class ApiFaults:
         code = self._take(operation, zone)
         if code is None:
             return self.app(environ, start_response)
+        if code.startswith("delay:"):  # the call is carried out, its answer held back: a slow or lost response
+            body = list(self.app(environ, start_response))
+            time.sleep(float(code.split(":", 1)[1]))
+            return body
         status = "503 Service Unavailable" if code in THROTTLING else "400 Bad Request"
         message = f"injected by `nbcloud sandbox fault-api {operation} {code}`"
         if target:

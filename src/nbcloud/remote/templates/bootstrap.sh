@@ -203,7 +203,8 @@ run() {
   local t=$EPOCHREALTIME
   STEP=$1
   log "step $1: start"
-  "step_$1"
+  # the step's errors (pip's, uv's, apt's) go to the log too: the client shows the cause from there
+  "step_$1" 2> >(tee -a "$LOG" >&2)
   log "step $1: ok ($(elapsed "$t") s)"
 }
 
