@@ -290,7 +290,7 @@ def test_processes_see_cpu_and_pty_input() -> None:
     from nbcloud.remote.agent.nbcloud_agent import Processes
 
     def grandchild(code: str) -> list[str]:  # the agent leaves out itself and its own children (nvidia-smi)
-        return ["sh", "-c", f'"$0" -c "$1" & wait', sys.executable, code]
+        return ["sh", "-c", '"$0" -c "$1" & wait', sys.executable, code]
 
     procs = Processes()
     procs.sample()

@@ -50,7 +50,12 @@ class InstanceView:
     idle_stop_seconds: int | None = None
     spot_notice: str | None = None
     spot_hourly_usd: float | None = None
+    #: False: made from another machine (found by its tags); its keys are not here, so no tunnel, agent or ssh
     managed_here: bool = True
+    #: the agent's word: why it counts the instance busy or idle, and when it stops if nothing happens
+    idle_reason: str | None = None
+    busy: bool | None = None
+    stops_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -315,7 +320,11 @@ def _forget_locally(ctx: Context, name: str) -> None:
 
 
 def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> list[InstanceView]:
-    """One paginated DescribeInstances per (provider, region) the store knows; tunnels and cost merged in."""
+    """One paginated DescribeInstances per (provider, region) the store knows; tunnels and cost merged in.
+
+    Tags are the truth, the store a cache: without ``name``, the instances tagged for nbcloud in those regions that
+    this machine did not make are listed too (``managed_here`` False), priced from the table.
+    """
     records = [ctx.record(name)] if name else ctx.store.all()
     groups: dict[tuple[str, str, str | None], list[Record]] = defaultdict(list)
     for record in records:
@@ -323,7 +332,8 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
     views: list[InstanceView] = []
     for (provider_name, region, profile), members in groups.items():
         provider = ctx.provider(provider_name, region, profile)
-        live = {i.name: i for i in provider.list_instances()}
+        listed = provider.list_instances()
+        live = {i.name: i for i in listed}
         for record in members:
             instance = live.get(record.name)
             _sync_record(ctx, record, instance, provider)
@@ -332,9 +342,34 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
             if spot_now is not None:
                 view = replace(view, spot_hourly_usd=spot_now)
             views.append(view)
+        if name is None and manages_machines(provider):
+            known = {r.name for r in records}
+            views += [_foreign_view(i) for i in listed if i.name not in known and i.state not in _ENDED]
     if with_agent:
         views = _with_agent_state(ctx, views)
-    return sorted(views, key=lambda v: v.name)
+    return sorted(views, key=lambda v: (not v.managed_here, v.name))
+
+
+_ENDED = {"terminated", "shutting-down"}
+
+
+def _foreign_view(instance: Instance) -> InstanceView:
+    """An instance made from another machine: the cloud's view, priced from the table (its current run only: the
+    periods before it were seen by the machine that made it)."""
+    from .costs import launch_price
+
+    now = datetime.now(UTC)
+    hourly = launch_price(None, instance.instance_type, instance.region, spot=False)
+    uptime = None
+    if instance.state == "running" and instance.launched_at:
+        uptime = max(0.0, (now - instance.launched_at.astimezone(UTC)).total_seconds())
+    return InstanceView(
+        name=instance.name, instance_id=instance.instance_id, state=instance.state,
+        instance_type=instance.instance_type, region=instance.region, provider=instance.provider,
+        host=instance.host, user=instance.user, lifecycle=instance.lifecycle, zone=instance.zone,
+        uptime_seconds=uptime, hourly_usd=hourly,
+        accrued_usd=round(uptime * hourly / 3600, 4) if uptime is not None and hourly is not None else None,
+        managed_here=False, idle_reason="made on another machine: its keys are not here")
 
 
 def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceView:
@@ -394,7 +429,7 @@ AGENT_STATE_CONNECT_TIMEOUT = 2
 def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceView]:
     """Read each running instance's agent state over ssh, in parallel, each bounded by a short timeout: N running
     instances cost about one ssh round, and an unreachable one costs at most AGENT_STATE_TIMEOUT (idle: '-')."""
-    running = [v for v in views if v.state == "running"]
+    running = [v for v in views if v.state == "running" and v.managed_here]
     if not running:
         return views
 
@@ -410,14 +445,20 @@ def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceV
 
     with ThreadPoolExecutor(max_workers=min(AGENT_STATE_WORKERS, len(running))) as pool:
         states = dict(zip([v.name for v in running], pool.map(fetch, running), strict=True))
-    out = []
-    for view in views:
-        state = states.get(view.name) or {}
-        idle = state.get("idle_seconds")
-        notice = state.get("spot_notice")
-        out.append(replace(view, idle_seconds=float(idle) if idle is not None else None,
-                           spot_notice=json.dumps(notice) if isinstance(notice, dict) else notice))
-    return out
+    return [_merge_agent_state(view, states[view.name]) if view.name in states else view for view in views]
+
+
+def _merge_agent_state(view: InstanceView, state: dict[str, Any]) -> InstanceView:
+    """The agent's state file (see nbcloud_agent.Agent.check) into the row; an unreadable one leaves it unknown."""
+    if not state:
+        return replace(view, idle_reason="agent unreachable: unknown")
+    idle = state.get("idle_seconds")
+    notice = state.get("spot_notice")
+    stop_at = state.get("stop_at")
+    stops_at = datetime.fromtimestamp(float(stop_at), UTC).isoformat(timespec="seconds") if stop_at else None
+    return replace(view, idle_seconds=float(idle) if idle is not None else None,
+                   spot_notice=json.dumps(notice) if isinstance(notice, dict) else notice,
+                   idle_reason=state.get("reason"), busy=state.get("busy"), stops_at=stops_at)
 
 
 def list_managed(ctx: Context, provider_name: str | None, region: str | None, profile: str | None) -> list[Instance]:
