@@ -18,8 +18,8 @@ from ..ssh import keys, session
 from ..state import Record
 from .context import Context, Progress, no_progress
 
-__all__ = ["DownResult", "InstanceView", "down", "down_unlocked", "orphans", "refresh", "start_instance", "status",
-           "stop_instance", "stored_spec"]
+__all__ = ["DownResult", "InstanceView", "down", "down_unlocked", "forget_gone", "orphans", "refresh", "start_instance",
+           "status", "stop_instance", "stored_spec"]
 
 
 @dataclass(frozen=True)
@@ -260,8 +260,8 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
                   progress: Progress = no_progress) -> DownResult:
     """:func:`down` for a caller that already holds the name lock (`up` relaunching a reclaimed spot instance)."""
     record = ctx.record(name)
+    _stop_tunnel(ctx, name)  # first: the local processes stop even when the cloud cannot be reached
     provider = ctx.provider_for(record)
-    _stop_tunnel(ctx, name)
     resources = provider.tagged_resources(name)
     deleted, kept = [], []
     instances = [r for r in resources if r.kind == "instance"]
@@ -289,6 +289,16 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
     billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
                                          if v.startswith("data volume")])
     return DownResult(name, deleted, kept, billing, snapshots)
+
+
+def forget_gone(ctx: Context, name: str) -> None:
+    """``name`` is gone with its cloud (a sandbox reset): stop its local processes, close its billed period and
+    forget it here. Nothing in any cloud is touched."""
+    record = ctx.record(name)
+    _stop_tunnel(ctx, name)
+    if record.instance_id and record.state != "gone":
+        ctx.store.record_state(name, record.instance_id, "terminated")
+    _forget_locally(ctx, name)
 
 
 def _snapshot_volumes(provider: Provider, volumes: list[Any], progress: Progress) -> list[str]:
