@@ -383,9 +383,18 @@ class Processes:
         self.before_uptime = 0.0
         self.before_mono = 0.0
         self.own_netns = self._netns("self")
-        init_netns = self._netns("1")
-        self.netns_scope = init_netns is not None and self.own_netns is not None and init_netns != self.own_netns
+        host_netns = self._netns(self._host_pid())
+        self.netns_scope = host_netns is not None and self.own_netns is not None and host_netns != self.own_netns
         self.marker = os.environ.get("NBCLOUD_SANDBOX_INSTANCE", "")
+
+    def _host_pid(self) -> str:
+        """A process in the machine's own network namespace: kthreadd (a kernel thread, always there and readable;
+        a Firecracker guest's PID 1 refuses even root), else PID 1."""
+        try:
+            with open(f"{self.proc}/2/stat") as fh:
+                return "2" if "(kthreadd)" in fh.read() else "1"
+        except OSError:
+            return "1"
 
     def _netns(self, pid: str) -> str | None:
         try:
