@@ -213,7 +213,8 @@ def _idle_cell(view: Any) -> str:
 
 def _status_text(views: list[Any]) -> str:
     if not views:
-        return "no instances; start one with `nbcloud up NAME` (or `nbcloud up demo --provider sandbox`)"
+        return ("no instances; start one with `nbcloud up NAME` (or `nbcloud sandbox start`, then "
+                "`nbcloud up demo --provider sandbox`)")
     rows = [{
         "name": v.name + ("" if v.managed_here else " *"), "state": v.state, "type": v.instance_type,
         "address": v.host, "up": _duration(v.uptime_seconds),
