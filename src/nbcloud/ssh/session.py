@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,9 @@ def ssh_argv(config: Path, alias: str, *options: str) -> list[str]:
 
 
 def run(config: Path, alias: str, command: str, *, input: bytes | None = None, timeout: float = 60,
-        check: bool = True, connect_timeout: int = 10) -> SshResult:
-    argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}"), "--", command]
+        check: bool = True, connect_timeout: int = 10, options: Sequence[str] = ()) -> SshResult:
+    """``ssh alias command``; ``options``: more ``-o`` pairs for this call only."""
+    argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}", *options), "--", command]
     try:
         done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
