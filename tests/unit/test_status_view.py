@@ -39,3 +39,15 @@ def test_instances_made_elsewhere_are_shown_and_priced() -> None:
     assert view.accrued_usd is not None and abs(view.accrued_usd - 2 * 0.0416) < 0.001
     text = _status_text([ROW, view])
     assert "b *" in text and "made on another machine (keys not here): 1 instance(s), $0.04/h" in text
+
+
+def test_a_cloud_that_cannot_be_reached_leaves_its_rows_unknown(nbcloud_home, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from nbcloud.ops import Context, status
+    from nbcloud.state import Record
+
+    monkeypatch.setenv("NBCLOUD_SANDBOX_DIR", str(tmp_path / "no-sandbox"))
+    ctx = Context.create()
+    ctx.store.put(Record(name="s", provider="sandbox", region="us-east-1", instance_id="i-s", state="running"))
+    [row] = status(ctx)
+    assert row.state == "unknown" and "sandbox is not running" in (row.idle_reason or "")
+    assert ctx.store.get("s").state == "running"  # not recorded as gone: nobody knows  # type: ignore[union-attr]

@@ -225,7 +225,8 @@ def _status_text(views: list[Any]) -> str:
         "where": f"{v.provider}/{v.region}" + (" spot" if v.lifecycle == "spot" else ""),
     } for v in views]
     out = table(rows, list(rows[0]))
-    notes = [f"{v.name}: {v.idle_reason}" for v in views if v.managed_here and v.state == "running" and v.idle_reason]
+    notes = [f"{v.name}: {v.idle_reason}" for v in views
+             if v.managed_here and v.state in ("running", "unknown") and v.idle_reason]
     foreign = [v for v in views if not v.managed_here]
     if foreign:
         running = sum(v.hourly_usd or 0 for v in foreign if v.state == "running")

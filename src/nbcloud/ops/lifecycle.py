@@ -341,8 +341,13 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
         groups[(record.provider, record.region, record.profile)].append(record)
     views: list[InstanceView] = []
     for (provider_name, region, profile), members in groups.items():
-        provider = ctx.provider(provider_name, region, profile)
-        listed = provider.list_instances()
+        try:
+            provider = ctx.provider(provider_name, region, profile)
+            listed = provider.list_instances()
+        except NbcloudError as exc:  # one cloud unreachable (or a sandbox not running) must not hide the others
+            views += [replace(_view(ctx, record, None), state="unknown", instance_id=record.instance_id,
+                              idle_reason=f"{provider_name}/{region} unreachable: {exc.message}") for record in members]
+            continue
         live = {i.name: i for i in listed}
         for record in members:
             instance = live.get(record.name)
