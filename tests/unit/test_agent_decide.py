@@ -55,28 +55,70 @@ def test_kernel_idle_but_recent_last_activity() -> None:
     assert decision.action == "none" and decision.idle_seconds == 100
 
 
-def test_ssh_tunnel_open_is_activity() -> None:
-    samples = every(10, 7200, last=0, ssh_connections=1)
-    decision = decide(samples, T0 + 7200, HOUR)
-    assert decision.action == "none" and "ssh" in decision.reason
+def test_held_tunnel_is_not_activity() -> None:
+    # issue 14 #9: `up --idle-stop 1m` connects by default, and its tunnel is an ssh connection: presence, not work
+    samples = every(10, 60, last=0, ssh_connections=1)
+    decision = decide(samples, T0 + 60, Settings(idle_stop_seconds=60))
+    assert decision.action == "stop" and "1 ssh connection(s)" in decision.reason
+    assert "not activity" in decision.reason
 
 
-def test_ssh_closed_counts_from_its_last_sighting() -> None:
-    samples = every(10, 1000, last=0, ssh_connections=1) + every(10, 5000, last=0)[101:]
-    assert decide(samples, T0 + 4599, HOUR).action == "none"
-    assert decide(samples, T0 + 4600, HOUR).action == "stop"
-
-
-def test_terminal_activity_keeps_it_up() -> None:
-    # a terminal's output moves its last_activity (the summary folds it in)
-    samples = [*every(10, 3600, last=0, terminals=1)[:-1], quiet(3600, last=3590, terminals=1)]
+def test_open_tab_is_not_activity() -> None:
+    samples = every(10, 3600, last=0, connections=2, terminals=1)
     decision = decide(samples, T0 + 3600, HOUR)
-    assert decision.action == "none" and decision.idle_seconds == 10
+    assert decision.action == "stop" and "2 notebook tab(s)" in decision.reason
 
 
-def test_open_notebook_connection_is_activity() -> None:
-    samples = every(10, 7200, last=0, connections=2)
-    assert decide(samples, T0 + 7200, HOUR).action == "none"
+def test_terminal_input_keeps_it_up() -> None:
+    # a keystroke moves the pty's atime (what `w` shows as IDLE); an open terminal without input does not
+    samples = [*every(10, 3590, last=0), quiet(3600, last=0, last_input=T0 + 3590)]
+    decision = decide(samples, T0 + 3600, HOUR)
+    assert decision.action == "none" and decision.idle_seconds == 10 and "terminal input" in decision.reason
+    assert decision.stop_in_seconds == 3590 and not decision.busy
+    untouched = every(10, 3600, last=0, last_input=T0 - 100)
+    assert decide(untouched, T0 + 3600, HOUR).action == "stop"
+
+
+def test_sustained_cpu_keeps_it_up() -> None:
+    # issue 14 #10: a nohup'd training run, no kernel, no session: its CPU is the activity
+    samples = every(10, 7200, last=0, cpu_cores=0.95)
+    decision = decide(samples, T0 + 7200, HOUR)
+    assert decision.action == "none" and decision.busy and "0.95 CPU cores" in decision.reason
+    # the background noise of an idle machine (Jupyter, sshd) is below the threshold
+    assert decide(every(10, 3600, last=0, cpu_cores=0.02), T0 + 3600, HOUR).action == "stop"
+    # the threshold is a setting
+    low = Settings(idle_stop_seconds=3600, cpu_busy_cores=0.01)
+    assert decide(every(10, 3600, last=0, cpu_cores=0.02), T0 + 3600, low).action == "none"
+
+
+def test_cpu_job_ended_counts_from_its_last_sample() -> None:
+    samples = every(10, 1000, last=0, cpu_cores=1.0) + every(10, 5000, last=0, cpu_cores=0.0)[101:]
+    assert decide(samples, T0 + 4599, HOUR).action == "none"
+    decision = decide(samples, T0 + 4600, HOUR)
+    assert decision.action == "stop" and "CPU" in decision.reason and "3600s ago" in decision.reason
+
+
+def test_gpu_use_keeps_it_up() -> None:
+    assert decide(every(10, 7200, last=0, gpu_percent=87.0), T0 + 7200, HOUR).action == "none"
+    assert decide(every(10, 3600, last=0, gpu_percent=0.0), T0 + 3600, HOUR).action == "stop"
+
+
+def test_hold_keeps_it_up_and_release_restarts_the_count() -> None:
+    held = every(10, 7200, last=0, held="training")
+    decision = decide(held, T0 + 7200, HOUR)
+    assert decision.action == "none" and "held (training)" in decision.reason
+    released = held + every(10, 10800, last=0)[721:]
+    assert decide(released, T0 + 7200 + 3599, HOUR).action == "none"
+    assert decide(released, T0 + 7200 + 3600, HOUR).action == "stop"
+    # a hold wins over an unreadable Jupyter's "busy" too (it is the user's word)
+    assert "held" in decide([Sample(t=T0, jupyter_error="x", held="h")], T0, HOUR).reason
+
+
+def test_busy_reports_no_stop_time() -> None:
+    decision = decide([quiet(0, busy_kernels=1)], T0, Settings(idle_stop_seconds=60))
+    assert decision.busy and decision.reason.startswith("busy: 1 kernel(s) busy")
+    idle = decide(every(10, 20, last=0), T0 + 20, Settings(idle_stop_seconds=60))
+    assert not idle.busy and idle.stop_in_seconds == 40 and "idle 20s of 60s" in idle.reason
 
 
 def test_jupyter_unreachable_never_stops() -> None:
@@ -139,8 +181,11 @@ TERMINALS = [{"name": "1", "last_activity": "2026-11-23T12:05:00.000000Z"}]
 def test_summarize_real_answers() -> None:
     busy, connections, last, terms = summarize_jupyter(STATUS, KERNELS, TERMINALS)
     assert (busy, connections, terms) == (1, 1, 1)
-    assert last == parse_iso("2026-11-23T12:05:00.000000Z")
-    assert summarize_jupyter({}, [], []) == (0, 0, None, 0)
+    # the kernels' last message; not the terminal's output, not the server's (an open tab's polling moves it)
+    assert last == parse_iso("2026-11-23T12:03:29.199639Z")
+    saved = ["2026-11-23T12:04:10.000000Z", None]
+    assert summarize_jupyter(STATUS, KERNELS, TERMINALS, saved)[2] == parse_iso(saved[0])
+    assert summarize_jupyter({"last_activity": "2026-11-23T13:00:00Z"}, [], []) == (0, 0, None, 0)
     assert parse_iso("garbage") is None and parse_iso(None) is None
 
 
@@ -184,3 +229,92 @@ def test_environment_says_where_imds_and_jupyter_are() -> None:
     # the config file's own IMDS wins; without the variables nothing changes (AWS: 169.254.169.254, 127.0.0.1)
     assert _env_overrides({"imds_url": "http://x"}, env).get("imds_url") is None
     assert _env_overrides({"jupyter_url": "http://127.0.0.1:8888"}, {}) == {}
+
+
+# /proc/PID/stat lines recorded here: a bash on /dev/pts/3 (tty_nr 34819), a daemon without a terminal, a zombie,
+# and a command name with a space and a parenthesis.
+STAT_BASH = ("4242 (bash) S 4200 4242 4242 34819 4300 4194560 1200 300 0 0 35 12 4 2 20 0 1 0 987654 9000000 "
+             "1100 18446744073709551615 1 1 0 0 0 0 65536 3686404 1266761467 0 0 0 17 1 0 0 0 0 0")
+STAT_DAEMON = ("77 (python3 x) y) R 1 77 77 0 -1 4194560 9 0 0 0 500 100 0 0 20 0 2 0 1000 1 1 1 1 1 0 0 0 0 0 0 0 0 "
+               "17 0 0 0 0 0 0")
+STAT_ZOMBIE = "99 (sh) Z 1 99 99 0 -1 4194560 0 0 0 0 1 1 0 0 20 0 1 0 5000 0 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0"
+
+
+def test_parse_proc_stat() -> None:
+    from nbcloud.remote.agent.nbcloud_agent import ProcStat, parse_stat, pts_number
+
+    assert parse_stat(STAT_BASH) == ProcStat(ppid=4200, tty_nr=34819, ticks=35 + 12 + 4 + 2, start=987654)
+    daemon = parse_stat(STAT_DAEMON)
+    assert daemon is not None and daemon.ticks == 600 and daemon.ppid == 1
+    assert parse_stat(STAT_ZOMBIE) is None and parse_stat("garbage") is None
+    assert pts_number(34819) == 3  # major 136, minor 3
+    assert pts_number(0) is None and pts_number(0x0401) is None  # no terminal; tty1 (a console)
+    assert pts_number((137 << 8) | 5) == 261  # the second block of 256
+
+
+def test_cpu_cores_between_two_scans() -> None:
+    from nbcloud.remote.agent.nbcloud_agent import ProcStat, cpu_cores, descendants
+
+    before = {1: ProcStat(0, 0, 1000, 10), 2: ProcStat(1, 0, 50, 500), 3: ProcStat(1, 0, 7, 600)}
+    after = {1: ProcStat(0, 0, 1000, 10),  # idle
+             2: ProcStat(1, 0, 1050, 500),  # one core for the 10 s
+             4: ProcStat(1, 0, 100, 2100),  # born after the first scan (uptime 2000 ticks): all of it counts
+             5: ProcStat(1, 0, 999, 1500)}  # already running but unseen before (outside the scope): not counted
+    assert cpu_cores(before, after, before_uptime_ticks=2000, elapsed=10.0, hz=100) == (1000 + 100) / 100 / 10
+    # a pid reused by a new process is not the old one's growth
+    assert cpu_cores({2: ProcStat(1, 0, 5000, 1)}, {2: ProcStat(1, 0, 10, 3000)}, 2000, 10.0, 100) == 0.01
+    assert cpu_cores({}, {}, 0, 0.0, 100) is None
+    assert descendants({10}, {10: 1, 11: 10, 12: 11, 13: 1}) == {10, 11, 12}
+
+
+def test_hold_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from nbcloud.remote.agent.nbcloud_agent import read_hold
+
+    path = tmp_path / "hold"
+    assert read_hold(str(path)) is None
+    path.write_text("")
+    assert read_hold(str(path)) == "nbcloud hold"
+    path.write_text("training run\nmore\n")
+    assert read_hold(str(path)) == "training run"
+
+
+def test_processes_see_cpu_and_pty_input() -> None:
+    """The scan on this machine's real /proc: a busy child's CPU, and a keystroke on a pty a child reads."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    from nbcloud.remote.agent.nbcloud_agent import Processes
+
+    def grandchild(code: str) -> list[str]:  # the agent leaves out itself and its own children (nvidia-smi)
+        return ["sh", "-c", '"$0" -c "$1" & wait', sys.executable, code]
+
+    procs = Processes()
+    procs.sample()
+    busy = subprocess.Popen(grandchild("import time\nt=time.time()+1.5\nwhile time.time()<t: pass"))
+    master, slave = os.openpty()
+
+    def own_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    reader = subprocess.Popen(grandchild("import sys, time\nsys.stdin.readline()\ntime.sleep(60)"), stdin=slave,
+                              start_new_session=True, preexec_fn=own_terminal)
+    try:
+        busy.wait(timeout=30)
+        time.sleep(0.5)  # the reader is waiting on its terminal
+        typed = time.time()
+        os.write(master, b"x\n")
+        time.sleep(0.5)
+        cores, last_input = procs.sample()
+    finally:
+        for proc in (busy, reader):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9) if proc is reader else proc.kill()
+        os.close(master)
+        os.close(slave)
+    assert cores is not None and cores >= 0.3
+    # the pty's atime moves on a read, at a granularity of 8 s (the kernel's tty_update_time)
+    assert last_input is not None and typed - 9 <= last_input <= time.time() + 1

@@ -217,3 +217,20 @@ def test_jupyter_config_modes() -> None:
 def test_agent_config_points_at_the_server() -> None:
     assert agent_config(BootstrapSpec(name="x"))["jupyter_url"] == "http://127.0.0.1:8888"
     assert agent_config(full_spec())["jupyter_url"] == "https://127.0.0.1:8888"
+
+
+def test_agent_ships_without_docs_but_with_all_its_code() -> None:
+    import ast
+    from pathlib import Path
+
+    from nbcloud.remote import bootstrap
+
+    full = (Path(bootstrap.__file__).parent / "agent" / "nbcloud_agent.py").read_text()
+    shipped = bootstrap.agent_source()
+    assert shipped.startswith("#!/usr/bin/env python3\n") and len(shipped) < 0.85 * len(full)
+
+    def names(text: str) -> set[str]:
+        return {n.name for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+
+    assert names(shipped) == names(full)
+    assert '"""' not in shipped.split("\n", 3)[1]  # the module docstring is gone

@@ -162,3 +162,21 @@ def test_install_script_waits_while_the_bootstrap_hands_the_directory_over() -> 
         assert (target / "token").read_text() == "tok"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_hold_script_writes_and_removes_the_file_the_agent_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+
+    from nbcloud.remote.agent.nbcloud_agent import read_hold
+    from nbcloud.remote.secrets import hold_script
+
+    env = dict(os.environ, NBCLOUD_ROOT=str(tmp_path))
+    hold_file = tmp_path / "home/ubuntu/.config/nbcloud/hold"
+    reason = "it's a run; $(touch pwned)"  # a word on argv, never code or shell
+    assert subprocess.run(["sh", "-c", hold_script(reason)], env=env, cwd=tmp_path).returncode == 0
+    assert read_hold(str(hold_file)) == reason and not (tmp_path / "pwned").exists()
+    released = subprocess.run(["sh", "-c", hold_script(None)], env=env, capture_output=True, text=True)
+    assert released.stdout.strip() == "True" and read_hold(str(hold_file)) is None
+    again = subprocess.run(["sh", "-c", hold_script(None)], env=env, capture_output=True, text=True)
+    assert again.stdout.strip() == "False"

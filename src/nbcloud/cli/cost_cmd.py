@@ -1,4 +1,4 @@
-"""autostop, cost, prices: what an instance costs and when it stops itself."""
+"""autostop, hold, release, cost, prices: what an instance costs and when it stops itself."""
 
 from __future__ import annotations
 
@@ -28,6 +28,30 @@ def autostop(name: str, duration: str, as_json: bool) -> None:
     result = set_autostop(_ctx(), name, duration)
     emit(result, as_json, lambda r: f"{r['name']}: " + (f"stops after {r['idle_stop']} idle" if r["idle_stop_seconds"]
                                                         else "autostop off"))
+
+
+@click.command()
+@click.argument("name")
+@click.argument("reason", required=False)
+@json_option
+def hold(name: str, reason: str | None, as_json: bool) -> None:
+    """Keep NAME running until `nbcloud release NAME`, even when idle (e.g. a job nbcloud cannot see)."""
+    from ..ops.agent import hold as hold_instance
+
+    result = hold_instance(_ctx(), name, reason)
+    emit(result, as_json, lambda r: f"{r['name']}: held ({r['reason']}); `nbcloud release {r['name']}` lets it "
+                                    "stop when idle again")
+
+
+@click.command()
+@click.argument("name")
+@json_option
+def release(name: str, as_json: bool) -> None:
+    """Undo `nbcloud hold NAME`: it stops again after its idle limit (counted from now)."""
+    from ..ops.agent import release as release_instance
+
+    result = release_instance(_ctx(), name)
+    emit(result, as_json, lambda r: f"{r['name']}: released" + ("" if r["was_held"] else " (it was not held)"))
 
 
 def _since(text: str | None) -> datetime | None:

@@ -275,22 +275,41 @@ def _vscode_line(view: Any) -> str:
     return f"\n  vscode: {view.vscode}" if getattr(view, "vscode", None) else ""
 
 
+def _idle_cell(view: Any) -> str:
+    """busy, or how long idle and when the stop comes (from the agent's own clock)."""
+    if view.busy:
+        return "busy"
+    idle = _duration(view.idle_seconds)
+    if view.stops_at and view.idle_seconds is not None:
+        return f"{idle} (stop {view.stops_at[11:16]} UTC)"
+    return idle
+
+
 def _status_text(views: list[Any]) -> str:
     if not views:
-        return "no instances; start one with `nbcloud up NAME` (or `nbcloud up demo --provider sandbox`)"
+        return ("no instances; start one with `nbcloud up NAME` (or `nbcloud sandbox start`, then "
+                "`nbcloud up demo --provider sandbox`)")
     rows = [{
-        "name": v.name, "state": v.state, "type": v.instance_type, "address": v.host, "up": _duration(v.uptime_seconds),
+        "name": v.name + ("" if v.managed_here else " *"), "state": v.state, "type": v.instance_type,
+        "address": v.host, "up": _duration(v.uptime_seconds),
         "$/h": _money(v.spot_hourly_usd if v.spot_hourly_usd is not None else v.hourly_usd),
         "accrued": _money(v.accrued_usd),
         "budget left": _money(v.budget_remaining_usd) if v.budget_usd else "-",
-        "idle": _duration(v.idle_seconds), "tunnel": f"{v.tunnel}:{v.local_port}" if v.local_port else v.tunnel,
+        "idle": _idle_cell(v), "tunnel": f"{v.tunnel}:{v.local_port}" if v.local_port else v.tunnel,
         "where": f"{v.provider}/{v.region}" + (" spot" if v.lifecycle == "spot" else ""),
     } for v in views]
     out = table(rows, list(rows[0]))
-    notices = [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
-    notices += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
-                "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
-    return "\n".join([out, *notices])
+    notes = [f"{v.name}: {v.idle_reason}" for v in views
+             if v.managed_here and v.state in ("running", "unknown") and v.idle_reason]
+    foreign = [v for v in views if not v.managed_here]
+    if foreign:
+        running = sum(v.hourly_usd or 0 for v in foreign if v.state == "running")
+        notes.append(f"* made on another machine (keys not here): {len(foreign)} instance(s), "
+                     f"{_money(running)}/h while running; accrued counts their current run only")
+    notes += [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
+    notes += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
+              "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
+    return "\n".join([out, *notes])
 
 
 @click.command("list")

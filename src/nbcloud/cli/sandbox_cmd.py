@@ -74,18 +74,22 @@ def _reset_text(result: dict[str, Any]) -> str:
     removed = result.get("removed") or {}
     parts = [f"{len(removed.get('namespaces', []))} namespace(s)", f"{len(removed.get('links', []))} link(s)"]
     daemon = "stopped the daemon" if result["stopped_daemon"] else "no daemon was running"
-    return f"sandbox reset: {daemon}; removed {', '.join(parts)} and the instances' disks"
+    forgotten = result.get("forgotten") or []
+    local = f"; stopped the tunnels and labs of {', '.join(forgotten)} and forgot them here" if forgotten else ""
+    return f"sandbox reset: {daemon}; removed {', '.join(parts)} and the instances' disks{local}"
 
 
 @sandbox.command()
 @_dir_option
 @json_option
 def reset(sandbox_dir: Path | None, as_json: bool) -> None:
-    """Stop the daemon and remove every instance, namespace, link, route and disk the sandbox made."""
-    from ..providers.sandbox import client
+    """Stop the daemon and remove every instance, namespace, link, route and disk the sandbox made.
+
+    This machine's tunnels and local labs to those instances stop, and the instances are forgotten here."""
+    from ..ops.sandbox import reset_sandbox
 
     with progress("Resetting the sandbox", as_json):
-        result = client.reset(sandbox_dir)
+        result = reset_sandbox(sandbox_dir)
     emit(result, as_json, _reset_text)
 
 

@@ -11,7 +11,7 @@ from ..providers.base import manages_machines
 from ..ssh import session
 from .context import Context
 
-__all__ = ["CHECK_PERIOD_ENV", "agent_check_period", "set_autostop"]
+__all__ = ["CHECK_PERIOD_ENV", "agent_check_period", "hold", "release", "set_autostop"]
 
 CHECK_PERIOD_ENV = "NBCLOUD_AGENT_CHECK_PERIOD"
 DEFAULT_CHECK_PERIOD = 10
@@ -44,3 +44,24 @@ def set_autostop(ctx: Context, name: str, duration: str) -> dict[str, Any]:
     session.run(ctx.paths.ssh_config, f"nb-{name}", autostop_update_script(seconds), timeout=30)
     ctx.store.update(name, spec=spec)
     return {"name": name, "idle_stop_seconds": seconds, "idle_stop": duration if seconds else "off"}
+
+
+def hold(ctx: Context, name: str, reason: str | None = None) -> dict[str, Any]:
+    """Keep ``name`` up whatever its activity until :func:`release` (a file the agent reads every check)."""
+    from ..remote.secrets import hold_script
+
+    record = ctx.record(name)
+    ctx.key_path(name)
+    why = reason or f"nbcloud hold {name}"
+    session.run(ctx.paths.ssh_config, f"nb-{name}", hold_script(why, record.user), timeout=30)
+    return {"name": name, "held": True, "reason": " ".join(why.split())[:200]}
+
+
+def release(ctx: Context, name: str) -> dict[str, Any]:
+    """Undo :func:`hold`: idle time counts again from now (the hold was the last activity)."""
+    from ..remote.secrets import hold_script
+
+    record = ctx.record(name)
+    ctx.key_path(name)
+    done = session.run(ctx.paths.ssh_config, f"nb-{name}", hold_script(None, record.user), timeout=30)
+    return {"name": name, "held": False, "was_held": done.stdout.strip() == "True"}

@@ -386,8 +386,10 @@ def lab(ctx: Context, name: str, root_dir: Path = Path("."), *, port: int | None
     return LabResult(**{**asdict(result), "browser_opened": opened, "kernelspecs": info.kernelspecs})
 
 
-def stop_lab(ctx: Context, name: str) -> dict[str, Any]:
-    ctx.record(name)
+def stop_lab(ctx: Context, name: str, *, require_record: bool = True) -> dict[str, Any]:
+    """Stop the local lab of ``name``; without ``require_record``, also one whose record is already forgotten."""
+    if require_record:
+        ctx.record(name)
     return {"name": name, **stop_local_lab(_lab_files(ctx, name)[0])}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -42,8 +43,15 @@ def tunnel_fields(ctx: Context, record: Record) -> dict[str, Any]:
 
 
 def tunnel_resolver(name: str) -> Callable[[], Any]:
-    """The supervisor's window on the cloud: state and (new) address, with the ssh entry and SG kept current."""
+    """The supervisor's window on the cloud: state and (new) address, with the ssh entry and SG kept current.
+
+    An instance that is gone takes the local lab pointing at it along (the supervisor itself then exits). A sandbox
+    that is not running is never started from here: its instances are gone with it.
+    """
+    from ..errors import NotFoundError
+    from ..providers.registry import SandboxNotRunning
     from ..ssh.tunnel import ResolveResult
+    from .gateway import stop_lab
     from .lifecycle import refresh
 
     ctx = Context.create()
@@ -51,9 +59,13 @@ def tunnel_resolver(name: str) -> Callable[[], Any]:
     def resolve() -> ResolveResult:
         try:
             instance = refresh(ctx, name)
+        except (SandboxNotRunning, NotFoundError):  # the sandbox reset, or `down` forgot the record meanwhile
+            instance = None
         except Exception:  # the cloud API unreachable is not the instance gone: keep trying
             return ResolveResult(state="unknown", host=None)
         if instance is None:
+            with contextlib.suppress(OSError):
+                stop_lab(ctx, name, require_record=False)
             return ResolveResult(state="gone", host=None)
         return ResolveResult(state=instance.state, host=instance.host)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from ..errors import SandboxError, UsageError
 
 if TYPE_CHECKING:
     from .base import Provider
 
-__all__ = ["HOST_PROVIDER", "PROVIDERS", "adopts_hosts", "get_provider", "listing_provider"]
+__all__ = ["HOST_PROVIDER", "PROVIDERS", "SandboxNotRunning", "adopts_hosts", "get_provider", "listing_provider"]
+
+
+class SandboxNotRunning(SandboxError):
+    """No sandbox daemon: its instances are gone with it (moto keeps them in memory)."""
 
 PROVIDERS = ("aws", "sandbox", "ssh")
 #: the provider `up --host` means when --provider is not given
@@ -35,7 +39,9 @@ def listing_provider(configured: str | None, used: Iterable[str], default: str) 
     return clouds.pop() if len(clouds) == 1 else default
 
 
-def get_provider(name: str, region: str | None = None, profile: str | None = None, *, start: bool = True) -> Provider:
+def get_provider(name: str, region: str | None = None, profile: str | None = None, *, start: bool = False) -> Provider:
+    """``start``: start the sandbox when it is not running. Only `nbcloud sandbox start` means that: any other
+    command, and above all a background process (a tunnel's resolver), would bring back a sandbox the user reset."""
     if name == "aws":
         from .aws.provider import AwsProvider
         from .aws.session import AwsSession
@@ -48,9 +54,7 @@ def get_provider(name: str, region: str | None = None, profile: str | None = Non
 
         info = sandbox.start() if start else sandbox.load_info()
         if info is None:
-            from ..errors import SandboxError
-
-            raise SandboxError("the sandbox is not running", "start it with `nbcloud sandbox start`")
+            raise SandboxNotRunning("the sandbox is not running", "start it with `nbcloud sandbox start`")
         session = AwsSession.create(
             region=region or info.region, endpoint_url=info.endpoint_url, access_key="testing", secret_key="testing"
         )

@@ -35,7 +35,25 @@ LAB_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "f
 
 
 def agent_source() -> str:
-    return resources.files("nbcloud.remote.agent").joinpath("nbcloud_agent.py").read_text()
+    """The agent as the instance gets it: without docstrings and comment lines (it travels in user-data, which EC2
+    caps at 16 KB; the commented source is nbcloud/remote/agent/nbcloud_agent.py)."""
+    return strip_docs(resources.files("nbcloud.remote.agent").joinpath("nbcloud_agent.py").read_text())
+
+
+def strip_docs(source: str) -> str:
+    """``source`` minus its docstrings and full-line comments (the shebang stays); the code is untouched."""
+    import ast
+
+    drop: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and len(node.body) > 1:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                drop.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    kept = [line for number, line in enumerate(source.splitlines(), 1)
+            if number not in drop and (number == 1 or not line.lstrip().startswith("#"))]
+    return "\n".join(kept) + "\n"
 
 
 def agent_config(spec: BootstrapSpec) -> dict[str, object]:

@@ -16,11 +16,13 @@ from datetime import UTC, datetime, timedelta
 from .spec import LOGIN_USER
 
 __all__ = [
+    "AGENT_HOLD",
     "AGENT_SETTINGS",
     "agent_settings_json",
     "autostop_update_script",
     "cert_ip_addresses",
     "hash_password",
+    "hold_script",
     "install_secrets_script",
     "install_tls_script",
     "make_tls_cert",
@@ -251,3 +253,19 @@ def autostop_update_script(idle_stop_seconds: int | None, login_user: str = LOGI
         "os.chmod(t,0o600);os.replace(t,p);print('idle_stop_seconds',d['idle_stop_seconds'])"
     )
     return "python3 -c " + shlex.quote(code)
+
+
+AGENT_HOLD = "hold"  # beside the agent's settings; the agent reads it every check (nbcloud_agent.read_hold)
+
+
+def hold_script(reason: str | None, login_user: str = LOGIN_USER) -> str:
+    """A one-line command (run as the login user) that holds the instance up (``reason``) or, with None, releases
+    it. The reason goes through the command's environment-free argv as a quoted word, never into code."""
+    path = f"/home/{login_user}/.config/nbcloud/{AGENT_HOLD}"
+    if reason is None:
+        code = f"import os;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};print(os.path.exists(p));" \
+               "os.path.exists(p) and os.remove(p)"
+        return "python3 -c " + shlex.quote(code)
+    code = (f"import os,sys;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};t=p+'.tmp';"
+            "os.makedirs(os.path.dirname(p),exist_ok=True);open(t,'w').write(sys.argv[1]+'\\n');os.replace(t,p)")
+    return "python3 -c " + shlex.quote(code) + " " + shlex.quote(" ".join(reason.split())[:200])

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,9 @@ def _die_with_parent() -> tuple[str, ...]:
 
 
 def run(config: Path, alias: str, command: str, *, input: bytes | None = None, timeout: float = 60,
-        check: bool = True, connect_timeout: int = 10) -> SshResult:
-    argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}"), "--", command]
+        check: bool = True, connect_timeout: int = 10, options: Sequence[str] = ()) -> SshResult:
+    """``ssh alias command``; ``options``: more ``-o`` pairs for this call only."""
+    argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}", *options), "--", command]
     try:
         done = subprocess.run([*_die_with_parent(), *argv], input=input, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:

@@ -18,9 +18,11 @@ agent records which notebooks were open and how old their saved copy is, so the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -28,8 +30,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -44,15 +46,25 @@ SPOT_PERIOD = 5.0
 
 @dataclass(frozen=True)
 class Sample:
-    """What one check saw. ``jupyter_error`` set means Jupyter could not be read (then the rest is unknown)."""
+    """What one check saw. ``jupyter_error`` set means Jupyter could not be read (then its part is unknown).
+
+    Work and a person's input are activity: a busy kernel, code run or a notebook saved (``last_activity``), a
+    keystroke on a terminal or an interactive ssh session (``last_input``: its pty's atime, as ``w`` shows it),
+    CPU or GPU use, a hold. What only shows presence is recorded but is not activity: open notebook tabs
+    (``connections``), Jupyter terminals, ssh connections (a held tunnel is one).
+    """
 
     t: float
     jupyter_error: str | None = None
     busy_kernels: int = 0
-    connections: int = 0  # open kernel websockets (a tab with a notebook)
-    last_activity: float | None = None  # latest of the server's, the kernels' and the terminals' last_activity
+    connections: int = 0  # open kernel websockets (a tab with a notebook): presence, not activity
+    last_activity: float | None = None  # latest kernel message or notebook save
     terminals: int = 0
-    ssh_connections: int = 0
+    ssh_connections: int = 0  # presence, not activity
+    last_input: float | None = None  # latest keystroke on a pty of the instance's processes
+    cpu_cores: float | None = None  # cores the instance's processes (the agent's aside) used since the last sample
+    gpu_percent: float | None = None  # highest GPU utilisation (nvidia-smi), None without GPUs
+    held: str | None = None  # `nbcloud hold`: why the user keeps it up
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,9 @@ class Settings:
     idle_stop_seconds: int | None = 3600
     max_cost_usd: float | None = None
     hourly_usd: float | None = None
+    #: sustained CPU above this many cores (over one check period) is work: a nohup'd or tmux'd job
+    cpu_busy_cores: float = 0.10
+    gpu_busy_percent: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -67,21 +82,39 @@ class Decision:
     action: str  # "none" | "stop"
     idle_seconds: float
     reason: str
+    busy: bool = False  # something counts as activity right now
+    stop_in_seconds: float | None = None  # when the idle stop comes if nothing happens (None: never)
 
 
-def _activity(sample: Sample) -> tuple[float | None, str]:
+def _activity(sample: Sample, settings: Settings = Settings()) -> tuple[float | None, str]:
     """(time of the latest activity this sample proves, why). ``sample.t`` when something is going on now."""
+    if sample.held:
+        return sample.t, f"held ({sample.held})"
     if sample.jupyter_error:
         return sample.t, f"jupyter unreadable ({sample.jupyter_error}): counted as busy"
     if sample.busy_kernels:
         return sample.t, f"{sample.busy_kernels} kernel(s) busy"
-    if sample.ssh_connections:
-        return sample.t, f"{sample.ssh_connections} ssh connection(s) (terminal or tunnel)"
-    if sample.connections:
-        return sample.t, f"{sample.connections} notebook connection(s) open"
-    if sample.last_activity is not None:
-        return min(sample.last_activity, sample.t), "jupyter activity"
+    if sample.cpu_cores is not None and sample.cpu_cores >= settings.cpu_busy_cores:
+        return sample.t, f"processes using {sample.cpu_cores:.2f} CPU cores"
+    if sample.gpu_percent is not None and sample.gpu_percent >= settings.gpu_busy_percent:
+        return sample.t, f"GPU {sample.gpu_percent:.0f}% busy"
+    stamps = [(sample.last_input, "terminal input"), (sample.last_activity, "notebook activity")]
+    known = [(min(at, sample.t), why) for at, why in stamps if at is not None]
+    if known:
+        return max(known)
     return None, ""
+
+
+def presence(sample: Sample) -> str:
+    """What is open but not counted (for the reason shown by `status`)."""
+    parts = []
+    if sample.connections:
+        parts.append(f"{sample.connections} notebook tab(s)")
+    if sample.terminals:
+        parts.append(f"{sample.terminals} Jupyter terminal(s)")
+    if sample.ssh_connections:
+        parts.append(f"{sample.ssh_connections} ssh connection(s)")
+    return f"; open but not activity: {', '.join(parts)}" if parts else ""
 
 
 def decide(
@@ -90,32 +123,40 @@ def decide(
     """Stop or not, from the samples recorded since the agent started (oldest first). Pure."""
     latest, why = None, "no activity seen"
     for sample in samples:
-        at, reason = _activity(sample)
+        at, reason = _activity(sample, settings)
         if at is not None and (latest is None or at >= latest):
             latest, why = at, reason
     baseline = samples[0].t if samples else now  # idleness is never claimed beyond what the agent observed
     idle = max(0.0, now - max(baseline, latest if latest is not None else baseline))
+    busy = bool(samples) and latest is not None and latest >= samples[-1].t
+    if latest is not None and not busy:
+        why = f"{why}, {max(0.0, now - latest):.0f}s ago"
+    shown = why + (presence(samples[-1]) if samples else "")
 
     if settings.max_cost_usd is not None and settings.hourly_usd:
         # Stop while there is still margin: the next two checks and the shutdown itself cost money too.
         projected = (accrued_seconds + 2 * check_period + MARGIN_SECONDS) * settings.hourly_usd / 3600.0
         if projected >= settings.max_cost_usd:
             accrued = accrued_seconds * settings.hourly_usd / 3600.0
-            why = f"accrued ${accrued:.2f} at ${settings.hourly_usd:.4f}/h"
-            return Decision("stop", idle, f"cost cap ${settings.max_cost_usd:.2f} reached ({why})")
-    if samples and samples[-1].jupyter_error:
-        return Decision("none", 0.0, _activity(samples[-1])[1])
+            spent = f"accrued ${accrued:.2f} at ${settings.hourly_usd:.4f}/h"
+            return Decision("stop", idle, f"cost cap ${settings.max_cost_usd:.2f} reached ({spent})", busy, 0.0)
+    if samples and samples[-1].jupyter_error and not samples[-1].held:
+        return Decision("none", 0.0, _activity(samples[-1], settings)[1], True, None)
     if settings.idle_stop_seconds is None:
-        return Decision("none", idle, f"idle stop off ({why})")
+        return Decision("none", idle, f"idle stop off (last: {shown})", busy, None)
+    left = max(0.0, settings.idle_stop_seconds - idle)
+    if busy:
+        return Decision("none", idle, f"busy: {shown}", True, float(settings.idle_stop_seconds))
     if idle >= settings.idle_stop_seconds:
-        return Decision("stop", idle, f"idle for {idle:.0f}s (limit {settings.idle_stop_seconds}s; last: {why})")
-    return Decision("none", idle, f"idle {idle:.0f}s of {settings.idle_stop_seconds}s (last: {why})")
+        return Decision("stop", idle, f"idle for {idle:.0f}s (limit {settings.idle_stop_seconds}s; last: {shown})",
+                        False, 0.0)
+    return Decision("none", idle, f"idle {idle:.0f}s of {settings.idle_stop_seconds}s (last: {shown})", False, left)
 
 
-def prune(samples: list[Sample]) -> list[Sample]:
+def prune(samples: list[Sample], settings: Settings = Settings()) -> list[Sample]:
     """Drop samples before the latest one that shows activity now: they cannot change ``decide``."""
     for index in range(len(samples) - 1, -1, -1):
-        at, _ = _activity(samples[index])
+        at, _ = _activity(samples[index], settings)
         if at is not None and at >= samples[index].t:
             return samples[index:]
     return samples
@@ -130,16 +171,80 @@ def parse_iso(text: str | None) -> float | None:
         return None
 
 
-def summarize_jupyter(status: dict[str, Any], kernels: list[dict[str, Any]], terminals: list[dict[str, Any]]
-                      ) -> tuple[int, int, float | None, int]:
-    """(busy kernels, connections, latest last_activity, terminals) from jupyter_server 2.x answers."""
+def summarize_jupyter(status: dict[str, Any], kernels: list[dict[str, Any]], terminals: list[dict[str, Any]],
+                      saved: Iterable[str | None] = ()) -> tuple[int, int, float | None, int]:
+    """(busy kernels, connections, latest activity, terminals) from jupyter_server 2.x answers.
+
+    The latest activity is the kernels' last message and the open notebooks' last save (``saved``: their
+    ``last_modified``). Not the server's own ``last_activity``: every API request moves it, and an open JupyterLab
+    tab polls the API every few seconds, so it would count an untouched tab. Not the terminals' either: their
+    output moves it; a keystroke shows on the terminal's pty instead.
+    """
     busy = sum(1 for k in kernels if k.get("execution_state") in BUSY_STATES)
     connections = int(status.get("connections") or 0)
-    stamps = [parse_iso(status.get("last_activity"))]
-    stamps += [parse_iso(k.get("last_activity")) for k in kernels]
-    stamps += [parse_iso(t.get("last_activity")) for t in terminals]
+    stamps = [parse_iso(k.get("last_activity")) for k in kernels] + [parse_iso(text) for text in saved]
     known = [s for s in stamps if s is not None]
     return busy, connections, (max(known) if known else None), len(terminals)
+
+
+# ---- processes: CPU and ptys of the instance's own processes (pure parsers; the scan is below)
+
+PTS_MAJORS = range(136, 144)  # Unix98 ptys: /dev/pts/N
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    ppid: int
+    tty_nr: int
+    ticks: int  # utime + stime + cutime + cstime: its own CPU and its reaped children's
+    start: int  # clock ticks after boot
+
+
+def parse_stat(text: str) -> ProcStat | None:
+    """The fields of /proc/PID/stat that matter here (the command name may hold spaces and parentheses)."""
+    rest = text[text.rfind(")") + 2:].split()
+    if len(rest) < 20 or rest[0] in ("Z", "X"):
+        return None
+    return ProcStat(ppid=int(rest[1]), tty_nr=int(rest[4]), ticks=sum(int(v) for v in rest[11:15]),
+                    start=int(rest[19]))
+
+
+def pts_number(tty_nr: int) -> int | None:
+    """N of /dev/pts/N for a process's controlling terminal (0: none; a console or serial line: None)."""
+    major = (tty_nr >> 8) & 0xFFF
+    minor = (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if tty_nr == 0 or major not in PTS_MAJORS:
+        return None
+    return (major - PTS_MAJORS.start) * 256 + minor
+
+
+def cpu_cores(before: dict[int, ProcStat], after: dict[int, ProcStat], before_uptime_ticks: float,
+              elapsed: float, hz: int) -> float | None:
+    """Cores used between two scans: the growth of each process seen twice, all of a process born in between."""
+    if elapsed <= 0:
+        return None
+    ticks = 0
+    for pid, now in after.items():
+        then = before.get(pid)
+        if then is not None and then.start == now.start:
+            ticks += max(0, now.ticks - then.ticks)
+        elif now.start >= before_uptime_ticks:
+            ticks += now.ticks
+    return ticks / hz / elapsed
+
+
+def descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = [r for r in roots if r in parents]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
 
 
 def _ipv4_of(hex_address: str) -> str | None:
@@ -188,6 +293,8 @@ class Config:
     durable_outputs: bool = False
     imds_url: str = "http://169.254.169.254"
     proc_net: list[str] = field(default_factory=lambda: ["/proc/net/tcp", "/proc/net/tcp6"])
+    #: `nbcloud hold NAME` writes it, `nbcloud release NAME` removes it (default: beside the settings file)
+    hold_file: str | None = None
     shutdown: list[str] = field(default_factory=lambda: ["shutdown", "-h", "now"])
 
 
@@ -261,6 +368,115 @@ def write_json(path: str, data: dict[str, Any], mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+class Processes:
+    """The instance's own processes: their CPU use between two scans and the ptys they hold.
+
+    Which processes are the instance's: all of them on a machine of its own. A sandbox instance shares the host's
+    process table: in its own network namespace (netns mode) those in that namespace; else (loopback mode) the
+    processes carrying the instance's marker and everything below them. The agent itself is left out.
+    """
+
+    def __init__(self, proc: str = "/proc", dev_pts: str = "/dev/pts") -> None:
+        self.proc, self.dev_pts = proc, dev_pts
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.before: dict[int, ProcStat] | None = None
+        self.before_uptime = 0.0
+        self.before_mono = 0.0
+        self.own_netns = self._netns("self")
+        host_netns = self._netns(self._host_pid())
+        self.netns_scope = host_netns is not None and self.own_netns is not None and host_netns != self.own_netns
+        self.marker = os.environ.get("NBCLOUD_SANDBOX_INSTANCE", "")
+
+    def _host_pid(self) -> str:
+        """A process in the machine's own network namespace: kthreadd (a kernel thread, always there and readable;
+        a Firecracker guest's PID 1 refuses even root), else PID 1."""
+        try:
+            with open(f"{self.proc}/2/stat") as fh:
+                return "2" if "(kthreadd)" in fh.read() else "1"
+        except OSError:
+            return "1"
+
+    def _netns(self, pid: str) -> str | None:
+        try:
+            return os.readlink(f"{self.proc}/{pid}/ns/net")
+        except OSError:
+            return None
+
+    def _scan(self) -> dict[int, ProcStat]:
+        found: dict[int, ProcStat] = {}
+        for entry in os.listdir(self.proc):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"{self.proc}/{entry}/stat") as fh:
+                    stat = parse_stat(fh.read())
+            except (OSError, ValueError):
+                continue  # exited meanwhile
+            if stat is not None:
+                found[int(entry)] = stat
+        return found
+
+    def _has_marker(self, pid: int) -> bool:
+        try:
+            with open(f"{self.proc}/{pid}/environ", "rb") as fh:
+                return f"NBCLOUD_SANDBOX_INSTANCE={self.marker}".encode() in fh.read().split(b"\0")
+        except OSError:
+            return False
+
+    def _own(self, stats: dict[int, ProcStat]) -> dict[int, ProcStat]:
+        me = os.getpid()
+        if self.netns_scope:
+            keep = {pid for pid in stats if self._netns(str(pid)) == self.own_netns}
+        elif self.marker:
+            marked = {pid for pid in stats if self._has_marker(pid)}
+            keep = descendants(marked, {pid: st.ppid for pid, st in stats.items()})
+        else:
+            keep = set(stats)
+        return {pid: st for pid, st in stats.items() if pid in keep and me not in (pid, st.ppid)}
+
+    def _uptime_ticks(self) -> float:
+        with open(f"{self.proc}/uptime") as fh:
+            return float(fh.read().split()[0]) * self.hz
+
+    def sample(self) -> tuple[float | None, float | None]:
+        """(cores used since the previous call or None the first time, latest keystroke on an own pty)."""
+        uptime, mono = self._uptime_ticks(), time.monotonic()
+        own = self._own(self._scan())
+        cores = None
+        if self.before is not None:
+            cores = cpu_cores(self.before, own, self.before_uptime, mono - self.before_mono, self.hz)
+        self.before, self.before_uptime, self.before_mono = own, uptime, mono
+        inputs = []
+        for number in {pts_number(st.tty_nr) for st in own.values()} - {None}:
+            with contextlib.suppress(OSError):  # the session ended meanwhile
+                inputs.append(os.stat(f"{self.dev_pts}/{number}").st_atime)
+        return cores, (max(inputs) if inputs else None)
+
+
+def gpu_percent() -> float | None:
+    """The busiest GPU's utilisation per nvidia-smi; None without it (or when it fails)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=10, check=False)
+        values = [float(v) for v in done.stdout.split() if v.replace(".", "", 1).isdigit()]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return max(values) if values else None
+
+
+def read_hold(path: str) -> str | None:
+    """Why the user holds the instance (the file's first line), or None when it is not held."""
+    try:
+        with open(path) as fh:
+            return fh.readline().strip()[:200] or "nbcloud hold"
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"hold file unreadable: {exc}"  # kept up: a hold is never lost to a permission problem
+
+
 class Jupyter:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -280,14 +496,20 @@ class Jupyter:
         with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as resp:
             return json.loads(resp.read().decode())
 
+    def saved_times(self) -> list[str | None]:
+        """The last save of each notebook open in a session (an edit autosaves within two minutes)."""
+        times: list[str | None] = []
+        for session in self.get("/api/sessions"):
+            path = session.get("path") or (session.get("notebook") or {}).get("path")
+            if path and session.get("type", "notebook") == "notebook":
+                try:
+                    times.append(self.get(f"/api/contents/{urllib.parse.quote(path)}?content=0").get("last_modified"))
+                except urllib.error.HTTPError:
+                    times.append(None)  # renamed or deleted since: no save time
+        return times
+
     def sample(self, now: float) -> Sample:
-        ssh = 0
-        for path in self.config.proc_net:
-            try:
-                with open(path) as fh:
-                    ssh += count_ssh(fh.read(), self.config.ssh_port, self.config.ssh_address)
-            except OSError:
-                pass  # no IPv6 on this kernel
+        """Jupyter's part of a sample (the rest is filled in by :meth:`Agent.sample`)."""
         try:
             status = self.get("/api/status")
             kernels = self.get("/api/kernels")
@@ -297,13 +519,24 @@ class Jupyter:
                 if exc.code != 404:  # terminals disabled: nothing to count
                     raise
                 terminals = []
+            saved = self.saved_times()
         except FileNotFoundError:
-            return Sample(t=now, jupyter_error="no token file yet", ssh_connections=ssh)
+            return Sample(t=now, jupyter_error="no token file yet")
         except (OSError, ValueError) as exc:
-            return Sample(t=now, jupyter_error=str(exc)[:200] or type(exc).__name__, ssh_connections=ssh)
-        busy, connections, last, terms = summarize_jupyter(status, kernels, terminals)
-        return Sample(t=now, busy_kernels=busy, connections=connections, last_activity=last, terminals=terms,
-                      ssh_connections=ssh)
+            return Sample(t=now, jupyter_error=str(exc)[:200] or type(exc).__name__)
+        busy, connections, last, terms = summarize_jupyter(status, kernels, terminals, saved)
+        return Sample(t=now, busy_kernels=busy, connections=connections, last_activity=last, terminals=terms)
+
+
+def ssh_connections(config: Config) -> int:
+    count = 0
+    for path in config.proc_net:
+        try:
+            with open(path) as fh:
+                count += count_ssh(fh.read(), config.ssh_port, config.ssh_address)
+        except OSError:
+            pass  # no IPv6 on this kernel
+    return count
 
 
 class Imds:
@@ -371,6 +604,8 @@ class Agent:
         self.config = config
         self.clock = clock
         self.jupyter = Jupyter(config)
+        self.processes = Processes()
+        self.hold_file = config.hold_file or os.path.join(os.path.dirname(config.settings_file), "hold")
         self.imds = Imds(config.imds_url)
         self.settings = Settings()
         self.samples: list[Sample] = []
@@ -399,10 +634,13 @@ class Agent:
             self.samples = []
         self._settings_read = True  # the first read (at start or restart) is the limit, not a change of it
         self.settings = settings
-        self.samples = prune([*self.samples, self.jupyter.sample(now)])
+        self.samples = prune([*self.samples, self.sample(now)], self.settings)
         decision = decide(self.samples, now, self.settings, self.state["accrued_seconds"], self.config.check_period)
+        stop_in = decision.stop_in_seconds
         self.state.update(idle_seconds=int(decision.idle_seconds), last_check=now, reason=decision.reason,
-                          action=decision.action, settings=asdict(self.settings))
+                          action=decision.action, settings=asdict(self.settings), busy=decision.busy,
+                          stop_in_seconds=None if stop_in is None else int(stop_in),
+                          stop_at=None if stop_in is None or decision.busy else int(now + stop_in))
         write_json(self.config.state_file, self.state)
         summary = re.sub(r"[0-9.]+", "N", decision.reason)  # log when the kind of reason changes, not every tick
         if summary != self.last_reason:
@@ -416,6 +654,15 @@ class Agent:
             else:
                 log("shutdown failed (%s): will retry next check" % (result.stderr.strip() or result.returncode))
         return decision
+
+    def sample(self, now: float) -> Sample:
+        try:
+            cores, last_input = self.processes.sample()
+        except OSError as exc:  # no /proc: nothing known about processes, so they prove nothing
+            log(f"processes unreadable: {exc}")
+            cores, last_input = None, None
+        return replace(self.jupyter.sample(now), ssh_connections=ssh_connections(self.config), cpu_cores=cores,
+                       last_input=last_input, gpu_percent=gpu_percent(), held=read_hold(self.hold_file))
 
     def watch_spot(self) -> None:
         try:

@@ -1,0 +1,104 @@
+"""`nbcloud status` with N running instances ÷ `status` of one, in one run (sandbox).
+
+`status` reads each running instance's agent state (why it is busy or idle, when it stops) over ssh: in parallel,
+each bounded by a short timeout. This bench launches instances with `nbcloud up --no-connect --idle-stop off`
+(one at a time: they share one NBCLOUD_HOME), and after each batch times the CLI as a user runs it:
+`nbcloud status --json` (every instance) against `nbcloud status NAME --json` (one), median of --runs, wall time and
+the CPU of the command and its ssh children. Goal: ratio ≤ 2 for 50 instances. A 2-core machine holds about 20
+sandbox instances with Jupyter; pass --sizes to go further where there is room.
+
+Run as root: python bench/bench_status.py [--sizes 10,20] [--runs 3] [--subnet 10.214.0.0/16]
+Uses its own sandbox with temporary NBCLOUD_HOME/NBCLOUD_SANDBOX_DIR, reset at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+sys.path.insert(0, str(SRC))
+
+
+def nb(env: dict[str, str], *args: str, timeout: float = 900) -> tuple[float, float, object]:
+    """(wall s, CPU s of the command and its children, parsed --json output)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "nbcloud.cli.app", *args, "--json"], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"nbcloud {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(done.stdout)
+
+
+def timed_status(env: dict[str, str], runs: int, *name: str) -> tuple[float, float, list[dict]]:
+    walls, cpus, rows = [], [], []
+    for _ in range(runs):
+        wall, cpu, out = nb(env, "status", *name)
+        walls.append(wall)
+        cpus.append(cpu)
+        rows = out if isinstance(out, list) else [out]  # type: ignore[assignment]
+    return statistics.median(walls), statistics.median(cpus), rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,20", help="instance counts to measure at, ascending")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--subnet", default="10.214.0.0/16")
+    args = parser.parse_args()
+    sizes = sorted({int(s) for s in args.sizes.split(",")})
+    if os.geteuid() != 0:
+        sys.exit("run as root: the sandbox needs network namespaces")
+
+    tmp = Path(tempfile.mkdtemp(prefix="nbcloud-bench-status-"))
+    os.environ.update(NBCLOUD_HOME=str(tmp / "home"), NBCLOUD_USER_SSH_CONFIG=str(tmp / "ssh_config"),
+                      NBCLOUD_SANDBOX_SUBNET=args.subnet, NBCLOUD_SANDBOX_DIR=str(tmp / "sandbox"),
+                      NBCLOUD_QUIET="1")
+    env = dict(os.environ) | {"PYTHONPATH": str(SRC)}
+    from nbcloud.providers.sandbox import client as sandbox
+
+    sandbox.start()
+    names: list[str] = []
+    try:
+        results = []
+        for size in sizes:
+            t0 = time.monotonic()
+            while len(names) < size:
+                name = f"bench-st{len(names)}"
+                nb(env, "up", name, "--provider", "sandbox", "--no-connect", "--idle-stop", "off")
+                names.append(name)
+            print(f"{size} instances up ({time.monotonic() - t0:.0f} s for the last batch)", flush=True)
+            one_wall, one_cpu, _ = timed_status(env, args.runs, names[0])
+            all_wall, all_cpu, rows = timed_status(env, args.runs)
+            read = sum(1 for r in rows if r.get("idle_reason") and "unreachable" not in r["idle_reason"])
+            results.append((size, one_wall, one_cpu, all_wall, all_cpu, read))
+            print(f"  status of 1: {one_wall:.2f} s wall, {one_cpu:.2f} s CPU; status of {size}: {all_wall:.2f} s "
+                  f"wall, {all_cpu:.2f} s CPU; agents read {read}/{size}; ratio {all_wall / one_wall:.2f}",
+                  flush=True)
+        print(f"\nsummary (median of {args.runs} runs each; goal: ratio ≤ 2 for 50):")
+        for size, one_wall, one_cpu, all_wall, all_cpu, read in results:
+            print(f"  N={size:3d}: status(N) {all_wall:5.2f} s ÷ status(1) {one_wall:5.2f} s = "
+                  f"{all_wall / one_wall:4.2f} (CPU {all_cpu:.2f} s vs {one_cpu:.2f} s; agents read {read}/{size})")
+    finally:
+        for name in names:
+            subprocess.run([sys.executable, "-m", "nbcloud.cli.app", "down", name, "--yes", "--json"],
+                           capture_output=True, env=env, timeout=300)
+        sandbox.reset()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""`status` rows without a network: the agent's state merged in, other machines' instances, the text rendering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from nbcloud.cli.instances_cmd import _status_text
+from nbcloud.models import Instance
+from nbcloud.ops.lifecycle import InstanceView, _foreign_view, _merge_agent_state
+
+ROW = InstanceView(name="a", instance_id="i-a", state="running", instance_type="t3.medium", region="us-east-1",
+                   provider="sandbox", host="10.0.0.2")
+
+
+def test_agent_state_says_why_and_when() -> None:
+    stop_at = datetime(2026, 11, 30, 12, 34, 56, tzinfo=UTC)
+    state = {"idle_seconds": 40, "reason": "idle 40s of 60s (last: terminal input, 40s ago)", "busy": False,
+             "stop_in_seconds": 20, "stop_at": int(stop_at.timestamp())}
+    view = _merge_agent_state(ROW, state)
+    assert (view.idle_seconds, view.busy, view.stops_at) == (40.0, False, "2026-11-30T12:34:56+00:00")
+    assert view.idle_reason == state["reason"]
+    text = _status_text([view])
+    assert "0m40s (stop 12:34 UTC)" in text and "a: idle 40s of 60s (last: terminal input" in text
+    busy = _merge_agent_state(ROW, {"idle_seconds": 0, "reason": "busy: 1 kernel(s) busy", "busy": True})
+    assert busy.stops_at is None and " busy " in _status_text([busy])
+    # an agent that could not be read in time: unknown, never an error
+    assert _merge_agent_state(ROW, {}).idle_reason == "agent unreachable: unknown"
+    # an agent from before idle_reason (no busy, no stop_at) still fills the idle column
+    old = _merge_agent_state(ROW, {"idle_seconds": 5, "reason": "idle 5s of 3600s"})
+    assert old.idle_seconds == 5 and old.busy is None and old.stops_at is None
+
+
+def test_instances_made_elsewhere_are_shown_and_priced() -> None:
+    launched = datetime.now(UTC) - timedelta(hours=2)
+    instance = Instance(name="b", instance_id="i-b", state="running", instance_type="t3.medium", region="us-east-1",
+                        provider="aws", launched_at=launched)
+    view = _foreign_view(instance)
+    assert not view.managed_here and view.hourly_usd == 0.0416
+    assert view.accrued_usd is not None and abs(view.accrued_usd - 2 * 0.0416) < 0.001
+    text = _status_text([ROW, view])
+    assert "b *" in text and "made on another machine (keys not here): 1 instance(s), $0.04/h" in text
+
+
+def test_a_cloud_that_cannot_be_reached_leaves_its_rows_unknown(nbcloud_home, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from nbcloud.ops import Context, status
+    from nbcloud.state import Record
+
+    monkeypatch.setenv("NBCLOUD_SANDBOX_DIR", str(tmp_path / "no-sandbox"))
+    ctx = Context.create()
+    ctx.store.put(Record(name="s", provider="sandbox", region="us-east-1", instance_id="i-s", state="running"))
+    [row] = status(ctx)
+    assert row.state == "unknown" and "sandbox is not running" in (row.idle_reason or "")
+    assert ctx.store.get("s").state == "running"  # not recorded as gone: nobody knows  # type: ignore[union-attr]
