@@ -275,9 +275,12 @@ def cmdline(pid: int) -> str:
 
 # --- tests --------------------------------------------------------------------------------------------------------
 
-def test_up_state_file_and_no_secrets_on_command_lines(host: NetnsHost, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["plain", "resumable"])
+def test_up_state_file_and_no_secrets_on_command_lines(host: NetnsHost, monkeypatch: pytest.MonkeyPatch,
+                                                       mode: str) -> None:
     secret = "tok-" + os.urandom(8).hex()
     monkeypatch.setenv("JUPYTER_TOKEN", secret)  # even with a token in the environment, no command line shows it
+    monkeypatch.setenv("NBCLOUD_TUNNEL_MODE", mode)
     port = start(host)
     st = tunnel.wait_until_up(host.name, timeout=30)
     assert b"nbtun" in get(port)
@@ -287,7 +290,12 @@ def test_up_state_file_and_no_secrets_on_command_lines(host: NetnsHost, monkeypa
             "instance_state"} <= set(raw)
     assert tunnel.state_path(host.name).stat().st_mode & 0o077 == 0
     sup, ssh = cmdline(st.pid), cmdline(st.ssh_pid)
-    assert "nbcloud.ssh.tunnel" in sup and ssh.startswith("ssh ") and f"127.0.0.1:{port}:127.0.0.1:" in ssh
+    assert "nbcloud.ssh.tunnel" in sup and ssh.startswith("ssh ") and st.mode == mode
+    if mode == "plain":
+        assert f"127.0.0.1:{port}:127.0.0.1:" in ssh
+    else:  # the supervisor itself listens (on 127.0.0.1 only); ssh carries the relay's frames, no -L
+        assert " -L " not in ssh and "attach" in ssh and st.held_connections == 0
+        assert port in tunnel.listening_ports()  # type: ignore[operator]
     for text in (sup, ssh, tunnel.log_path(host.name).read_text(), (host.root / "home").joinpath(
             "tunnels", f"{host.name}.args.json").read_text()):
         assert secret not in text

@@ -209,6 +209,19 @@ def _vscode_line(view: Any) -> str:
     return f"\n  vscode: {view.vscode}" if getattr(view, "vscode", None) else ""
 
 
+def _tunnel_line(v: Any) -> str:
+    """Forwards, held connections and what the last outage did to them; empty when there is nothing to say."""
+    parts = [f"forward 127.0.0.1:{f['local_port']} → {f['remote_port']}" for f in getattr(v, "forwards", [])]
+    if getattr(v, "held_connections", 0):
+        parts.append(f"{v.held_connections} connection(s) held")
+    o = getattr(v, "last_outage", None)
+    if o and o.get("resumed") is not None:
+        what = (f"{o['closed']} connection(s) closed (past the resume window)" if o.get("closed")
+                else f"{o.get('held', 0)} connection(s) carried through")
+        parts.append(f"last outage {o.get('started')}, {o.get('seconds', 0):.0f} s: {what}")
+    return f"{v.name}: " + "; ".join(parts) if parts else ""
+
+
 def _status_text(views: list[Any]) -> str:
     if not views:
         return "no instances; start one with `nbcloud up NAME` (or `nbcloud up demo --provider sandbox`)"
@@ -222,6 +235,7 @@ def _status_text(views: list[Any]) -> str:
     } for v in views]
     out = table(rows, list(rows[0]))
     notices = [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
+    notices += [_tunnel_line(v) for v in views if _tunnel_line(v)]
     notices += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
                 "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
     return "\n".join([out, *notices])

@@ -274,7 +274,8 @@ class TunnelSupervisor:
         if mux is None:
             return
         held = len(mux.streams)
-        outage = asdict(mux.last_outage) if mux.last_outage is not None else None
+        current = mux.outage if mux.outage is not None else mux.last_outage  # the one under way, else the last
+        outage = asdict(current) if current is not None else None
         if held != self._state.held_connections or outage != self._state.last_outage:
             self._set(held_connections=held, last_outage=outage)
 
@@ -352,6 +353,8 @@ class TunnelSupervisor:
         fd = proc.stderr.fileno()
         os.set_blocking(fd, False)
         started, is_up, last, buf = time.monotonic(), False, None, b""
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
         try:
             while True:
                 if self._stop_requested:
@@ -384,8 +387,9 @@ class TunnelSupervisor:
                 if not is_up and time.monotonic() - started > self.attempt_timeout:
                     last = Event("fail", "ssh handshake timed out")
                     break
-                time.sleep(0.05 if not is_up else 0.2)
+                sel.select(timeout=0.05 if not is_up else 0.2)  # wakes at once when ssh writes or exits
         finally:
+            sel.close()
             if not self._stop_requested:
                 mux.call(mux.drop_transport)
             self._kill_ssh()
