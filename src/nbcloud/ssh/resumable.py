@@ -50,6 +50,7 @@ _LOADER = (
     " return b\n"
     "s=r(int(r(10)))\n"
     "d=os.path.expanduser(sys.argv[1]);os.makedirs(d,mode=0o700,exist_ok=True);os.chmod(d,0o700)\n"
+    "os.environ['NBCLOUD_RELAY_DIR']=d\n"
     "p=os.path.join(d,'nbcloud_relay.py')\n"
     "try: o=open(p,'rb').read()\n"
     "except OSError: o=None\n"
@@ -63,9 +64,11 @@ def relay_source() -> bytes:
     return resources.files("nbcloud.remote.relay").joinpath("nbcloud_relay.py").read_bytes()
 
 
-def relay_command(python: str = "python3") -> str:
-    """The remote command (one shell word each); no secret in it."""
-    return " ".join(shlex.quote(w) for w in (python, "-c", _LOADER, RELAY_DIR))
+def relay_command(python: str = "python3", relay_dir: str | None = None) -> str:
+    """The remote command (one shell word each); no secret in it. ``relay_dir`` (default ~/.nbcloud/relay, or
+    $NBCLOUD_REMOTE_RELAY_DIR) holds the relay, its unix socket (0600) and its log on the instance."""
+    where = relay_dir or os.environ.get("NBCLOUD_REMOTE_RELAY_DIR") or RELAY_DIR
+    return " ".join(shlex.quote(w) for w in (python, "-c", _LOADER, where))
 
 
 def relay_preamble(source: bytes | None = None) -> bytes:

@@ -377,6 +377,7 @@ class TunnelSupervisor:
                 gone = chunk == b"" or proc.poll() is not None
                 if not is_up and mux.live_id == tid and mux.rfd is not None:
                     is_up = self._ever_up = True
+                    self._publish_mux()
                     self._set("up", self._up_reason(mux), last_up=now_iso(), attempts=0)
                 self._publish_mux()
                 if mux.rfd is None and mux.transport_id == tid:  # the mux gave up on this transport

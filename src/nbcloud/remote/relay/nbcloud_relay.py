@@ -402,7 +402,7 @@ class Endpoint:
 # --- the instance side ---------------------------------------------------------------------------------------------
 
 def relay_dir() -> str:
-    path = os.path.join(os.path.expanduser("~"), ".nbcloud", "relay")
+    path = os.environ.get("NBCLOUD_RELAY_DIR") or os.path.join(os.path.expanduser("~"), ".nbcloud", "relay")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
