@@ -295,6 +295,7 @@ class LocalMux(Endpoint):
             elif self.live and mono - self.last_ping >= self.ping_every:
                 self.last_ping = mono
                 self.send(frame(PING, 0, int(mono * 1000)))
+                self.flush()
         if not self.live:
             self._expire(mono, wall)
 

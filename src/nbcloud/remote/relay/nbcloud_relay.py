@@ -19,7 +19,6 @@ import selectors
 import socket
 import struct
 import sys
-import threading
 import time
 from collections import deque
 
@@ -29,6 +28,7 @@ MAX_PAYLOAD = 1 << 20
 CHUNK = 256 * 1024
 STREAM_WINDOW = 8 << 20  # unacked bytes per stream before we stop reading its socket
 SESSION_BYTES = 64 << 20  # unacked bytes per session (all streams) before we stop reading any socket
+ACK_DELAY, ACK_BYTES = 0.04, 128 * 1024
 
 
 class ProtocolError(Exception):
@@ -50,18 +50,23 @@ class Parser:
         self.buf = bytearray()
 
     def feed(self, data: bytes) -> list:
-        buf = self.buf
-        buf += data
-        out, pos, size = [], 0, HDR.size
-        while len(buf) - pos >= size:
-            kind, sid, value, n = HDR.unpack_from(buf, pos)
-            if n > MAX_PAYLOAD or not HELLO <= kind <= BYE:
-                raise ProtocolError(f"bad frame kind={kind} length={n}")
-            if len(buf) - pos - size < n:
-                break
-            out.append((kind, sid, value, bytes(buf[pos + size:pos + size + n])))
-            pos += size + n
-        del buf[:pos]
+        if self.buf:
+            self.buf += data
+            buf: bytes | bytearray = self.buf
+        else:
+            buf = data  # the common case: whole frames straight from the read, one copy per payload
+        out, pos, size, end = [], 0, HDR.size, len(buf)
+        with memoryview(buf) as view:
+            while end - pos >= size:
+                kind, sid, value, n = HDR.unpack_from(buf, pos)
+                if n > MAX_PAYLOAD or not HELLO <= kind <= BYE:
+                    raise ProtocolError(f"bad frame kind={kind} length={n}")
+                if end - pos - size < n:
+                    break
+                out.append((kind, sid, value, bytes(view[pos + size:pos + size + n])))
+                pos += size + n
+            rest = bytes(view[pos:])
+        self.buf = bytearray(rest)
         return out
 
 
@@ -81,7 +86,13 @@ class Stream:
         self.delivered = 0  # written to our socket (+1 once we shut it for the peer's FIN)
         self.fin_in: int | None = None
         self.ack_due = False
+        self.ack_sent = 0  # the last ack we sent
+        self.ack_since = 0.0  # when the oldest unacked delivery happened
         self.peer_acked = 0  # the peer's cumulative ack (may pass our last byte by one: our FIN)
+
+    def mark_delivered(self) -> None:
+        if not self.ack_due:
+            self.ack_due, self.ack_since = True, time.monotonic()
 
     def push(self, data: bytes) -> None:
         self.unacked += data
@@ -95,7 +106,8 @@ class Stream:
         start = self.sent - self.acked
         if start >= len(self.unacked):
             return None
-        data = bytes(self.unacked[start:start + limit])
+        with memoryview(self.unacked) as view:
+            data = bytes(view[start:start + limit])
         self.sent += len(data)
         return self.sent - len(data), data
 
@@ -185,6 +197,8 @@ class Endpoint:
         self.handlers.pop(fd, None)
 
     def poll(self, timeout: float) -> None:
+        if any(st.ack_due for st in self.streams.values()):
+            timeout = min(timeout, ACK_DELAY)
         for key, events in self.sel.select(timeout):
             handler = self.handlers.get(key.fd)
             if handler is not None:
@@ -212,11 +226,11 @@ class Endpoint:
         self.queued = 0
 
     def send(self, data: bytes) -> None:
+        """Queue for the transport; written at the end of this round of events (one writev, no extra wake-up)."""
         if self.wfd is None:
             return
         self.queue.append(data)
         self.queued += len(data)
-        self.watch(self.wfd, self.on_transport, write=True)
 
     def on_transport(self, fd: int, events: int) -> None:
         if events & selectors.EVENT_WRITE and fd == self.wfd:
@@ -241,12 +255,17 @@ class Endpoint:
                 self.on_frame(*f)
 
     def flush(self) -> None:
-        while self.queue and self.wfd is not None:
+        """Write the queue, refilling it from the streams, until the transport would block or all is sent."""
+        while self.wfd is not None:
+            if not self.queue:
+                self.pump()
+                if not self.queue:
+                    break
             batch = [self.queue[i] for i in range(min(64, len(self.queue)))]
             try:
                 n = os.writev(self.wfd, batch)
             except BlockingIOError:
-                return
+                break
             except OSError:
                 return self.transport_lost("transport write failed")
             self.queued -= n
@@ -258,9 +277,8 @@ class Endpoint:
                 else:
                     self.queue[0] = head[n:]
                     n = 0
-        if self.wfd is not None and not self.queue:
-            self.watch(self.wfd, None, write=False)
-        self.pump()
+        if self.wfd is not None:
+            self.watch(self.wfd, self.on_transport, write=bool(self.queue))
 
     def transport_lost(self, why: str) -> None:
         self.detach()
@@ -310,7 +328,7 @@ class Endpoint:
                 n = sock.send(st.out)
                 del st.out[:n]
                 st.delivered += n
-                st.ack_due = True
+                st.mark_delivered()
         except BlockingIOError:
             pass
         except OSError:
@@ -319,8 +337,23 @@ class Endpoint:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
             st.delivered += 1
-            st.ack_due = True
+            st.mark_delivered()
         self.watch(sock.fileno(), self.on_sock, write=bool(st.out))
+
+    def deliver(self, st: Stream, data: bytes) -> None:
+        """Write what arrived for ``st``; only what the socket does not take now is buffered."""
+        if not st.out and st.sock is not None and getattr(st, "connected", True):
+            try:
+                n = st.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return self.reset(st, tell=True)
+            st.delivered += n
+            st.mark_delivered()
+            data = data[n:]
+        st.out += data
+        self.write_sock(st)
 
     def reset(self, st: Stream, tell: bool) -> None:
         if tell:
@@ -355,12 +388,16 @@ class Endpoint:
         return True
 
     def after_io(self) -> None:
+        now = time.monotonic()
         for st in list(self.streams.values()):
-            if st.ack_due and self.live:
-                st.ack_due = False
+            # Acks wait a little (or for 128 KiB): one per request/response would wake the other end for nothing.
+            if st.ack_due and self.live and (st.delivered - st.ack_sent >= ACK_BYTES or st.fin_in is not None
+                                             or now - st.ack_since >= ACK_DELAY):
+                st.ack_due, st.ack_sent = False, st.delivered
                 self.send(frame(ACK, st.sid, st.delivered))
             if st.done():
                 self.drop(st)
+        self.flush()
 
     def on_stream_frame(self, kind: int, sid: int, value: int, payload: bytes) -> None:
         st = self.streams.get(sid)
@@ -374,8 +411,7 @@ class Endpoint:
             except ProtocolError as exc:
                 return self.transport_lost(str(exc))
             if fresh:
-                st.out += fresh
-                self.write_sock(st)
+                self.deliver(st, fresh)
         elif kind == ACK:
             st.on_ack(value)
             self.pump()
@@ -450,31 +486,47 @@ class Relay(Endpoint):
         self.idle_since = time.monotonic()
 
     def on_accept(self, fd: int, events: int) -> None:
+        """An attach hands over its stdin/stdout (the ssh session's pipes): we read and write them directly."""
         conn, _ = self.listener.accept()
-        conn.setblocking(False)
-        self.conns[conn.fileno()] = (conn, None, Parser(), time.monotonic())
-        self.watch(conn.fileno(), self.on_new_conn, read=True)
+        conn.settimeout(5)
+        try:
+            _, fds, _, _ = socket.recv_fds(conn, 16, 2)
+        except OSError:
+            fds = []
+        if len(fds) != 2:
+            for extra in fds:
+                os.close(extra)
+            conn.close()
+            return
+        os.set_blocking(fds[0], False)
+        self.conns[fds[0]] = (conn, fds[1], Parser(), time.monotonic())
+        self.watch(fds[0], self.on_new_conn, read=True)
+
+    def drop_pending(self, fd: int) -> None:
+        conn, wfd, _, _ = self.conns.pop(fd)
+        self.forget(fd)
+        os.close(fd)
+        os.close(wfd)
+        conn.close()  # the attach process exits, and the ssh session with it
 
     def on_new_conn(self, fd: int, events: int) -> None:
         """A new attach: read its HELLO, then it becomes the session's transport (replacing an older one)."""
-        conn, _, parser, _ = self.conns[fd]
+        _conn, wfd, parser, _ = self.conns[fd]
         try:
-            data = conn.recv(CHUNK)
+            data = os.read(fd, CHUNK)
             frames = parser.feed(data) if data else None
+        except BlockingIOError:
+            return
         except (OSError, ProtocolError):
             frames = None
         if frames is None:
-            self.forget(fd)
-            self.conns.pop(fd)[0].close()
-            return
+            return self.drop_pending(fd)
         if not frames:
             return
         kind, _, _, payload = frames[0]
         info = json.loads(payload) if kind == HELLO else {}
         if "session" not in info:
-            self.forget(fd)
-            self.conns.pop(fd)[0].close()
-            return
+            return self.drop_pending(fd)
         self.close_session(self.sessions.get(info.get("replaces") or ""))
         session = self.sessions.get(info["session"])
         resumed = session is not None
@@ -482,8 +534,8 @@ class Relay(Endpoint):
             session = self.sessions[info["session"]] = Session(info["session"], float(info.get("window", 600)))
         self.switch(session)
         self.forget(fd)
-        self.attach(fd, fd)
         self.conn = self.conns.pop(fd)[0]
+        self.attach(fd, wfd)
         peer = info.get("streams", {})
         for sid in [s for s in self.streams if str(s) not in peer]:  # the laptop gave these up
             self.drop(self.streams[sid])
@@ -511,7 +563,10 @@ class Relay(Endpoint):
                 self.watch(st.sock.fileno(), self.on_sock, read=st.fin_out is None, write=bool(st.out))
 
     def transport_lost(self, why: str) -> None:
+        fds = {self.rfd, self.wfd} - {None}
         self.detach()
+        for fd in fds:
+            os.close(fd)  # type: ignore[arg-type]
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()
@@ -574,6 +629,7 @@ class Relay(Endpoint):
         if self.live and now - self.last_ping >= 1.0:
             self.last_ping = now
             self.send(frame(PING, 0, int(now * 1000)))
+            self.flush()
         if self.rfd is not None and now - self.last_rx > 10.0:  # the laptop went silent: free the attach
             self.transport_lost("attach silent")
         for session in list(self.sessions.values()):
@@ -581,6 +637,9 @@ class Relay(Endpoint):
                 if session is self.current:
                     self.current, self.streams = None, {}
                 self.close_session(session)
+        for fd, (_, _, _, since) in list(self.conns.items()):
+            if now - since > 20:  # an attach that never said HELLO
+                self.drop_pending(fd)
         if self.sessions or self.rfd is not None or self.conns:
             self.idle_since = now
 
@@ -601,8 +660,16 @@ def daemon() -> int:
     return 0
 
 
+def big_pipes(*fds: int) -> None:
+    """1 MiB pipe buffers (Linux F_SETPIPE_SZ): fewer wake-ups per MB; not a pipe or not Linux: no matter."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, 1031, 1 << 20)
+
+
 def attach() -> int:
-    """Join stdin/stdout to the daemon; start it when needed. Two threads of plain blocking copies."""
+    """Join stdin/stdout to the daemon; start it when needed."""
+    big_pipes(0, 1)
     path = socket_path()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = time.monotonic() + 10
@@ -631,22 +698,14 @@ def attach() -> int:
                 os.close(log)
             time.sleep(0.05)
 
-    def up() -> None:
-        while True:
-            data = os.read(0, CHUNK)
-            if not data:
-                break
-            sock.sendall(data)
-        os._exit(0)
-
-    threading.Thread(target=up, daemon=True).start()
-    while True:
-        data = sock.recv(CHUNK)
-        if not data:
-            os._exit(0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(1, view):]
+    # Hand our stdin/stdout to the daemon (no copying through this process), then wait: the daemon closes the
+    # connection when it is done with this transport; ssh's session ends once both of us closed the pipes.
+    socket.send_fds(sock, [b"A"], [0, 1])
+    os.close(0)
+    os.close(1)
+    with contextlib.suppress(OSError):
+        sock.recv(1)
+    return 0
 
 
 if __name__ == "__main__":
