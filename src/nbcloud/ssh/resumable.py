@@ -193,8 +193,8 @@ class LocalMux(Endpoint):
                 self.flush()
         self.call(bye)
         deadline = time.monotonic() + bye_timeout
-        while self.queue and self.wfd is not None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while self.wfd is not None and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the relay closes the transport: it has then freed the session
         self._stop = True
         os.write(self._wake_w, b"x")
         if self.thread is not None:
