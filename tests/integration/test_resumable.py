@@ -261,3 +261,26 @@ def test_disconnect_leaves_no_process_on_either_side(host: NetnsHost) -> None:
     assert tunnel.port_is_free(http_port) and tunnel.port_is_free(tick_port)
     t.thread.join(5)
     assert t.closed_at is not None
+
+
+def test_two_laptops_share_the_relay_without_taking_turns(host: NetnsHost) -> None:
+    """Two tunnels (two laptops, or two NBCLOUD_HOMEs) to one instance: one relay daemon, two sessions side by
+    side; neither attach pushes the other off."""
+    _, tick_a = start(host)
+    tick_b = free_port()
+    tunnel.start_supervisor("t2", [Forward(tick_b, TICKER_PORT, "port-8890")], host_alias=host.alias,
+                            ssh_config=host.ssh_config, resolver=RESOLVER)
+    try:
+        tunnel.wait_until_up("t2", timeout=30)
+        a, b = Ticker(tick_a), Ticker(tick_b)
+        first = (tunnel.read_state(host.name), tunnel.read_state("t2"))
+        time.sleep(4)
+        a.wait_for(15)
+        b.wait_for(15)
+        for before, name in zip(first, (host.name, "t2"), strict=True):
+            now = tunnel.read_state(name)
+            assert now is not None and before is not None
+            assert now.state == "up" and now.since == before.since and now.ssh_pid == before.ssh_pid
+        assert len([p for p in relay_pids(host) if b"daemon" in Path(f"/proc/{p}/cmdline").read_bytes()]) == 1
+    finally:
+        tunnel.stop_supervisor("t2", timeout=3)

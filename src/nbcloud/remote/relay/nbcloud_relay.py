@@ -152,31 +152,20 @@ class Stream:
                 and not self.out and self.delivered > self.fin_in)
 
 
-class Endpoint:
-    """The I/O of one end: streams over one transport at a time (which may come and go)."""
+class Loop:
+    """One selector for many endpoints: one registration per fd, read and write interest merged."""
 
-    def __init__(self, stream_window: int = STREAM_WINDOW, session_bytes: int = SESSION_BYTES) -> None:
+    def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.masks: dict[int, int] = {}
         self.handlers: dict[int, object] = {}
-        self.streams: dict[int, Stream] = {}
-        self.stream_window, self.session_bytes = stream_window, session_bytes
-        self.rfd: int | None = None
-        self.wfd: int | None = None
-        self.queue: deque = deque()
-        self.queued = 0
-        self.parser = Parser()
-        self.live = False  # handshake done: streams flow
-        self.last_rx = time.monotonic()
 
-    # --- selector plumbing (one registration per fd, read and write interest merged) ---------------------------
     def watch(self, fd: int, handler: object, read: bool | None = None, write: bool | None = None) -> None:
-        mask = self.masks.get(fd, 0)
+        old = mask = self.masks.get(fd, 0)
         if read is not None:
             mask = (mask | selectors.EVENT_READ) if read else (mask & ~selectors.EVENT_READ)
         if write is not None:
             mask = (mask | selectors.EVENT_WRITE) if write else (mask & ~selectors.EVENT_WRITE)
-        old = self.masks.get(fd, 0)
         if handler is not None:
             self.handlers[fd] = handler
         if mask == old:
@@ -196,13 +185,40 @@ class Endpoint:
             self.sel.unregister(fd)
         self.handlers.pop(fd, None)
 
-    def poll(self, timeout: float) -> None:
-        if any(st.ack_due for st in self.streams.values()):
-            timeout = min(timeout, ACK_DELAY)
+    def run_once(self, timeout: float) -> None:
         for key, events in self.sel.select(timeout):
             handler = self.handlers.get(key.fd)
             if handler is not None:
                 handler(key.fd, events)  # type: ignore[operator]
+
+
+class Endpoint:
+    """The I/O of one end of one session: its streams over one transport at a time (which may come and go)."""
+
+    def __init__(self, stream_window: int = STREAM_WINDOW, session_bytes: int = SESSION_BYTES,
+                 loop: Loop | None = None) -> None:
+        self.loop = loop or Loop()
+        self.streams: dict[int, Stream] = {}
+        self.stream_window, self.session_bytes = stream_window, session_bytes
+        self.rfd: int | None = None
+        self.wfd: int | None = None
+        self.queue: deque = deque()
+        self.queued = 0
+        self.parser = Parser()
+        self.live = False  # handshake done: streams flow
+        self.last_rx = time.monotonic()
+
+    def watch(self, fd: int, handler: object, read: bool | None = None, write: bool | None = None) -> None:
+        self.loop.watch(fd, handler, read, write)
+
+    def forget(self, fd: int) -> None:
+        self.loop.forget(fd)
+
+    def next_timeout(self, timeout: float) -> float:
+        return min(timeout, ACK_DELAY) if any(st.ack_due for st in self.streams.values()) else timeout
+
+    def poll(self, timeout: float) -> None:
+        self.loop.run_once(self.next_timeout(timeout))
         self.after_io()
 
     # --- transport -----------------------------------------------------------------------------------------------
@@ -455,124 +471,40 @@ def socket_path() -> str:
     return os.path.join(relay_dir(), f"relay-{version}-{netns}.sock")
 
 
-class Session:
-    def __init__(self, sid: str, window: float) -> None:
+class RelaySession(Endpoint):
+    """One laptop's session on the instance: its streams to Jupyter, kept ``window`` seconds while detached."""
+
+    def __init__(self, loop: Loop, sid: str, window: float) -> None:
+        super().__init__(loop=loop)
         self.id, self.window = sid, window
-        self.streams: dict[int, Stream] = {}
         self.detached_at: float | None = time.monotonic()
-
-
-class Relay(Endpoint):
-    """The daemon: one Endpoint per attached session, sessions kept ``window`` seconds while detached."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-        self.sessions: dict[str, Session] = {}
-        self.conns: dict[int, tuple[socket.socket, Session | None, Parser, float]] = {}
-        self.current: Session | None = None
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            if os.path.exists(path):
-                os.unlink(path)
-            self.listener.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        self.listener.listen(8)
-        self.watch(self.listener.fileno(), self.on_accept, read=True)
+        self.conn: socket.socket | None = None  # the attach process waits on it; closing it ends that attach
+        self.closed = False
         self.last_ping = time.monotonic()
-        self.idle_since = time.monotonic()
 
-    def on_accept(self, fd: int, events: int) -> None:
-        """An attach hands over its stdin/stdout (the ssh session's pipes): we read and write them directly."""
-        conn, _ = self.listener.accept()
-        conn.settimeout(5)
-        try:
-            _, fds, _, _ = socket.recv_fds(conn, 16, 2)
-        except OSError:
-            fds = []
-        if len(fds) != 2:
-            for extra in fds:
-                os.close(extra)
-            conn.close()
-            return
-        os.set_blocking(fds[0], False)
-        self.conns[fds[0]] = (conn, fds[1], Parser(), time.monotonic())
-        self.watch(fds[0], self.on_new_conn, read=True)
-
-    def drop_pending(self, fd: int) -> None:
-        conn, wfd, _, _ = self.conns.pop(fd)
-        self.forget(fd)
-        os.close(fd)
-        os.close(wfd)
-        conn.close()  # the attach process exits, and the ssh session with it
-
-    def on_new_conn(self, fd: int, events: int) -> None:
-        """A new attach: read its HELLO, then it becomes the session's transport (replacing an older one)."""
-        _conn, wfd, parser, _ = self.conns[fd]
-        try:
-            data = os.read(fd, CHUNK)
-            frames = parser.feed(data) if data else None
-        except BlockingIOError:
-            return
-        except (OSError, ProtocolError):
-            frames = None
-        if frames is None:
-            return self.drop_pending(fd)
-        if not frames:
-            return
-        kind, _, _, payload = frames[0]
-        info = json.loads(payload) if kind == HELLO else {}
-        if "session" not in info:
-            return self.drop_pending(fd)
-        self.close_session(self.sessions.get(info.get("replaces") or ""))
-        session = self.sessions.get(info["session"])
-        resumed = session is not None
-        if session is None:
-            session = self.sessions[info["session"]] = Session(info["session"], float(info.get("window", 600)))
-        self.switch(session)
-        self.forget(fd)
-        self.conn = self.conns.pop(fd)[0]
-        self.attach(fd, wfd)
+    def take_transport(self, conn: socket.socket, rfd: int, wfd: int, parser: Parser, info: dict,
+                       resumed: bool) -> None:
+        if self.rfd is not None:
+            self.transport_lost("replaced by a newer attach")
+        self.conn = conn
+        self.attach(rfd, wfd)
+        self.parser = parser  # keeps the bytes after the HELLO
         peer = info.get("streams", {})
         for sid in [s for s in self.streams if str(s) not in peer]:  # the laptop gave these up
             self.drop(self.streams[sid])
         self.send(hello({"resumed": resumed, "streams": self.recv_offsets()}))
-        session.detached_at = None
-        self.parser = parser  # keeps the bytes after the HELLO
+        self.detached_at = None
         self.resume(peer)
-        for f in frames[1:]:
-            self.on_frame(*f)
-
-    def switch(self, session: Session) -> None:
-        """Make ``session`` the attached one; the previous one is detached (its streams keep their sockets)."""
-        if self.rfd is not None:
-            self.transport_lost("replaced by a newer attach")
-        if self.current is not None and self.current is not session:
-            for st in self.streams.values():  # park: no socket events for a detached session
-                if st.sock is not None:
-                    self.forget(st.sock.fileno())
-        self.current = session
-        self.streams = session.streams
-        for st in self.streams.values():
-            if st.sock is not None and not getattr(st, "connected", True):
-                self.watch(st.sock.fileno(), self.on_connect, write=True)
-            elif st.sock is not None:
-                self.watch(st.sock.fileno(), self.on_sock, read=st.fin_out is None, write=bool(st.out))
 
     def transport_lost(self, why: str) -> None:
         fds = {self.rfd, self.wfd} - {None}
         self.detach()
         for fd in fds:
             os.close(fd)  # type: ignore[arg-type]
-        conn = getattr(self, "conn", None)
-        if conn is not None:
-            conn.close()
+        if self.conn is not None:
+            self.conn.close()
             self.conn = None
-        if self.current is not None:
-            self.current.detached_at = time.monotonic()
+        self.detached_at = time.monotonic()
 
     def may_read(self, st: Stream) -> bool:
         return st.sock is not None and getattr(st, "connected", True)
@@ -581,8 +513,7 @@ class Relay(Endpoint):
         if kind == PING:
             self.send(frame(PONG, 0, value))
         elif kind == BYE:
-            self.close_session(self.current)
-            self.transport_lost("bye")
+            self.close()
         elif kind == OPEN:
             self.open_stream(sid, json.loads(payload))
         elif kind != PONG:
@@ -614,39 +545,118 @@ class Relay(Endpoint):
         if getattr(st, "connected", True):
             super().write_sock(st)
 
-    def close_session(self, session: Session | None) -> None:
-        if session is None:
-            return
-        for st in list(session.streams.values()):
-            if st.sock is not None:
-                self.forget(st.sock.fileno())
-                st.sock.close()
-        session.streams.clear()
-        self.sessions.pop(session.id, None)
+    def close(self) -> None:
+        """BYE or the window passed: close every connection to Jupyter and end the attach."""
+        for st in list(self.streams.values()):
+            self.drop(st)
+        if self.rfd is not None:
+            self.transport_lost("closed")
+        self.closed = True
 
-    def tick(self) -> None:
-        now = time.monotonic()
+    def tick(self, now: float) -> None:
         if self.live and now - self.last_ping >= 1.0:
             self.last_ping = now
             self.send(frame(PING, 0, int(now * 1000)))
             self.flush()
         if self.rfd is not None and now - self.last_rx > 10.0:  # the laptop went silent: free the attach
             self.transport_lost("attach silent")
-        for session in list(self.sessions.values()):
-            if session.detached_at is not None and now - session.detached_at > session.window:
-                if session is self.current:
-                    self.current, self.streams = None, {}
-                self.close_session(session)
-        for fd, (_, _, _, since) in list(self.conns.items()):
-            if now - since > 20:  # an attach that never said HELLO
-                self.drop_pending(fd)
-        if self.sessions or self.rfd is not None or self.conns:
-            self.idle_since = now
+        if self.detached_at is not None and now - self.detached_at > self.window:
+            self.close()
+
+
+class Daemon:
+    """The relay daemon: a unix socket (0600) where attaches hand over their stdio; one RelaySession per laptop."""
+
+    def __init__(self, path: str) -> None:
+        self.loop = Loop()
+        self.path = path
+        self.sessions: dict[str, RelaySession] = {}
+        self.pending: dict[int, tuple[socket.socket, int, Parser, float]] = {}
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+            self.listener.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.listener.listen(8)
+        self.loop.watch(self.listener.fileno(), self.on_accept, read=True)
+        self.idle_since = time.monotonic()
+
+    def on_accept(self, fd: int, events: int) -> None:
+        """An attach hands over its stdin/stdout (the ssh session's pipes): we read and write them directly."""
+        conn, _ = self.listener.accept()
+        conn.settimeout(5)
+        try:
+            _, fds, _, _ = socket.recv_fds(conn, 16, 2)
+        except OSError:
+            fds = []
+        if len(fds) != 2:
+            for extra in fds:
+                os.close(extra)
+            conn.close()
+            return
+        os.set_blocking(fds[0], False)
+        self.pending[fds[0]] = (conn, fds[1], Parser(), time.monotonic())
+        self.loop.watch(fds[0], self.on_hello, read=True)
+
+    def drop_pending(self, fd: int) -> None:
+        conn, wfd, _, _ = self.pending.pop(fd)
+        self.loop.forget(fd)
+        os.close(fd)
+        os.close(wfd)
+        conn.close()  # the attach process exits, and the ssh session with it
+
+    def on_hello(self, fd: int, events: int) -> None:
+        """A new attach's first frame names its session: it becomes that session's transport."""
+        conn, wfd, parser, _ = self.pending[fd]
+        try:
+            data = os.read(fd, CHUNK)
+            frames = parser.feed(data) if data else None
+        except BlockingIOError:
+            return
+        except (OSError, ProtocolError):
+            frames = None
+        if frames is None:
+            return self.drop_pending(fd)
+        if not frames:
+            return
+        kind, _, _, payload = frames[0]
+        info = json.loads(payload) if kind == HELLO else {}
+        if "session" not in info:
+            return self.drop_pending(fd)
+        old = self.sessions.get(info.get("replaces") or "")
+        if old is not None:
+            old.close()
+        session = self.sessions.get(info["session"])
+        resumed = session is not None
+        if session is None:
+            session = self.sessions[info["session"]] = RelaySession(self.loop, info["session"],
+                                                                    float(info.get("window", 600)))
+        self.pending.pop(fd)
+        self.loop.forget(fd)
+        session.take_transport(conn, fd, wfd, parser, info, resumed)
+        for f in frames[1:]:
+            if session.rfd is not None:
+                session.on_frame(*f)
 
     def serve(self) -> None:
         while time.monotonic() - self.idle_since < 2.0:
-            self.poll(0.5)
-            self.tick()
+            timeout = min([0.5] + [s.next_timeout(0.5) for s in self.sessions.values()])
+            self.loop.run_once(timeout)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                session.after_io()
+                session.tick(now)
+                if session.closed:
+                    del self.sessions[session.id]
+            for fd, (_, _, _, since) in list(self.pending.items()):
+                if now - since > 20:  # an attach that never said HELLO
+                    self.drop_pending(fd)
+            if self.sessions or self.pending:
+                self.idle_since = now
         os.unlink(self.path)
 
 
@@ -656,7 +666,7 @@ def daemon() -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0  # another daemon runs
-    Relay(socket_path()).serve()
+    Daemon(socket_path()).serve()
     return 0
 
 
