@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "integration"), str(ROOT / "bench")]
 
-from bench_tunnel import CIPHER, get_ok, latencies, pct, throughput, wait_for  # noqa: E402
 from test_tunnel import REMOTE_PORT, RESOLVER, NetnsHost, free_port  # noqa: E402
 
+from bench_tunnel import CIPHER, get_ok, latencies, pct, throughput, wait_for  # noqa: E402
 from nbcloud.ssh import tunnel  # noqa: E402
 from nbcloud.ssh.tunnel import Forward  # noqa: E402
 

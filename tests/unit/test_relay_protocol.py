@@ -9,7 +9,17 @@ import pytest
 
 from nbcloud.errors import UsageError
 from nbcloud.ops.tunnels import forwards_of, parse_forward
-from nbcloud.remote.relay.nbcloud_relay import ACK, DATA, HELLO, PING, Parser, ProtocolError, Stream, frame, hello
+from nbcloud.remote.relay.nbcloud_relay_protocol import (
+    ACK,
+    DATA,
+    HELLO,
+    PING,
+    Parser,
+    ProtocolError,
+    Stream,
+    frame,
+    hello,
+)
 from nbcloud.ssh.resumable import LocalMux, outage_seconds, relay_command, relay_preamble, timeout_page
 from nbcloud.ssh.tunnel import Forward, TunnelState, tunnel_options_from_env
 
@@ -90,8 +100,8 @@ def test_timeout_page_and_relay_command_name_no_secret() -> None:
     assert b"link to demo is down" in body and b"nbcloud status demo" in body
     cmd = relay_command()
     assert cmd.startswith("python3 -c ") and "attach" in cmd and "token" not in cmd.lower()
-    pre = relay_preamble(b"print(1)\n")
-    assert pre == b"0000000009print(1)\n"
+    pre = relay_preamble([("a.py", b"print(1)\n"), ("b.py", b"")])
+    assert pre == b"02" + b"04a.py0000000009print(1)\n" + b"04b.py0000000000"
 
 
 def test_forward_specs_and_options() -> None:

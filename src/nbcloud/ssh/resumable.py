@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from ..remote.relay.nbcloud_relay import (
+from ..remote.relay.nbcloud_relay_protocol import (
     BYE,
     HELLO,
     OPEN,
@@ -37,8 +37,8 @@ from .tunnel import Forward
 __all__ = ["LocalMux", "Outage", "outage_seconds", "relay_command", "relay_preamble", "timeout_page"]
 
 RELAY_DIR = "~/.nbcloud/relay"
-# Reads the relay's source (length-prefixed) from stdin, installs it if it changed, then becomes `relay attach`:
-# the instance needs nothing but python3, and an updated nbcloud brings its relay along.
+# Reads the relay's files (count, then name and content, length-prefixed) from stdin, installs those that changed,
+# then becomes `relay attach`: the instance needs nothing but python3, and an updated nbcloud brings its relay along.
 _LOADER = (
     "import os,sys\n"
     "def r(n):\n"
@@ -48,20 +48,23 @@ _LOADER = (
     "  if not c: sys.exit(3)\n"
     "  b+=c\n"
     " return b\n"
-    "s=r(int(r(10)))\n"
     "d=os.path.expanduser(sys.argv[1]);os.makedirs(d,mode=0o700,exist_ok=True);os.chmod(d,0o700)\n"
+    "for k in range(int(r(2))):\n"
+    " p=os.path.join(d,os.path.basename(r(int(r(2))).decode()));s=r(int(r(10)))\n"
+    " try: o=open(p,'rb').read()\n"
+    " except OSError: o=None\n"
+    " if o!=s:\n"
+    "  t=p+'.%d'%os.getpid();f=open(t,'wb');f.write(s);f.close();os.replace(t,p)\n"
     "os.environ['NBCLOUD_RELAY_DIR']=d\n"
-    "p=os.path.join(d,'nbcloud_relay.py')\n"
-    "try: o=open(p,'rb').read()\n"
-    "except OSError: o=None\n"
-    "if o!=s:\n"
-    " t=p+'.%d'%os.getpid();f=open(t,'wb');f.write(s);f.close();os.replace(t,p)\n"
-    "os.execv(sys.executable,[sys.executable,p,'attach'])\n"
+    "p=os.path.join(d,'nbcloud_relay.py');os.execv(sys.executable,[sys.executable,p,'attach'])\n"
 )
 
 
-def relay_source() -> bytes:
-    return resources.files("nbcloud.remote.relay").joinpath("nbcloud_relay.py").read_bytes()
+def relay_files() -> list[tuple[str, bytes]]:
+    from ..remote.relay.nbcloud_relay import FILES
+
+    folder = resources.files("nbcloud.remote.relay")
+    return [(name, folder.joinpath(name).read_bytes()) for name in FILES]
 
 
 def relay_command(python: str = "python3", relay_dir: str | None = None) -> str:
@@ -71,9 +74,13 @@ def relay_command(python: str = "python3", relay_dir: str | None = None) -> str:
     return " ".join(shlex.quote(w) for w in (python, "-c", _LOADER, where))
 
 
-def relay_preamble(source: bytes | None = None) -> bytes:
-    src = relay_source() if source is None else source
-    return b"%010d" % len(src) + src
+def relay_preamble(files: list[tuple[str, bytes]] | None = None) -> bytes:
+    """What the loader of :func:`relay_command` reads from stdin before the protocol starts."""
+    files = relay_files() if files is None else files
+    out = [b"%02d" % len(files)]
+    for name, content in files:
+        out += [b"%02d" % len(name), name.encode(), b"%010d" % len(content), content]
+    return b"".join(out)
 
 
 def timeout_page(name: str, waited: float) -> bytes:
