@@ -114,7 +114,7 @@ def _extra_forwards(ctx: Context, name: str, specs: list[str] | None, taken: set
         current = read_state(name)
         if current is None or current.state == "down":
             return []
-        return [Forward(f["local_port"], f["remote_port"], f"{FORWARD_PREFIX}{f['remote_port']}", host)
+        return [Forward(f["local_port"], f["remote_port"], f"{FORWARD_PREFIX}{f['local_port']}", host)
                 for f in forwards_of(current.local_ports, current.remote_ports)]
     current = read_state(name)
     ours = set(current.local_ports.values()) if current is not None and current.state != "down" else set()
@@ -128,7 +128,7 @@ def _extra_forwards(ctx: Context, name: str, specs: list[str] | None, taken: set
         elif local in taken or (local not in ours and not port_is_free(local)):
             raise UsageError(f"local port {local} is in use", f"pick another: `--forward OTHER:{remote}`")
         taken.add(local)
-        out.append(Forward(local, remote, f"{FORWARD_PREFIX}{remote}", host))
+        out.append(Forward(local, remote, f"{FORWARD_PREFIX}{local}", host))  # local ports are unique
     return out
 
 
