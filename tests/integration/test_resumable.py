@@ -25,7 +25,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from test_tunnel import REMOTE_PORT, RESOLVER, NetnsHost, wait_state  # noqa: E402
+from test_tunnel import REMOTE_PORT, RESOLVER, NetnsHost, relay_pids, wait_state  # noqa: E402
 
 from nbcloud.ssh import tunnel  # noqa: E402
 from nbcloud.ssh.tunnel import Forward  # noqa: E402
@@ -93,24 +93,6 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetnsHost]
                 ticker.wait()
             h.close()
             shutil.rmtree(relay_dir, ignore_errors=True)
-
-
-def relay_pids(h: NetnsHost) -> list[int]:
-    """The relay processes (daemon, attach) inside this host's namespace: matched by netns inode and command."""
-    try:
-        ns = os.stat(f"/run/netns/{h.ns}").st_ino
-    except OSError:
-        return []
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.stat(entry / "ns" / "net").st_ino == ns and b"nbcloud_relay" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def free_port() -> int:

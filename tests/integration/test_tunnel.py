@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,6 +225,8 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetnsHost]
     monkeypatch.setenv("NBCLOUD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NBTUN_RESOLVER_FILE", str(tmp_path / "resolver.json"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    relay_dir = tempfile.mkdtemp(prefix="nbr-")  # the relay's files and socket (short path: a unix socket's limit)
+    monkeypatch.setenv("NBCLOUD_REMOTE_RELAY_DIR", relay_dir)
     h = NetnsHost(tmp_path)
     try:
         h.start()
@@ -232,7 +235,28 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetnsHost]
         try:
             tunnel.stop_supervisor(h.name, timeout=3)
         finally:
+            for pid in relay_pids(h):
+                os.kill(pid, signal.SIGKILL)
             h.close()
+            shutil.rmtree(relay_dir, ignore_errors=True)
+
+
+def relay_pids(h: NetnsHost) -> list[int]:
+    """The relay processes (daemon, attach) inside this host's namespace: matched by netns inode and command."""
+    try:
+        ns = os.stat(f"/run/netns/{h.ns}").st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino == ns and b"nbcloud_relay" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def free_port() -> int:

@@ -168,8 +168,8 @@ class RelaySession(Endpoint):
             self.flush()
         if self.rfd is not None and now - self.last_rx > 10.0:  # the laptop went silent: free the attach
             self.transport_lost("attach silent")
-        if self.detached_at is not None and now - self.detached_at > self.window:
-            self.close()
+        if self.detached_at is not None and (now - self.detached_at > self.window or not self.streams):
+            self.close()  # past the window, or nothing to hold: a detached session without streams is forgotten
 
 
 class Daemon:
