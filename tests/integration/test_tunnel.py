@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,6 +225,8 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetnsHost]
     monkeypatch.setenv("NBCLOUD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NBTUN_RESOLVER_FILE", str(tmp_path / "resolver.json"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    relay_dir = tempfile.mkdtemp(prefix="nbr-")  # the relay's files and socket (short path: a unix socket's limit)
+    monkeypatch.setenv("NBCLOUD_REMOTE_RELAY_DIR", relay_dir)
     h = NetnsHost(tmp_path)
     try:
         h.start()
@@ -232,7 +235,28 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetnsHost]
         try:
             tunnel.stop_supervisor(h.name, timeout=3)
         finally:
+            for pid in relay_pids(h):
+                os.kill(pid, signal.SIGKILL)
             h.close()
+            shutil.rmtree(relay_dir, ignore_errors=True)
+
+
+def relay_pids(h: NetnsHost) -> list[int]:
+    """The relay processes (daemon, attach) inside this host's namespace: matched by netns inode and command."""
+    try:
+        ns = os.stat(f"/run/netns/{h.ns}").st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino == ns and b"nbcloud_relay" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def free_port() -> int:
@@ -275,9 +299,12 @@ def cmdline(pid: int) -> str:
 
 # --- tests --------------------------------------------------------------------------------------------------------
 
-def test_up_state_file_and_no_secrets_on_command_lines(host: NetnsHost, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["plain", "resumable"])
+def test_up_state_file_and_no_secrets_on_command_lines(host: NetnsHost, monkeypatch: pytest.MonkeyPatch,
+                                                       mode: str) -> None:
     secret = "tok-" + os.urandom(8).hex()
     monkeypatch.setenv("JUPYTER_TOKEN", secret)  # even with a token in the environment, no command line shows it
+    monkeypatch.setenv("NBCLOUD_TUNNEL_MODE", mode)
     port = start(host)
     st = tunnel.wait_until_up(host.name, timeout=30)
     assert b"nbtun" in get(port)
@@ -287,7 +314,12 @@ def test_up_state_file_and_no_secrets_on_command_lines(host: NetnsHost, monkeypa
             "instance_state"} <= set(raw)
     assert tunnel.state_path(host.name).stat().st_mode & 0o077 == 0
     sup, ssh = cmdline(st.pid), cmdline(st.ssh_pid)
-    assert "nbcloud.ssh.tunnel" in sup and ssh.startswith("ssh ") and f"127.0.0.1:{port}:127.0.0.1:" in ssh
+    assert "nbcloud.ssh.tunnel" in sup and ssh.startswith("ssh ") and st.mode == mode
+    if mode == "plain":
+        assert f"127.0.0.1:{port}:127.0.0.1:" in ssh
+    else:  # the supervisor itself listens (on 127.0.0.1 only); ssh carries the relay's frames, no -L
+        assert " -L " not in ssh and "attach" in ssh and st.held_connections == 0
+        assert port in tunnel.listening_ports()  # type: ignore[operator]
     for text in (sup, ssh, tunnel.log_path(host.name).read_text(), (host.root / "home").joinpath(
             "tunnels", f"{host.name}.args.json").read_text()):
         assert secret not in text

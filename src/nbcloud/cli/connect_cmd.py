@@ -20,19 +20,23 @@ def _ctx():
 @click.argument("name", shell_complete=instance_names)
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Local port (remembered per instance).")
 @click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
+@click.option("--forward", "forward", multiple=True, metavar="[LOCAL:]REMOTE",
+              help="Also forward this port of the instance (repeatable), e.g. 6006 for TensorBoard.")
 @json_option
-def connect(name: str, port: int | None, no_browser: bool, as_json: bool) -> None:
-    """Open NAME's JupyterLab through a self-healing tunnel."""
+def connect(name: str, port: int | None, no_browser: bool, forward: tuple[str, ...], as_json: bool) -> None:
+    """Open NAME's JupyterLab through a self-healing tunnel whose connections survive outages."""
     from .. import ops
 
     with progress(f"connecting to {name}", as_json) as step:
-        result = ops.connect(_ctx(), name, port=port, open_browser=not (no_browser or as_json), progress=step)
+        result = ops.connect(_ctx(), name, port=port, open_browser=not (no_browser or as_json), progress=step,
+                             forward=list(forward) if forward else None)
 
     def text(r: ops.ConnectResult) -> str:
         lines = [f"{r.name}: tunnel {r.tunnel} on 127.0.0.1:{r.local_port}",
                  f"  {r.url}" + ("" if r.browser_opened else "   (open this in your browser)")]
         if r.gateway_url:
             lines.append(f"  kernel gateway: {r.gateway_url}  (`nbcloud lab {r.name}` uses it)")
+        lines += [f"  forward: 127.0.0.1:{f['local_port']} → {r.name}:{f['remote_port']}" for f in r.forwards]
         return "\n".join(lines)
 
     emit(result, as_json, text)

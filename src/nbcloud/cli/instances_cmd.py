@@ -285,6 +285,19 @@ def _idle_cell(view: Any) -> str:
     return idle
 
 
+def _tunnel_line(v: Any) -> str:
+    """Forwards, held connections and what the last outage did to them; empty when there is nothing to say."""
+    parts = [f"forward 127.0.0.1:{f['local_port']} → {f['remote_port']}" for f in getattr(v, "forwards", [])]
+    if getattr(v, "held_connections", 0):
+        parts.append(f"{v.held_connections} connection(s) held")
+    o = getattr(v, "last_outage", None)
+    if o and o.get("resumed") is not None:
+        what = (f"{o['closed']} connection(s) closed (past the resume window)" if o.get("closed")
+                else f"{o.get('held', 0)} connection(s) carried through")
+        parts.append(f"last outage {o.get('started')}, {o.get('seconds', 0):.0f} s: {what}")
+    return f"{v.name}: " + "; ".join(parts) if parts else ""
+
+
 def _status_text(views: list[Any]) -> str:
     if not views:
         return ("no instances; start one with `nbcloud up NAME` (or `nbcloud sandbox start`, then "
@@ -307,6 +320,7 @@ def _status_text(views: list[Any]) -> str:
         notes.append(f"* made on another machine (keys not here): {len(foreign)} instance(s), "
                      f"{_money(running)}/h while running; accrued counts their current run only")
     notes += [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
+    notes += [line for line in map(_tunnel_line, views) if line]
     notes += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
               "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
     return "\n".join([out, *notes])

@@ -42,6 +42,9 @@ class InstanceView:
     tunnel: str = "down"
     tunnel_since: str | None = None
     local_port: int | None = None
+    held_connections: int = 0  # connections the resumable tunnel carries (held through an outage)
+    forwards: list[dict[str, int]] = field(default_factory=list)  # --forward ports {remote_port, local_port}
+    last_outage: dict[str, Any] | None = None
     hourly_usd: float | None = None
     accrued_usd: float | None = None
     budget_usd: float | None = None

@@ -6,7 +6,7 @@ import contextlib
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ from ..errors import ConflictError, RemoteError, UsageError
 from ..state import Record
 from .context import Context, Progress, no_progress
 
-__all__ = ["ConnectResult", "connect", "disconnect", "sync", "tunnel_fields", "tunnel_resolver"]
+__all__ = ["ConnectResult", "connect", "disconnect", "forwards_of", "parse_forward", "sync", "tunnel_fields",
+           "tunnel_resolver"]
 
 
 @dataclass(frozen=True)
@@ -29,16 +30,43 @@ class ConnectResult:
     gateway_local_port: int | None = None
     gateway_token: str | None = None
     browser_opened: bool = False
+    forwards: list[dict[str, int]] = field(default_factory=list)  # the --forward ports: {remote_port, local_port}
+
+
+FORWARD_PREFIX = "port-"  # label of a --forward in the tunnel's state
+
+
+def parse_forward(spec: str) -> tuple[int | None, int]:
+    """``REMOTE`` or ``LOCAL:REMOTE`` → (local or None, remote); UsageError on anything else."""
+    parts = spec.strip().split(":")
+    try:
+        ports = [int(p) for p in parts]
+    except ValueError:
+        ports = []
+    if len(ports) not in (1, 2) or not all(0 < p < 65536 for p in ports):
+        raise UsageError(f"--forward {spec!r} is not REMOTE or LOCAL:REMOTE",
+                         "e.g. `--forward 6006` or `--forward 16006:6006`")
+    return (ports[0], ports[1]) if len(ports) == 2 else (None, ports[0])
+
+
+def forwards_of(local_ports: dict[str, int], remote_ports: dict[str, int]) -> list[dict[str, int]]:
+    """The --forward entries of a tunnel's state, sorted by remote port."""
+    return sorted(({"remote_port": remote_ports[k], "local_port": v} for k, v in local_ports.items()
+                   if k.startswith(FORWARD_PREFIX) and k in remote_ports), key=lambda f: f["remote_port"])
 
 
 def tunnel_fields(ctx: Context, record: Record) -> dict[str, Any]:
     from ..ssh.tunnel import read_state
 
     state = read_state(record.name)
+    live = state is not None and state.state != "down"
     return {
         "tunnel": state.state if state else "down",
         "tunnel_since": state.since if state else None,
         "local_port": record.local_port,
+        "held_connections": state.held_connections if state and live else 0,
+        "forwards": forwards_of(state.local_ports, state.remote_ports) if state and live else [],
+        "last_outage": state.last_outage if state else None,
     }
 
 
@@ -89,8 +117,36 @@ def _choose_port(ctx: Context, record: Record, wanted: int | None, field: str, d
     return port
 
 
+def _extra_forwards(ctx: Context, name: str, specs: list[str] | None, taken: set[int],
+                    host: str) -> list[Any]:
+    """The --forward ports as Forwards; with no --forward, the ones the running tunnel already carries."""
+    from ..ssh.tunnel import Forward, port_is_free, read_state
+
+    if specs is None:
+        current = read_state(name)
+        if current is None or current.state == "down":
+            return []
+        return [Forward(f["local_port"], f["remote_port"], f"{FORWARD_PREFIX}{f['local_port']}", host)
+                for f in forwards_of(current.local_ports, current.remote_ports)]
+    current = read_state(name)
+    ours = set(current.local_ports.values()) if current is not None and current.state != "down" else set()
+    out = []
+    for spec in specs:
+        local, remote = parse_forward(spec)
+        if local is None:
+            local = remote
+            while local in taken or (local not in ours and not port_is_free(local)):
+                local += 1
+        elif local in taken or (local not in ours and not port_is_free(local)):
+            raise UsageError(f"local port {local} is in use", f"pick another: `--forward OTHER:{remote}`")
+        taken.add(local)
+        out.append(Forward(local, remote, f"{FORWARD_PREFIX}{local}", host))  # local ports are unique
+    return out
+
+
 def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: bool = True,
-            progress: Progress = no_progress, timeout: float = 60) -> ConnectResult:
+            progress: Progress = no_progress, timeout: float = 60,
+            forward: list[str] | None = None) -> ConnectResult:
     from ..ssh.tunnel import Forward, read_state, start_supervisor, stop_supervisor, wait_until_up
     from .launch import GATEWAY_PORT, JUPYTER_PORT, token_path
     from .lifecycle import _spec, refresh
@@ -118,6 +174,8 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     if spec.gateway:
         gateway_port = _choose_port(ctx, record, None, "gateway_local_port", local_port + 1000)
         forwards.append(Forward(gateway_port, GATEWAY_PORT, "gateway", instance.jupyter_host))
+    extra = _extra_forwards(ctx, name, forward, {f.local_port for f in forwards}, instance.jupyter_host)
+    forwards += extra
     ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
     progress(f"tunnel 127.0.0.1:{local_port} → {name}:{JUPYTER_PORT}")
     start_supervisor(name, forwards)
@@ -129,7 +187,8 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     gateway_token = _gateway_token(ctx, name) if gateway_port else None
     return ConnectResult(name=name, url=url, local_port=local_port, tunnel=state.state,
                          token_file=str(token_path(ctx, name)), gateway_url=gateway_url,
-                         gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened)
+                         gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened,
+                         forwards=[{"remote_port": f.remote_port, "local_port": f.local_port} for f in extra])
 
 
 def _not_running_hint(ctx: Context, record: Record) -> str:

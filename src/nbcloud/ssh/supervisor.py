@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import cast
 
 from ..config import write_private
+from .resumable import LocalMux, relay_command, relay_preamble
 from .tunnel import (
     STOPPED_REASONS,
     Event,
     Forward,
     ResolveResult,
     TunnelState,
+    build_relay_argv,
     build_ssh_argv,
     classify_line,
     listening_ports,
@@ -53,12 +55,23 @@ def _pdeathsig() -> Callable[[], None] | None:
     return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class TunnelSupervisor:
     def __init__(self, name: str, host_alias: str, forwards: list[Forward], ssh_config: Path, state_file: Path,
                  log_file: Path, resolver: Callable[[], ResolveResult], keepalive_interval: int = 2,
                  keepalive_count: int = 2, backoff_max: float = 5.0, *, retry_interval: float = 0.25,
                  connect_timeout: int = 5, attempt_timeout: float = 20.0, resolve_every: float = 5.0,
-                 ssh_binary: str = "ssh") -> None:
+                 ssh_binary: str = "ssh", mode: str = "plain", resume_window: float = 600.0,
+                 hold_new: float = 60.0) -> None:
         self.name, self.host_alias, self.forwards = name, host_alias, list(forwards)
         self.ssh_config, self.state_file, self.log_file = Path(ssh_config), Path(state_file), Path(log_file)
         self.resolver = resolver
@@ -72,7 +85,11 @@ class TunnelSupervisor:
         self._state = TunnelState(name=name, state="connecting", since=now_iso(), reason="starting",
                                   local_ports={f.label: f.local_port for f in self.forwards},
                                   remote_ports={f.label: f.remote_port for f in self.forwards},
-                                  remote_hosts={f.label: f.remote_host for f in self.forwards}, pid=os.getpid())
+                                  remote_hosts={f.label: f.remote_host for f in self.forwards}, pid=os.getpid(),
+                                  mode=mode, resume_window=resume_window if mode == "resumable" else None)
+        self._mux: LocalMux | None = None
+        if mode == "resumable":
+            self._mux = LocalMux(name, self.forwards, window=resume_window, hold_new=hold_new, log=self.log)
         self._resolve_thread: threading.Thread | None = None
         self._resolved: ResolveResult | None = None
         self._last_resolve = -1e9
@@ -177,6 +194,7 @@ class TunnelSupervisor:
         reachable = False
         try:
             while not self._stop_requested:
+                self._publish_mux()
                 verdict = self._take_resolved()
                 if verdict is not None and verdict.state in STOPPED_REASONS:
                     return STOPPED_REASONS[verdict.state]
@@ -245,8 +263,26 @@ class TunnelSupervisor:
                               keepalive_interval=self.keepalive_interval, keepalive_count=self.keepalive_count,
                               connect_timeout=self.connect_timeout, ssh_binary=self.ssh_binary)
 
+    def relay_argv(self) -> list[str]:
+        return build_relay_argv(self.host_alias, self.ssh_config, relay_command(),
+                                keepalive_interval=self.keepalive_interval, keepalive_count=self.keepalive_count,
+                                connect_timeout=self.connect_timeout, ssh_binary=self.ssh_binary)
+
+    def _publish_mux(self) -> None:
+        """Copy what the mux thread knows (held streams, the last outage) into the state file when it changed."""
+        mux = self._mux
+        if mux is None:
+            return
+        held = len(mux.streams)
+        current = mux.outage if mux.outage is not None else mux.last_outage  # the one under way, else the last
+        outage = asdict(current) if current is not None else None
+        if held != self._state.held_connections or outage != self._state.last_outage:
+            self._set(held_connections=held, last_outage=outage)
+
     def _attempt(self) -> Event:
         """Run ssh until it exits; returns why it ended. Marks the tunnel up once authenticated and listening."""
+        if self._mux is not None:
+            return self._attempt_relay(self._mux)
         proc = subprocess.Popen(self.ssh_argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, preexec_fn=_pdeathsig(), close_fds=True)
         self._proc = proc
@@ -302,6 +338,85 @@ class TunnelSupervisor:
             last = Event("lost" if is_up else "reject", f"ssh exited with status {proc.returncode}")
         return Event(("up:" if is_up else "") + last.kind, last.reason)
 
+    def _attempt_relay(self, mux: LocalMux) -> Event:
+        """One transport for the resumable streams: ssh running the relay's attach, its stdio handed to the mux.
+        Up once the relay answered the HELLO; over when ssh exits or the mux hears nothing (its pings)."""
+        # ssh's stdin and stdout are one end of a socketpair: it writes a pipe in small pieces (~100 MB/s here),
+        # a socket with big buffers at the speed of a -L forward.
+        ours, theirs = socket.socketpair()
+        for sock in (ours, theirs):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
+        try:
+            proc = subprocess.Popen(self.relay_argv(), stdin=theirs, stdout=theirs, stderr=subprocess.PIPE,
+                                    preexec_fn=_pdeathsig(), close_fds=True)
+        finally:
+            theirs.close()
+        self._proc = proc
+        assert proc.stderr is not None
+        self._set(ssh_pid=proc.pid, attempts=self._state.attempts + 1)
+        ids: list[int] = []
+        mux.call(lambda: ids.append(mux.use_transport(ours.fileno(), ours.fileno(), self._preamble)))
+        tid = ids[0] if ids else -1
+        fd = proc.stderr.fileno()
+        os.set_blocking(fd, False)
+        started, is_up, last, buf = time.monotonic(), False, None, b""
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while True:
+                if self._stop_requested:
+                    mux.stop()  # says BYE while the transport still carries it
+                    break
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    chunk = None
+                if chunk:
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for raw in lines:
+                        line = raw.decode(errors="replace").rstrip()
+                        if line:
+                            self.log(f"ssh: {line}")
+                        ev = classify_line(line)
+                        if ev is not None and ev.kind != "auth" and (last is None or last.kind == "hostkey"):
+                            last = last or ev
+                gone = chunk == b"" or proc.poll() is not None
+                if not is_up and mux.live_id == tid and mux.rfd is not None:
+                    is_up = self._ever_up = True
+                    self._publish_mux()
+                    self._set("up", self._up_reason(mux), last_up=now_iso(), attempts=0)
+                self._publish_mux()
+                if mux.rfd is None and mux.transport_id == tid:  # the mux gave up on this transport
+                    last = last or Event("lost" if is_up else "fail", f"link lost: {mux.dead_reason}")
+                    break
+                if gone:
+                    break
+                if not is_up and time.monotonic() - started > self.attempt_timeout:
+                    last = Event("fail", "ssh handshake timed out")
+                    break
+                sel.select(timeout=0.05 if not is_up else 0.2)  # wakes at once when ssh writes or exits
+        finally:
+            sel.close()
+            if not self._stop_requested:
+                mux.call(mux.drop_transport)
+            self._kill_ssh()
+            proc.stderr.close()
+            ours.close()
+        if last is None:
+            last = Event("lost" if is_up else "reject", f"ssh exited with status {proc.returncode}")
+        return Event(("up:" if is_up else "") + last.kind, last.reason)
+
+    @staticmethod
+    def _up_reason(mux: LocalMux) -> str:
+        o = mux.last_outage
+        if o is None or o.resumed is None:
+            return "connected"
+        if o.closed:
+            return f"reconnected after {o.seconds:.0f} s; {o.closed} connection(s) closed (resume window passed)"
+        return f"reconnected after {o.seconds:.0f} s; {o.held} connection(s) carried through"
+
     def _listening(self, authed_at: float) -> bool:
         """ssh binds the -L listeners right after auth and exits on a bind failure (ExitOnForwardFailure), so
         authenticated + alive + ports listening == up. Without /proc, alive 0.2 s after auth stands in."""
@@ -331,10 +446,22 @@ class TunnelSupervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not end a detached tunnel
+        if self._mux is not None:
+            try:
+                self._mux.bind()
+            except OSError as exc:
+                busy = next((f.local_port for f in self.forwards if not _free(f.local_port)), None)
+                why = f"local port {busy} is in use by another program" if busy else f"cannot listen: {exc}"
+                self._set("down", why, ssh_pid=None)
+                return 1
+            self._preamble = relay_preamble()
+            self._mux.start()
         self._set("connecting", "starting")
         code, reason = self._loop()
+        if self._mux is not None:
+            self._mux.stop()
         self._kill_ssh()
-        self._set("down", reason, ssh_pid=None)
+        self._set("down", reason, ssh_pid=None, held_connections=0)
         return code
 
     def _loop(self) -> tuple[int, str]:

@@ -37,6 +37,7 @@ __all__ = [
     "ResolveResult",
     "TunnelState",
     "TunnelSupervisor",
+    "build_relay_argv",
     "build_ssh_argv",
     "classify_line",
     "host_alias_for",
@@ -48,6 +49,7 @@ __all__ = [
     "start_supervisor",
     "state_path",
     "stop_supervisor",
+    "tunnel_options_from_env",
     "wait_until_up",
 ]
 
@@ -94,6 +96,10 @@ class TunnelState:
     last_up: str | None = None
     instance_state: str | None = None  # last answer of the resolver
     updated: str | None = None
+    mode: str | None = None  # resumable (relay streams) | plain (ssh -N -L)
+    held_connections: int = 0  # live streams through the local ports (resumable mode)
+    resume_window: float | None = None
+    last_outage: dict[str, object] | None = None  # the last outage the streams were carried through (or not)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -159,6 +165,35 @@ def classify_line(line: str) -> Event | None:
         if m:
             return Event(kind, reason.format(*m.groups()))
     return None
+
+
+def build_relay_argv(host_alias: str, ssh_config: Path, remote_command: str, *, keepalive_interval: int,
+                     keepalive_count: int, connect_timeout: int, ssh_binary: str = "ssh") -> list[str]:
+    """The resumable tunnel's transport: one ssh session running the relay's attach; its stdio carries frames."""
+    return [ssh_binary, "-F", str(ssh_config), "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
+            "-o", f"ServerAliveInterval={keepalive_interval}", "-o", f"ServerAliveCountMax={keepalive_count}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=VERBOSE", "-o", "ClearAllForwardings=yes",
+            "-o", "ControlPath=none", "-o", "RequestTTY=no", host_alias, remote_command]
+
+
+def tunnel_options_from_env(env: dict[str, str] | None = None) -> dict[str, object]:
+    """NBCLOUD_TUNNEL_MODE (resumable | plain), NBCLOUD_RESUME_WINDOW and NBCLOUD_HOLD_NEW (seconds)."""
+    env = dict(os.environ) if env is None else env
+    mode = env.get("NBCLOUD_TUNNEL_MODE", "resumable").strip() or "resumable"
+    if mode not in ("resumable", "plain"):
+        raise UsageError(f"NBCLOUD_TUNNEL_MODE={mode!r} is not a tunnel mode", "use resumable or plain")
+    out: dict[str, object] = {"mode": mode}
+    for var, key, default in (("NBCLOUD_RESUME_WINDOW", "resume_window", 600.0),
+                              ("NBCLOUD_HOLD_NEW", "hold_new", 60.0)):
+        raw = env.get(var, "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            value = -1.0
+        if value <= 0:
+            raise UsageError(f"{var}={raw!r} is not a number of seconds", f"set {var} to e.g. {default:g}")
+        out[key] = value
+    return out
 
 
 def build_ssh_argv(host_alias: str, forwards: list[Forward], ssh_config: Path, *, keepalive_interval: int,
@@ -292,20 +327,24 @@ def read_state(name: str) -> TunnelState | None:
 
 def start_supervisor(name: str, forwards: list[Forward], *, host_alias: str | None = None,
                      ssh_config: Path | None = None, resolver: str | None = None, keepalive_interval: int = 2,
-                     keepalive_count: int = 2, backoff_max: float = 5.0, connect_timeout: int = 5) -> int:
+                     keepalive_count: int = 2, backoff_max: float = 5.0, connect_timeout: int = 5,
+                     options: dict[str, object] | None = None) -> int:
     """Start (or reuse) the detached supervisor for ``name``; returns its pid.
 
     A live supervisor with the same ports is reused; one with other ports is replaced. ``resolver`` is
     ``"module:function"``, a factory ``f(name) -> Callable[[], ResolveResult]``; None means the default
     ``nbcloud.ops:tunnel_resolver``. Raises UsageError when a local port is taken by another program.
+    ``options`` (mode, resume_window, hold_new) default to :func:`tunnel_options_from_env`.
     """
+    opts = tunnel_options_from_env() if options is None else options
     want_local = {f.label: f.local_port for f in forwards}
     want_remote = {f.label: f.remote_port for f in forwards}
     want_hosts = {f.label: f.remote_host for f in forwards}
     current = read_state(name)
     if current is not None and current.state != "down" and _is_supervisor(current.pid):
         same_hosts = (current.remote_hosts or {f.label: "127.0.0.1" for f in forwards}) == want_hosts
-        if current.local_ports == want_local and current.remote_ports == want_remote and same_hosts:
+        same_mode = (current.mode or "plain") == opts["mode"]
+        if current.local_ports == want_local and current.remote_ports == want_remote and same_hosts and same_mode:
             return int(current.pid or 0)
         stop_supervisor(name)
     for fw in forwards:
@@ -318,7 +357,7 @@ def start_supervisor(name: str, forwards: list[Forward], *, host_alias: str | No
         "forwards": [asdict(f) for f in forwards], "ssh_config": str(ssh_config or p.ssh_config),
         "state_file": str(state_path(name)), "log_file": str(log_path(name)), "resolver": resolver,
         "keepalive_interval": keepalive_interval, "keepalive_count": keepalive_count, "backoff_max": backoff_max,
-        "connect_timeout": connect_timeout,
+        "connect_timeout": connect_timeout, **opts,
     }
     write_private(_args_path(name), json.dumps(args, indent=2))
     # No stale "down" from a previous run may answer wait_until_up before the new supervisor writes its state.
@@ -420,7 +459,9 @@ def run_from_args_file(args_file: Path, resolver: str | None = None) -> int:
         name, raw["host_alias"], [Forward(**f) for f in raw["forwards"]], Path(raw["ssh_config"]),
         Path(raw["state_file"]), Path(raw["log_file"]), load_resolver(resolver or raw.get("resolver"), name),
         keepalive_interval=int(raw.get("keepalive_interval", 2)), keepalive_count=int(raw.get("keepalive_count", 2)),
-        backoff_max=float(raw.get("backoff_max", 5.0)), connect_timeout=int(raw.get("connect_timeout", 5)))
+        backoff_max=float(raw.get("backoff_max", 5.0)), connect_timeout=int(raw.get("connect_timeout", 5)),
+        mode=str(raw.get("mode", "plain")), resume_window=float(raw.get("resume_window", 600.0)),
+        hold_new=float(raw.get("hold_new", 60.0)))
     return sup.run()
 
 

@@ -1,0 +1,446 @@
+"""The relay protocol: frames, per-stream ack/resend bookkeeping, and the I/O engine both ends share.
+
+Standard library only: the laptop imports it (:mod:`nbcloud.ssh.resumable`) and the instance runs it beside
+``nbcloud_relay.py``. A stream's bytes are numbered from 0 in each direction; each side keeps what it sent until
+the other acknowledged it (cumulative acks), and after a new transport each side says how much it received
+(HELLO) so the other resends exactly the rest: nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import socket
+import struct
+import time
+from collections import deque
+
+HDR = struct.Struct("!BIQI")  # kind, stream id, value (offset / ack / clock), payload length
+HELLO, OPEN, DATA, ACK, FIN, RST, PING, PONG, BYE = range(1, 10)
+MAX_PAYLOAD = 1 << 20
+CHUNK = 256 * 1024
+STREAM_WINDOW = 8 << 20  # unacked bytes per stream before we stop reading its socket
+SESSION_BYTES = 64 << 20  # unacked bytes per session (all streams) before we stop reading any socket
+ACK_DELAY, ACK_BYTES = 0.04, 128 * 1024
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def frame(kind: int, sid: int = 0, value: int = 0, payload: bytes = b"") -> bytes:
+    return HDR.pack(kind, sid, value, len(payload)) + payload
+
+
+def hello(info: dict) -> bytes:
+    return frame(HELLO, payload=json.dumps(info).encode())
+
+
+class Parser:
+    """Bytes from the transport in, whole frames out (kind, sid, value, payload)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list:
+        if self.buf:
+            self.buf += data
+            buf: bytes | bytearray = self.buf
+        else:
+            buf = data  # the common case: whole frames straight from the read, one copy per payload
+        out, pos, size, end = [], 0, HDR.size, len(buf)
+        with memoryview(buf) as view:
+            while end - pos >= size:
+                kind, sid, value, n = HDR.unpack_from(buf, pos)
+                if n > MAX_PAYLOAD or not HELLO <= kind <= BYE:
+                    raise ProtocolError(f"bad frame kind={kind} length={n}")
+                if end - pos - size < n:
+                    break
+                out.append((kind, sid, value, bytes(view[pos + size:pos + size + n])))
+                pos += size + n
+            rest = bytes(view[pos:])
+        self.buf = bytearray(rest)
+        return out
+
+
+class Stream:
+    """One direction-pair's bookkeeping, no I/O. Offsets count bytes; a FIN takes one offset after the last byte,
+    so ``ack > fin_out`` says the peer delivered our FIN."""
+
+    def __init__(self, sid: int, sock: socket.socket | None = None) -> None:
+        self.sid, self.sock = sid, sock
+        self.unacked = bytearray()  # what we sent or will send, not yet acknowledged; starts at offset `acked`
+        self.acked = 0
+        self.sent = 0  # offset up to which the current transport carried our bytes
+        self.fin_out: int | None = None  # our socket reached EOF at this offset
+        self.fin_sent = False
+        self.recv = 0  # bytes received in order from the peer (+1 once its FIN came)
+        self.out = bytearray()  # received, not yet written to our socket
+        self.delivered = 0  # written to our socket (+1 once we shut it for the peer's FIN)
+        self.fin_in: int | None = None
+        self.ack_due = False
+        self.ack_sent = 0  # the last ack we sent
+        self.ack_since = 0.0  # when the oldest unacked delivery happened
+        self.peer_acked = 0  # the peer's cumulative ack (may pass our last byte by one: our FIN)
+
+    def mark_delivered(self) -> None:
+        if not self.ack_due:
+            self.ack_due, self.ack_since = True, time.monotonic()
+
+    def push(self, data: bytes) -> None:
+        self.unacked += data
+
+    def eof(self) -> None:
+        if self.fin_out is None:
+            self.fin_out = self.acked + len(self.unacked)
+
+    def take(self, limit: int) -> tuple[int, bytes] | None:
+        """The next bytes to carry (offset, bytes), or None when all was sent."""
+        start = self.sent - self.acked
+        if start >= len(self.unacked):
+            return None
+        with memoryview(self.unacked) as view:
+            data = bytes(view[start:start + limit])
+        self.sent += len(data)
+        return self.sent - len(data), data
+
+    def want_fin(self) -> bool:
+        return self.fin_out is not None and not self.fin_sent and self.sent >= self.fin_out
+
+    def on_ack(self, value: int) -> None:
+        self.peer_acked = max(self.peer_acked, value)
+        drop = min(value, self.acked + len(self.unacked)) - self.acked
+        if drop > 0:
+            del self.unacked[:drop]
+            self.acked += drop
+        self.sent = max(self.sent, self.acked)
+
+    def on_data(self, seq: int, payload: bytes) -> bytes:
+        """The part of ``payload`` not seen before (a resend after a resume may overlap)."""
+        if seq > self.recv:
+            raise ProtocolError(f"stream {self.sid}: gap at {self.recv}, got {seq}")
+        fresh = payload[self.recv - seq:] if seq < self.recv else payload
+        self.recv += len(fresh)
+        return fresh
+
+    def on_fin(self, value: int) -> bool:
+        """The peer's EOF; True the first time."""
+        if self.fin_in is not None or value != self.recv:
+            return False
+        self.fin_in = value
+        self.recv += 1
+        return True
+
+    def rewind(self, peer_recv: int) -> None:
+        """A new transport: the peer has ``peer_recv``; resend from there."""
+        self.on_ack(peer_recv)
+        self.sent = self.acked
+        self.fin_sent = False
+
+    def unacked_bytes(self) -> int:
+        return len(self.unacked)
+
+    def done(self) -> bool:
+        return (self.fin_out is not None and self.peer_acked > self.fin_out and self.fin_in is not None
+                and not self.out and self.delivered > self.fin_in)
+
+
+class Loop:
+    """One selector for many endpoints: one registration per fd, read and write interest merged."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.masks: dict[int, int] = {}
+        self.handlers: dict[int, object] = {}
+
+    def watch(self, fd: int, handler: object, read: bool | None = None, write: bool | None = None) -> None:
+        old = mask = self.masks.get(fd, 0)
+        if read is not None:
+            mask = (mask | selectors.EVENT_READ) if read else (mask & ~selectors.EVENT_READ)
+        if write is not None:
+            mask = (mask | selectors.EVENT_WRITE) if write else (mask & ~selectors.EVENT_WRITE)
+        if handler is not None:
+            self.handlers[fd] = handler
+        if mask == old:
+            return
+        if not mask:
+            self.sel.unregister(fd)
+            del self.masks[fd]
+        elif old:
+            self.sel.modify(fd, mask)
+            self.masks[fd] = mask
+        else:
+            self.sel.register(fd, mask)
+            self.masks[fd] = mask
+
+    def forget(self, fd: int) -> None:
+        if self.masks.pop(fd, None) is not None:
+            self.sel.unregister(fd)
+        self.handlers.pop(fd, None)
+
+    def run_once(self, timeout: float) -> None:
+        for key, events in self.sel.select(timeout):
+            handler = self.handlers.get(key.fd)
+            if handler is not None:
+                handler(key.fd, events)  # type: ignore[operator]
+
+
+class Endpoint:
+    """The I/O of one end of one session: its streams over one transport at a time (which may come and go)."""
+
+    def __init__(self, stream_window: int = STREAM_WINDOW, session_bytes: int = SESSION_BYTES,
+                 loop: Loop | None = None) -> None:
+        self.loop = loop or Loop()
+        self.streams: dict[int, Stream] = {}
+        self.stream_window, self.session_bytes = stream_window, session_bytes
+        self.rfd: int | None = None
+        self.wfd: int | None = None
+        self.queue: deque = deque()
+        self.queued = 0
+        self.parser = Parser()
+        self.live = False  # handshake done: streams flow
+        self.last_rx = time.monotonic()
+
+    def watch(self, fd: int, handler: object, read: bool | None = None, write: bool | None = None) -> None:
+        self.loop.watch(fd, handler, read, write)
+
+    def forget(self, fd: int) -> None:
+        self.loop.forget(fd)
+
+    def next_timeout(self, timeout: float) -> float:
+        return min(timeout, ACK_DELAY) if any(st.ack_due for st in self.streams.values()) else timeout
+
+    def poll(self, timeout: float) -> None:
+        self.loop.run_once(self.next_timeout(timeout))
+        self.after_io()
+
+    # --- transport -----------------------------------------------------------------------------------------------
+    def attach(self, rfd: int, wfd: int, first: bytes = b"") -> None:
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        self.rfd, self.wfd, self.parser, self.live = rfd, wfd, Parser(), False
+        self.queue.clear()
+        self.queued = 0
+        self.last_rx = time.monotonic()
+        self.watch(rfd, self.on_transport, read=True)
+        if first:
+            self.send(first)
+
+    def detach(self) -> None:
+        for fd in {self.rfd, self.wfd} - {None}:
+            self.forget(fd)  # type: ignore[arg-type]
+        self.rfd = self.wfd = None
+        self.live = False
+        self.queue.clear()
+        self.queued = 0
+
+    def send(self, data: bytes) -> None:
+        """Queue for the transport; written at the end of this round of events (one writev, no extra wake-up)."""
+        if self.wfd is None:
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+
+    def on_transport(self, fd: int, events: int) -> None:
+        if events & selectors.EVENT_WRITE and fd == self.wfd:
+            self.flush()
+        if events & selectors.EVENT_READ and fd == self.rfd:
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                return self.transport_lost("transport closed")
+            self.last_rx = time.monotonic()
+            try:
+                frames = self.parser.feed(data)
+            except ProtocolError as exc:
+                return self.transport_lost(str(exc))
+            for f in frames:
+                if self.rfd is None:
+                    break
+                self.on_frame(*f)
+
+    def flush(self) -> None:
+        """Write the queue, refilling it from the streams, until the transport would block or all is sent."""
+        while self.wfd is not None:
+            if not self.queue:
+                self.pump()
+                if not self.queue:
+                    break
+            batch = [self.queue[i] for i in range(min(64, len(self.queue)))]
+            try:
+                n = os.writev(self.wfd, batch)
+            except BlockingIOError:
+                break
+            except OSError:
+                return self.transport_lost("transport write failed")
+            self.queued -= n
+            while n:
+                head = self.queue[0]
+                if n >= len(head):
+                    self.queue.popleft()
+                    n -= len(head)
+                else:
+                    self.queue[0] = head[n:]
+                    n = 0
+        if self.wfd is not None:
+            self.watch(self.wfd, self.on_transport, write=bool(self.queue))
+
+    def transport_lost(self, why: str) -> None:
+        self.detach()
+
+    # --- streams -------------------------------------------------------------------------------------------------
+    def total_unacked(self) -> int:
+        return sum(len(s.unacked) for s in self.streams.values())
+
+    def add_stream(self, st: Stream) -> None:
+        self.streams[st.sid] = st
+        if st.sock is not None:
+            st.sock.setblocking(False)
+            self.watch(st.sock.fileno(), self.on_sock, read=True)
+
+    def sock_stream(self, fd: int) -> Stream | None:
+        for st in self.streams.values():
+            if st.sock is not None and st.sock.fileno() == fd:
+                return st
+        return None
+
+    def on_sock(self, fd: int, events: int) -> None:
+        st = self.sock_stream(fd)
+        if st is None:
+            return self.forget(fd)
+        if events & selectors.EVENT_WRITE:
+            self.write_sock(st)
+        if events & selectors.EVENT_READ and st.sid in self.streams:
+            try:
+                data = st.sock.recv(CHUNK)  # type: ignore[union-attr]
+            except BlockingIOError:
+                return
+            except OSError:
+                return self.reset(st, tell=True)
+            if data:
+                st.push(data)
+            else:
+                st.eof()
+                self.watch(fd, None, read=False)
+            self.pump()
+
+    def write_sock(self, st: Stream) -> None:
+        sock = st.sock
+        if sock is None:
+            return
+        try:
+            while st.out:
+                n = sock.send(st.out)
+                del st.out[:n]
+                st.delivered += n
+                st.mark_delivered()
+        except BlockingIOError:
+            pass
+        except OSError:
+            return self.reset(st, tell=True)
+        if st.fin_in is not None and not st.out and st.delivered == st.fin_in:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            st.delivered += 1
+            st.mark_delivered()
+        self.watch(sock.fileno(), self.on_sock, write=bool(st.out))
+
+    def deliver(self, st: Stream, data: bytes) -> None:
+        """Write what arrived for ``st``; only what the socket does not take now is buffered."""
+        if not st.out and st.sock is not None and getattr(st, "connected", True):
+            try:
+                n = st.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return self.reset(st, tell=True)
+            st.delivered += n
+            st.mark_delivered()
+            data = data[n:]
+        st.out += data
+        self.write_sock(st)
+
+    def reset(self, st: Stream, tell: bool) -> None:
+        if tell:
+            self.send(frame(RST, st.sid))
+        self.drop(st)
+
+    def drop(self, st: Stream) -> None:
+        self.streams.pop(st.sid, None)
+        if st.sock is not None:
+            self.forget(st.sock.fileno())
+            st.sock.close()
+            st.sock = None
+
+    def pump(self) -> None:
+        """Carry unsent bytes while the transport keeps up; stop reading sockets whose stream is too far ahead."""
+        total = self.total_unacked()
+        for st in list(self.streams.values()):
+            while self.live and self.queued < 4 * CHUNK:
+                piece = st.take(CHUNK)
+                if piece is None:
+                    break
+                self.send(HDR.pack(DATA, st.sid, piece[0], len(piece[1])))
+                self.send(piece[1])
+            if self.live and st.want_fin():
+                st.fin_sent = True
+                self.send(frame(FIN, st.sid, st.fin_out or 0))
+            if st.sock is not None and st.fin_out is None and self.may_read(st):
+                room = len(st.unacked) < self.stream_window and total < self.session_bytes
+                self.watch(st.sock.fileno(), self.on_sock, read=room)
+
+    def may_read(self, st: Stream) -> bool:
+        return True
+
+    def after_io(self) -> None:
+        now = time.monotonic()
+        for st in list(self.streams.values()):
+            # Acks wait a little (or for 128 KiB): one per request/response would wake the other end for nothing.
+            if st.ack_due and self.live and (st.delivered - st.ack_sent >= ACK_BYTES or st.fin_in is not None
+                                             or now - st.ack_since >= ACK_DELAY):
+                st.ack_due, st.ack_sent = False, st.delivered
+                self.send(frame(ACK, st.sid, st.delivered))
+            if st.done():
+                self.drop(st)
+        self.flush()
+
+    def on_stream_frame(self, kind: int, sid: int, value: int, payload: bytes) -> None:
+        st = self.streams.get(sid)
+        if st is None:
+            if kind not in (RST, ACK):
+                self.send(frame(RST, sid))
+            return
+        if kind == DATA:
+            try:
+                fresh = st.on_data(value, payload)
+            except ProtocolError as exc:
+                return self.transport_lost(str(exc))
+            if fresh:
+                self.deliver(st, fresh)
+        elif kind == ACK:
+            st.on_ack(value)
+            self.pump()
+        elif kind == FIN:
+            if st.on_fin(value):
+                self.write_sock(st)
+        elif kind == RST:
+            self.drop(st)
+
+    def on_frame(self, kind: int, sid: int, value: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def resume(self, peer: dict) -> None:
+        """After the HELLOs: rewind every stream the peer has to what it received, and flow again."""
+        self.live = True
+        for st in list(self.streams.values()):
+            st.rewind(int(peer.get(str(st.sid), 0)))
+        self.pump()
+
+    def recv_offsets(self) -> dict:
+        return {str(sid): st.recv for sid, st in self.streams.items()}
