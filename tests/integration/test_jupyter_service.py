@@ -1,7 +1,8 @@
 """Issue 5's acceptance on the sandbox: Jupyter as a service behind SSH, its recovery, durable outputs, public mode.
 
-One instance (a plain `up`: durable outputs are the default) is shared by the SSH-mode tests, which run in file order (REST and kernel →
-server-side execution across a dropped tunnel → Jupyter killed → reboot → no secret in ps or logs); one
+One instance (a plain `up`: durable outputs are the default) is shared by the SSH-mode tests, which run in file
+order (REST and kernel → server-side execution across a dropped tunnel → Jupyter killed → reboot → no secret in ps
+or logs); one
 ``--public`` instance serves the public-mode test. Everything goes through the real CLI, OpenSSH and Jupyter.
 """
 
