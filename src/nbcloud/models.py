@@ -15,6 +15,7 @@ __all__ = [
     "InstanceSpec",
     "InstanceTypeInfo",
     "Volume",
+    "default_durable_outputs",
     "parse_duration",
     "parse_usd",
     "validate_name",
@@ -107,6 +108,12 @@ class ImageInfo:
     baked: bool = False
 
 
+def default_durable_outputs(gateway: bool) -> bool:
+    """`up` without --durable-outputs/--no-durable-outputs: server-side execution, except in gateway mode, whose
+    kernels serve a JupyterLab on your machine (a Kernel Gateway holds no documents to write outputs into)."""
+    return not gateway
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     """What the user asked `up` for."""
@@ -125,6 +132,7 @@ class InstanceSpec:
     fallback_types: tuple[str, ...] = ()
     allow_cidr: str | None = None
     public: bool = False
+    # False: a stored record from before durable outputs were `up`'s default has none; `up` fills in its default
     durable_outputs: bool = False
     gateway: bool = False
     idle_stop_seconds: int | None = 3600

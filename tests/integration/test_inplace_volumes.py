@@ -18,7 +18,7 @@ def _one_line(done: Any) -> str:
 
 
 def test_up_applies_given_options_in_place_or_refuses(world) -> None:
-    first = world.up("e")
+    first = world.up("e", "--no-durable-outputs")  # classic: durable outputs are then applied in place
     # the instance type cannot change while it runs: one line, nothing applied
     refused = world.nb("up", "e", "--provider", "sandbox", "--no-connect", "--durable-outputs", "--idle-stop", "5m",
                        "-t", "t3.large", check=False)
@@ -39,6 +39,9 @@ def test_up_applies_given_options_in_place_or_refuses(world) -> None:
     # defaults are not options: a plain `up` changes nothing and keeps what was applied
     plain = world.up("e")
     assert plain["changed"] == []
+    # the bootstrap never uninstalls: durable outputs are not turned off in place (one line, exit 2)
+    off = world.nb("up", "e", "--provider", "sandbox", "--no-connect", "--no-durable-outputs", check=False)
+    assert off.returncode == 2 and "cannot be turned off in place" in _one_line(off)
     assert json.loads(world.ssh_out("e", "cat ~/.config/nbcloud/agent.json"))["idle_stop_seconds"] == 300
 
     gateway = world.up("e", "--mode", "gateway")

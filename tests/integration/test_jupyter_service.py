@@ -1,7 +1,8 @@
 """Issue 5's acceptance on the sandbox: Jupyter as a service behind SSH, its recovery, durable outputs, public mode.
 
-One instance (``--durable-outputs``) is shared by the SSH-mode tests, which run in file order (REST and kernel →
-server-side execution across a dropped tunnel → Jupyter killed → reboot → no secret in ps or logs); one
+One instance (a plain `up`: durable outputs are the default) is shared by the SSH-mode tests, which run in file
+order (REST and kernel → server-side execution across a dropped tunnel → Jupyter killed → reboot → no secret in ps
+or logs); one
 ``--public`` instance serves the public-mode test. Everything goes through the real CLI, OpenSSH and Jupyter.
 """
 
@@ -85,7 +86,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(nb: World) -> Lab:
-    up = nb.up(NAME, "--durable-outputs")
+    up = nb.up(NAME)  # the default: server-side execution (durable outputs)
     # An ephemeral port: other programs on this host (parallel runs) take 8888, 8889, … while we are disconnected.
     connected = nb.nb_json("connect", NAME, "--no-browser", "--port", str(_free_port()))
     token = urllib.parse.parse_qs(urllib.parse.urlsplit(connected["url"]).query)["token"][0]
@@ -171,7 +172,8 @@ def test_rest_kernel_contents_and_access(nb: World, lab: Lab) -> None:
 
 
 def test_kernel_keeps_running_and_outputs_land_in_the_file_across_a_dropped_tunnel(nb: World, lab: Lab) -> None:
-    """--durable-outputs: a real collaborative client opens the notebook, nbmodel runs the cell on the server."""
+    """Durable outputs (`up`'s default): a real collaborative client opens the notebook, nbmodel runs the cell on
+    the server, and the output written while no client is attached is in the document after a reconnect."""
     import websocket
 
     path = "data/durable.ipynb"

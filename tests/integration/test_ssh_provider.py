@@ -128,7 +128,7 @@ def test_up_connect_status_refusals_down(ssh_world: Any, machine: Machine) -> No
     world.names.add("other")
     t0 = time.monotonic()
     result = world.nb_json("up", "other", "--provider", "ssh", "--host", f"ubuntu@{machine.address}",
-                           "--identity-file", str(machine.key_file), "--no-connect")
+                           "--identity-file", str(machine.key_file), "--no-connect", "--no-durable-outputs")
     assert result["provider"] == "ssh" and result["host"] == machine.address and result["user"] == "ubuntu"
     port = free_port()
     connected = world.nb_json("connect", "other", "--no-browser", "--port", str(port))

@@ -119,7 +119,9 @@ def _duration(seconds: float | None) -> str:
 @click.option("--public", is_flag=True, help="Serve Jupyter over TLS with a password to your IP (no SSH needed).")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Public mode: read the password from this file instead of prompting.")
-@click.option("--durable-outputs", is_flag=True, help="Run cells server-side so outputs survive disconnects.")
+@click.option("--durable-outputs/--no-durable-outputs", default=None,
+              help="Run cells on the server so outputs survive a reload or a disconnect (default: on, except with "
+                   "--mode gateway); --no-durable-outputs: classic execution, no collaboration packages.")
 @click.option("--mode", type=click.Choice(["lab", "gateway"]), default="lab", show_default=True,
               help="gateway: also run a Kernel Gateway for `nbcloud lab`.")
 @click.option("--idle-stop", default=None, help="Stop after this long idle (e.g. 30m, 2h, off). Default 60m.")
@@ -146,14 +148,15 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
        image: str | None, disk_gb: int, data_volume: str | None, tags: tuple[str, ...], zone: str | None,
        fallback_types: str | None, allow_cidr: str | None, spot: bool, max_price: float | None,
        spot_fallback: bool, public: bool,
-       password_file: Path | None, durable_outputs: bool, mode: str, idle_stop: str | None, max_cost: float | None,
+       password_file: Path | None, durable_outputs: bool | None, mode: str, idle_stop: str | None,
+       max_cost: float | None,
        cull_idle: int | None, python_packages: str | None, requirements: Path | None, keep_on_failure: bool,
        no_connect: bool,
        no_browser: bool, port: int | None, dry_run: bool, yes: bool, host: str | None,
        identity_file: Path | None, host_key_fingerprint: str | None, as_json: bool) -> None:
     """Launch NAME (or reuse it), install Jupyter, and open it in the browser."""
     from .. import ops
-    from ..models import InstanceSpec, parse_duration, validate_name
+    from ..models import InstanceSpec, default_durable_outputs, parse_duration, validate_name
 
     validate_name(name)
     ctx = _ctx()
@@ -187,7 +190,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
         disk_gb=disk_gb, data_volume=data_volume, tags=_tags(tags), spot=spot, max_price=max_price,
         spot_fallback=spot_fallback, zone=zone, allow_cidr=allow_cidr,
         fallback_types=tuple(t.strip() for t in (fallback_types or "").split(",") if t.strip()), public=public,
-        durable_outputs=durable_outputs, gateway=mode == "gateway",
+        durable_outputs=default_durable_outputs(mode == "gateway") if durable_outputs is None else durable_outputs,
+        gateway=mode == "gateway",
         idle_stop_seconds=parse_duration(idle_stop or settings.idle_stop), max_cost_usd=max_cost,
         cull_idle_minutes=cull_idle,
         python_packages=tuple(p.strip() for p in (python_packages or "").split(",") if p.strip()),

@@ -4,7 +4,8 @@ Only options the user actually gave count (``given``: spec field names, not clic
 live machine is applied over SSH, the way `nbcloud autostop` and `nbcloud gateway` do it: the agent's settings
 file for the idle limit and the cost cap, a re-run of the instance's own (idempotent) bootstrap for Jupyter's
 config and packages (durable outputs, gateway mode, culling, extra packages). The instance type changes only while
-the instance is stopped (EC2's ModifyInstanceAttribute). Everything else is fixed at launch and refused.
+the instance is stopped (EC2's ModifyInstanceAttribute). Everything else is fixed at launch and refused, and so is
+turning durable outputs or gateway mode off (the bootstrap adds packages, it never removes them).
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def plan_in_place(stored: InstanceSpec, wanted: InstanceSpec, given: frozenset[s
         raise UsageError(f"{', '.join(fixed)} cannot change on the existing instance {name!r} (set at launch)",
                          f"drop {'it' if len(fixed) == 1 else 'them'}, or `nbcloud down {name}` and "
                          f"`nbcloud up {name} …` anew")
+    if changes.get("durable_outputs") is False:
+        # the bootstrap never uninstalls: jupyter-collaboration and nbmodel would stay enabled through the venv
+        raise UsageError(f"{name} runs cells on the server (durable outputs), which cannot be turned off in place",
+                         f"drop --no-durable-outputs, or `nbcloud down {name}` and "
+                         f"`nbcloud up {name} --no-durable-outputs` anew")
     if changes.get("gateway") is False:
         raise UsageError(f"{name} runs in gateway mode, which cannot be turned off in place",
                          f"drop --mode lab, or `nbcloud down {name}` and `nbcloud up {name}` anew")
