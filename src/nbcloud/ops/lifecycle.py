@@ -258,6 +258,10 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
     record = ctx.record(name)
     provider = ctx.provider_for(record)
     _stop_tunnel(ctx, name)
+    if manages_machines(provider):  # its cluster's workers and group first: the group names the instance's
+        from .cluster import teardown
+
+        teardown(ctx, provider, name, record, progress)
     resources = provider.tagged_resources(name)
     deleted, kept = [], []
     instances = [r for r in resources if r.kind == "instance"]
