@@ -33,6 +33,8 @@ def connect(name: str, port: int | None, no_browser: bool, as_json: bool) -> Non
                  f"  {r.url}" + ("" if r.browser_opened else "   (open this in your browser)")]
         if r.gateway_url:
             lines.append(f"  kernel gateway: {r.gateway_url}  (`nbcloud lab {r.name}` uses it)")
+        if getattr(r, "dashboard_url", None):
+            lines.append(f"  Dask dashboard: {r.dashboard_url}")
         return "\n".join(lines)
 
     emit(result, as_json, text)

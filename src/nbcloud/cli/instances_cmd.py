@@ -222,9 +222,17 @@ def _status_text(views: list[Any]) -> str:
     } for v in views]
     out = table(rows, list(rows[0]))
     notices = [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
+    notices += [_cluster_line(v.name, v.cluster) for v in views if getattr(v, "cluster", None)]
     notices += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
                 "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
     return "\n".join([out, *notices])
+
+
+def _cluster_line(name: str, cluster: dict[str, Any]) -> str:
+    workers = cluster["workers"]
+    states = ", ".join(f"{w['instance_id']} {w['state']}" for w in workers) or "none"
+    return (f"{name}: {cluster['engine']} cluster {cluster['scheduler_address']}, {len(workers)}/{cluster['desired']} "
+            f"worker(s) ({states}), {_money(cluster['hourly_usd'])}/h in all")
 
 
 @click.command("list")

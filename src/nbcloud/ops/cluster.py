@@ -323,7 +323,8 @@ def cluster_up(ctx: Context, name: str, workers: int, *, instance_type: str | No
             state = ClusterState(engine=engine.name, group_id=group_id, scheduler_ip=instance.private_ip,
                                  scheduler_groups=original, desired=workers,
                                  instance_type=instance_type or instance.instance_type, spot=spot, threads=threads,
-                                 idle_minutes=idle_minutes, freeze=freeze)
+                                 idle_minutes=idle_minutes, freeze=freeze,
+                                 dashboard_port=_dashboard_port(ctx, name))
             layout = _layout(record, state, name)
             progress(f"starting the {engine.name} scheduler on {name} (TLS, {engine.address(layout)})")
             _start_scheduler(ctx, name, engine, layout, certs)
@@ -421,6 +422,32 @@ def _worker_views(provider: Any, workers: list[Any], state: ClusterState) -> lis
     price = launch_price(provider, state.instance_type, provider.region, spot=state.spot)
     return [WorkerView(w.instance_id, w.private_ip, w.state, w.lifecycle, w.instance_type,
                        price if w.state in ("pending", "running") else 0.0) for w in workers]
+
+
+DASHBOARD_OFFSET = 2000  # the dashboard's local port: Jupyter's + this (the gateway's is + 1000)
+
+
+def _dashboard_port(ctx: Context, name: str) -> int:
+    from ..config import local_port_base
+    from ..ssh.tunnel import port_is_free
+
+    record = ctx.store.get(name)
+    port = ((record.local_port if record and record.local_port else None) or local_port_base()) + DASHBOARD_OFFSET
+    taken = ctx.store.ports_in_use()
+    while port in taken or not port_is_free(port):
+        port += 1
+    return port
+
+
+def dashboard_forward(ctx: Context, name: str, jupyter_local_port: int) -> tuple[int, int] | None:
+    """(local port, instance port) of the cluster's dashboard for `connect`'s tunnel; None without a cluster."""
+    state = load_state(ctx, name)
+    if state is None:
+        return None
+    if not state.dashboard_port:
+        state.dashboard_port = _dashboard_port(ctx, name)
+        _save_state(ctx, name, state)
+    return state.dashboard_port, get_engine(state.engine).dashboard_port
 
 
 def _dashboard_url(ctx: Context, name: str, state: ClusterState) -> str | None:

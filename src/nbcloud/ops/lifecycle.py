@@ -52,6 +52,7 @@ class InstanceView:
     spot_hourly_usd: float | None = None
     managed_here: bool = True
     vscode: str | None = None  # `code --remote ssh-remote+nb-NAME /home/USER`
+    cluster: dict[str, Any] | None = None  # its Dask workers, their state and price, the whole cluster's $/h
 
 
 @dataclass(frozen=True)
@@ -336,10 +337,21 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
             view = _view(ctx, ctx.store.get(record.name) or record, instance)
             if spot_now is not None:
                 view = replace(view, spot_hourly_usd=spot_now)
-            views.append(view)
+            views.append(_with_cluster(ctx, provider, view))
     if with_agent:
         views = _with_agent_state(ctx, views)
     return sorted(views, key=lambda v: v.name)
+
+
+def _with_cluster(ctx: Context, provider: Provider, view: InstanceView) -> InstanceView:
+    from .cluster import cluster_summary
+
+    try:
+        hourly = view.spot_hourly_usd if view.spot_hourly_usd is not None else view.hourly_usd
+        summary = cluster_summary(ctx, provider, view.name, hourly if view.state == "running" else 0.0)
+    except NbcloudError:
+        return view  # the cluster is information here: `status` must not fail over it
+    return replace(view, cluster=summary) if summary else view
 
 
 def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceView:

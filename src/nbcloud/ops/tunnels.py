@@ -28,6 +28,7 @@ class ConnectResult:
     gateway_local_port: int | None = None
     gateway_token: str | None = None
     browser_opened: bool = False
+    dashboard_url: str | None = None  # the cluster's dashboard (`nbcloud cluster up`), on the same tunnel
 
 
 def tunnel_fields(ctx: Context, record: Record) -> dict[str, Any]:
@@ -106,6 +107,11 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     if spec.gateway:
         gateway_port = _choose_port(ctx, record, None, "gateway_local_port", local_port + 1000)
         forwards.append(Forward(gateway_port, GATEWAY_PORT, "gateway", instance.jupyter_host))
+    from .cluster import dashboard_forward
+
+    dashboard = dashboard_forward(ctx, name, local_port)
+    if dashboard is not None:
+        forwards.append(Forward(dashboard[0], dashboard[1], "dashboard", instance.jupyter_host))
     ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
     progress(f"tunnel 127.0.0.1:{local_port} → {name}:{JUPYTER_PORT}")
     start_supervisor(name, forwards)
@@ -117,7 +123,8 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     gateway_token = _gateway_token(ctx, name) if gateway_port else None
     return ConnectResult(name=name, url=url, local_port=local_port, tunnel=state.state,
                          token_file=str(token_path(ctx, name)), gateway_url=gateway_url,
-                         gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened)
+                         gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened,
+                         dashboard_url=f"http://127.0.0.1:{dashboard[0]}/status" if dashboard else None)
 
 
 def _not_running_hint(ctx: Context, record: Record) -> str:
