@@ -83,6 +83,8 @@ def test_scale_plan_replaces_lost_workers_and_ends_extra_newest_first() -> None:
     plan = scale_plan(workers, 1)
     assert plan.launch == 0 and plan.terminate == ("i-2", "i-4", "i-3")
     assert scale_plan([("i-1", "stopped")], 2).launch == 2
+    noticed = scale_plan([("i-1", "running"), ("i-2", "notice")], 2)  # a spot notice: replaced before the reclaim
+    assert noticed.launch == 1 and noticed.terminate == ("i-2",) and noticed.replaced == ("i-2",)
     with pytest.raises(ValueError):
         scale_plan([], -1)
 

@@ -122,8 +122,11 @@ class DaskEngine:
         return _WORKER_LAUNCHER.replace("{cfg}", json.dumps(cfg, sort_keys=True))
 
     def watchdog_config(self, layout: Layout) -> str:
+        from .remote import SPOT_NOTICE_MARKER
+
         return json.dumps({"scheduler_ip": layout.scheduler_ip, "port": self.scheduler_port,
-                           "idle_seconds": layout.idle_minutes * 60, "worker_unit": WORKER_UNIT}, sort_keys=True)
+                           "idle_seconds": layout.idle_minutes * 60, "worker_unit": WORKER_UNIT,
+                           "notice_marker": SPOT_NOTICE_MARKER}, sort_keys=True)
 
     def worker_units(self, layout: Layout) -> dict[str, str]:
         return {

@@ -20,14 +20,16 @@ class ScalePlan:
 
 def scale_plan(workers: Sequence[tuple[str, str]], desired: int) -> ScalePlan:
     """``workers``: (instance id, state) of the cluster's live instances, oldest first. A worker that is not alive
-    (stopped, being reclaimed) is ended and replaced; extra ones are ended newest first."""
+    (stopped, being reclaimed, or "notice": a spot worker told it will be reclaimed) is ended and replaced; extra
+    ones are ended newest first."""
     if desired < 0:
         raise ValueError("a cluster cannot have fewer than 0 workers")
     alive = [iid for iid, state in workers if state in ALIVE]
     dead = tuple(iid for iid, state in workers if state not in ALIVE and state != "terminated")
     extra = tuple(reversed(alive[desired:])) if len(alive) > desired else ()
     return ScalePlan(launch=max(0, desired - len(alive)), terminate=dead + extra,
-                     replaced=tuple(iid for iid, state in workers if state in ("shutting-down", "stopping", "stopped")))
+                     replaced=tuple(iid for iid, state in workers
+                                    if state in ("shutting-down", "stopping", "stopped", "notice")))
 
 
 def cluster_hourly(scheduler_hourly: float | None, worker_hourly: Iterable[float | None]) -> float | None:

@@ -17,6 +17,7 @@ __all__ = ["INSTALL_FILES", "WATCHDOG_SOURCE", "extra_wheels_dir", "install_comm
 
 USER_DATA_LIMIT = 16384
 DONE_MARKER = "/var/lib/nbcloud/cluster-worker.done"
+SPOT_NOTICE_MARKER = "/var/lib/nbcloud/cluster-spot-notice"  # the watchdog saw the 2-minute notice
 FREEZE_PATH = "/opt/nbcloud/etc/cluster-freeze.txt"
 
 
@@ -97,6 +98,7 @@ while True:
         time.sleep(30)
     if not left and spot_notice():
         log("spot notice: stopping the worker (the scheduler reruns its tasks elsewhere)")
+        open(cfg["notice_marker"], "w").write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         subprocess.run(["systemctl", "stop", cfg["worker_unit"]])
         left = True
     time.sleep(5)

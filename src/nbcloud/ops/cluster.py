@@ -256,6 +256,28 @@ def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Eng
                 timeout=60)
 
 
+def _spot_noticed(ctx: Context, name: str, record: Any, workers: list[Any]) -> set[str]:
+    """Spot workers whose watchdog saw the interruption notice (they already left the cluster): to replace now,
+    within the notice window, not after the reclaim."""
+    from ..cluster.remote import SPOT_NOTICE_MARKER
+
+    running = [w for w in workers if w.state == "running"]
+    if not running:
+        return set()
+    cfg = _write_worker_ssh(ctx, name, record.user, workers)
+
+    def seen(worker: Any) -> bool:
+        try:
+            done = session.run(cfg, _worker_alias(name, worker.instance_id), f"test -e {SPOT_NOTICE_MARKER}",
+                               timeout=20, check=False, connect_timeout=5)
+        except RemoteError:
+            return False
+        return done.returncode == 0
+
+    with ThreadPoolExecutor(max_workers=min(8, len(running))) as pool:
+        return {w.instance_id for w, hit in zip(running, pool.map(seen, running), strict=True) if hit}
+
+
 def _join(ctx: Context, provider: Any, name: str, record: Any, engine: Engine, layout: Layout,
           state: ClusterState, count: int, rollback: Rollback, progress: Progress) -> list[Any]:
     workers = _launch_workers(ctx, provider, name, record, engine, layout, state, count, rollback, progress)
@@ -359,7 +381,8 @@ def _scale_locked(ctx: Context, name: str, workers: int, progress: Progress, tim
     layout = _layout(record, state, name)
     t0 = time.monotonic()
     current = machines.list_workers(provider, name)
-    plan = scale_plan([(w.instance_id, w.state) for w in current], workers)
+    noticed = _spot_noticed(ctx, name, record, current) if state.spot else set()
+    plan = scale_plan([(w.instance_id, "notice" if w.instance_id in noticed else w.state) for w in current], workers)
     if plan.terminate:
         progress(f"ending worker(s) {', '.join(plan.terminate)}")
         _end_workers(provider, list(plan.terminate))
