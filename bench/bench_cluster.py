@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 THROUGHPUT = """
 import json, time
+import dask
 from dask.distributed import Client, LocalCluster
 
 def noop(i):
@@ -36,14 +37,16 @@ def rate(client, n):
     client.gather(client.map(noop, range(n), pure=False))
     return n / (time.perf_counter() - t)
 
-out = {}
-with Client() as client:
-    client.wait_for_workers(WORKERS, timeout=300)
-    out["cluster"] = max(rate(client, TASKS) for _ in range(2))
-with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None,
-                  protocol="tcp://", security=False) as local, Client(local) as client:
-    out["local"] = max(rate(client, TASKS) for _ in range(2))
-print(json.dumps(out))
+if __name__ == "__main__":  # LocalCluster's worker processes re-import this file
+    out = {}
+    with Client() as client:
+        client.wait_for_workers(WORKERS, timeout=300)
+        out["cluster"] = max(rate(client, TASKS) for _ in range(2))
+    with dask.config.set({"distributed.comm.require-encryption": False}), LocalCluster(
+            n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None,
+            protocol="tcp://") as local, Client(local) as client:
+        out["local"] = max(rate(client, TASKS) for _ in range(2))
+    print(json.dumps(out))
 """
 
 
@@ -86,9 +89,13 @@ def main() -> None:
         print(f"cluster up --workers {args.workers} → connected: {many:.1f} s ({len(result['connected'])} connected, "
               f"{len(hosts)} instance addresses)")
         script = THROUGHPUT.replace("WORKERS", str(args.workers)).replace("TASKS", str(args.tasks))
-        done = subprocess.run([sys.executable, "-m", "nbcloud.cli.app", "ssh", "bench", "--",
-                               "/opt/nbcloud/venv/bin/python", "-"], input=script, env=env, capture_output=True,
-                              text=True, timeout=900)
+        nb_ssh = [sys.executable, "-m", "nbcloud.cli.app", "ssh", "bench", "--"]
+        subprocess.run([*nb_ssh, "cat > /tmp/bench_throughput.py"], input=script, env=env, check=True, text=True,
+                       capture_output=True, timeout=60)
+        done = subprocess.run([*nb_ssh, "cd /tmp && /opt/nbcloud/venv/bin/python bench_throughput.py"], env=env,
+                              capture_output=True, text=True, timeout=900)
+        if done.returncode != 0 or not done.stdout.strip():
+            raise SystemExit(f"throughput run failed: {done.stderr.strip()[-800:]}")
         rates = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{args.tasks} no-op tasks: cluster (TLS, {args.workers} instances) {rates['cluster']:.0f} tasks/s; "
               f"LocalCluster ({args.workers} workers, TCP loopback) {rates['local']:.0f} tasks/s; "

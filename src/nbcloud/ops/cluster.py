@@ -424,7 +424,10 @@ def teardown(ctx: Context, provider: Any, name: str, record: Any, progress: Prog
         if kept != current and kept:
             machines.set_instance_groups(provider, instance.instance_id, kept)
         if state is not None and instance.state == "running":
+            from .costs import current_hourly
+
             _stop_scheduler(ctx, name, get_engine(state.engine), _layout(record, state, name))
+            _agent_hourly(ctx, name, record, current_hourly(ctx, name))  # the cap counts NAME alone again
     for group_id in groups:
         progress(f"deleting security group {group_id}")
         machines.delete_group(provider, group_id)
@@ -436,6 +439,20 @@ def _cluster_groups(provider: Any, name: str) -> list[str]:
     found = provider.session.call("ec2", "describe_security_groups",
                                   Filters=[{"Name": f"tag:{machines.CLUSTER_TAG}", "Values": [name]}])
     return [g["GroupId"] for g in found["SecurityGroups"]]
+
+
+def _agent_hourly(ctx: Context, name: str, record: Any, hourly: float | None) -> None:
+    """NAME's agent caps cost at `--max-cost` by hourly rate x NAME's running time: with the whole cluster's rate
+    the cap counts the workers too (an upper bound: workers never outlive NAME's running time by more than their
+    idle limit, and a cap errs towards stopping early). NAME's stop then ends the workers (their watchdogs)."""
+    if hourly is None:
+        return
+    path = f"/home/{record.user}/.config/nbcloud/agent.json"
+    code = (f"import json,os;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};"
+            "d=json.load(open(p)) if os.path.exists(p) else {};"
+            f"d['hourly_usd']={float(hourly)!r};t=p+'.tmp';open(t,'w').write(json.dumps(d,sort_keys=True));"
+            "os.chmod(t,0o600);os.replace(t,p)")
+    session.run(ctx.paths.ssh_config, f"nb-{name}", "python3 -c " + shlex.quote(code), timeout=30, check=False)
 
 
 # views ------------------------------------------------------------------------------------------------------------
@@ -482,10 +499,11 @@ def _result(ctx: Context, provider: Any, record: Any, name: str, state: ClusterS
     from .costs import current_hourly
 
     views = _worker_views(provider, machines.list_workers(provider, name), state)
+    hourly = cluster_hourly(current_hourly(ctx, name), [v.hourly_usd for v in views])
+    _agent_hourly(ctx, name, record, hourly)
     return ClusterResult(
         name=name, engine=state.engine, scheduler_address=info.get("address") or "", workers=views,
-        dashboard_url=_dashboard_url(ctx, name, state),
-        hourly_usd=cluster_hourly(current_hourly(ctx, name), [v.hourly_usd for v in views]),
+        dashboard_url=_dashboard_url(ctx, name, state), hourly_usd=hourly,
         connected=list(info.get("workers", [])), replaced=replaced or [], seconds=seconds or {})
 
 
