@@ -1,22 +1,27 @@
 """Issue 17 on the sandbox: `cluster up` grows the notebook into a Dask cluster of real instances, over real TLS.
 
 One scenario, in order (about three minutes): the notebook (through the kernel websocket, `Client()` with no
-address) computes on 2 workers on 2 other instances; the scheduler port is closed to the host and to an instance
-outside the cluster's group, and a plain-TCP Dask client is refused; a worker terminated mid-computation does not
-lose the result; `cluster scale` replaces it; `status` counts the whole cluster; `cluster down` and `down` leave
-no worker, no group and no orphan.
+address) computes on 2 spot workers on 2 other instances; the scheduler port is closed to the host and to an
+instance outside the cluster's group, and a plain-TCP Dask client is refused; mid-computation one worker is
+terminated and the other gets a spot notice, `cluster scale` replaces both and the result is not lost; `status`
+counts the whole cluster; `cluster down` and `down` leave no worker, no group and no orphan.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from tests.helpers import wait_until
 from tests.integration.test_connect import Kernel, post
+
+from nbcloud.providers.sandbox import client as sandbox
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
 
@@ -39,7 +44,7 @@ def _groups(world: Any, **filters: str) -> list[dict[str, Any]]:
 def test_cluster_compute_secure_survive_scale_and_clean_up(world: Any) -> None:
     world.up("cl", "--idle-stop", "off")
     world.up("out", "--idle-stop", "off")
-    up = world.nb_json("cluster", "up", "cl", "--workers", "2", timeout=900)
+    up = world.nb_json("cluster", "up", "cl", "--workers", "2", "--spot", timeout=900)
     scheduler = up["scheduler_address"]
     assert scheduler.startswith("tls://") and scheduler.endswith(":8786")
     assert len(up["workers"]) == 2 and {w["state"] for w in up["workers"]} == {"running"}
@@ -86,23 +91,34 @@ def test_cluster_compute_secure_survive_scale_and_clean_up(world: Any) -> None:
             "        print('refused', type(exc).__name__)")
         assert plain.startswith("refused"), plain
 
-        # a worker terminated mid-computation: the scheduler reruns its tasks on the other one
+        # mid-computation, one worker is terminated and the other gets a spot notice (it leaves the cluster):
+        # `cluster scale` replaces both within the notice window and the computation finishes
         msg = kernel.send("import time\ndef slow(i):\n    time.sleep(0.05)\n    return 2 * i\n"
                           "print(sum(client.gather(client.map(slow, range(300)))))")
         kernel.wait_busy(msg)
         time.sleep(4)
-        world.ec2().terminate_instances(InstanceIds=[up["workers"][0]["instance_id"]])
-        assert kernel.result(msg, deadline=180) == str(sum(2 * i for i in range(300)))
+        lost, noticed = (w["instance_id"] for w in up["workers"])
+        world.ec2().terminate_instances(InstanceIds=[lost])
+        sandbox.fault(noticed, "spot-notice", world.sandbox.sandbox_dir, seconds=150)
+        cfg = world.home / "secrets" / "cl.cluster" / "ssh_config"
+        wait_until(lambda: subprocess.run(
+            ["ssh", "-F", str(cfg), "-o", "BatchMode=yes", f"nbw-cl-{noticed}",
+             "test -e /var/lib/nbcloud/cluster-spot-notice"], capture_output=True, timeout=30).returncode == 0,
+            60, step=1, what="the worker's watchdog to see the spot notice")
+        # the kernel's websocket is read meanwhile (a client that stops reading misses the server's pings)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            scaling = pool.submit(world.nb_json, "cluster", "scale", "cl", "2", timeout=900)
+            assert kernel.result(msg, deadline=400) == str(sum(2 * i for i in range(300)))
+            scaled = scaling.result()
+        assert noticed in scaled["replaced"] and len(scaled["connected"]) == 2
+        assert {lost, noticed}.isdisjoint(w["instance_id"] for w in scaled["workers"])
     finally:
         kernel.close()
 
-    # scale replaces the lost worker; status counts every worker and the whole cluster's price
-    scaled = world.nb_json("cluster", "scale", "cl", "2", timeout=900)
-    assert len(scaled["connected"]) == 2
-    assert up["workers"][0]["instance_id"] not in {w["instance_id"] for w in scaled["workers"]}
+    # status counts every worker and the whole cluster's price
     view = world.status("cl")
     workers = view["cluster"]["workers"]
-    assert len(workers) == 2 and all(w["state"] == "running" for w in workers)
+    assert len(workers) == 2 and all(w["state"] == "running" and w["lifecycle"] == "spot" for w in workers)
     assert view["cluster"]["hourly_usd"] == pytest.approx(view["hourly_usd"] + sum(w["hourly_usd"] for w in workers))
 
     # cluster down: no worker, no cluster group, cl keeps only its own group; down + doctor: nothing left

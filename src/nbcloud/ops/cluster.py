@@ -302,6 +302,9 @@ def _layout(record: Any, state: ClusterState, name: str) -> Layout:
 def _scheduler(ctx: Context, name: str) -> tuple[Any, Any, Any]:
     record = ctx.record(name)
     provider = ctx.provider_for(record)
+    if getattr(provider, "jupyter_on_address", False):  # a loopback sandbox: no namespaces, no groups to enforce
+        raise UsageError("clusters need the sandbox in netns mode (run it as root)", "`nbcloud sandbox reset`, then "
+                         "`sudo nbcloud sandbox start`")
     instance = provider.find(name)
     if instance is None or instance.state != "running":
         state = instance.state if instance else "gone"
