@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "gateway": "gateway_cmd:gateway",
     "lab": "gateway_cmd:lab",
     "sandbox": "sandbox_cmd:sandbox",
+    "cluster": "cluster_cmd:cluster",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -64,6 +65,7 @@ SHORT_HELP: dict[str, str] = {
     "gateway": "Run a Kernel Gateway on an instance.",
     "lab": "Run a local JupyterLab whose kernels run on the instance.",
     "sandbox": "Run the emulated cloud on this machine (no AWS account needed).",
+    "cluster": "Grow the notebook into a Dask cluster (workers on more instances).",
 }
 
 

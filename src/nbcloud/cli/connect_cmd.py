@@ -37,6 +37,8 @@ def connect(name: str, port: int | None, no_browser: bool, forward: tuple[str, .
         if r.gateway_url:
             lines.append(f"  kernel gateway: {r.gateway_url}  (`nbcloud lab {r.name}` uses it)")
         lines += [f"  forward: 127.0.0.1:{f['local_port']} → {r.name}:{f['remote_port']}" for f in r.forwards]
+        if getattr(r, "dashboard_url", None):
+            lines.append(f"  Dask dashboard: {r.dashboard_url}")
         return "\n".join(lines)
 
     emit(result, as_json, text)

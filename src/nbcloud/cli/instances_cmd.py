@@ -325,9 +325,17 @@ def _status_text(views: list[Any]) -> str:
                      f"{_money(running)}/h while running; accrued counts their current run only")
     notes += [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
     notes += [line for line in map(_tunnel_line, views) if line]
+    notes += [_cluster_line(v.name, v.cluster) for v in views if getattr(v, "cluster", None)]
     notes += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
               "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
     return "\n".join([out, *notes])
+
+
+def _cluster_line(name: str, cluster: dict[str, Any]) -> str:
+    workers = cluster["workers"]
+    states = ", ".join(f"{w['instance_id']} {w['state']}" for w in workers) or "none"
+    return (f"{name}: {cluster['engine']} cluster {cluster['scheduler_address']}, {len(workers)}/{cluster['desired']} "
+            f"worker(s) ({states}), {_money(cluster['hourly_usd'])}/h in all")
 
 
 @click.command("list")

@@ -61,6 +61,7 @@ class InstanceView:
     idle_reason: str | None = None
     busy: bool | None = None
     stops_at: str | None = None
+    cluster: dict[str, Any] | None = None  # its Dask workers, their state and price, the whole cluster's $/h
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,10 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
     record = ctx.record(name)
     _stop_tunnel(ctx, name)  # first: the local processes stop even when the cloud cannot be reached
     provider = ctx.provider_for(record)
+    if manages_machines(provider):  # its cluster's workers and group first: the group names the instance's
+        from .cluster import teardown
+
+        teardown(ctx, provider, name, record, progress)
     resources = provider.tagged_resources(name)
     deleted, kept = [], []
     instances = [r for r in resources if r.kind == "instance"]
@@ -394,10 +399,14 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
             view = _view(ctx, ctx.store.get(record.name) or record, instance)
             if spot_now is not None:
                 view = replace(view, spot_hourly_usd=spot_now)
-            views.append(view)
+            views.append(_with_cluster(ctx, provider, view))
         if name is None and manages_machines(provider):
+            from ..cluster.machines import CLUSTER_TAG
+
             known = {r.name for r in records}
-            views += [_foreign_view(i) for i in listed if i.name not in known and i.state not in _ENDED]
+            # a known instance's cluster workers are shown on its own cluster line, not as another machine's
+            views += [_foreign_view(i) for i in listed if i.name not in known and i.state not in _ENDED
+                      and i.tags.get(CLUSTER_TAG) not in known]
     if with_agent:
         views = _with_agent_state(ctx, views)
     return sorted(views, key=lambda v: (not v.managed_here, v.name))
@@ -423,6 +432,17 @@ def _foreign_view(instance: Instance) -> InstanceView:
         uptime_seconds=uptime, hourly_usd=hourly,
         accrued_usd=round(uptime * hourly / 3600, 4) if uptime is not None and hourly is not None else None,
         managed_here=False, idle_reason="made on another machine: its keys are not here")
+
+
+def _with_cluster(ctx: Context, provider: Provider, view: InstanceView) -> InstanceView:
+    from .cluster import cluster_summary
+
+    try:
+        hourly = view.spot_hourly_usd if view.spot_hourly_usd is not None else view.hourly_usd
+        summary = cluster_summary(ctx, provider, view.name, hourly if view.state == "running" else 0.0)
+    except NbcloudError:
+        return view  # the cluster is information here: `status` must not fail over it
+    return replace(view, cluster=summary) if summary else view
 
 
 def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceView:

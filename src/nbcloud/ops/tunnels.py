@@ -31,6 +31,7 @@ class ConnectResult:
     gateway_token: str | None = None
     browser_opened: bool = False
     forwards: list[dict[str, int]] = field(default_factory=list)  # the --forward ports: {remote_port, local_port}
+    dashboard_url: str | None = None  # the cluster's dashboard (`nbcloud cluster up`), on the same tunnel
 
 
 FORWARD_PREFIX = "port-"  # label of a --forward in the tunnel's state
@@ -174,6 +175,11 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     if spec.gateway:
         gateway_port = _choose_port(ctx, record, None, "gateway_local_port", local_port + 1000)
         forwards.append(Forward(gateway_port, GATEWAY_PORT, "gateway", instance.jupyter_host))
+    from .cluster import dashboard_forward
+
+    dashboard = dashboard_forward(ctx, name, local_port)
+    if dashboard is not None:
+        forwards.append(Forward(dashboard[0], dashboard[1], "dashboard", instance.jupyter_host))
     extra = _extra_forwards(ctx, name, forward, {f.local_port for f in forwards}, instance.jupyter_host)
     forwards += extra
     ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
@@ -188,7 +194,8 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     return ConnectResult(name=name, url=url, local_port=local_port, tunnel=state.state,
                          token_file=str(token_path(ctx, name)), gateway_url=gateway_url,
                          gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened,
-                         forwards=[{"remote_port": f.remote_port, "local_port": f.local_port} for f in extra])
+                         forwards=[{"remote_port": f.remote_port, "local_port": f.local_port} for f in extra],
+                         dashboard_url=f"http://127.0.0.1:{dashboard[0]}/status" if dashboard else None)
 
 
 def _not_running_hint(ctx: Context, record: Record) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import disk
+from . import disk, firewall
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
 from .hosts import Network, SubnetBusy, instance_pids, kill_namespace_processes, lock_subnet
@@ -79,6 +79,7 @@ class Host:
     init: subprocess.Popen[bytes] | None = None
     link_up: bool = True
     boots: int = 0
+    firewall: str = ""  # the ingress table last loaded into its namespace (see firewall.py)
 
 
 def _raw_user_data(instance: Any) -> bytes | None:
@@ -310,10 +311,41 @@ class Sandbox:
         )
         disk.update_boot(inst_dir, facts)
         self.network.create(instance_id, host.address)
+        self.apply_firewall(host)  # before any service listens: a group admits only what its rules say
         host.link_up = True
         self._spawn_init(host)
         host.state = "running"
         host.boots += 1
+
+    def apply_firewall(self, host: Host) -> None:
+        """Load the host's security-group filter into its namespace when it changed (netns mode only)."""
+        if not isinstance(self.network, Network) or not host.address:
+            return
+        with self.lock:
+            live = [h for h in self.hosts.values() if h.address and h.state in ("pending", "booting", "running")]
+        members: dict[str, list[str]] = {}
+        groups_of: dict[str, list[Any]] = {}
+        for other in live:
+            with contextlib.suppress(Exception):  # moto may have dropped a terminated instance already
+                groups = list(other.backend.get_instance(other.instance_id).security_groups)
+                groups_of[other.instance_id] = groups
+                for group in groups:
+                    members.setdefault(group.id, []).append(other.address or "")
+        rules = firewall.ingress_rules(groups_of.get(host.instance_id, []))
+        text = firewall.render_ingress(rules, members, self.network.caller_ip)
+        if text != host.firewall and firewall.apply(self.network.netns_name(host.instance_id), text):
+            host.firewall = text
+
+    def firewall_forever(self) -> None:
+        """Security groups change by API (rules, members): follow them once a second."""
+        while not self.stopped.wait(1.0):
+            with self.lock:
+                running = [h for h in self.hosts.values() if h.state == "running"]
+            for host in running:
+                try:
+                    self.apply_firewall(host)
+                except Exception:
+                    log.exception("firewall of %s", host.instance_id)
 
     def _spawn_init(self, host: Host) -> None:
         inst_dir = self._instance_dir(host.instance_id)
@@ -571,6 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sandbox.prepare()
         threading.Thread(target=sandbox.reconcile_forever, name="reconciler", daemon=True).start()
+        threading.Thread(target=sandbox.firewall_forever, name="firewall", daemon=True).start()
         control = ControlServer(sandbox, done)
         sock = InstanceSocket(sandbox, sandbox.shared / "control" / "daemon.sock")
         info = {

@@ -173,6 +173,9 @@ class Network:
             f"table inet {self.nft_table} {{\n"
             "  chain forward {\n"
             "    type filter hook forward priority -10; policy accept;\n"
+            # instance to instance (the sandbox's VPC): each destination's security-group filter decides
+            f'    iifname "nb{self.prefix}h*" oifname "nb{self.prefix}h*" ip saddr {self.subnet} '
+            f'ip daddr {self.subnet} accept\n'
             f"    ip saddr {self.subnet} drop\n"
             f"    ip daddr {self.subnet} drop\n"
             "  }\n"
@@ -222,6 +225,9 @@ class Network:
             f"route replace {address}/32 dev {host} src {self.caller_ip}",
         ]
         _run(["ip", "-batch", "-"], input_text="\n".join(outside) + "\n")
+        # routes packets between instances, for this link only (the machine-wide ip_forward stays as it is)
+        with open(f"/proc/sys/net/ipv4/conf/{host}/forwarding", "w") as flag:
+            flag.write("1\n")
         return Link(netns, host, address)
 
     def destroy(self, instance_id: str, address: str | None) -> None:

@@ -57,3 +57,16 @@ class SandboxProvider(AwsProvider):
 
     def list_instances(self) -> list[Instance]:
         return [self._reached(i) for i in super().list_instances()]
+
+    def prepare_packages(self, subdir: str, requirements: list[str], progress=None) -> None:  # type: ignore[no-untyped-def]
+        """Wheels that only some instances install (a cluster engine's): a subdirectory of the sandbox's
+        wheelhouse, downloaded on this machine the first time (instances have no index)."""
+        import json
+        from pathlib import Path
+
+        from .client import default_dir
+        from .wheelhouse import ensure_extra_wheels
+
+        info = json.loads((default_dir() / "sandbox.json").read_text())
+        if info.get("wheelhouse"):
+            ensure_extra_wheels(Path(info["wheelhouse"]), subdir, requirements, progress)

@@ -24,6 +24,7 @@ __all__ = [
     "INSTANCE_UV_CACHE",
     "UvCacheSeeder",
     "download_summary",
+    "ensure_extra_wheels",
     "ensure_uv_cache",
     "ensure_wheelhouse",
     "wait_uv_cache_seed",
@@ -94,6 +95,38 @@ def ensure_wheelhouse(progress: Callable[[str], None] | None = None, requirement
     except OSError:  # another process finished first
         shutil.rmtree(partial, ignore_errors=True)
     os.chmod(root, 0o755)
+    return target
+
+
+def ensure_extra_wheels(wheelhouse: Path, subdir: str, requirements: list[str],
+                        progress: Callable[[str], None] | None = None) -> Path:
+    """Download ``requirements`` (with their dependencies) into ``wheelhouse/subdir`` once: packages that only some
+    instances install (a cluster's engine), kept out of the wheelhouse every instance's bootstrap resolves against.
+    Instances see it at once: the wheelhouse reaches them through a bind mount of the directory."""
+    target = wheelhouse / subdir
+    stamp = target / ".complete"
+    wanted = "\n".join(sorted(requirements)) + "\n"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return target
+    say = progress or (lambda _msg: None)
+    partial = wheelhouse / f".{subdir}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    log_path = wheelhouse.parent / f"pip-download-{subdir}.log"
+    say(f"downloading {', '.join(requirements)} into the sandbox's wheelhouse (once per machine)")
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
+           "--python-version", instance_python_version(), "-d", str(partial), *requirements]
+    code, tail = _run_logged(cmd, log_path)
+    if code != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise SandboxError(f"pip download of {subdir} failed: {' | '.join(tail[-3:])}", f"see {log_path}")
+    wheels = list(partial.glob("*.whl"))
+    say(download_summary(len(wheels), sum(w.stat().st_size for w in wheels), time.monotonic() - started))
+    for path in [partial, *partial.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    (partial / ".complete").write_text(wanted)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
     return target
 
 
