@@ -166,3 +166,30 @@ def adopted_machine(home: Path, name: str) -> Path:
     (home / "keys" / name).symlink_to(users_key)
     users_key.write_text("key")
     return users_key
+
+
+class Probe:
+    """The instance's state as the cloud API reports it (never over ssh: an ssh session may count as activity)."""
+
+    def __init__(self, ec2: Any, instance_id: str) -> None:
+        self.ec2, self.instance_id = ec2, instance_id
+
+    def state(self) -> str:
+        reply = self.ec2.describe_instances(InstanceIds=[self.instance_id])
+        return str(reply["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    def stays_running(self, until: float, why: str, tick: Callable[[], None] | None = None) -> None:
+        while time.monotonic() < until:
+            state = self.state()
+            assert state == "running", f"{self.instance_id} went {state} while {why}"
+            if tick:
+                tick()
+            time.sleep(2)
+
+    def stops_by(self, deadline: float, why: str) -> float:
+        """Monotonic time at which the API first showed stopping/stopped."""
+        while time.monotonic() < deadline:
+            if self.state() in ("stopping", "stopped"):
+                return time.monotonic()
+            time.sleep(1)
+        raise AssertionError(f"{self.instance_id} did not stop in time after {why} (state {self.state()})")

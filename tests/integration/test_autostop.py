@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import wait_until
+from tests.helpers import Probe, wait_until
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
 
@@ -31,31 +31,6 @@ LIMIT = 60  # --idle-stop 1m
 GRACE = 30  # the acceptance: stopped within the limit + 30 s ...
 SLACK = 60  # ... plus slack for a loaded 2-core box
 HOLD = LIMIT + 35  # how long "something is going on" must keep an instance up: limit + check period + margin
-
-
-class Probe:
-    """The instance's state as the cloud API reports it (never over ssh: an ssh session is activity)."""
-
-    def __init__(self, ec2: Any, instance_id: str) -> None:
-        self.ec2, self.instance_id = ec2, instance_id
-
-    def state(self) -> str:
-        reply = self.ec2.describe_instances(InstanceIds=[self.instance_id])
-        return str(reply["Reservations"][0]["Instances"][0]["State"]["Name"])
-
-    def stays_running(self, until: float, why: str) -> None:
-        while time.monotonic() < until:
-            state = self.state()
-            assert state == "running", f"{self.instance_id} went {state} while {why}"
-            time.sleep(2)
-
-    def stops_by(self, deadline: float, why: str) -> float:
-        """Monotonic time at which the API first showed stopping/stopped."""
-        while time.monotonic() < deadline:
-            if self.state() in ("stopping", "stopped"):
-                return time.monotonic()
-            time.sleep(1)
-        raise AssertionError(f"{self.instance_id} did not stop in time after {why} (state {self.state()})")
 
 
 def _agent_pid(world: Any, alias: str) -> int | None:
