@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ConflictError, RemoteError, UsageError
 from ..models import InstanceSpec
+from ..remote.bootstrap import RERUN_FROM_STDIN
 from ..state import Record
 from .context import Context, Progress, no_progress
 
@@ -166,15 +167,7 @@ _RERUN = r"""set -euo pipefail
 root="${NBCLOUD_ROOT:-}"
 cfg="$root/opt/nbcloud/etc/jupyter_server_config.py"
 before=$(sha256sum "$cfg" 2>/dev/null || true)
-t=$(mktemp /tmp/nbcloud-bootstrap.XXXXXX)
-trap 'rm -f "$t"' EXIT
-cat > "$t"
-if ! sudo bash "$t" > /dev/null 2>&1; then
-  echo "nbcloud: the bootstrap failed:" >&2
-  sudo tail -n 5 "$root/var/log/nbcloud/bootstrap.log" >&2 || true
-  exit 3
-fi
-if [ "$(sha256sum "$cfg" 2>/dev/null || true)" != "$before" ]; then
+""" + RERUN_FROM_STDIN + r"""if [ "$(sha256sum "$cfg" 2>/dev/null || true)" != "$before" ]; then
   sudo systemctl restart nbcloud-jupyter.service
   echo "nbcloud: Jupyter restarted with its new config"
 fi

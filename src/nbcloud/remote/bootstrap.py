@@ -30,6 +30,19 @@ from .units import (
 __all__ = ["agent_config", "agent_source", "package_hash", "render_bootstrap"]
 
 _EOF = "NBCLOUD_EOF"
+
+#: Shell lines that re-run a rendered bootstrap arriving on stdin, as the login user with sudo (``$root`` set
+#: before: the instance's root directory, empty on a real machine). Written to a file first so the bootstrap
+#: installs itself as /opt/nbcloud/bootstrap.sh; on failure the log's last lines go to stderr, exit 3.
+RERUN_FROM_STDIN = r"""t=$(mktemp /tmp/nbcloud-bootstrap.XXXXXX)
+trap 'rm -f "$t"' EXIT
+cat > "$t"
+if ! sudo bash "$t" > /dev/null 2>&1; then
+  echo "nbcloud: the bootstrap failed:" >&2
+  sudo tail -n 5 "$root/var/log/nbcloud/bootstrap.log" >&2 || true
+  exit 3
+fi
+"""
 # JupyterLab's defaults for every user of the venv: no news popup, no outbound request for it.
 LAB_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
 

@@ -9,6 +9,7 @@ gateway token goes first, through :func:`nbcloud.remote.secrets.install_secrets_
 
 from __future__ import annotations
 
+from .bootstrap import RERUN_FROM_STDIN
 from .spec import BootstrapSpec
 
 __all__ = ["GATEWAY_UNIT", "enable_script"]
@@ -22,15 +23,7 @@ _ENABLE = r"""set -euo pipefail
 # listens on its own loopback address); empty / 127.0.0.1 on a real machine
 root="${NBCLOUD_ROOT:-}"
 export NBCLOUD_GATEWAY_PROBE="http://${NBCLOUD_JUPYTER_IP:-127.0.0.1}:{port}/api"
-t=$(mktemp /tmp/nbcloud-bootstrap.XXXXXX)
-trap 'rm -f "$t"' EXIT
-cat > "$t"
-if ! sudo bash "$t" > /dev/null 2>&1; then
-  echo "nbcloud: the bootstrap failed:" >&2
-  sudo tail -n 5 "$root/var/log/nbcloud/bootstrap.log" >&2 || true
-  exit 3
-fi
-# restart: a gateway already running keeps the token it read at start
+""" + RERUN_FROM_STDIN + r"""# restart: a gateway already running keeps the token it read at start
 sudo systemctl restart {unit}
 for _ in $(seq 1 240); do
   if "$root/opt/nbcloud/venv/bin/python" - <<'PY'
