@@ -49,7 +49,7 @@ def test_spot_reclaim_keeps_the_notebook_and_up_relaunches(world: Any) -> None:
     assert view["lifecycle"] == "spot" and view["spot_hourly_usd"] is not None, view
     assert "spot" in world.nb("status").stdout
 
-    client.fault(first["instance_id"], "spot-notice", world.sandbox.sandbox_dir, seconds=8)
+    client.fault(first["instance_id"], "spot-notice", world.sandbox.sandbox_dir, seconds=20)
     started = time.monotonic()
     record = _wait("interruption.json", lambda: world.ssh(
         "nb-spotty", "cat /var/lib/nbcloud/interruption.json 2>/dev/null").stdout.strip(), 30)
