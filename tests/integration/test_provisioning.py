@@ -151,9 +151,11 @@ def _up_with(world, name: str, on_progress=None, **spec: Any) -> None:
     ("RunInstances", "VcpuLimitExceeded", QuotaError),
     ("AttachVolume", "IncorrectState", Exception),                   # after the instance and a new volume
 ])
-def test_rollback_on_api_failure(world, operation: str, code: str, error: type[Exception]) -> None:
+def test_rollback_on_api_failure(world, operation: str, code: str, error: type[Exception], monkeypatch) -> None:
     from nbcloud.providers.sandbox import client as sandbox
 
+    # botocore retries a throttle 8 times with backoff (about a minute); two attempts prove the rollback as well
+    monkeypatch.setenv("NBCLOUD_AWS_RETRIES", "2")
     sandbox.fault_api(operation, code, count=10, sandbox_dir=world.sandbox.sandbox_dir)
     try:
         with pytest.raises(error):
