@@ -39,3 +39,28 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     base = int(os.environ.get("NBCLOUD_TEST_PORT_BASE", "20000"))
     os.environ["NBCLOUD_LOCAL_PORT"] = str(base + 3000 * (int(worker) if worker.isdigit() else 0))
+
+
+#: The test files that take longest, longest first (measured in CI runs). `scripts/test` hands xdist whole files in
+#: collection order (--dist loadfile --no-loadscope-reorder): starting the long ones first keeps both workers busy
+#: to the end instead of leaving one alone with a three-minute file.
+LONGEST_FIRST = (
+    "tests/integration/test_cost_sandbox.py",
+    "tests/integration/test_autostop.py",
+    "tests/integration/test_cluster.py",
+    "tests/integration/test_idle_activity.py",
+    "tests/integration/test_launch_kills.py",
+    "tests/integration/test_connect.py",
+    "tests/integration/test_cost_unseen.py",
+    "tests/integration/test_provisioning.py",
+    "tests/integration/test_resumable_sandbox.py",
+    "tests/integration/test_spot_volumes_images.py",
+    "tests/integration/test_sandbox_loopback.py",
+    "tests/integration/test_gateway_sandbox.py",
+    "tests/e2e/test_browser_durable.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest as collected

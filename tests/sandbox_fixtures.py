@@ -43,7 +43,8 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     directory = tmp_path_factory.mktemp("sandbox")
     wanted = os.environ.get("NBCLOUD_TEST_SANDBOX_SUBNET")
     try:
-        yield start_on_a_free_subnet(directory, (wanted,) if wanted else TEST_SUBNETS)
+        # a comma-separated list: each xdist worker takes the first one free
+        yield start_on_a_free_subnet(directory, tuple(s.strip() for s in wanted.split(",")) if wanted else TEST_SUBNETS)
     finally:
         client.reset(directory)
 

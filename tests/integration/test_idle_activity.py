@@ -27,10 +27,12 @@ from tests.helpers import Probe, World
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(600)]
 
-LIMIT = 60  # --idle-stop 1m (the floor)
+LIMIT = 30  # --idle-stop 30s, with the floor lowered to 30 s for this test (NBCLOUD_IDLE_STOP_FLOOR)
+CHECK = 5  # NBCLOUD_AGENT_CHECK_PERIOD
+KNOBS = {"NBCLOUD_IDLE_STOP_FLOOR": str(LIMIT), "NBCLOUD_AGENT_CHECK_PERIOD": str(CHECK)}
 GRACE = 30  # the acceptance: stopped within the limit + 30 s ...
 SLACK = 45  # ... plus slack for a loaded 2-core box
-HOLD = LIMIT + 25  # how long "something is going on" must keep an instance up: past the limit and two checks
+HOLD = LIMIT + 4 * CHECK + 5  # how long "something is going on" must keep an instance up: past the limit, 4 checks
 
 
 def tunnel_open(world: World, probe: Probe, name: str) -> dict[str, float]:
@@ -108,9 +110,11 @@ SCENARIOS: dict[str, Callable[[World, Probe, str], dict[str, float]]] = {
 
 def test_idle_is_work_and_input_not_connections(sandbox: Any, sandbox_ec2: Any, tmp_path: Path) -> None:
     worlds = {name: World.under(tmp_path / name, sandbox) for name in SCENARIOS}
+    for world in worlds.values():
+        world.env.update(KNOBS)
 
     def run(name: str) -> dict[str, float]:
-        up = worlds[name].up(name, "--idle-stop", "1m")
+        up = worlds[name].up(name, "--idle-stop", f"{LIMIT}s")
         return SCENARIOS[name](worlds[name], Probe(sandbox_ec2, up["instance_id"]), name)
 
     started = time.monotonic()

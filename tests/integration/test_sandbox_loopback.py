@@ -402,6 +402,13 @@ def test_unprivileged_up_connect_down(unprivileged: Any) -> None:
 
     status = run("status", "demo", "--json")
     assert status.returncode == 0 and '"running"' in status.stdout, status.stdout + status.stderr
+    # `autostop` writes where this machine's agent reads (the login user here is not ubuntu): the agent's own
+    # state, read back through `status`, takes the new limit within a check or two
+    assert run("autostop", "demo", "45m", "--json").returncode == 0
+    deadline = time.monotonic() + 40
+    while "of 2700s" not in (reason := str(json.loads(run("status", "demo", "--json").stdout).get("idle_reason"))):
+        assert time.monotonic() < deadline, f"the agent never took the new limit: {reason}"
+        time.sleep(2)
     stop = run("stop", "demo", "--json", timeout=120)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     start = run("start", "demo", "--json", timeout=300)

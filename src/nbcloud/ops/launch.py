@@ -129,7 +129,7 @@ def _ingress(ctx: Context, provider: Provider, spec: InstanceSpec) -> list[Ingre
 def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPair, volume_id: str | None,
                     hourly: float | None):
     from ..remote.spec import LOGIN_USER, BootstrapSpec
-    from .agent import agent_check_period
+    from .agent import agent_check_period, idle_stop_floor
 
     return BootstrapSpec(
         name=spec.name, jupyter_port=JUPYTER_PORT, gateway=spec.gateway, gateway_port=GATEWAY_PORT,
@@ -139,7 +139,7 @@ def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPa
         package_env=dict(provider.package_env), host_key_private=host_key.private_openssh,
         # who logs in is the provider's to say (EC2 images: ubuntu; a sandbox without root: the current user)
         login_user=getattr(provider, "login_user", LOGIN_USER),
-        host_key_public=host_key.public_openssh, check_period=agent_check_period(),
+        host_key_public=host_key.public_openssh, check_period=agent_check_period(), idle_floor=idle_stop_floor(),
     )
 
 

@@ -76,6 +76,7 @@ def agent_config(spec: BootstrapSpec) -> dict[str, object]:
         "token_file": f"{spec.secrets_dir}/token",
         "settings_file": f"{spec.secrets_dir}/agent.json",
         "check_period": spec.check_period,
+        "idle_floor": spec.idle_floor,
         "durable_outputs": spec.durable_outputs,
     }
 

@@ -13,7 +13,7 @@ import secrets
 import shlex
 from datetime import UTC, datetime, timedelta
 
-from .spec import LOGIN_USER
+from .spec import IDLE_STOP_FLOOR, LOGIN_USER
 
 __all__ = [
     "AGENT_HOLD",
@@ -238,12 +238,14 @@ def restart_jupyter_script(fingerprint: str, port: int, timeout: float = 120,
             .replace("{timeout}", str(int(timeout))))
 
 
-def autostop_update_script(idle_stop_seconds: int | None, login_user: str = LOGIN_USER) -> str:
+def autostop_update_script(idle_stop_seconds: int | None, login_user: str = LOGIN_USER,
+                           floor: int = IDLE_STOP_FLOOR) -> str:
     """A one-line command (run as the login user) that sets the idle limit; the agent re-reads it each check."""
-    if idle_stop_seconds is not None and (not isinstance(idle_stop_seconds, int) or idle_stop_seconds < 60):
+    if idle_stop_seconds is not None and (not isinstance(idle_stop_seconds, int) or idle_stop_seconds < floor):
         from ..errors import UsageError
 
-        raise UsageError("the idle stop must be at least 60 s", "use e.g. `nbcloud autostop NAME 30m` or `off`")
+        raise UsageError(f"the idle stop must be at least {floor} s",
+                         "use e.g. `nbcloud autostop NAME 30m` or `off`")
     path = f"/home/{login_user}/.config/nbcloud/{AGENT_SETTINGS}"
     value = "None" if idle_stop_seconds is None else str(int(idle_stop_seconds))
     code = (

@@ -287,6 +287,8 @@ class Config:
     state_file: str = "/var/lib/nbcloud/agent-state.json"
     interruption_file: str = "/var/lib/nbcloud/interruption.json"
     check_period: float = 10.0
+    #: the shortest idle limit honoured (the product's floor is 60 s; a test instance may be given less)
+    idle_floor: int = 60
     ssh_port: int = 22
     #: count only ssh connections to this local address (None: any)
     ssh_address: str | None = None
@@ -313,6 +315,7 @@ def load_config(path: str = CONFIG_PATH) -> Config:
     known.update(_env_overrides(known))
     config = Config(**known)
     config.check_period = min(15.0, max(1.0, float(config.check_period)))
+    config.idle_floor = min(60, max(20, int(config.idle_floor)))
     return config
 
 
@@ -340,7 +343,7 @@ def _env_overrides(known: dict[str, Any], environ: dict[str, str] | None = None)
     return found
 
 
-def load_settings(path: str, previous: Settings) -> Settings:
+def load_settings(path: str, previous: Settings, floor: int = 60) -> Settings:
     """Re-read every check so `nbcloud autostop` takes effect within one period; keep the last good on error."""
     try:
         with open(path) as fh:
@@ -352,7 +355,7 @@ def load_settings(path: str, previous: Settings) -> Settings:
         return previous
     idle = raw.get("idle_stop_seconds", previous.idle_stop_seconds)
     return Settings(
-        idle_stop_seconds=None if idle is None else max(60, int(idle)),
+        idle_stop_seconds=None if idle is None else max(floor, int(idle)),
         max_cost_usd=None if raw.get("max_cost_usd") is None else float(raw["max_cost_usd"]),
         hourly_usd=None if raw.get("hourly_usd") is None else float(raw["hourly_usd"]),
     )
@@ -626,7 +629,7 @@ class Agent:
     def check(self, elapsed: float) -> Decision:
         now = self.clock()
         self.state["accrued_seconds"] += max(0.0, elapsed)
-        settings = load_settings(self.config.settings_file, self.settings)
+        settings = load_settings(self.config.settings_file, self.settings, int(self.config.idle_floor))
         changed = settings.idle_stop_seconds != self.settings.idle_stop_seconds
         if changed and self.samples and getattr(self, "_settings_read", False):
             # `nbcloud autostop NAME 30m` after hours idle must not stop the machine at the next check
