@@ -193,3 +193,21 @@ class Probe:
                 return time.monotonic()
             time.sleep(1)
         raise AssertionError(f"{self.instance_id} did not stop in time after {why} (state {self.state()})")
+
+
+def side_by_side(scenarios: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run scenarios that mostly wait on the clock (billing minimums, idle limits) at once, each in a thread; every
+    failure is reported, not just the first. Their instances have different names, so they share one world."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    results: dict[str, Any] = {}
+    failures: list[str] = []
+    with ThreadPoolExecutor(max_workers=len(scenarios)) as pool:
+        futures = {name: pool.submit(run) for name, run in scenarios.items()}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as exc:
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    assert not failures, "\n".join(failures)
+    return results

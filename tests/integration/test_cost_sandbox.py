@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers import side_by_side
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(420)]
 
@@ -23,8 +24,7 @@ def _events(world: Any, name: str) -> list[tuple[float, str]]:
     return [(at.timestamp(), state) for at, state, _ in open_store().events(name)]
 
 
-def test_status_cost_and_running_time_only(world: Any) -> None:
-    hourly = world.scale_prices(FACTOR)
+def status_cost_and_running_time_only(world: Any, hourly: float) -> None:
     per_second = hourly / 3600
     world.up("cs-money", "-t", "t3.medium", "--data-volume", "1")
 
@@ -87,8 +87,7 @@ def test_status_cost_and_running_time_only(world: Any) -> None:
     world.ec2().delete_volume(VolumeId=volume)
 
 
-def test_budget_cap_stops_before_the_cap(world: Any) -> None:
-    hourly = world.scale_prices(FACTOR)
+def budget_cap_stops_before_the_cap(world: Any, hourly: float) -> None:
     cap = round(hourly * 150 / 3600, 2)  # 150 s of running; the agent keeps a margin of 60 s + two checks
     t0 = time.monotonic()
     up = world.up("cs-cap", "-t", "t3.medium", "--max-cost", str(cap))
@@ -112,3 +111,10 @@ def test_budget_cap_stops_before_the_cap(world: Any) -> None:
 
     log = Path(world.sandbox.sandbox_dir, "instances", up["instance_id"], "root/var/log/nbcloud/agent.log")
     assert "cost cap" in log.read_text(), "the agent should say it stopped for the cap"
+
+
+def test_running_time_only_and_the_budget_cap(world: Any) -> None:
+    """Both wait on the clock (a stop, the 60-s minimum, a cap that trips in about a minute): side by side."""
+    hourly = world.scale_prices(FACTOR)
+    side_by_side({"running time only": lambda: status_cost_and_running_time_only(world, hourly),
+                  "budget cap": lambda: budget_cap_stops_before_the_cap(world, hourly)})

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from tests.helpers import side_by_side
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(420)]
 
@@ -31,8 +32,7 @@ def _cloud_state(world: Any, instance_id: str) -> str:
     return str(reply["Reservations"][0]["Instances"][0]["State"]["Name"])
 
 
-def test_a_stop_nbcloud_did_not_see_bills_until_the_cloud_stop_time(world: Any) -> None:
-    hourly = world.scale_prices(FACTOR)
+def a_stop_nbcloud_did_not_see_bills_until_the_cloud_stop_time(world: Any, hourly: float) -> None:
     per_second = hourly / 3600
     up = world.up("cu-stop", "-t", "t3.medium", "--idle-stop", "off")
     first = world.status("cu-stop")
@@ -72,11 +72,9 @@ def test_a_stop_nbcloud_did_not_see_bills_until_the_cloud_stop_time(world: Any) 
     assert later["accrued_usd"] == pytest.approx(line["accrued_usd"], abs=per_second * 0.5), "status and cost agree"
 
 
-def test_spot_accrues_and_caps_at_the_spot_price(world: Any) -> None:
-    hourly = world.scale_prices(FACTOR)
+def spot_accrues_and_caps_at_the_spot_price(world: Any, hourly: float) -> None:
     # A cap that on-demand's price would trip at the agent's first check ((0 + 2 checks + 60 s) × $41.6/h = $0.74).
     cap = 0.5
-    world.env["NBCLOUD_AGENT_CHECK_PERIOD"] = "2"
     up = world.up("cu-spot", "--spot", "-t", "t3.medium", "--idle-stop", "off", "--max-cost", str(cap))
     view = world.status("cu-spot")
     assert view["lifecycle"] == "spot", view
@@ -102,3 +100,11 @@ def test_spot_accrues_and_caps_at_the_spot_price(world: Any) -> None:
     assert final["budget_remaining_usd"] == pytest.approx(cap, abs=0.001)
     report = {entry["name"]: entry for entry in world.nb_json("cost")["lines"]}["cu-spot"]
     assert report["hourly_usd"] == pytest.approx(MOTO_SPOT) and report["accrued_usd"] < 0.001
+
+
+def test_unseen_stop_and_spot_price(world: Any) -> None:
+    """Both wait on the clock (past the 60-s minimum; several agent checks): side by side."""
+    hourly = world.scale_prices(FACTOR)
+    world.env["NBCLOUD_AGENT_CHECK_PERIOD"] = "2"  # the spot cap is checked often (harmless to the other)
+    side_by_side({"unseen stop": lambda: a_stop_nbcloud_did_not_see_bills_until_the_cloud_stop_time(world, hourly),
+                  "spot price": lambda: spot_accrues_and_caps_at_the_spot_price(world, hourly)})
