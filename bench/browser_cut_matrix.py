@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,11 @@ def fault(env: dict[str, str], instance_id: str, kind: str) -> None:
 def one_run(context: Any, url: str, env: dict[str, str], instance_id: str, cut_s: float, index: int) -> Run:
     page = context.new_page()
     page.set_default_timeout(60_000)
+    # A workspace per run: JupyterLab would otherwise restore the last run's notebook instead of its launcher.
+    parts = urllib.parse.urlsplit(url)
+    fresh = f"{parts.scheme}://{parts.netloc}/lab/workspaces/cut{cut_s:.0f}-{index}?{parts.query}"
     try:
-        lab = JupyterLabPage.open(page, url, timeout=120)
+        lab = JupyterLabPage.open(page, fresh, timeout=120)
         lab.new_notebook(timeout=120)
         lab.type_code(CELL)
         lab.cells.first.locator(".cm-content").click()
@@ -162,7 +166,11 @@ def main() -> int:
             try:
                 for cut in (float(c) for c in ns.cuts.split(",")):
                     for i in range(ns.repeat):
-                        run = one_run(context, url, env, up["instance_id"], cut, i + 1)
+                        try:
+                            run = one_run(context, url, env, up["instance_id"], cut, i + 1)
+                        except Exception as exc:  # one broken run (the page never came up) is a failed run
+                            fault(env, up["instance_id"], "link-up")
+                            run = Run(cut, i + 1, False, [], f"run failed: {str(exc)[:300]}", 0.0, 0.0, False)
                         runs.append(run)
                         print(json.dumps({**asdict(run), "passed": run.passed, "lines": " ".join(run.lines)}),
                               flush=True)

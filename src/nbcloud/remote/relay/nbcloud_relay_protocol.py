@@ -25,6 +25,7 @@ CHUNK = 256 * 1024
 STREAM_WINDOW = 8 << 20  # unacked bytes per stream before we stop reading its socket
 SESSION_BYTES = 64 << 20  # unacked bytes per session (all streams) before we stop reading any socket
 ACK_DELAY, ACK_BYTES = 0.04, 128 * 1024
+SMALL = 16 * 1024  # kept pieces below this are joined when several wait (copying them costs less than a frame each)
 
 
 class ProtocolError(Exception):
@@ -154,10 +155,17 @@ class Stream:
         if not self.unsent:
             return None
         chunk = self.unsent[0]
-        if len(chunk) <= limit:
+        if len(chunk) > limit:
+            chunk, self.unsent[0] = chunk[:limit], chunk[limit:]
+        elif len(chunk) >= SMALL or len(self.unsent) == 1 or len(self.unsent[1]) >= SMALL:
             self.unsent.popleft()
         else:
-            chunk, self.unsent[0] = chunk[:limit], chunk[limit:]
+            # small pieces (a websocket's messages kept through an outage) go out joined: one frame, not hundreds
+            pieces, total = [], 0
+            while self.unsent and len(self.unsent[0]) < SMALL and total + len(self.unsent[0]) <= limit:
+                total += len(self.unsent[0])
+                pieces.append(self.unsent.popleft())
+            chunk = memoryview(b"".join(pieces))
         self.inflight.append(chunk)
         self.sent += len(chunk)
         return self.sent - len(chunk), chunk
