@@ -471,7 +471,9 @@ class Endpoint:
                 return
             data = data[n:]
         if data:
-            st.out.append(data if isinstance(data, memoryview) else memoryview(data))
+            # a view into a transport read pins that whole read (up to CHUNK) while our socket is full: small
+            # pieces are copied so a slow reader of many small frames does not hold megabytes of other streams' bytes
+            st.out.append(memoryview(bytes(data)) if len(data) < SMALL else memoryview(data))
         self.write_sock(st)
 
     def reset(self, st: Stream, tell: bool) -> None:
