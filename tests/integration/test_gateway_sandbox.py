@@ -4,15 +4,19 @@ surviving a 20 s link cut. Sandbox instances have their own UTS namespace, so th
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 from tests.integration.test_gateway_local import _execute, _token, http
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(600)]
+CUT_S = float(os.environ.get("NBCLOUD_TEST_CUT_SECONDS", "10"))  # 60 in a manual run
 
 
 def _status(url: str, token: str | None) -> int:
@@ -31,6 +35,52 @@ def _print_logs(world, lab_log: Path) -> None:
         print(f"--- {title} log {path}", *text, sep="\n")
     gateway = world.nb("logs", "gwbox", "--gateway", "-n", "60", check=False)
     print("--- gateway log on the instance", gateway.stdout, gateway.stderr, sep="\n")
+
+
+def _cell_through_cut(world, lab, kernel_id: str, instance_id: str, cut_s: float) -> tuple[list[str], list[str],
+                                                                                       bool]:
+    """Run the 20-line cell through the local lab's kernel websocket; cut the link for ``cut_s`` after line 2.
+    Returns (the printed lines, every message id seen, whether the websocket was still open at the end)."""
+    import websocket
+    from jupyter_client.jsonutil import json_default
+    from jupyter_client.session import Session
+
+    from nbcloud.providers.sandbox import client as sandbox
+
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{lab.local_port}/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}",
+        header=[f"Authorization: token {_token(lab)}"], timeout=cut_s + 90)
+    msg = Session().msg("execute_request", content={
+        "code": "import time\nfor i in range(20):\n    print(i, flush=True)\n    time.sleep(1)", "silent": False,
+        "store_history": False, "user_expressions": {}, "allow_stdin": False})
+    msg["channel"] = "shell"
+    ws.send(json.dumps(msg, default=json_default))
+    text, ids, cut = "", [], None
+
+    def cut_link() -> None:
+        sandbox.fault(instance_id, "link-down", sandbox_dir=world.sandbox.sandbox_dir)
+        time.sleep(cut_s)
+        sandbox.fault(instance_id, "link-up", sandbox_dir=world.sandbox.sandbox_dir)
+
+    deadline = time.monotonic() + 20 + cut_s + 90
+    try:
+        while time.monotonic() < deadline:
+            reply = json.loads(ws.recv())
+            ids.append(reply["header"]["msg_id"])
+            if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
+                continue
+            if reply["msg_type"] == "stream":
+                text += reply["content"]["text"]
+                if cut is None and len(text.split()) >= 3:
+                    cut = threading.Thread(target=cut_link)
+                    cut.start()
+            elif reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle":
+                break
+        return text.split(), ids, ws.connected
+    finally:
+        if cut is not None:
+            cut.join(cut_s + 30)
+        ws.close()
 
 
 def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
@@ -79,6 +129,12 @@ def test_lab_with_kernels_on_the_instance(world, tmp_path: Path) -> None:
 
         mark("kernel on the instance")
         _execute(lab, kernel["id"], "survivor = 'still here'; survivor")
+        # The local lab's websocket to the gateway rides the resumable tunnel: a cell printing through a cut
+        # loses no line and repeats none (issue 13), and the browser-side websocket never closes.
+        lines, seen_ids, still_open = _cell_through_cut(world, lab, kernel["id"], up["instance_id"], CUT_S)
+        mark(f"20-line cell through a {CUT_S:.0f} s cut")
+        assert lines == [str(i) for i in range(20)], "every line exactly once, in order"
+        assert len(seen_ids) == len(set(seen_ids)) and still_open
         world.nb("sandbox", "fault", up["instance_id"], "link-down")
         time.sleep(20)
         world.nb("sandbox", "fault", up["instance_id"], "link-up")

@@ -266,3 +266,33 @@ def test_two_laptops_share_the_relay_without_taking_turns(host: NetnsHost) -> No
         assert len([p for p in relay_pids(host) if b"daemon" in Path(f"/proc/{p}/cmdline").read_bytes()]) == 1
     finally:
         tunnel.stop_supervisor("t2", timeout=3)
+
+
+def test_an_instance_without_python3_gets_a_plain_tunnel_that_says_so(host: NetnsHost) -> None:
+    """No python3 on the instance's PATH: the relay cannot run, so the supervisor falls back to plain ssh -L by
+    itself (no retry loop), records why, and the port works."""
+    assert host.sshd is not None
+    host.sshd.kill()
+    host.sshd.wait()
+    bin_dir = host.root / "bin"  # everything of /usr/bin but python: the login shell's rc files still run
+    bin_dir.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if not tool.name.startswith("python"):
+            (bin_dir / tool.name).symlink_to(tool)
+    # and a HOME of its own: root's rc files here put pyenv's python3 on the PATH
+    (host.root / "emptyhome").mkdir()
+    host.sshd_extra = f"SetEnv PATH={bin_dir} HOME={host.root / 'emptyhome'}\n"
+    host.start_sshd()
+    port = free_port()
+    tunnel.start_supervisor(host.name, [Forward(port, REMOTE_PORT, "jupyter")], ssh_config=host.ssh_config,
+                            resolver=RESOLVER)
+    st = tunnel.wait_until_up(host.name, timeout=30)
+    assert st.mode == "plain" and st.fallback == "the instance has no python3, which the relay needs"
+    assert b'"marker": "nbtun"' in http_get(port, timeout=10)[1]
+    assert not relay_pids(host)
+    # A later connect asking for the resumable mode keeps this supervisor (no restart, no second fallback).
+    again = tunnel.start_supervisor(host.name, [Forward(port, REMOTE_PORT, "jupyter")], ssh_config=host.ssh_config,
+                                    resolver=RESOLVER)
+    assert again == st.pid
+    log = tunnel.log_path(host.name).read_text()
+    assert log.count("falling back to a plain tunnel") == 1

@@ -77,6 +77,7 @@ class NetnsHost:
         self.http: subprocess.Popen[bytes] | None = None
         self.created: list[str] = []
         self.cut_mode: str | None = None
+        self.sshd_extra = ""  # more sshd_config lines (e.g. a SetEnv PATH without python3)
         self.ssh_config = root / "ssh_config"
         self.known_hosts = root / "known_hosts"
 
@@ -123,7 +124,7 @@ class NetnsHost:
         cfg.write_text(f"ListenAddress {self.addr}\nHostKey {self.root / 'hostkey'}\n"
                        f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
                        f"UsePAM no\nStrictModes no\nPidFile none\nAllowTcpForwarding yes\n"
-                       "ClientAliveInterval 2\nClientAliveCountMax 2\nMaxStartups 100:30:200\n")
+                       f"ClientAliveInterval 2\nClientAliveCountMax 2\nMaxStartups 100:30:200\n{self.sshd_extra}")
         log = open(self.root / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
         self.sshd = subprocess.Popen(["ip", "netns", "exec", self.ns, "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)],
                                      stdout=log, stderr=log)

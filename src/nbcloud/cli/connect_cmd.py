@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .complete import instance_names
-from .output import emit, json_option, progress
+from .output import emit, err, json_option, progress
 
 
 def _ctx():
@@ -30,6 +30,8 @@ def connect(name: str, port: int | None, no_browser: bool, forward: tuple[str, .
     with progress(f"connecting to {name}", as_json) as step:
         result = ops.connect(_ctx(), name, port=port, open_browser=not (no_browser or as_json), progress=step,
                              forward=list(forward) if forward else None)
+    if result.tunnel_note and not as_json:
+        err(f"note: {result.tunnel_note}")
 
     def text(r: ops.ConnectResult) -> str:
         lines = [f"{r.name}: tunnel {r.tunnel} on 127.0.0.1:{r.local_port}",

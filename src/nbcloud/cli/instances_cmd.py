@@ -217,10 +217,13 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
     if not no_connect:
         with progress(f"connecting to {name}", as_json) as step:
             connected = ops.connect(ctx, name, port=port, open_browser=not no_browser and not as_json, progress=step)
+        if connected.tunnel_note and not as_json:
+            err(f"note: {connected.tunnel_note}")
     payload: dict[str, Any] = dict(vars(result))
     payload["vscode"] = vscode_command(result.ssh_alias, result.user)
     if connected is not None:
-        payload.update(url=connected.url, local_port=connected.local_port, tunnel=connected.tunnel)
+        payload.update(url=connected.url, local_port=connected.local_port, tunnel=connected.tunnel,
+                       tunnel_mode=connected.tunnel_mode)
 
     def text(p: dict[str, Any]) -> str:
         lines = [f"{p['name']}: {p['instance_type']} {p['state']} at {p['host']} ({p['provider']}, {p['region']})"
@@ -292,6 +295,8 @@ def _idle_cell(view: Any) -> str:
 def _tunnel_line(v: Any) -> str:
     """Forwards, held connections and what the last outage did to them; empty when there is nothing to say."""
     parts = [f"forward 127.0.0.1:{f['local_port']} → {f['remote_port']}" for f in getattr(v, "forwards", [])]
+    if getattr(v, "tunnel_fallback", None):
+        parts.append(f"plain tunnel ({v.tunnel_fallback}): connections do not outlive an outage")
     if getattr(v, "held_connections", 0):
         parts.append(f"{v.held_connections} connection(s) held")
     o = getattr(v, "last_outage", None)
@@ -300,6 +305,13 @@ def _tunnel_line(v: Any) -> str:
                 else f"{o.get('held', 0)} connection(s) carried through")
         parts.append(f"last outage {o.get('started')}, {o.get('seconds', 0):.0f} s: {what}")
     return f"{v.name}: " + "; ".join(parts) if parts else ""
+
+
+def _tunnel_cell(v: Any) -> str:
+    """state:port and, while a tunnel runs, its mode (resumable | plain)."""
+    cell = f"{v.tunnel}:{v.local_port}" if v.local_port else v.tunnel
+    mode = getattr(v, "tunnel_mode", None)
+    return f"{cell} {mode}" if mode else cell
 
 
 def _status_text(views: list[Any]) -> str:
@@ -312,7 +324,7 @@ def _status_text(views: list[Any]) -> str:
         "$/h": _money(v.spot_hourly_usd if v.spot_hourly_usd is not None else v.hourly_usd),
         "accrued": _money(v.accrued_usd),
         "budget left": _money(v.budget_remaining_usd) if v.budget_usd else "-",
-        "idle": _idle_cell(v), "tunnel": f"{v.tunnel}:{v.local_port}" if v.local_port else v.tunnel,
+        "idle": _idle_cell(v), "tunnel": _tunnel_cell(v),
         "where": f"{v.provider}/{v.region}" + (" spot" if v.lifecycle == "spot" else ""),
     } for v in views]
     out = table(rows, list(rows[0]))

@@ -45,6 +45,8 @@ class InstanceView:
     held_connections: int = 0  # connections the resumable tunnel carries (held through an outage)
     forwards: list[dict[str, int]] = field(default_factory=list)  # --forward ports {remote_port, local_port}
     last_outage: dict[str, Any] | None = None
+    tunnel_mode: str | None = None  # resumable | plain, while a tunnel runs
+    tunnel_fallback: str | None = None  # why it runs plain although resumable was asked for
     hourly_usd: float | None = None
     accrued_usd: float | None = None
     budget_usd: float | None = None

@@ -15,8 +15,8 @@ from ..errors import ConflictError, RemoteError, UsageError
 from ..state import Record
 from .context import Context, Progress, no_progress
 
-__all__ = ["ConnectResult", "connect", "disconnect", "forwards_of", "parse_forward", "sync", "tunnel_fields",
-           "tunnel_resolver"]
+__all__ = ["ConnectResult", "connect", "disconnect", "fallback_note", "forwards_of", "parse_forward", "sync",
+           "tunnel_fields", "tunnel_resolver"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class ConnectResult:
     browser_opened: bool = False
     forwards: list[dict[str, int]] = field(default_factory=list)  # the --forward ports: {remote_port, local_port}
     dashboard_url: str | None = None  # the cluster's dashboard (`nbcloud cluster up`), on the same tunnel
+    tunnel_mode: str | None = None  # resumable | plain
+    tunnel_note: str | None = None  # one line when the tunnel fell back to plain (the instance cannot run the relay)
 
 
 FORWARD_PREFIX = "port-"  # label of a --forward in the tunnel's state
@@ -68,6 +70,8 @@ def tunnel_fields(ctx: Context, record: Record) -> dict[str, Any]:
         "held_connections": state.held_connections if state and live else 0,
         "forwards": forwards_of(state.local_ports, state.remote_ports) if state and live else [],
         "last_outage": state.last_outage if state else None,
+        "tunnel_mode": state.mode if state and live else None,
+        "tunnel_fallback": state.fallback if state and live else None,
     }
 
 
@@ -195,7 +199,16 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
                          token_file=str(token_path(ctx, name)), gateway_url=gateway_url,
                          gateway_local_port=gateway_port, gateway_token=gateway_token, browser_opened=opened,
                          forwards=[{"remote_port": f.remote_port, "local_port": f.local_port} for f in extra],
-                         dashboard_url=f"http://127.0.0.1:{dashboard[0]}/status" if dashboard else None)
+                         dashboard_url=f"http://127.0.0.1:{dashboard[0]}/status" if dashboard else None,
+                         tunnel_mode=state.mode, tunnel_note=fallback_note(state.fallback))
+
+
+def fallback_note(fallback: str | None) -> str | None:
+    """The one line `connect` says when the tunnel runs plain although resumable was asked for."""
+    if not fallback:
+        return None
+    return (f"plain tunnel: {fallback}; connections will not outlive an outage (install python3 >= 3.9 on the "
+            "instance, then `nbcloud disconnect` and `connect` again)")
 
 
 def _not_running_hint(ctx: Context, record: Record) -> str:

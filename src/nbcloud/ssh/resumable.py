@@ -37,10 +37,17 @@ from .tunnel import Forward
 __all__ = ["LocalMux", "Outage", "outage_seconds", "relay_command", "relay_preamble", "timeout_page"]
 
 RELAY_DIR = "~/.nbcloud/relay"
+# The relay uses socket.send_fds (3.9); the loader checks first (in syntax every python3 parses) and exits with
+# RELAY_TOO_OLD, which the supervisor reads as "fall back to a plain tunnel" (tunnel.relay_unavailable).
+RELAY_MIN_PYTHON = (3, 9)
+RELAY_TOO_OLD = 86
 # Reads the relay's files (count, then name and content, length-prefixed) from stdin, installs those that changed,
 # then becomes `relay attach`: the instance needs nothing but python3, and an updated nbcloud brings its relay along.
 _LOADER = (
     "import os,sys\n"
+    f"if sys.version_info<{RELAY_MIN_PYTHON}:\n"
+    " sys.stderr.write('nbcloud-relay: python %d.%d is older than "
+    f"{RELAY_MIN_PYTHON[0]}.{RELAY_MIN_PYTHON[1]}\\n'%sys.version_info[:2]);sys.exit({RELAY_TOO_OLD})\n"
     "def r(n):\n"
     " b=b''\n"
     " while len(b)<n:\n"

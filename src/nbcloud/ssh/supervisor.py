@@ -10,6 +10,7 @@ every ``resolve_every`` seconds while reconnects fail, so a slow API never delay
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import cast
 
 from ..config import write_private
-from .resumable import LocalMux, relay_command, relay_preamble
+from .resumable import RELAY_TOO_OLD, LocalMux, relay_command, relay_preamble
 from .tunnel import (
     STOPPED_REASONS,
     Event,
@@ -39,6 +40,7 @@ from .tunnel import (
     classify_line,
     listening_ports,
     now_iso,
+    relay_unavailable,
 )
 
 __all__ = ["TunnelSupervisor"]
@@ -361,6 +363,8 @@ class TunnelSupervisor:
         fd = proc.stderr.fileno()
         os.set_blocking(fd, False)
         started, is_up, last, buf = time.monotonic(), False, None, b""
+        said: list[str] = []  # stderr lines before the relay came up: they may say it cannot run there
+        gone = False
         sel = selectors.DefaultSelector()
         sel.register(fd, selectors.EVENT_READ)
         try:
@@ -379,6 +383,8 @@ class TunnelSupervisor:
                         line = raw.decode(errors="replace").rstrip()
                         if line:
                             self.log(f"ssh: {line}")
+                            if not is_up:
+                                said.append(line)
                         ev = classify_line(line)
                         if ev is not None and ev.kind != "auth" and (last is None or last.kind == "hostkey"):
                             last = last or ev
@@ -401,12 +407,33 @@ class TunnelSupervisor:
             sel.close()
             if not self._stop_requested:
                 mux.call(mux.drop_transport)
+            if not is_up and (gone or mux.rfd is None) and not self._stop_requested:
+                # ssh is ending by itself: its exit status and last words may say the relay cannot run there
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+                with contextlib.suppress(OSError):
+                    while chunk := os.read(fd, 65536):
+                        buf += chunk
             self._kill_ssh()
             proc.stderr.close()
             ours.close()
+        if not is_up:
+            said += [line.strip() for line in buf.decode(errors="replace").splitlines() if line.strip()]
+            why = relay_unavailable(proc.returncode, said, RELAY_TOO_OLD)
+            if why is not None:
+                return Event("norelay", why)
         if last is None:
             last = Event("lost" if is_up else "reject", f"ssh exited with status {proc.returncode}")
         return Event(("up:" if is_up else "") + last.kind, last.reason)
+
+    def _fall_back(self, why: str) -> None:
+        """The instance cannot run the relay: carry on as a plain ``ssh -N -L`` tunnel (its connections do not
+        outlive an outage). The mux gives its local ports back first, for ssh to listen on them."""
+        mux, self._mux = self._mux, None
+        if mux is not None:
+            mux.stop(bye_timeout=0)
+        self.log(f"relay unavailable ({why}): falling back to a plain tunnel")
+        self._set(mode="plain", fallback=why, resume_window=None, held_connections=0, last_outage=None)
 
     @staticmethod
     def _up_reason(mux: LocalMux) -> str:
@@ -484,6 +511,9 @@ class TunnelSupervisor:
                 break
             was_up = ev.kind.startswith("up:")
             kind = ev.kind.removeprefix("up:")
+            if kind == "norelay":
+                self._fall_back(ev.reason)
+                continue
             if was_up:
                 failures, delay = 0, 0.0
             if kind == "hostkey":

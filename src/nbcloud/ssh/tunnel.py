@@ -46,6 +46,7 @@ __all__ = [
     "pick_local_port",
     "port_is_free",
     "read_state",
+    "relay_unavailable",
     "start_supervisor",
     "state_path",
     "stop_supervisor",
@@ -100,6 +101,7 @@ class TunnelState:
     held_connections: int = 0  # live streams through the local ports (resumable mode)
     resume_window: float | None = None
     last_outage: dict[str, object] | None = None  # the last outage the streams were carried through (or not)
+    fallback: str | None = None  # why a resumable tunnel runs plain (the instance cannot run the relay)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -164,6 +166,24 @@ def classify_line(line: str) -> Event | None:
         m = pattern.search(line)
         if m:
             return Event(kind, reason.format(*m.groups()))
+    return None
+
+
+_NOT_FOUND = re.compile(r"python3: (?:command )?not found|python3: No such file or directory|"
+                        r"command not found: python3")  # bash / dash / env, zsh
+_TOO_OLD = re.compile(r"nbcloud-relay: python (\d+\.\d+) is older than (\d+\.\d+)")
+
+
+def relay_unavailable(returncode: int | None, stderr_lines: list[str], too_old_code: int = 86) -> str | None:
+    """Why the instance cannot run the relay (no python3, or one too old), read from how ``ssh … python3 -c LOADER``
+    ended; None for any other failure (a link, auth or relay problem is retried, never answered by a fallback).
+    The loader prints its own line and exits ``too_old_code``; a shell without python3 exits 127 saying so."""
+    for line in stderr_lines:
+        m = _TOO_OLD.search(line)
+        if m and returncode == too_old_code:
+            return f"python3 on the instance is {m.group(1)}, the relay needs {m.group(2)} or newer"
+    if returncode == 127 and any(_NOT_FOUND.search(line) for line in stderr_lines):
+        return "the instance has no python3, which the relay needs"
     return None
 
 
@@ -343,7 +363,8 @@ def start_supervisor(name: str, forwards: list[Forward], *, host_alias: str | No
     current = read_state(name)
     if current is not None and current.state != "down" and _is_supervisor(current.pid):
         same_hosts = (current.remote_hosts or {f.label: "127.0.0.1" for f in forwards}) == want_hosts
-        same_mode = (current.mode or "plain") == opts["mode"]
+        # a resumable tunnel that fell back to plain (the instance cannot run the relay) is what was asked for
+        same_mode = (current.mode or "plain") == opts["mode"] or bool(current.fallback and opts["mode"] == "resumable")
         if current.local_ports == want_local and current.remote_ports == want_remote and same_hosts and same_mode:
             return int(current.pid or 0)
         stop_supervisor(name)

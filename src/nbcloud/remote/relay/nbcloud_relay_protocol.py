@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import selectors
 import socket
 import struct
@@ -24,6 +25,7 @@ CHUNK = 256 * 1024
 STREAM_WINDOW = 8 << 20  # unacked bytes per stream before we stop reading its socket
 SESSION_BYTES = 64 << 20  # unacked bytes per session (all streams) before we stop reading any socket
 ACK_DELAY, ACK_BYTES = 0.04, 128 * 1024
+SMALL = 16 * 1024  # kept pieces below this are joined when several wait (copying them costs less than a frame each)
 
 
 class ProtocolError(Exception):
@@ -39,45 +41,90 @@ def hello(info: dict) -> bytes:
 
 
 class Parser:
-    """Bytes from the transport in, whole frames out (kind, sid, value, payload)."""
+    """Bytes from the transport in, frames out (kind, sid, value, payload).
+
+    DATA payloads are not gathered: each read yields the part of a DATA frame it holds as a frame of its own
+    (offset advanced), a zero-copy memoryview of the read. Offsets make the pieces equivalent to the whole, and
+    nothing of a 256 KiB frame is copied or waits for its last byte. Other frames (small) are gathered whole.
+    """
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.buf = bytearray()  # an incomplete header, or an incomplete non-DATA frame (header included)
+        self.sid = self.seq = self.remaining = 0  # inside a DATA payload: its stream, next offset, bytes to come
 
     def feed(self, data: bytes) -> list:
-        if self.buf:
-            self.buf += data
-            buf: bytes | bytearray = self.buf
-        else:
-            buf = data  # the common case: whole frames straight from the read, one copy per payload
-        out, pos, size, end = [], 0, HDR.size, len(buf)
-        with memoryview(buf) as view:
-            while end - pos >= size:
-                kind, sid, value, n = HDR.unpack_from(buf, pos)
-                if n > MAX_PAYLOAD or not HELLO <= kind <= BYE:
-                    raise ProtocolError(f"bad frame kind={kind} length={n}")
-                if end - pos - size < n:
-                    break
-                out.append((kind, sid, value, bytes(view[pos + size:pos + size + n])))
-                pos += size + n
-            rest = bytes(view[pos:])
-        self.buf = bytearray(rest)
+        out: list = []
+        view, pos, end, size = memoryview(data), 0, len(data), HDR.size
+        while pos < end:
+            if self.remaining:
+                k = min(self.remaining, end - pos)
+                out.append((DATA, self.sid, self.seq, view[pos:pos + k]))
+                self.seq += k
+                self.remaining -= k
+                pos += k
+                continue
+            if self.buf:  # complete what the last read left (a header, or a small frame)
+                need = size - len(self.buf) if len(self.buf) < size else size + self.buf_len() - len(self.buf)
+                take = min(need, end - pos)
+                self.buf += view[pos:pos + take]
+                pos += take
+                if len(self.buf) < size:
+                    continue
+                head: bytes | bytearray | memoryview = self.buf
+                hpos = 0
+            elif end - pos >= size:
+                head, hpos = view, pos
+                pos += size
+            else:
+                self.buf += view[pos:end]
+                break
+            kind, sid, value, n = HDR.unpack_from(head, hpos)
+            if n > MAX_PAYLOAD or not HELLO <= kind <= BYE:
+                raise ProtocolError(f"bad frame kind={kind} length={n}")
+            if kind == DATA:
+                self.buf = bytearray()
+                self.sid, self.seq, self.remaining = sid, value, n
+                if not n:
+                    out.append((DATA, sid, value, b""))
+                continue
+            if head is self.buf:  # a small frame being gathered: done once its payload is all there
+                if len(self.buf) - size >= n:
+                    out.append((kind, sid, value, bytes(self.buf[size:size + n])))
+                    self.buf = bytearray()
+                continue
+            if end - pos >= n:
+                out.append((kind, sid, value, bytes(view[pos:pos + n])))
+                pos += n
+            else:
+                self.buf = bytearray(view[pos - size:end])
+                pos = end
         return out
+
+    def buf_len(self) -> int:
+        """The payload length of the frame gathered in ``buf`` (its header is complete)."""
+        return HDR.unpack_from(self.buf, 0)[3]
 
 
 class Stream:
     """One direction-pair's bookkeeping, no I/O. Offsets count bytes; a FIN takes one offset after the last byte,
-    so ``ack > fin_out`` says the peer delivered our FIN."""
+    so ``ack > fin_out`` says the peer delivered our FIN.
+
+    What we send is kept as the chunks our socket gave us (no copy, no joining): ``inflight`` went out on the
+    current transport and waits for its ack, ``unsent`` did not go out yet; a rewind puts the first back before the
+    second. What we received and the socket did not take yet waits in ``out`` (memoryviews of transport reads).
+    """
 
     def __init__(self, sid: int, sock: socket.socket | None = None) -> None:
         self.sid, self.sock = sid, sock
-        self.unacked = bytearray()  # what we sent or will send, not yet acknowledged; starts at offset `acked`
+        self.inflight: deque = deque()  # sent on this transport, not acknowledged: offsets [acked, sent)
+        self.unsent: deque = deque()  # offsets [sent, acked + size)
+        self.size = 0  # bytes in inflight + unsent
         self.acked = 0
         self.sent = 0  # offset up to which the current transport carried our bytes
         self.fin_out: int | None = None  # our socket reached EOF at this offset
         self.fin_sent = False
         self.recv = 0  # bytes received in order from the peer (+1 once its FIN came)
-        self.out = bytearray()  # received, not yet written to our socket
+        self.out: deque = deque()  # received, not yet written to our socket
         self.delivered = 0  # written to our socket (+1 once we shut it for the peer's FIN)
         self.fin_in: int | None = None
         self.ack_due = False
@@ -85,36 +132,63 @@ class Stream:
         self.ack_since = 0.0  # when the oldest unacked delivery happened
         self.peer_acked = 0  # the peer's cumulative ack (may pass our last byte by one: our FIN)
 
+    @property
+    def unacked(self) -> bytes:
+        """Everything not acknowledged, joined (for tests and debugging; the engine never joins)."""
+        return b"".join(bytes(c) for c in (*self.inflight, *self.unsent))
+
     def mark_delivered(self) -> None:
         if not self.ack_due:
             self.ack_due, self.ack_since = True, time.monotonic()
 
     def push(self, data: bytes) -> None:
-        self.unacked += data
+        if data:
+            self.unsent.append(memoryview(data))
+            self.size += len(data)
 
     def eof(self) -> None:
         if self.fin_out is None:
-            self.fin_out = self.acked + len(self.unacked)
+            self.fin_out = self.acked + self.size
 
-    def take(self, limit: int) -> tuple[int, bytes] | None:
+    def take(self, limit: int) -> tuple[int, memoryview] | None:
         """The next bytes to carry (offset, bytes), or None when all was sent."""
-        start = self.sent - self.acked
-        if start >= len(self.unacked):
+        if not self.unsent:
             return None
-        with memoryview(self.unacked) as view:
-            data = bytes(view[start:start + limit])
-        self.sent += len(data)
-        return self.sent - len(data), data
+        chunk = self.unsent[0]
+        if len(chunk) > limit:
+            chunk, self.unsent[0] = chunk[:limit], chunk[limit:]
+        elif len(chunk) >= SMALL or len(self.unsent) == 1 or len(self.unsent[1]) >= SMALL:
+            self.unsent.popleft()
+        else:
+            # small pieces (a websocket's messages kept through an outage) go out joined: one frame, not hundreds
+            pieces, total = [], 0
+            while self.unsent and len(self.unsent[0]) < SMALL and total + len(self.unsent[0]) <= limit:
+                total += len(self.unsent[0])
+                pieces.append(self.unsent.popleft())
+            chunk = memoryview(b"".join(pieces))
+        self.inflight.append(chunk)
+        self.sent += len(chunk)
+        return self.sent - len(chunk), chunk
 
     def want_fin(self) -> bool:
         return self.fin_out is not None and not self.fin_sent and self.sent >= self.fin_out
 
     def on_ack(self, value: int) -> None:
         self.peer_acked = max(self.peer_acked, value)
-        drop = min(value, self.acked + len(self.unacked)) - self.acked
-        if drop > 0:
-            del self.unacked[:drop]
-            self.acked += drop
+        drop = min(value, self.acked + self.size) - self.acked
+        if drop <= 0:
+            return
+        self.acked += drop
+        self.size -= drop
+        for chunks in (self.inflight, self.unsent):  # an ack from before a rewind may reach into unsent
+            while drop and chunks:
+                head = chunks[0]
+                if len(head) <= drop:
+                    chunks.popleft()
+                    drop -= len(head)
+                else:
+                    chunks[0] = head[drop:]
+                    drop = 0
         self.sent = max(self.sent, self.acked)
 
     def on_data(self, seq: int, payload: bytes) -> bytes:
@@ -136,11 +210,13 @@ class Stream:
     def rewind(self, peer_recv: int) -> None:
         """A new transport: the peer has ``peer_recv``; resend from there."""
         self.on_ack(peer_recv)
+        self.unsent.extendleft(reversed(self.inflight))
+        self.inflight.clear()
         self.sent = self.acked
         self.fin_sent = False
 
     def unacked_bytes(self) -> int:
-        return len(self.unacked)
+        return self.size
 
     def done(self) -> bool:
         return (self.fin_out is not None and self.peer_acked > self.fin_out and self.fin_in is not None
@@ -148,10 +224,15 @@ class Stream:
 
 
 class Loop:
-    """One selector for many endpoints: one registration per fd, read and write interest merged."""
+    """One poller for many endpoints: one registration per fd, read and write interest merged.
+
+    epoll directly where there is one (Linux: the instance, most laptops' CI): the ``selectors`` wrapper costs a
+    few microseconds per wake-up, paid twice per hop of every request. ``selectors`` elsewhere (macOS laptops).
+    """
 
     def __init__(self) -> None:
-        self.sel = selectors.DefaultSelector()
+        self.ep = select.epoll() if hasattr(select, "epoll") else None
+        self.sel = None if self.ep is not None else selectors.DefaultSelector()
         self.masks: dict[int, int] = {}
         self.handlers: dict[int, object] = {}
 
@@ -166,25 +247,45 @@ class Loop:
         if mask == old:
             return
         if not mask:
-            self.sel.unregister(fd)
+            self._unregister(fd)
             del self.masks[fd]
+            return
+        self.masks[fd] = mask
+        if self.ep is not None:
+            flags = (select.EPOLLIN if mask & selectors.EVENT_READ else 0) | \
+                (select.EPOLLOUT if mask & selectors.EVENT_WRITE else 0)
+            (self.ep.modify if old else self.ep.register)(fd, flags)
         elif old:
-            self.sel.modify(fd, mask)
-            self.masks[fd] = mask
+            self.sel.modify(fd, mask)  # type: ignore[union-attr]
         else:
-            self.sel.register(fd, mask)
-            self.masks[fd] = mask
+            self.sel.register(fd, mask)  # type: ignore[union-attr]
+
+    def _unregister(self, fd: int) -> None:
+        if self.ep is not None:
+            with contextlib.suppress(OSError):  # already closed: the kernel dropped it
+                self.ep.unregister(fd)
+        else:
+            self.sel.unregister(fd)  # type: ignore[union-attr]
 
     def forget(self, fd: int) -> None:
         if self.masks.pop(fd, None) is not None:
-            self.sel.unregister(fd)
+            self._unregister(fd)
         self.handlers.pop(fd, None)
 
     def run_once(self, timeout: float) -> None:
-        for key, events in self.sel.select(timeout):
-            handler = self.handlers.get(key.fd)
-            if handler is not None:
-                handler(key.fd, events)  # type: ignore[operator]
+        if self.ep is None:
+            ready = [(key.fd, events) for key, events in self.sel.select(timeout)]  # type: ignore[union-attr]
+        else:
+            ready = []
+            for fd, ev in self.ep.poll(timeout):
+                # as selectors does: an error or hang-up wakes both directions, then only what was asked for
+                events = (selectors.EVENT_READ if ev & ~select.EPOLLOUT else 0) | \
+                    (selectors.EVENT_WRITE if ev & ~select.EPOLLIN else 0)
+                ready.append((fd, events & self.masks.get(fd, 0)))
+        for fd, events in ready:
+            handler = self.handlers.get(fd)
+            if handler is not None and events:
+                handler(fd, events)  # type: ignore[operator]
 
 
 class Endpoint:
@@ -286,7 +387,7 @@ class Endpoint:
                     self.queue.popleft()
                     n -= len(head)
                 else:
-                    self.queue[0] = head[n:]
+                    self.queue[0] = memoryview(head)[n:]
                     n = 0
         if self.wfd is not None:
             self.watch(self.wfd, self.on_transport, write=bool(self.queue))
@@ -296,7 +397,7 @@ class Endpoint:
 
     # --- streams -------------------------------------------------------------------------------------------------
     def total_unacked(self) -> int:
-        return sum(len(s.unacked) for s in self.streams.values())
+        return sum(s.size for s in self.streams.values())
 
     def add_stream(self, st: Stream) -> None:
         self.streams[st.sid] = st
@@ -336,8 +437,12 @@ class Endpoint:
             return
         try:
             while st.out:
-                n = sock.send(st.out)
-                del st.out[:n]
+                head = st.out[0]
+                n = sock.send(head)
+                if n < len(head):
+                    st.out[0] = head[n:]
+                else:
+                    st.out.popleft()
                 st.delivered += n
                 st.mark_delivered()
         except BlockingIOError:
@@ -362,8 +467,13 @@ class Endpoint:
                 return self.reset(st, tell=True)
             st.delivered += n
             st.mark_delivered()
+            if n == len(data):
+                return
             data = data[n:]
-        st.out += data
+        if data:
+            # a view into a transport read pins that whole read (up to CHUNK) while our socket is full: small
+            # pieces are copied so a slow reader of many small frames does not hold megabytes of other streams' bytes
+            st.out.append(memoryview(bytes(data)) if len(data) < SMALL else memoryview(data))
         self.write_sock(st)
 
     def reset(self, st: Stream, tell: bool) -> None:
@@ -392,7 +502,7 @@ class Endpoint:
                 st.fin_sent = True
                 self.send(frame(FIN, st.sid, st.fin_out or 0))
             if st.sock is not None and st.fin_out is None and self.may_read(st):
-                room = len(st.unacked) < self.stream_window and total < self.session_bytes
+                room = st.size < self.stream_window and total < self.session_bytes
                 self.watch(st.sock.fileno(), self.on_sock, read=room)
 
     def may_read(self, st: Stream) -> bool:
