@@ -7,7 +7,8 @@ An edge is one module naming another in an import statement, at module level or 
 imports count: they still run, they only run later). ``from pkg import name`` points at ``pkg.name`` when that is
 a module, else at ``pkg`` (its ``__init__``). The implicit "importing a.b runs a/__init__" is not an edge, as in
 import-linter and pydeps: with it every package whose ``__init__`` re-exports its modules would be a cycle.
-Imports under ``if TYPE_CHECKING:`` are left out (they never run). ``importlib.import_module("literal")`` counts
+Imports under ``if TYPE_CHECKING:`` are left out (they never run), and so are those under
+``if __name__ == "__main__":`` (they run in the script, a module apart). ``importlib.import_module("literal")`` counts
 as an import where it stands (it is one, spelled so the graph does not show it).
 """
 
@@ -49,6 +50,12 @@ def _type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _main_block(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
+
+
 def _import_module_call(node: ast.AST) -> bool:
     if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
         return False
@@ -59,6 +66,8 @@ def _import_module_call(node: ast.AST) -> bool:
 
 def _walk(node: ast.AST, in_function: bool = False) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
     for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _main_block(child):
+            continue  # runs only when the file is the script, as a module of its own (__main__), not on import
         if isinstance(child, ast.If) and _type_checking(child):
             for sub in child.orelse:
                 yield from _walk(sub, in_function)

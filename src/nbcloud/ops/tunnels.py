@@ -71,6 +71,10 @@ def tunnel_fields(ctx: Context, record: Record) -> dict[str, Any]:
     }
 
 
+#: what the detached supervisor calls to follow the instance (ssh/ is handed it: it never imports ops/)
+RESOLVER = f"{__name__}:tunnel_resolver"
+
+
 def tunnel_resolver(name: str) -> Callable[[], Any]:
     """The supervisor's window on the cloud: state and (new) address, with the ssh entry and SG kept current.
 
@@ -184,7 +188,7 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     forwards += extra
     ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
     progress(f"tunnel 127.0.0.1:{local_port} → {name}:{JUPYTER_PORT}")
-    start_supervisor(name, forwards)
+    start_supervisor(name, forwards, resolver=RESOLVER)
     state = wait_until_up(name, timeout)
     token = token_path(ctx, name).read_text().strip()
     url = f"http://127.0.0.1:{local_port}/lab?token={token}"
