@@ -11,11 +11,12 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..providers.registry import provider_names
 from ..ssh.config import vscode_command
 from .complete import instance_names
 from .output import emit, err, json_option, progress, table
 
-provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
+provider_option = click.option("--provider", type=click.Choice(provider_names()), default=None,
                                help="Where to run: aws (default), sandbox (emulated cloud on this machine), "
                                     "or ssh (a machine you already have: up --host).")
 region_option = click.option("--region", default=None, help="AWS region (default: AWS_REGION / your profile's).")

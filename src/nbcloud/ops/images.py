@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConflictError, NotFoundError, UsageError
-from ..models import MANAGED_TAG, ROLE_TAG
-from ..providers.aws.images import IMAGE_NAME_TAG
+from ..models import IMAGE_NAME_TAG, MANAGED_TAG, ROLE_TAG
 from ..providers.base import Provider
 from ..ssh import session
 from .context import Context, Progress, no_progress

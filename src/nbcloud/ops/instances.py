@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 from ..config import write_private
 from ..cost import stop_event_time
 from ..errors import RemoteError, UsageError
-from ..models import Instance, InstanceSpec
-from ..providers.aws.network import normalize_cidr
+from ..models import Instance, InstanceSpec, normalize_cidr
 from ..providers.base import IngressRule, Provider
 from ..remote import secrets
 from ..remote.ready import wait_ready_script
-from ..remote.spec import LOGIN_USER, BootstrapSpec
+from ..remote.spec import BootstrapSpec
 from ..ssh import config as ssh_config
 from ..ssh import keys, session
 from ..ssh.tunnel import stop_supervisor
@@ -74,7 +73,7 @@ def bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPai
         python_packages=spec.python_packages, requirements=spec.requirements, data_volume_id=volume_id,
         package_env=dict(provider.package_env), host_key_private=host_key.private_openssh,
         # who logs in is the provider's to say (EC2 images: ubuntu; a sandbox without root: the current user)
-        login_user=getattr(provider, "login_user", LOGIN_USER),
+        login_user=provider.login_user,
         host_key_public=host_key.public_openssh, check_period=agent_check_period(), idle_floor=idle_stop_floor(),
     )
 

@@ -15,9 +15,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from ..errors import CapacityError, ConflictError, Interrupted, NbcloudError, RemoteError
-from ..models import LAUNCH_TAG, MANAGED_TAG, NAME_TAG, ROLE_TAG, Instance, InstanceSpec, InstanceTypeInfo, Volume
-from ..providers.aws.volumes import VOLUME_NAME_TAG
+from ..models import (
+    LAUNCH_TAG,
+    MANAGED_TAG,
+    NAME_TAG,
+    ROLE_TAG,
+    VOLUME_NAME_TAG,
+    Instance,
+    InstanceSpec,
+    InstanceTypeInfo,
+    Volume,
+)
 from ..providers.base import LaunchRequest, Provider, TaggedResource, manages_machines
+from ..remote.spec import LOGIN_USER
 from ..ssh import config as ssh_config
 from ..ssh import keys, session
 from ..state import LaunchIntent, Record
@@ -81,7 +91,7 @@ def dry_run(ctx: Context, spec: InstanceSpec) -> DryRun:
 
     from types import SimpleNamespace
 
-    offline = SimpleNamespace(package_env={})
+    offline = SimpleNamespace(package_env={}, login_user=LOGIN_USER)
     boot = bootstrap_spec(spec, offline, placeholder,  # type: ignore[arg-type]
                            "vol-<data>" if spec.data_volume else None, None)
     return DryRun(spec.name, len(render_user_data(boot)), render_bootstrap(boot))

@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import ConflictError, NbcloudError, NotFoundError, UsageError
-from ..models import Instance, Volume
-from ..providers.aws.volumes import VOLUME_NAME_TAG
+from ..models import VOLUME_NAME_TAG, Instance, Volume
 from ..providers.base import Provider, TaggedResource, manages_machines
 from ..ssh import config as ssh_config
 from ..ssh import session
