@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..errors import CapacityError, ConflictError, Interrupted, NbcloudError, RemoteError
 from ..models import (
@@ -21,12 +22,13 @@ from ..models import (
     NAME_TAG,
     ROLE_TAG,
     VOLUME_NAME_TAG,
+    ImageInfo,
     Instance,
     InstanceSpec,
     InstanceTypeInfo,
     Volume,
 )
-from ..providers.base import LaunchRequest, Provider, TaggedResource, manages_machines
+from ..providers.base import IngressRule, LaunchRequest, Provider, TaggedResource, manages_machines
 from ..remote.spec import LOGIN_USER
 from ..ssh import config as ssh_config
 from ..ssh import keys, session
@@ -139,16 +141,50 @@ def _public_password_hash(spec: InstanceSpec, password: str | None) -> str | Non
     return hash_password(check_password(password))
 
 
-def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str | None, progress: Progress,
-            wait_jupyter: bool, ssh_timeout: float, ready_timeout: float,
-            password_hash: str | None = None, keep_on_failure: bool = False) -> UpResult:
-    """Make the instance. Crash-safe: the launch is written down (durably) before its first cloud call, every
-    resource carries its launch id, and any end but success undoes it here, or in the next command if this process
-    dies (:mod:`nbcloud.ops.launches`)."""
-    from ..remote.userdata import render_user_data
+@dataclass
+class _Launch:
+    """One launch in progress: what it is for, and what it has made so far (its undo list).
 
-    timings: dict[str, float] = {}
-    t0 = time.monotonic()
+    Each step registers what it made here as soon as the cloud answered (:meth:`made_resource`); on any end but
+    success :func:`_launch_failed` undoes exactly that, plus whatever carries the launch id (the instance, which is
+    recorded on the launch itself: :func:`_run_instance`).
+    """
+
+    ctx: Context
+    provider: Provider
+    spec: InstanceSpec
+    progress: Progress
+    launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    made: list[TaggedResource] = field(default_factory=list)  # known made: the rollback need not find it by tag
+    reached_ssh: bool = False  # the instance answered: a failure after that has a bootstrap log to keep
+    timings: dict[str, float] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {NAME_TAG: self.spec.name, LAUNCH_TAG: self.launch_id, MANAGED_TAG: "true", **dict(self.spec.tags)}
+
+    def made_resource(self, kind: str, resource_id: str) -> None:
+        """Register the undo of a resource this launch just made."""
+        self.made.append(TaggedResource(kind, resource_id, self.spec.name, self.launch_id))
+
+    def mark(self, step: str) -> None:
+        self.timings[step] = time.monotonic() - self.t0
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the launch needs, looked up before anything is made."""
+
+    itype: InstanceTypeInfo
+    image: ImageInfo
+    rules: list[IngressRule]
+    volume_spec: tuple[str, int] | None
+    found_volume: Volume | None
+
+
+def _check(ctx: Context, provider: Provider, spec: InstanceSpec, progress: Progress) -> _Checked:
+    """Type, image, price, rules and data volume: anything wrong refuses the launch before it makes anything."""
     itype = provider.instance_type(spec.instance_type)
     for fallback in spec.fallback_types:  # validated before anything is made
         provider.instance_type(fallback)
@@ -162,73 +198,57 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
     if found_volume is not None and found_volume.attached_to:
         raise ConflictError(f"data volume {found_volume.name!r} is attached to {found_volume.attached_to}",
                             "stop using it there first (`nbcloud down` that instance)")
+    return _Checked(itype, image, rules, volume_spec, found_volume)
 
-    launch_id = uuid.uuid4().hex[:12]
-    tags = {NAME_TAG: spec.name, LAUNCH_TAG: launch_id, MANAGED_TAG: "true", **dict(spec.tags)}
-    made: list[TaggedResource] = []  # what this process knows it made: the rollback need not find it by tag
-    reached: list[str] = []  # "ssh" once the instance answered: a failure after that has a bootstrap log to keep
-    alias = f"nb-{spec.name}"
+
+def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str | None, progress: Progress,
+            wait_jupyter: bool, ssh_timeout: float, ready_timeout: float,
+            password_hash: str | None = None, keep_on_failure: bool = False) -> UpResult:
+    """Make the instance. Crash-safe: the launch is written down (durably) before its first cloud call, every
+    resource carries its launch id, and any end but success undoes it here, or in the next command if this process
+    dies (:mod:`nbcloud.ops.launches`)."""
+    checked = _check(ctx, provider, spec, progress)
+    run = _Launch(ctx, provider, spec, progress)
     with _interrupts_raise():
         try:
-            ctx.store.begin_launch(LaunchIntent(launch_id, spec.name, provider.name, provider.region, profile,
+            ctx.store.begin_launch(LaunchIntent(run.launch_id, spec.name, provider.name, provider.region, profile,
                                                 time.time()))
-            login, key_path = keys.load_or_create_login_key(ctx.paths.keys_dir, spec.name)
-            host_key = keys.load_or_create_host_key(ctx.paths.keys_dir, spec.name)
-            key_name = key_pair_name(spec.name, launch_id)
-            progress("key pair")
-            provider.import_key_pair(key_name, login.public_openssh, tags | {ROLE_TAG: "key-pair"})
-            made.append(TaggedResource("key-pair", key_name, spec.name, launch_id))
-            progress(f"security group (ssh from {rules[0].cidr} only)")
-            group_id = provider.create_security_group(key_name, rules, tags | {ROLE_TAG: "security-group"})
-            made.append(TaggedResource("security-group", group_id, spec.name, launch_id))
-            zone, volume = _data_volume(provider, spec, volume_spec, found_volume, tags, made, progress)
-
-            # the agent's cap from its first check: spot counts at spot's price (the secrets install then sets the
-            # price recorded for the instance actually launched, on-demand after a --spot-fallback)
-            hourly = launch_price(provider, spec.instance_type, provider.region, spot=spec.spot, zone=zone)
-            user_data = render_user_data(bootstrap_spec(spec, provider, host_key,
-                                                         volume.volume_id if volume else None, hourly))
-            request = LaunchRequest(
-                name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
-                key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb,
-                zone=zone, spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
-                fallback_types=spec.fallback_types,
-            )
-            instance, itype = _run_instance(ctx, provider, spec, request, itype, profile, progress)
-            timings["running"] = time.monotonic() - t0
-            if volume is not None:
-                progress(f"attaching {volume.volume_id}")
-                provider.attach_volume(volume.volume_id, instance.instance_id, DATA_DEVICE)
-            write_access(ctx, instance, key_path, host_key)
-            ctx.store.update(spec.name, state=instance.state, host=instance.host, user=instance.user)
-            tls = None
-            if spec.public:
-                progress("TLS certificate (fingerprint pinned locally)")
-                tls = prepare_tls(ctx, spec.name, instance.host or "", password_hash)
-            progress(f"waiting for ssh {alias} ({instance.host})")
-            # the first session that gets in installs the secrets: no separate handshake just to probe
-            script, stdin = secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
-            session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
-            reached.append("ssh")
-            progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
-            rotate_host_key(ctx, spec.name)
-            timings["ssh"] = time.monotonic() - t0
+            key_path, host_key, key_name, group_id = _make_access(run, checked.rules)
+            zone, volume = _data_volume(run, checked.volume_spec, checked.found_volume)
+            instance, itype = _start(run, checked, profile, host_key, key_name, group_id, zone, volume)
+            _reach(run, instance, key_path, host_key, password_hash, ssh_timeout)
             if wait_jupyter:
                 progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
                 wait_ready(ctx, spec.name, ready_timeout, progress)
-                timings["jupyter"] = time.monotonic() - t0
-            ctx.store.mark_launch(launch_id, outcome="done")
+                run.mark("jupyter")
+            ctx.store.mark_launch(run.launch_id, outcome="done")
         except BaseException as exc:
-            _launch_failed(ctx, provider, spec.name, launch_id, exc, made=made, reached_ssh=bool(reached),
+            _launch_failed(ctx, provider, spec.name, run.launch_id, exc, made=run.made, reached_ssh=run.reached_ssh,
                            keep=keep_on_failure, progress=progress)
             raise
-    return _result(instance, itype, reused=False, volume_id=volume.volume_id if volume else None, seconds=timings)
+    return _result(instance, itype, reused=False, volume_id=volume.volume_id if volume else None,
+                   seconds=run.timings)
 
 
-def _data_volume(provider: Provider, spec: InstanceSpec, volume_spec: tuple[str, int] | None, found: Volume | None,
-                 tags: dict[str, str], made: list[TaggedResource],
-                 progress: Progress) -> tuple[str | None, Volume | None]:
-    """The zone to launch in and the data volume (reused, moved to ``spec.zone``, or made and listed in ``made``)."""
+def _make_access(run: _Launch, rules: list[IngressRule]) -> tuple[Path, keys.KeyPair, str, str]:
+    """The login key pair (imported) and the security group: (key path, host key, key pair name, group id)."""
+    spec, provider = run.spec, run.provider
+    login, key_path = keys.load_or_create_login_key(run.ctx.paths.keys_dir, spec.name)
+    host_key = keys.load_or_create_host_key(run.ctx.paths.keys_dir, spec.name)
+    key_name = key_pair_name(spec.name, run.launch_id)
+    run.progress("key pair")
+    provider.import_key_pair(key_name, login.public_openssh, run.tags | {ROLE_TAG: "key-pair"})
+    run.made_resource("key-pair", key_name)
+    run.progress(f"security group (ssh from {rules[0].cidr} only)")
+    group_id = provider.create_security_group(key_name, rules, run.tags | {ROLE_TAG: "security-group"})
+    run.made_resource("security-group", group_id)
+    return key_path, host_key, key_name, group_id
+
+
+def _data_volume(run: _Launch, volume_spec: tuple[str, int] | None,
+                 found: Volume | None) -> tuple[str | None, Volume | None]:
+    """The zone to launch in and the data volume (reused, moved to ``spec.zone``, or made and its undo registered)."""
+    spec, provider, progress = run.spec, run.provider, run.progress
     zone = spec.zone
     if not volume_spec:
         return zone, None
@@ -240,9 +260,57 @@ def _data_volume(provider: Provider, spec: InstanceSpec, volume_spec: tuple[str,
         return found.zone, found
     zone = zone or provider.default_zone(spec.instance_type)
     progress(f"data volume {volume_name} ({size} GB, encrypted)")
-    volume = provider.create_volume(size, zone, tags | {ROLE_TAG: "data-volume", VOLUME_NAME_TAG: volume_name})
-    made.append(TaggedResource("volume", volume.volume_id, spec.name, tags[LAUNCH_TAG]))
+    volume = provider.create_volume(size, zone, run.tags | {ROLE_TAG: "data-volume", VOLUME_NAME_TAG: volume_name})
+    run.made_resource("volume", volume.volume_id)
     return zone, volume
+
+
+def _start(run: _Launch, checked: _Checked, profile: str | None, host_key: keys.KeyPair, key_name: str,
+           group_id: str, zone: str | None, volume: Volume | None) -> tuple[Instance, InstanceTypeInfo]:
+    """User data, RunInstances (the instance's undo is the launch record: :func:`_run_instance`), the data volume
+    attached."""
+    from ..remote.userdata import render_user_data
+
+    spec, provider = run.spec, run.provider
+    # the agent's cap from its first check: spot counts at spot's price (the secrets install then sets the
+    # price recorded for the instance actually launched, on-demand after a --spot-fallback)
+    hourly = launch_price(provider, spec.instance_type, provider.region, spot=spec.spot, zone=zone)
+    user_data = render_user_data(bootstrap_spec(spec, provider, host_key, volume.volume_id if volume else None,
+                                                hourly))
+    request = LaunchRequest(
+        name=spec.name, launch_id=run.launch_id, instance_type=spec.instance_type, image_id=checked.image.image_id,
+        key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb,
+        zone=zone, spot=spec.spot, max_price=spec.max_price, tags=run.tags | {ROLE_TAG: "instance"},
+        fallback_types=spec.fallback_types,
+    )
+    instance, itype = _run_instance(run.ctx, provider, spec, request, checked.itype, profile, run.progress)
+    run.mark("running")
+    if volume is not None:
+        run.progress(f"attaching {volume.volume_id}")
+        provider.attach_volume(volume.volume_id, instance.instance_id, DATA_DEVICE)
+    return instance, itype
+
+
+def _reach(run: _Launch, instance: Instance, key_path: Path, host_key: keys.KeyPair, password_hash: str | None,
+           ssh_timeout: float) -> None:
+    """The ssh entry and pin, (public mode) the TLS certificate, the first ssh session (it installs the secrets),
+    then the host key the instance made replaces the one from user-data."""
+    ctx, spec, progress = run.ctx, run.spec, run.progress
+    alias = f"nb-{spec.name}"
+    write_access(ctx, instance, key_path, host_key)
+    ctx.store.update(spec.name, state=instance.state, host=instance.host, user=instance.user)
+    tls = None
+    if spec.public:
+        progress("TLS certificate (fingerprint pinned locally)")
+        tls = prepare_tls(ctx, spec.name, instance.host or "", password_hash)
+    progress(f"waiting for ssh {alias} ({instance.host})")
+    # the first session that gets in installs the secrets: no separate handshake just to probe
+    script, stdin = secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
+    session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
+    run.reached_ssh = True
+    progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
+    rotate_host_key(ctx, spec.name)
+    run.mark("ssh")
 
 
 def _run_instance(ctx: Context, provider: Provider, spec: InstanceSpec, request: LaunchRequest,
