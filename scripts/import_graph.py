@@ -223,6 +223,7 @@ def concrete_provider_imports(modules: dict[str, Module], package: str = "nbclou
 
 def report(modules: dict[str, Module]) -> dict[str, object]:
     graph = edges(modules)
+    ops_ssh = [m for m in modules.values() if m.name.startswith(("nbcloud.ops", "nbcloud.ssh"))]
     return {
         "modules": len(modules),
         "lines": sum(m.lines for m in modules.values()),
@@ -230,6 +231,9 @@ def report(modules: dict[str, Module]) -> dict[str, object]:
         "cycles_all": cycles(graph),
         "cycles_ops_ssh": cycles(graph, ("nbcloud.ops", "nbcloud.ssh")),
         "in_function_imports": in_function_counts(modules),
+        "ops_in_function_imports_of_ops": sum(1 for m in ops_ssh if m.name.startswith("nbcloud.ops")
+                                              for t, _n, _l, w in m.imports if w == "function"
+                                              and t.startswith("nbcloud.ops")),
         "ops_private_cross_imports": private_imports(modules),
         "ssh_imports_of_ops": sorted(f"{m.name}:{line} {t}" for m in modules.values() if m.name.startswith(
             "nbcloud.ssh") for t, _n, line, _w in m.imports if t.startswith("nbcloud.ops")),
@@ -244,14 +248,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", action="store_true", help="print every edge inside ops/ and ssh/ too")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the src/ directory to read (another checkout)")
     args = parser.parse_args()
-    modules = load()
+    modules = load(args.root)
     result = report(modules)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['modules']} modules, {result['lines']} lines, {result['edges']} edges")
     print(f"in-function imports of nbcloud modules: {result['in_function_imports']}")
+    print(f"in-function imports of ops/ modules inside ops/: {result['ops_in_function_imports_of_ops']}")
     for label in ("cycles_all", "cycles_ops_ssh"):
         found = result[label]
         assert isinstance(found, list)
