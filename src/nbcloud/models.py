@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "IMAGE_NAME_TAG",
     "LAUNCH_TAG",
+    "MANAGED_TAG",
     "NAME_TAG",
+    "ROLE_TAG",
+    "VOLUME_NAME_TAG",
     "ImageInfo",
     "Instance",
     "InstanceSpec",
     "InstanceTypeInfo",
     "Volume",
     "default_durable_outputs",
+    "normalize_cidr",
     "parse_duration",
     "parse_usd",
     "validate_name",
@@ -26,8 +32,26 @@ NAME_TAG = "nbcloud:name"
 LAUNCH_TAG = "nbcloud:launch-id"
 MANAGED_TAG = "nbcloud:managed"
 ROLE_TAG = "nbcloud:role"  # instance | security-group | key-pair | data-volume | image
+#: a data volume's own name (`--data-volume NAME`): it outlives the instances that use it
+VOLUME_NAME_TAG = "nbcloud:volume"
+#: a baked image's name (`nbcloud bake`)
+IMAGE_NAME_TAG = "nbcloud:image-name"
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+
+
+def normalize_cidr(text: str) -> str:
+    """An address or range the security group may admit (`--allow-cidr`), as a network; never the whole internet."""
+    from .errors import UsageError
+
+    try:
+        network = ipaddress.ip_network(text if "/" in text else f"{text}/32", strict=False)
+    except ValueError as exc:
+        raise UsageError(f"invalid address range {text!r}", "write it like 203.0.113.7/32") from exc
+    if network.prefixlen == 0:
+        raise UsageError("refusing to open the instance to the whole internet (/0)",
+                         "pass your own address, e.g. --allow-cidr 203.0.113.7/32")
+    return str(network)
 
 
 def validate_name(name: str) -> str:

@@ -234,19 +234,19 @@ def _ctx(tmp_path: Path, provider: FakeProvider) -> Any:
 
 def test_sync_record_prices_a_start_and_back_dates_the_agents_stop(nbcloud_home: Path, tmp_path: Path) -> None:
     from nbcloud.ops.costs import current_hourly
-    from nbcloud.ops.lifecycle import _sync_record
+    from nbcloud.ops.instances import sync_record
 
     provider = fake(0.0125)
     ctx = _ctx(tmp_path, provider)
     started = datetime.now(UTC) - timedelta(hours=2)
     ctx.store.record_state("lab", "i-1", "pending", started - timedelta(seconds=5))
-    _sync_record(ctx, ctx.store.get("lab"), _instance("spot"), provider)
+    sync_record(ctx, ctx.store.get("lab"), _instance("spot"), provider)
     ctx.store._db.execute("UPDATE events SET at = ? WHERE state = 'running'", (started.timestamp(),))
     assert current_hourly(ctx, "lab") == 0.0125, "the agent's cap must count at the spot price"
 
     agent_stop = started + timedelta(minutes=30)
     reason_time = agent_stop.replace(microsecond=0)
-    _sync_record(ctx, ctx.store.get("lab"), _instance("spot", "stopped", stopped_at=reason_time), provider)
+    sync_record(ctx, ctx.store.get("lab"), _instance("spot", "stopped", stopped_at=reason_time), provider)
     periods = running_periods_from_events(ctx.store.priced_events("lab"))
     assert periods[-1].end == reason_time, "the stop is the cloud's, not when nbcloud looked"
     accrued = accrued_usd(periods, 9.9, datetime.now(UTC))

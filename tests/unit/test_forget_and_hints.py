@@ -44,14 +44,14 @@ def _make_instance_files(ctx: Context, name: str) -> None:
 
 
 def test_forget_locally_leaves_nothing_of_the_instance_but_its_locks(nbcloud_home: Path) -> None:
-    from nbcloud.ops.lifecycle import _forget_locally
+    from nbcloud.ops.instances import forget_locally
 
     ctx = Context.create()
     _make_instance_files(ctx, "demo")
     _make_instance_files(ctx, "demo2")  # a neighbour whose name starts the same: untouched
     with ctx.name_lock("demo"):
         assert {rel.format(n="demo") for rel in PER_INSTANCE} <= _files_of(nbcloud_home, "demo")
-        _forget_locally(ctx, "demo")
+        forget_locally(ctx, "demo")
     left = {f for f in _files_of(nbcloud_home, "demo") if "demo2" not in f}
     assert left == {"locks/demo.lock", "lab/demo.lock"}, "only the (empty) lock files may stay"
     assert ctx.store.get("demo") is None and ctx.store.get("demo2") is not None

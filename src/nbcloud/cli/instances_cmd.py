@@ -11,11 +11,12 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..providers.registry import adopts_hosts, provider_names
 from ..ssh.config import vscode_command
 from .complete import instance_names
 from .output import emit, err, json_option, progress, table
 
-provider_option = click.option("--provider", type=click.Choice(["aws", "sandbox", "ssh"]), default=None,
+provider_option = click.option("--provider", type=click.Choice(provider_names()), default=None,
                                help="Where to run: aws (default), sandbox (emulated cloud on this machine), "
                                     "or ssh (a machine you already have: up --host).")
 region_option = click.option("--region", default=None, help="AWS region (default: AWS_REGION / your profile's).")
@@ -98,6 +99,25 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def _check_up_options(ctx: Any, name: str, provider: str | None, host: str | None, *, requirements: Path | None,
+                      password_file: Path | None, spot: bool, max_price: float | None, identity_file: Path | None,
+                      host_key_fingerprint: str | None) -> None:
+    """`up`'s options that do not go together, refused before anything happens (before --dry-run too)."""
+    if requirements is not None and not requirements.is_file():
+        raise UsageError(f"requirements file {requirements} not found", "pass an existing file to --requirements")
+    if password_file is not None and not password_file.is_file():
+        raise UsageError(f"password file {password_file} not found", "pass an existing file to --password-file")
+    if max_price is not None and not spot:
+        raise UsageError("--max-price applies to spot instances only", "add --spot or drop --max-price")
+    if host is None and (identity_file is not None or host_key_fingerprint is not None):
+        raise UsageError("--identity-file and --host-key-fingerprint go with --host",
+                         "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] --identity-file KEY")
+    # refused here, before --dry-run, exactly as the real run refuses it
+    if host is None and provider is not None and adopts_hosts(provider) and ctx.store.get(name) is None:
+        raise UsageError(f"--provider {provider} adopts a machine you already have and needs its address",
+                         "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] [--identity-file KEY]")
+
+
 @click.command()
 @click.argument("name", shell_complete=instance_names)
 @provider_option
@@ -161,22 +181,8 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
     validate_name(name)
     ctx = _ctx()
     settings = ctx.settings
-    if requirements is not None and not requirements.is_file():
-        raise UsageError(f"requirements file {requirements} not found", "pass an existing file to --requirements")
-    if password_file is not None and not password_file.is_file():
-        raise UsageError(f"password file {password_file} not found", "pass an existing file to --password-file")
-    if max_price is not None and not spot:
-        raise UsageError("--max-price applies to spot instances only", "add --spot or drop --max-price")
-    if host is None and (identity_file is not None or host_key_fingerprint is not None):
-        raise UsageError("--identity-file and --host-key-fingerprint go with --host",
-                         "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] --identity-file KEY")
-    if host is None and provider is not None:
-        from ..providers.registry import adopts_hosts
-
-        # refused here, before --dry-run, exactly as the real run refuses it
-        if adopts_hosts(provider) and ctx.store.get(name) is None:
-            raise UsageError(f"--provider {provider} adopts a machine you already have and needs its address",
-                             "nbcloud up NAME --provider ssh --host [user@]HOST[:PORT] [--identity-file KEY]")
+    _check_up_options(ctx, name, provider, host, requirements=requirements, password_file=password_file, spot=spot,
+                      max_price=max_price, identity_file=identity_file, host_key_fingerprint=host_key_fingerprint)
     if host is not None:
         _check_host_options({"--instance-type": instance_type, "--image": image, "--data-volume": data_volume,
                              "--zone": zone, "--fallback-types": fallback_types, "--allow-cidr": allow_cidr,

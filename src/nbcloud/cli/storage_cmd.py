@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..providers.registry import cloud_names
 from .complete import instance_names
 from .output import emit, json_option, progress, table
 
@@ -15,7 +16,7 @@ def _ctx():
 
 
 @click.group(invoke_without_command=True)
-@click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
+@click.option("--provider", type=click.Choice(cloud_names()), default=None)
 @click.option("--region", default=None)
 @click.option("--profile", default=None)
 @json_option
@@ -38,7 +39,7 @@ def volumes(ctx: click.Context, provider: str | None, region: str | None, profil
 @volumes.command("delete")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (needed without a terminal).")
-@click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
+@click.option("--provider", type=click.Choice(cloud_names()), default=None)
 @click.option("--region", default=None)
 @click.option("--profile", default=None)
 @json_option
@@ -82,7 +83,7 @@ def image_bake(name: str, image_name: str | None, as_json: bool) -> None:
 
 
 @image.command("list")
-@click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
+@click.option("--provider", type=click.Choice(cloud_names()), default=None)
 @click.option("--region", default=None)
 @click.option("--profile", default=None)
 @json_option
@@ -99,7 +100,7 @@ def image_list(provider: str | None, region: str | None, profile: str | None, as
 
 @image.command("delete")
 @click.argument("ref")
-@click.option("--provider", type=click.Choice(["aws", "sandbox"]), default=None)
+@click.option("--provider", type=click.Choice(cloud_names()), default=None)
 @click.option("--region", default=None)
 @click.option("--profile", default=None)
 @json_option

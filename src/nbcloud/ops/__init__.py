@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .billing import cost_report
 from .context import Context
-from .costs import cost_report
 from .launch import DryRun, UpResult, dry_run, up
 from .lifecycle import DownResult, InstanceView, down, orphans, refresh, start_instance, status, stop_instance
 from .tunnels import ConnectResult, connect, disconnect, sync, tunnel_resolver

@@ -22,7 +22,9 @@ from ..ssh import config as ssh_config
 from ..ssh import session
 from ..state import Record
 from .context import Context, Progress, no_progress
-from .launch import GATEWAY_PORT, JUPYTER_PORT, Rollback, UpResult, token_path, wait_ready
+from .instances import GATEWAY_PORT, JUPYTER_PORT, token_path, wait_ready
+from .launch import UpResult
+from .rollback import Rollback
 
 __all__ = ["adopt", "forget", "removal_question"]
 
@@ -169,7 +171,7 @@ def _install_secrets(ctx: Context, spec: InstanceSpec, user: str) -> None:
         write_private(path, secrets.new_token())
     gateway_token = None
     if spec.gateway:
-        from .gateway import ensure_gateway_token
+        from .instances import ensure_gateway_token
 
         gateway_token = ensure_gateway_token(ctx, spec.name)
     script, stdin = secrets.install_secrets_script(path.read_text().strip(), gateway_token=gateway_token,
@@ -190,14 +192,14 @@ def removal_question(ctx: Context, name: str) -> str | None:
 def forget(ctx: Context, name: str) -> dict[str, str]:
     """`down NAME --forget`: drop an adopted machine from this machine's records without reaching it (it is gone
     or unreachable). Refused for cloud instances: forgetting them would leave resources billing unseen."""
-    from .lifecycle import _forget_locally, _stop_tunnel
+    from .instances import forget_locally, stop_tunnel
 
     with ctx.name_lock(name):
         record = ctx.record(name)
         if manages_machines(ctx.provider_for(record)):
             raise UsageError(f"--forget is for a machine you already had; {name} is a {record.provider} instance",
                              f"`nbcloud down {name}` terminates it and deletes what nbcloud made")
-        _stop_tunnel(ctx, name)
-        _forget_locally(ctx, name)
+        stop_tunnel(ctx, name)
+        forget_locally(ctx, name)
     return {"name": name, "forgotten": record.instance_id or name,
             "note": f"nbcloud's files may remain on {record.host} (/opt/nbcloud, nbcloud-*.service)"}

@@ -37,7 +37,7 @@ from ..errors import ConflictError, RemoteError, UsageError
 from ..remote.units import VENV
 from ..ssh import keys, session
 from .context import Context, Progress, no_progress
-from .launch import Rollback
+from .rollback import Rollback
 
 __all__ = ["ClusterResult", "WorkerView", "cluster_down", "cluster_scale", "cluster_summary", "cluster_up",
            "teardown"]

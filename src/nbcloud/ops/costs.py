@@ -9,9 +9,7 @@ instance is not stopped early by a cap computed at on-demand prices.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NbcloudError
@@ -23,12 +21,13 @@ if TYPE_CHECKING:
     from ..cost import RunningPeriod
     from ..providers.base import Provider
 
-__all__ = ["cost_fields", "cost_report", "current_hourly", "launch_price", "require_price_for_cap", "start_price"]
+__all__ = ["cost_fields", "current_hourly", "default_hourly", "known_hourly", "launch_price", "periods_of",
+           "require_price_for_cap", "start_price"]
 
 log = logging.getLogger(__name__)
 
 
-def _periods(ctx: Context, record: Record) -> list[RunningPeriod]:
+def periods_of(ctx: Context, record: Record) -> list[RunningPeriod]:
     from ..cost import running_periods_from_events
 
     return running_periods_from_events(ctx.store.priced_events(record.name))
@@ -45,7 +44,7 @@ def _table_hourly(instance_type: str | None, region: str) -> float | None:
         return None
 
 
-def _hourly(record: Record) -> float | None:
+def default_hourly(record: Record) -> float | None:
     """The default for periods recorded without a price (stores from before prices were recorded): on-demand."""
     return _table_hourly(record.instance_type, record.region)
 
@@ -122,14 +121,14 @@ def current_hourly(ctx: Context, name: str) -> float | None:
     record = ctx.store.get(name)
     if record is None:
         return None
-    return period_hourly(_periods(ctx, record), _hourly(record))
+    return period_hourly(periods_of(ctx, record), default_hourly(record))
 
 
 def cost_fields(ctx: Context, record: Record, spec: InstanceSpec, now: datetime) -> dict[str, Any]:
     from ..cost import accrued_usd, budget_remaining, period_hourly
 
-    periods = _periods(ctx, record)
-    default = _hourly(record)
+    periods = periods_of(ctx, record)
+    default = default_hourly(record)
     accrued = accrued_usd(periods, default, now)
     return {
         "hourly_usd": period_hourly(periods, default),
@@ -139,56 +138,3 @@ def cost_fields(ctx: Context, record: Record, spec: InstanceSpec, now: datetime)
     }
 
 
-@dataclass(frozen=True)
-class CostSummary:
-    since: datetime | None
-    lines: list[Any]
-    total_accrued_usd: float
-    total_volume_monthly_usd: float
-    notes: list[str] = field(default_factory=list)
-
-
-def _refresh_billing(ctx: Context) -> list[str]:
-    """Bring the store up to date for instances it believes billed, before `cost` adds them up.
-
-    Without this, a stop the agent made (idle stop, budget cap) while nobody ran `status` would count as running
-    until now. One DescribeInstances per (provider, region); the stop is recorded at the cloud's own stop time.
-    A cloud that cannot be reached leaves the store's figures, with a note saying they may run long.
-    """
-    from ..providers.base import manages_machines
-    from .lifecycle import _sync_record
-
-    groups: dict[tuple[str, str, str | None], list[Record]] = defaultdict(list)
-    for record in ctx.store.all():
-        if record.state in {"running", "pending", "stopping", "shutting-down"}:
-            groups[(record.provider, record.region, record.profile)].append(record)
-    notes = []
-    for (provider_name, region, profile), members in groups.items():
-        try:
-            provider = ctx.provider(provider_name, region, profile)
-            if not manages_machines(provider):
-                continue  # a machine the user already had: nbcloud does not bill it and need not probe it
-            live = {i.name: i for i in provider.list_instances()}
-        except NbcloudError as exc:
-            notes.append(f"{provider_name}/{region} unreachable ({exc.message}): "
-                         f"{', '.join(r.name for r in members)} counted as running until now")
-            continue
-        for record in members:
-            _sync_record(ctx, record, live.get(record.name), provider)
-    return notes
-
-
-def cost_report(ctx: Context, since: datetime | None = None, refresh: bool = True) -> CostSummary:
-    from ..cost import CostLine, accrued_usd, period_hourly
-
-    notes = _refresh_billing(ctx) if refresh else []
-    now = datetime.now(UTC)
-    lines = []
-    for record in ctx.store.all():
-        periods = _periods(ctx, record)
-        default = _hourly(record)
-        lines.append(CostLine(name=record.name, instance_type=record.instance_type or "?", region=record.region,
-                              lifecycle=record.lifecycle, hourly=period_hourly(periods, default),
-                              accrued=accrued_usd(periods, default, now, since), state=record.state))
-    return CostSummary(since, lines, round(sum(line.accrued or 0 for line in lines), 4),
-                       round(sum(line.volume_monthly for line in lines), 4), notes)

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConflictError, NotFoundError, UsageError
-from ..models import MANAGED_TAG, ROLE_TAG
-from ..providers.aws.images import IMAGE_NAME_TAG
+from ..models import IMAGE_NAME_TAG, MANAGED_TAG, ROLE_TAG
 from ..providers.base import Provider
 from ..ssh import session
 from .context import Context, Progress, no_progress
@@ -68,8 +67,8 @@ def _alias(name: str) -> str:
 
 def bake(ctx: Context, name: str, image_name: str | None = None, progress: Progress = no_progress) -> BakeResult:
     from .hostkey import rotate_host_key
-    from .launch import DATA_DEVICE, _install_secrets, wait_ready
-    from .lifecycle import start_instance, stop_instance, stored_spec
+    from .instances import DATA_DEVICE, install_secrets, stored_spec, wait_ready
+    from .lifecycle import start_instance, stop_instance
 
     image_name = _check_name(image_name or name)
     timings: dict[str, float] = {}
@@ -106,7 +105,7 @@ def bake(ctx: Context, name: str, image_name: str | None = None, progress: Progr
             progress(f"starting {name} again")
             start_instance(ctx, name, progress=progress, wait_jupyter=False)
             session.run(ctx.paths.ssh_config, _alias(name), "sudo bash /opt/nbcloud/bootstrap.sh", timeout=900)
-            _install_secrets(ctx, name, stored_spec(ctx.record(name)))
+            install_secrets(ctx, name, stored_spec(ctx.record(name)))
             # the image holds this instance's host key: retire it, so no copy of the image can pose as this one
             progress(f"replacing {name}'s host key (the image has a copy of the old one)")
             rotate_host_key(ctx, name)

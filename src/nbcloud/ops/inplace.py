@@ -112,13 +112,13 @@ def apply_in_place(ctx: Context, record: Record, provider: Any, plan: InPlacePla
                    progress: Progress = no_progress, timeout: float = 900) -> None:
     """Apply the SSH-side part of ``plan`` to the running instance and record the new spec (only once it holds)."""
     from ..ssh import session
-    from .launch import _install_secrets
+    from .instances import install_secrets
 
     name = record.name
     if plan.agent or (plan.spec.gateway and "gateway" in plan.changed):
         progress("updating the agent's settings" if plan.agent else "sending the gateway token")
         # the token file is rewritten as it is; agent.json gets the new idle limit and cap with the current price
-        _install_secrets(ctx, name, plan.spec)
+        install_secrets(ctx, name, plan.spec)
     if plan.bootstrap:
         progress("re-running the instance's bootstrap with " + ", ".join(
             FLAGS[f] for f in plan.changed if f in BOOTSTRAP_FIELDS))
@@ -146,14 +146,14 @@ def _bootstrap_script(ctx: Context, record: Record, provider: Any, spec: Instanc
     from ..remote.bootstrap import render_bootstrap
     from ..ssh import keys
     from .costs import current_hourly
-    from .launch import _bootstrap_spec, parse_data_volume
+    from .instances import bootstrap_spec, parse_data_volume
 
     volume = parse_data_volume(spec.data_volume, record.name)
     found = provider.find_volume(volume[0]) if volume else None
     # the bootstrap carries no host key (user-data does); a machine the user had keeps its own: make none for it
     host_key = (keys.load_or_create_host_key(ctx.paths.keys_dir, record.name) if manages_machines(provider)
                 else keys.KeyPair("", ""))
-    boot = replace(_bootstrap_spec(spec, provider, host_key, found.volume_id if found else None,
+    boot = replace(bootstrap_spec(spec, provider, host_key, found.volume_id if found else None,
                                    current_hourly(ctx, record.name)), login_user=record.user)
     if spec.gateway:
         return gateway_check.enable_script(boot)

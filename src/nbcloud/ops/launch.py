@@ -8,32 +8,53 @@ a launch whose process died (SIGKILL) is removed by the next command (:mod:`nbcl
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from ..errors import CapacityError, ConflictError, NbcloudError, RemoteError, UsageError
-from ..models import LAUNCH_TAG, MANAGED_TAG, NAME_TAG, ROLE_TAG, Instance, InstanceSpec, InstanceTypeInfo, Volume
-from ..providers.aws.volumes import VOLUME_NAME_TAG
-from ..providers.base import IngressRule, LaunchRequest, Provider, TaggedResource
+from ..errors import CapacityError, ConflictError, Interrupted, NbcloudError, RemoteError
+from ..models import (
+    LAUNCH_TAG,
+    MANAGED_TAG,
+    NAME_TAG,
+    ROLE_TAG,
+    VOLUME_NAME_TAG,
+    ImageInfo,
+    Instance,
+    InstanceSpec,
+    InstanceTypeInfo,
+    Volume,
+)
+from ..providers.base import IngressRule, LaunchRequest, Provider, TaggedResource, manages_machines
+from ..remote.spec import LOGIN_USER
 from ..ssh import config as ssh_config
 from ..ssh import keys, session
 from ..state import LaunchIntent, Record
-from .bootlog import BootLog
+from .bootlog import BootLog, save_bootstrap_log
 from .context import Context, Progress, no_progress
-from .costs import current_hourly, launch_price, require_price_for_cap, start_price
+from .costs import launch_price, require_price_for_cap, start_price
 from .hostkey import rotate_host_key
-from .launches import key_pair_name, recover_name
+from .inplace import apply_in_place, plan_in_place, retype
+from .instances import (
+    DATA_DEVICE,
+    bootstrap_spec,
+    ingress_rules,
+    parse_data_volume,
+    secrets_script,
+    spec_json,
+    wait_ready,
+    write_access,
+)
+from .launches import Recovery, describe_recovery, key_pair_name, recover_name, sweep_launch
+from .lifecycle import down_unlocked, start_instance, stored_spec
+from .public import check_password, prepare_tls, stored_password_hash
+from .rollback import Rollback, main_thread
+from .storage import move_volume
 
 __all__ = ["DATA_DEVICE", "DryRun", "Rollback", "UpResult", "parse_data_volume", "up"]
-
-DATA_DEVICE = "/dev/sdf"
-DEFAULT_DATA_GB = 50
-JUPYTER_PORT = 8888
-GATEWAY_PORT = 8889
 
 
 @dataclass(frozen=True)
@@ -63,86 +84,6 @@ class DryRun:
     bootstrap: str
 
 
-class Rollback:
-    """Undo steps registered as resources are made; run in reverse on failure, shielded from a second Ctrl-C."""
-
-    def __init__(self, progress: Progress = no_progress) -> None:
-        self._steps: list[tuple[str, Callable[[], None]]] = []
-        self._progress = progress
-        self.failures: list[str] = []
-
-    def add(self, label: str, undo: Callable[[], None]) -> None:
-        self._steps.append((label, undo))
-
-    def run(self) -> None:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
-        try:
-            for label, undo in reversed(self._steps):
-                self._progress(f"rolling back: {label}")
-                try:
-                    undo()
-                except Exception as exc:  # keep undoing the rest; report what could not be undone
-                    self.failures.append(f"{label}: {exc}")
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-    def undo_after(self, exc: BaseException, leftovers_fix: str) -> None:
-        """Run the undo steps for a failed `up`; what could not be undone goes into the error's hint."""
-        self.run()
-        if self.failures and isinstance(exc, NbcloudError):
-            exc.hint = (exc.hint + "; " if exc.hint else "") + (
-                f"some resources could not be removed ({'; '.join(self.failures)}): {leftovers_fix}")
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-_VOLUME = re.compile(r"^(?:(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<size>\d+))?|(?P<only_size>\d+))$")
-
-
-def parse_data_volume(text: str | None, instance_name: str) -> tuple[str, int] | None:
-    """'100' → (instance name, 100 GB); 'proj' → ('proj', default); 'proj:200' → ('proj', 200)."""
-    if not text:
-        return None
-    match = _VOLUME.match(text.strip())
-    if not match:
-        raise UsageError(f"invalid --data-volume {text!r}", "write SIZE (GB) or NAME[:SIZE], e.g. 100 or project:100")
-    if match.group("only_size"):
-        return instance_name, int(match.group("only_size"))
-    return match.group("name"), int(match.group("size") or DEFAULT_DATA_GB)
-
-
-def _ingress(ctx: Context, provider: Provider, spec: InstanceSpec) -> list[IngressRule]:
-    from ..providers.aws.network import normalize_cidr
-
-    cidr = normalize_cidr(spec.allow_cidr) if spec.allow_cidr else f"{provider.caller_ip()}/32"
-    rules = [IngressRule(22, cidr, "nbcloud ssh")]
-    if spec.public:
-        rules.append(IngressRule(JUPYTER_PORT, cidr, "nbcloud jupyter (public mode)"))
-    return rules
-
-
-def _bootstrap_spec(spec: InstanceSpec, provider: Provider, host_key: keys.KeyPair, volume_id: str | None,
-                    hourly: float | None):
-    from ..remote.spec import LOGIN_USER, BootstrapSpec
-    from .agent import agent_check_period, idle_stop_floor
-
-    return BootstrapSpec(
-        name=spec.name, jupyter_port=JUPYTER_PORT, gateway=spec.gateway, gateway_port=GATEWAY_PORT,
-        durable_outputs=spec.durable_outputs, public=spec.public, cull_idle_minutes=spec.cull_idle_minutes,
-        idle_stop_seconds=spec.idle_stop_seconds, max_cost_usd=spec.max_cost_usd, hourly_usd=hourly,
-        python_packages=spec.python_packages, requirements=spec.requirements, data_volume_id=volume_id,
-        package_env=dict(provider.package_env), host_key_private=host_key.private_openssh,
-        # who logs in is the provider's to say (EC2 images: ubuntu; a sandbox without root: the current user)
-        login_user=getattr(provider, "login_user", LOGIN_USER),
-        host_key_public=host_key.public_openssh, check_period=agent_check_period(), idle_floor=idle_stop_floor(),
-    )
-
-
 def dry_run(ctx: Context, spec: InstanceSpec) -> DryRun:
     """Render what `up` would send, with placeholder keys: nothing is created, no cloud call is made."""
     from ..remote.bootstrap import render_bootstrap
@@ -152,8 +93,8 @@ def dry_run(ctx: Context, spec: InstanceSpec) -> DryRun:
 
     from types import SimpleNamespace
 
-    offline = SimpleNamespace(package_env={})
-    boot = _bootstrap_spec(spec, offline, placeholder,  # type: ignore[arg-type]
+    offline = SimpleNamespace(package_env={}, login_user=LOGIN_USER)
+    boot = bootstrap_spec(spec, offline, placeholder,  # type: ignore[arg-type]
                            "vol-<data>" if spec.data_volume else None, None)
     return DryRun(spec.name, len(render_user_data(boot)), render_bootstrap(boot))
 
@@ -172,8 +113,6 @@ def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, re
     with ctx.name_lock(spec.name):
         for recovery in recover_name(ctx, spec.name, progress):  # an earlier `up NAME` that was killed
             if not recovery.complete:
-                from .launches import describe_recovery
-
                 raise RemoteError(f"an interrupted earlier launch could not be undone: {describe_recovery(recovery)}",
                                   f"retry `nbcloud up {spec.name}` or `nbcloud down {spec.name}` later")
         existing = ctx.store.get(spec.name)
@@ -198,9 +137,68 @@ def _public_password_hash(spec: InstanceSpec, password: str | None) -> str | Non
     if not spec.public:
         return None
     from ..remote.secrets import hash_password
-    from .public import check_password
 
     return hash_password(check_password(password))
+
+
+@dataclass
+class _Launch:
+    """One launch in progress: what it is for, and what it has made so far (its undo list).
+
+    Each step registers what it made here as soon as the cloud answered (:meth:`made_resource`); on any end but
+    success :func:`_launch_failed` undoes exactly that, plus whatever carries the launch id (the instance, which is
+    recorded on the launch itself: :func:`_run_instance`).
+    """
+
+    ctx: Context
+    provider: Provider
+    spec: InstanceSpec
+    progress: Progress
+    launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    made: list[TaggedResource] = field(default_factory=list)  # known made: the rollback need not find it by tag
+    reached_ssh: bool = False  # the instance answered: a failure after that has a bootstrap log to keep
+    timings: dict[str, float] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {NAME_TAG: self.spec.name, LAUNCH_TAG: self.launch_id, MANAGED_TAG: "true", **dict(self.spec.tags)}
+
+    def made_resource(self, kind: str, resource_id: str) -> None:
+        """Register the undo of a resource this launch just made."""
+        self.made.append(TaggedResource(kind, resource_id, self.spec.name, self.launch_id))
+
+    def mark(self, step: str) -> None:
+        self.timings[step] = time.monotonic() - self.t0
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the launch needs, looked up before anything is made."""
+
+    itype: InstanceTypeInfo
+    image: ImageInfo
+    rules: list[IngressRule]
+    volume_spec: tuple[str, int] | None
+    found_volume: Volume | None
+
+
+def _check(ctx: Context, provider: Provider, spec: InstanceSpec, progress: Progress) -> _Checked:
+    """Type, image, price, rules and data volume: anything wrong refuses the launch before it makes anything."""
+    itype = provider.instance_type(spec.instance_type)
+    for fallback in spec.fallback_types:  # validated before anything is made
+        provider.instance_type(fallback)
+    require_price_for_cap(provider, spec.instance_type, spec.max_cost_usd)  # a cap must know what an hour costs
+    image = provider.image(spec.image)
+    progress(f"{itype.describe()} · image {image.name or image.image_id}")
+    rules = ingress_rules(ctx, provider, spec)
+    volume_spec = parse_data_volume(spec.data_volume, spec.name)
+    # looked up before anything is made: a volume in use, or a cloud without volumes, leaves nothing behind
+    found_volume = provider.find_volume(volume_spec[0]) if volume_spec else None
+    if found_volume is not None and found_volume.attached_to:
+        raise ConflictError(f"data volume {found_volume.name!r} is attached to {found_volume.attached_to}",
+                            "stop using it there first (`nbcloud down` that instance)")
+    return _Checked(itype, image, rules, volume_spec, found_volume)
 
 
 def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str | None, progress: Progress,
@@ -209,108 +207,110 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
     """Make the instance. Crash-safe: the launch is written down (durably) before its first cloud call, every
     resource carries its launch id, and any end but success undoes it here, or in the next command if this process
     dies (:mod:`nbcloud.ops.launches`)."""
-    from ..remote.userdata import render_user_data
-
-    timings: dict[str, float] = {}
-    t0 = time.monotonic()
-    itype = provider.instance_type(spec.instance_type)
-    for fallback in spec.fallback_types:  # validated before anything is made
-        provider.instance_type(fallback)
-    require_price_for_cap(provider, spec.instance_type, spec.max_cost_usd)  # a cap must know what an hour costs
-    image = provider.image(spec.image)
-    progress(f"{itype.describe()} · image {image.name or image.image_id}")
-    rules = _ingress(ctx, provider, spec)
-    volume_spec = parse_data_volume(spec.data_volume, spec.name)
-    # looked up before anything is made: a volume in use, or a cloud without volumes, leaves nothing behind
-    found_volume = provider.find_volume(volume_spec[0]) if volume_spec else None
-    if found_volume is not None and found_volume.attached_to:
-        raise ConflictError(f"data volume {found_volume.name!r} is attached to {found_volume.attached_to}",
-                            "stop using it there first (`nbcloud down` that instance)")
-
-    launch_id = uuid.uuid4().hex[:12]
-    tags = {NAME_TAG: spec.name, LAUNCH_TAG: launch_id, MANAGED_TAG: "true", **dict(spec.tags)}
-    made: list[TaggedResource] = []  # what this process knows it made: the rollback need not find it by tag
-    reached: list[str] = []  # "ssh" once the instance answered: a failure after that has a bootstrap log to keep
-    alias = f"nb-{spec.name}"
+    checked = _check(ctx, provider, spec, progress)
+    run = _Launch(ctx, provider, spec, progress)
     with _interrupts_raise():
         try:
-            ctx.store.begin_launch(LaunchIntent(launch_id, spec.name, provider.name, provider.region, profile,
+            ctx.store.begin_launch(LaunchIntent(run.launch_id, spec.name, provider.name, provider.region, profile,
                                                 time.time()))
-            login, key_path = keys.load_or_create_login_key(ctx.paths.keys_dir, spec.name)
-            host_key = keys.load_or_create_host_key(ctx.paths.keys_dir, spec.name)
-            key_name = key_pair_name(spec.name, launch_id)
-            progress("key pair")
-            provider.import_key_pair(key_name, login.public_openssh, tags | {ROLE_TAG: "key-pair"})
-            made.append(TaggedResource("key-pair", key_name, spec.name, launch_id))
-            progress(f"security group (ssh from {rules[0].cidr} only)")
-            group_id = provider.create_security_group(key_name, rules, tags | {ROLE_TAG: "security-group"})
-            made.append(TaggedResource("security-group", group_id, spec.name, launch_id))
-            zone, volume = _data_volume(provider, spec, volume_spec, found_volume, tags, made, progress)
-
-            # the agent's cap from its first check: spot counts at spot's price (the secrets install then sets the
-            # price recorded for the instance actually launched, on-demand after a --spot-fallback)
-            hourly = launch_price(provider, spec.instance_type, provider.region, spot=spec.spot, zone=zone)
-            user_data = render_user_data(_bootstrap_spec(spec, provider, host_key,
-                                                         volume.volume_id if volume else None, hourly))
-            request = LaunchRequest(
-                name=spec.name, launch_id=launch_id, instance_type=spec.instance_type, image_id=image.image_id,
-                key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb,
-                zone=zone, spot=spec.spot, max_price=spec.max_price, tags=tags | {ROLE_TAG: "instance"},
-                fallback_types=spec.fallback_types,
-            )
-            instance, itype = _run_instance(ctx, provider, spec, request, itype, profile, progress)
-            timings["running"] = time.monotonic() - t0
-            if volume is not None:
-                progress(f"attaching {volume.volume_id}")
-                provider.attach_volume(volume.volume_id, instance.instance_id, DATA_DEVICE)
-            _write_access(ctx, instance, key_path, host_key)
-            ctx.store.update(spec.name, state=instance.state, host=instance.host, user=instance.user)
-            tls = None
-            if spec.public:
-                from .public import prepare_tls
-
-                progress("TLS certificate (fingerprint pinned locally)")
-                tls = prepare_tls(ctx, spec.name, instance.host or "", password_hash)
-            progress(f"waiting for ssh {alias} ({instance.host})")
-            # the first session that gets in installs the secrets: no separate handshake just to probe
-            script, stdin = _secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
-            session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
-            reached.append("ssh")
-            progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
-            rotate_host_key(ctx, spec.name)
-            timings["ssh"] = time.monotonic() - t0
+            key_path, host_key, key_name, group_id = _make_access(run, checked.rules)
+            zone, volume = _data_volume(run, checked.volume_spec, checked.found_volume)
+            instance, itype = _start(run, checked, profile, host_key, key_name, group_id, zone, volume)
+            _reach(run, instance, key_path, host_key, password_hash, ssh_timeout)
             if wait_jupyter:
                 progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
                 wait_ready(ctx, spec.name, ready_timeout, progress)
-                timings["jupyter"] = time.monotonic() - t0
-            ctx.store.mark_launch(launch_id, outcome="done")
+                run.mark("jupyter")
+            ctx.store.mark_launch(run.launch_id, outcome="done")
         except BaseException as exc:
-            _launch_failed(ctx, provider, spec.name, launch_id, exc, made=made, reached_ssh=bool(reached),
+            _launch_failed(ctx, provider, spec.name, run.launch_id, exc, made=run.made, reached_ssh=run.reached_ssh,
                            keep=keep_on_failure, progress=progress)
             raise
-    return _result(instance, itype, reused=False, volume_id=volume.volume_id if volume else None, seconds=timings)
+    return _result(instance, itype, reused=False, volume_id=volume.volume_id if volume else None,
+                   seconds=run.timings)
 
 
-def _data_volume(provider: Provider, spec: InstanceSpec, volume_spec: tuple[str, int] | None, found: Volume | None,
-                 tags: dict[str, str], made: list[TaggedResource],
-                 progress: Progress) -> tuple[str | None, Volume | None]:
-    """The zone to launch in and the data volume (reused, moved to ``spec.zone``, or made and listed in ``made``)."""
+def _make_access(run: _Launch, rules: list[IngressRule]) -> tuple[Path, keys.KeyPair, str, str]:
+    """The login key pair (imported) and the security group: (key path, host key, key pair name, group id)."""
+    spec, provider = run.spec, run.provider
+    login, key_path = keys.load_or_create_login_key(run.ctx.paths.keys_dir, spec.name)
+    host_key = keys.load_or_create_host_key(run.ctx.paths.keys_dir, spec.name)
+    key_name = key_pair_name(spec.name, run.launch_id)
+    run.progress("key pair")
+    provider.import_key_pair(key_name, login.public_openssh, run.tags | {ROLE_TAG: "key-pair"})
+    run.made_resource("key-pair", key_name)
+    run.progress(f"security group (ssh from {rules[0].cidr} only)")
+    group_id = provider.create_security_group(key_name, rules, run.tags | {ROLE_TAG: "security-group"})
+    run.made_resource("security-group", group_id)
+    return key_path, host_key, key_name, group_id
+
+
+def _data_volume(run: _Launch, volume_spec: tuple[str, int] | None,
+                 found: Volume | None) -> tuple[str | None, Volume | None]:
+    """The zone to launch in and the data volume (reused, moved to ``spec.zone``, or made and its undo registered)."""
+    spec, provider, progress = run.spec, run.provider, run.progress
     zone = spec.zone
     if not volume_spec:
         return zone, None
     volume_name, size = volume_spec
     if found is not None:
         if zone and zone != found.zone:
-            from .storage import move_volume
-
             found = move_volume(provider, found, zone, progress)
         progress(f"reusing data volume {volume_name} ({found.volume_id}, {found.size_gb} GB, {found.zone})")
         return found.zone, found
     zone = zone or provider.default_zone(spec.instance_type)
     progress(f"data volume {volume_name} ({size} GB, encrypted)")
-    volume = provider.create_volume(size, zone, tags | {ROLE_TAG: "data-volume", VOLUME_NAME_TAG: volume_name})
-    made.append(TaggedResource("volume", volume.volume_id, spec.name, tags[LAUNCH_TAG]))
+    volume = provider.create_volume(size, zone, run.tags | {ROLE_TAG: "data-volume", VOLUME_NAME_TAG: volume_name})
+    run.made_resource("volume", volume.volume_id)
     return zone, volume
+
+
+def _start(run: _Launch, checked: _Checked, profile: str | None, host_key: keys.KeyPair, key_name: str,
+           group_id: str, zone: str | None, volume: Volume | None) -> tuple[Instance, InstanceTypeInfo]:
+    """User data, RunInstances (the instance's undo is the launch record: :func:`_run_instance`), the data volume
+    attached."""
+    from ..remote.userdata import render_user_data
+
+    spec, provider = run.spec, run.provider
+    # the agent's cap from its first check: spot counts at spot's price (the secrets install then sets the
+    # price recorded for the instance actually launched, on-demand after a --spot-fallback)
+    hourly = launch_price(provider, spec.instance_type, provider.region, spot=spec.spot, zone=zone)
+    user_data = render_user_data(bootstrap_spec(spec, provider, host_key, volume.volume_id if volume else None,
+                                                hourly))
+    request = LaunchRequest(
+        name=spec.name, launch_id=run.launch_id, instance_type=spec.instance_type, image_id=checked.image.image_id,
+        key_name=key_name, security_group_id=group_id, user_data=user_data, disk_gb=spec.disk_gb,
+        zone=zone, spot=spec.spot, max_price=spec.max_price, tags=run.tags | {ROLE_TAG: "instance"},
+        fallback_types=spec.fallback_types,
+    )
+    instance, itype = _run_instance(run.ctx, provider, spec, request, checked.itype, profile, run.progress)
+    run.mark("running")
+    if volume is not None:
+        run.progress(f"attaching {volume.volume_id}")
+        provider.attach_volume(volume.volume_id, instance.instance_id, DATA_DEVICE)
+    return instance, itype
+
+
+def _reach(run: _Launch, instance: Instance, key_path: Path, host_key: keys.KeyPair, password_hash: str | None,
+           ssh_timeout: float) -> None:
+    """The ssh entry and pin, (public mode) the TLS certificate, the first ssh session (it installs the secrets),
+    then the host key the instance made replaces the one from user-data."""
+    ctx, spec, progress = run.ctx, run.spec, run.progress
+    alias = f"nb-{spec.name}"
+    write_access(ctx, instance, key_path, host_key)
+    ctx.store.update(spec.name, state=instance.state, host=instance.host, user=instance.user)
+    tls = None
+    if spec.public:
+        progress("TLS certificate (fingerprint pinned locally)")
+        tls = prepare_tls(ctx, spec.name, instance.host or "", password_hash)
+    progress(f"waiting for ssh {alias} ({instance.host})")
+    # the first session that gets in installs the secrets: no separate handshake just to probe
+    script, stdin = secrets_script(ctx, spec.name, spec, password_hash=password_hash, tls=tls)
+    session.wait_ssh(ctx.paths.ssh_config, alias, timeout=ssh_timeout, command=script, input=stdin)
+    run.reached_ssh = True
+    progress("replacing the host key from user-data with one the instance made (pinned over ssh)")
+    rotate_host_key(ctx, spec.name)
+    run.mark("ssh")
 
 
 def _run_instance(ctx: Context, provider: Provider, spec: InstanceSpec, request: LaunchRequest,
@@ -338,11 +338,11 @@ def _run_instance(ctx: Context, provider: Provider, spec: InstanceSpec, request:
     ctx.store.put(Record(name=spec.name, provider=provider.name, region=provider.region, profile=profile,
                          instance_id=instance.instance_id, launch_id=request.launch_id, state=instance.state,
                          instance_type=instance.instance_type, lifecycle=instance.lifecycle,
-                         spec=_spec_json(spec) | {"gpus": itype.gpus}))
+                         spec=spec_json(spec) | {"gpus": itype.gpus}))
     progress(f"waiting for {instance.instance_id} to run")
     instance = provider.wait_running(instance.instance_id, timeout=600)
     ctx.store.record_state(spec.name, instance.instance_id, "running", hourly=start_price(provider, instance))
-    ctx.store.update(spec.name, spec=_spec_json(spec) | {"gpus": itype.gpus, "placement_zone": instance.zone})
+    ctx.store.update(spec.name, spec=spec_json(spec) | {"gpus": itype.gpus, "placement_zone": instance.zone})
     return instance, itype
 
 
@@ -350,10 +350,6 @@ def _launch_failed(ctx: Context, provider: Provider, name: str, launch_id: str, 
                    made: list[TaggedResource], reached_ssh: bool, keep: bool, progress: Progress) -> None:
     """Undo the launch (or keep it, ``--keep-on-failure``) and make ``exc`` say what was done; an interrupt is
     re-raised as :class:`Interrupted` naming what was rolled back."""
-    from ..errors import Interrupted
-    from .bootlog import save_bootstrap_log
-    from .launches import Recovery, describe_recovery, sweep_launch
-
     with _shielded():
         intent = ctx.store.launch(launch_id)
         if intent is None:  # stopped before the launch was written down: nothing was made
@@ -393,7 +389,7 @@ def _explain(exc: BaseException, log: BootLog | None, hint: str) -> None:
 @contextlib.contextmanager
 def _interrupts_raise() -> Iterator[None]:
     """A `kill` (SIGTERM) or a closed terminal (SIGHUP) rolls a launch back as Ctrl-C does."""
-    if not _main_thread():
+    if not main_thread():
         yield
         return
 
@@ -411,7 +407,7 @@ def _interrupts_raise() -> Iterator[None]:
 @contextlib.contextmanager
 def _shielded() -> Iterator[None]:
     """No second Ctrl-C (or kill) stops a rollback half-way; SIGKILL still can: then the next command finishes it."""
-    if not _main_thread():
+    if not main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -420,91 +416,6 @@ def _shielded() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _spec_json(spec: InstanceSpec) -> dict[str, object]:
-    from dataclasses import asdict
-
-    return asdict(spec)
-
-
-def _hourly(provider: Provider, instance_type: str) -> float | None:
-    try:
-        from ..pricing import load_prices
-
-        return load_prices().hourly(instance_type, provider.region)
-    except Exception:  # a price is information, never a reason to fail a launch
-        return None
-
-
-def _write_access(ctx: Context, instance: Instance, key_path, host_key: keys.KeyPair) -> None:
-    alias = f"nb-{instance.name}"
-    ssh_config.pin_host_key(ctx.paths, alias, host_key.public_blob)
-    ssh_config.write_entry(ctx.paths, ssh_config.SshEntry(alias=alias, host=instance.host or "", user=instance.user,
-                                                          identity_file=key_path, known_hosts=ctx.paths.known_hosts,
-                                                          port=instance.ssh_port))
-    ssh_config.ensure_include(ctx.paths)
-
-
-def _remove_access(ctx: Context, name: str) -> None:
-    ssh_config.remove_entry(ctx.paths, f"nb-{name}")
-    ssh_config.unpin_host_key(ctx.paths, f"nb-{name}")
-
-
-def token_path(ctx: Context, name: str):
-    return ctx.paths.secrets_dir / f"{name}.token"
-
-
-def _install_secrets(ctx: Context, name: str, spec: InstanceSpec, *, password_hash: str | None = None,
-                     tls: tuple[str, str] | None = None) -> None:
-    script, stdin = _secrets_script(ctx, name, spec, password_hash=password_hash, tls=tls)
-    session.run(ctx.paths.ssh_config, f"nb-{name}", script, input=stdin, timeout=60)
-
-
-def _secrets_script(ctx: Context, name: str, spec: InstanceSpec, *, password_hash: str | None = None,
-                    tls: tuple[str, str] | None = None) -> tuple[str, bytes]:
-    """Token (and, public mode, password hash + TLS cert/key) as a script and the stdin that carries them.
-
-    Secrets travel on the SSH session's stdin, never on a command line.
-    """
-    from ..config import write_private
-    from ..remote import secrets
-
-    path = token_path(ctx, name)
-    if not path.exists():
-        write_private(path, secrets.new_token())
-    token = path.read_text().strip()
-    gateway_token = None
-    if spec.gateway:
-        from .gateway import ensure_gateway_token
-
-        gateway_token = ensure_gateway_token(ctx, name)
-    cert_pem, key_pem = tls if tls else (None, None)
-    record = ctx.store.get(name)
-    return secrets.install_secrets_script(token=token, gateway_token=gateway_token,
-                                          login_user=record.user if record else secrets.LOGIN_USER,
-                                          password_hash=password_hash, cert_pem=cert_pem, key_pem=key_pem,
-                                          idle_stop_seconds=spec.idle_stop_seconds,
-                                          max_cost_usd=spec.max_cost_usd,
-                                          hourly_usd=_hourly_from_store(ctx, name))
-
-
-def _hourly_from_store(ctx: Context, name: str) -> float | None:
-    """The price the agent's budget cap counts with: the one recorded for the running period (spot: spot's)."""
-    return current_hourly(ctx, name)
-
-
-def wait_ready(ctx: Context, name: str, timeout: float, progress: Progress = no_progress) -> None:
-    from ..remote.ready import wait_ready_script
-
-    record = ctx.store.get(name)
-    tls = bool(record and (record.spec or {}).get("public"))  # public mode: Jupyter speaks only https
-    result = session.run(ctx.paths.ssh_config, f"nb-{name}", wait_ready_script(JUPYTER_PORT, timeout, tls=tls),
-                         timeout=timeout + 30, check=False)
-    if result.returncode != 0:
-        tail = " | ".join(line.strip() for line in result.stdout.strip().splitlines()[-3:])
-        raise RemoteError(f"Jupyter did not come up on {name}: {tail or result.stderr.strip() or 'no output'}",
-                          f"`nbcloud logs {name} --bootstrap` shows the setup log")
 
 
 def _result(instance: Instance, itype: InstanceTypeInfo | None, *, reused: bool, volume_id: str | None = None,
@@ -518,10 +429,6 @@ def _result(instance: Instance, itype: InstanceTypeInfo | None, *, reused: bool,
 def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress, wait_jupyter: bool,
            ssh_timeout: float, ready_timeout: float, given: frozenset[str] = frozenset(),
            confirm: Callable[[str], bool] = lambda _q: False) -> UpResult:
-    from ..providers.base import manages_machines
-    from .inplace import apply_in_place, plan_in_place, retype
-    from .lifecycle import start_instance, stored_spec
-
     provider = ctx.provider_for(record)
     instance = provider.find(record.name)
     if instance is not None and instance.state == "shutting-down" and record.lifecycle == "spot":
@@ -565,16 +472,12 @@ def _relaunch_spot(ctx: Context, provider: Provider, record: Record, progress: P
 
     Same zone: next to the data volume when there is one, else where the reclaimed instance ran.
     """
-    from .lifecycle import down_unlocked, stored_spec
-
     spec = spec or stored_spec(record)
     zone = (record.spec or {}).get("placement_zone")
     if not spec.zone and not spec.data_volume and isinstance(zone, str):
         spec = replace(spec, zone=zone)
     progress(f"spot instance {record.instance_id} of {record.name} was reclaimed: launching a new one "
              f"(data volumes are kept)")
-    from .public import stored_password_hash
-
     password_hash = stored_password_hash(record)  # public mode: the new root disk needs it; read before down forgets
     down_unlocked(ctx, record.name, progress=progress)
     return _launch(ctx, provider, spec, record.profile, progress, wait_jupyter, ssh_timeout, ready_timeout,

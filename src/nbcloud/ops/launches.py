@@ -130,11 +130,11 @@ def sweep_launch(ctx: Context, provider: Provider, intent: LaunchIntent, *, know
 
 def _forget_launch_locally(ctx: Context, intent: LaunchIntent) -> None:
     """The launch's local record, keys, ssh entry and secrets; a record of another launch is not this one's."""
-    from .lifecycle import _forget_locally
+    from .instances import forget_locally
 
     record = ctx.store.get(intent.name)
     if record is None or record.launch_id in (None, intent.launch_id):
-        _forget_locally(ctx, intent.name)
+        forget_locally(ctx, intent.name)
 
 
 @contextlib.contextmanager

@@ -11,13 +11,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import ConflictError, NbcloudError, NotFoundError, UsageError
-from ..models import Instance, InstanceSpec, Volume
-from ..providers.aws.volumes import VOLUME_NAME_TAG
+from ..models import VOLUME_NAME_TAG, Instance, Volume
 from ..providers.base import Provider, TaggedResource, manages_machines
 from ..ssh import config as ssh_config
-from ..ssh import keys, session
+from ..ssh import session
 from ..state import Record
 from .context import Context, Progress, no_progress
+from .costs import cost_fields, launch_price
+from .instances import (
+    forget_locally,
+    parse_data_volume,
+    refresh,
+    repin_ingress,
+    stop_tunnel,
+    stored_spec,
+    sync_record,
+    wait_ready,
+)
+from .launches import interrupted_launches, recover_name
+from .public import reissue_tls_if_moved
+from .storage import remove_billing, snapshot_volume, still_billing
+from .tunnels import tunnel_fields
 
 __all__ = ["DownResult", "InstanceView", "down", "down_unlocked", "forget_gone", "orphans", "refresh", "start_instance",
            "status", "stop_instance", "stored_spec"]
@@ -85,82 +99,6 @@ class DownResult:
     deleted_data_volumes: list[str] = field(default_factory=list)
 
 
-def _spec(record: Record) -> InstanceSpec:
-    data = dict(record.spec or {})
-    data.setdefault("name", record.name)
-    data["tags"] = tuple(tuple(t) for t in data.get("tags", ()))
-    data["python_packages"] = tuple(data.get("python_packages", ()))
-    data["fallback_types"] = tuple(data.get("fallback_types", ()))
-    known = InstanceSpec.__dataclass_fields__
-    return InstanceSpec(**{k: v for k, v in data.items() if k in known})
-
-
-stored_spec = _spec
-
-
-def _sync_record(ctx: Context, record: Record, instance: Instance | None, provider: Provider | None = None) -> None:
-    """Record what the cloud says into the store: state, address, and the transitions cost is made of.
-
-    A stop this machine did not make (the agent's idle stop or budget cap) is recorded at the cloud's own stop time
-    (``Instance.stopped_at``), not when nbcloud happens to look, so the period bills only until then. A period that
-    begins is recorded with the price it bills at (spot: the spot price now; ``provider`` saves building one).
-    """
-    from ..cost import stop_event_time
-    from .costs import start_price
-
-    if instance is None:
-        if record.state != "gone":
-            ctx.store.update(record.name, state="gone")
-            if record.instance_id:
-                ctx.store.record_state(record.name, record.instance_id, "terminated")
-        return
-    last = ctx.store.last_state(record.name, instance.instance_id)
-    if instance.state != last:
-        at: datetime | None = None
-        hourly: float | None = None
-        if instance.state == "running":
-            if instance.lifecycle == "spot" and provider is None:
-                provider = ctx.provider_for(record)
-            hourly = start_price(provider, instance)
-        elif instance.state != "pending":
-            at = stop_event_time(instance.stopped_at, ctx.store.last_event_at(record.name, instance.instance_id),
-                                 datetime.now(UTC))
-        ctx.store.record_state(record.name, instance.instance_id, instance.state, at=at, hourly=hourly)
-    if instance.host and instance.host != record.host:
-        _rewrite_host(ctx, record.name, instance)
-    ctx.store.update(record.name, state=instance.state, host=instance.host or record.host,
-                     instance_id=instance.instance_id, lifecycle=instance.lifecycle)
-
-
-def _rewrite_host(ctx: Context, name: str, instance: Instance) -> None:
-    """The address moved: rewrite the entry with the login user and port the provider reports (not the record's:
-    a loopback sandbox's sshd listens on a high port and logs in the current user)."""
-    key_path = ctx.paths.keys_dir / name
-    ssh_config.write_entry(ctx.paths, ssh_config.SshEntry(alias=f"nb-{name}", host=instance.host or "",
-                                                          user=instance.user, identity_file=key_path,
-                                                          known_hosts=ctx.paths.known_hosts, port=instance.ssh_port))
-
-
-def refresh(ctx: Context, name: str, repin: bool = True) -> Instance | None:
-    """Ask the cloud about one instance; rewrite its ssh HostName and re-pin its SG to the caller if needed."""
-    record = ctx.record(name)
-    provider = ctx.provider_for(record)
-    instance = provider.find(name)
-    _sync_record(ctx, record, instance)
-    if repin and instance is not None and instance.state == "running" and instance.security_group_id:
-        _repin(ctx, provider, record, instance)
-    return instance
-
-
-def _repin(ctx: Context, provider: Provider, record: Record, instance: Instance) -> bool:
-    from .launch import _ingress
-
-    spec = _spec(record)
-    if spec.allow_cidr:
-        return False
-    return provider.set_ingress(instance.security_group_id or "", _ingress(ctx, provider, spec))
-
-
 def _check_powerable(provider: Provider, name: str) -> None:
     """A machine nbcloud did not make (the ssh provider) is the user's to power: refuse before touching it."""
     if not manages_machines(provider):
@@ -169,8 +107,6 @@ def _check_powerable(provider: Provider, name: str) -> None:
 
 
 def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wait_jupyter: bool = True) -> Instance:
-    from .launch import wait_ready
-
     record = ctx.record(name)
     ctx.key_path(name)
     provider = ctx.provider_for(record)
@@ -179,7 +115,7 @@ def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wa
     if instance is None:
         raise NotFoundError(f"instance {name!r} no longer exists in {record.region}",
                             f"`nbcloud down {name}` cleans up; `nbcloud up {name}` makes a new one")
-    _sync_record(ctx, record, instance)  # a stop this machine has not seen yet (the agent's) ends a billed period
+    sync_record(ctx, record, instance)  # a stop this machine has not seen yet (the agent's) ends a billed period
     if instance.state == "stopping":
         progress("waiting for the previous stop to finish")
         provider.wait_gone(instance.instance_id, "stopped", 600)
@@ -187,12 +123,10 @@ def start_instance(ctx: Context, name: str, progress: Progress = no_progress, wa
         progress(f"starting {instance.instance_id}")
         provider.start(instance.instance_id)
     instance = provider.wait_running(instance.instance_id, timeout=600)
-    _sync_record(ctx, record, instance)
-    _repin(ctx, provider, record, instance)
+    sync_record(ctx, record, instance)
+    repin_ingress(ctx, provider, record, instance)
     progress(f"waiting for ssh nb-{name} ({instance.host})")
     session.wait_ssh(ctx.paths.ssh_config, f"nb-{name}", timeout=300)
-    from .public import reissue_tls_if_moved
-
     reissue_tls_if_moved(ctx, name, instance.host, progress=progress)  # public mode: the cert named the old address
     if wait_jupyter:
         wait_ready(ctx, name, 600, progress)
@@ -229,7 +163,7 @@ def stop_instance(ctx: Context, name: str, progress: Progress = no_progress, wai
     if instance.state not in {"stopped", "stopping"}:
         progress(f"stopping {instance.instance_id}")
         provider.stop(instance.instance_id)
-    _stop_tunnel(ctx, name)
+    stop_tunnel(ctx, name)
     if wait:
         provider.wait_gone(instance.instance_id, "stopped", 600)
     ctx.store.record_state(name, instance.instance_id, "stopped")
@@ -239,20 +173,11 @@ def stop_instance(ctx: Context, name: str, progress: Progress = no_progress, wai
     volumes = [v for v in _volumes_of(provider, name) if v.volume_id in root or v.tags.get(VOLUME_NAME_TAG)]
     # A root volume the tag scan does not list (moto leaves it untagged) is still the instance's disk.
     listed = {v.volume_id for v in volumes}
-    disk_gb = _spec(record).disk_gb
+    disk_gb = stored_spec(record).disk_gb
     volumes += [Volume(volume_id=v, name=None, size_gb=disk_gb, zone=instance.zone or "", state="in-use")
                 for v in root if v not in listed]
     billing, monthly = _volume_bill(provider, volumes)
     return StopResult(name, instance.instance_id, "stopped", billing, monthly)
-
-
-def _stop_tunnel(ctx: Context, name: str) -> None:
-    """The tunnel and a local lab (gateway mode) must not outlive the instance they point at."""
-    from ..ssh.tunnel import stop_supervisor
-    from .gateway import stop_lab
-
-    stop_supervisor(name)
-    stop_lab(ctx, name)
 
 
 def down(ctx: Context, name: str, *, delete_data: bool = False, snapshot: bool = False,
@@ -262,8 +187,6 @@ def down(ctx: Context, name: str, *, delete_data: bool = False, snapshot: bool =
     ``snapshot``: once the instance is gone (the disk is quiet), snapshot each data volume and wait until the
     snapshot is complete, before anything is deleted.
     """
-    from .launches import recover_name
-
     with ctx.name_lock(name):
         # an `up NAME` that was killed: what its launch made goes first, found by its launch id
         recovered = recover_name(ctx, name, progress)
@@ -277,7 +200,7 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
                   progress: Progress = no_progress) -> DownResult:
     """:func:`down` for a caller that already holds the name lock (`up` relaunching a reclaimed spot instance)."""
     record = ctx.record(name)
-    _stop_tunnel(ctx, name)  # first: the local processes stop even when the cloud cannot be reached
+    stop_tunnel(ctx, name)  # first: the local processes stop even when the cloud cannot be reached
     provider = ctx.provider_for(record)
     if manages_machines(provider):  # its cluster's workers and group first: the group names the instance's
         from .cluster import teardown
@@ -317,7 +240,7 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
                 deleted_data.append(f"{volume.name or volume.volume_id} ({volume.volume_id}, {volume.size_gb} GB)")
         except NbcloudError as exc:
             kept.append(f"{resource.kind} {resource.resource_id} (could not delete: {exc.message})")
-    _forget_locally(ctx, name)
+    forget_locally(ctx, name)
     billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
                                          if v.startswith("data volume")])
     return DownResult(name, deleted, kept, billing, snapshots, deleted_data)
@@ -325,8 +248,6 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
 
 def _reused_volumes(provider: Provider, record: Record, instance_ids: set[str]) -> set[str]:
     """Data volumes the instance had attached, or named in its spec and attached to nothing else."""
-    from .launch import parse_data_volume
-
     found = {v.volume_id for v in provider.list_volumes() if v.attached_to and v.attached_to in instance_ids}
     wanted = parse_data_volume((record.spec or {}).get("data_volume"), record.name)
     if wanted is not None:
@@ -340,38 +261,18 @@ def forget_gone(ctx: Context, name: str) -> None:
     """``name`` is gone with its cloud (a sandbox reset): stop its local processes, close its billed period and
     forget it here. Nothing in any cloud is touched."""
     record = ctx.record(name)
-    _stop_tunnel(ctx, name)
+    stop_tunnel(ctx, name)
     if record.instance_id and record.state != "gone":
         ctx.store.record_state(name, record.instance_id, "terminated")
-    _forget_locally(ctx, name)
+    forget_locally(ctx, name)
 
 
 def _snapshot_volumes(provider: Provider, volumes: list[Any], progress: Progress) -> list[str]:
-    from .storage import snapshot_volume
-
     made = []
     for volume in volumes:
         progress(f"snapshotting data volume {volume.name or volume.volume_id} ({volume.volume_id})")
         made.append(snapshot_volume(provider, volume, "down"))
     return made
-
-
-def _forget_locally(ctx: Context, name: str) -> None:
-    """Every local trace of ``name`` (run after ``_stop_tunnel``): ssh entry and pin, keys, secrets, tunnel and
-    local-lab files, the record. The empty lock files stay (``locks/NAME.lock``, held by the caller, and
-    ``lab/NAME.lock``): unlinking a lock file lets a second process lock a new file while the first still holds
-    the old one."""
-    p = ctx.paths
-    ssh_config.remove_entry(p, f"nb-{name}")
-    ssh_config.unpin_host_key(p, f"nb-{name}")
-    keys.remove_keys(p.keys_dir, name)
-    # written by launch, gateway and public (secrets), ssh.tunnel (tunnels) and gateway's local lab (lab)
-    files = [p.secrets_dir / f"{name}{suffix}" for suffix in (".token", ".gateway-token", ".crt")]
-    files += [p.tunnels_dir / f"{name}{suffix}" for suffix in (".json", ".args.json", ".log", ".log.1")]
-    files += [p.data_dir / "lab" / f"{name}{suffix}" for suffix in (".json", ".log", ".token")]
-    for path in files:
-        path.unlink(missing_ok=True)
-    ctx.store.delete(name)
 
 
 def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> list[InstanceView]:
@@ -396,7 +297,7 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
         live = {i.name: i for i in listed}
         for record in members:
             instance = live.get(record.name)
-            _sync_record(ctx, record, instance, provider)
+            sync_record(ctx, record, instance, provider)
             spot_now = _spot_price_now(ctx, provider, record, instance)
             view = _view(ctx, ctx.store.get(record.name) or record, instance)
             if spot_now is not None:
@@ -420,8 +321,6 @@ _ENDED = {"terminated", "shutting-down"}
 def _foreign_view(instance: Instance) -> InstanceView:
     """An instance made from another machine: the cloud's view, priced from the table (its current run only: the
     periods before it were seen by the machine that made it)."""
-    from .costs import launch_price
-
     now = datetime.now(UTC)
     hourly = launch_price(None, instance.instance_type, instance.region, spot=False)
     uptime = None
@@ -448,11 +347,8 @@ def _with_cluster(ctx: Context, provider: Provider, view: InstanceView) -> Insta
 
 
 def _view(ctx: Context, record: Record, instance: Instance | None) -> InstanceView:
-    from .costs import cost_fields
-    from .tunnels import tunnel_fields
-
     now = datetime.now(UTC)
-    spec = _spec(record)
+    spec = stored_spec(record)
     uptime = None
     if instance is not None and instance.state == "running" and instance.launched_at:
         uptime = (now - _running_since(ctx, record, instance)).total_seconds()
@@ -560,9 +456,6 @@ def orphans(ctx: Context, provider_name: str | None, region: str | None, profile
     """Anything tagged by nbcloud that no live instance owns (``fix`` deletes those), and what still bills with no
     instance using it: named data volumes, snapshots and images are kept on purpose, so with ``fix`` each goes only
     when ``confirm`` says yes for it."""
-    from .launches import interrupted_launches, recover_name
-    from .storage import remove_billing, still_billing
-
     provider = ctx.listing_provider(provider_name, region, profile)
     here = [i for i in interrupted_launches(ctx) if (i.provider, i.region) == (provider.name, provider.region)]
     removed = []

@@ -91,7 +91,7 @@ def reissue_tls_if_moved(ctx: Context, name: str, host: str | None, *, progress:
     """
     from ..remote.secrets import install_tls_script, make_tls_cert, restart_jupyter_script
     from ..ssh import session
-    from .launch import JUPYTER_PORT
+    from .instances import JUPYTER_PORT
 
     record = ctx.store.get(name)
     if record is None or not (record.spec or {}).get("public") or not host or _names_host(ctx, name, host):

@@ -18,7 +18,8 @@ def reset_sandbox(sandbox_dir: Path | None = None) -> dict[str, Any]:
     """
     from ..providers.sandbox import client
     from .context import Context
-    from .lifecycle import _stop_tunnel, forget_gone
+    from .instances import stop_tunnel
+    from .lifecycle import forget_gone
 
     directory = Path(sandbox_dir or client.default_dir()).resolve()
     ours = directory == client.default_dir().resolve() and paths().data_dir.is_dir()
@@ -27,7 +28,7 @@ def reset_sandbox(sandbox_dir: Path | None = None) -> dict[str, Any]:
     ctx = Context.create()
     names = [r.name for r in ctx.store.all() if r.provider == "sandbox"]
     for name in names:  # before the daemon goes: a tunnel left running would chase its instance
-        _stop_tunnel(ctx, name)
+        stop_tunnel(ctx, name)
     result = client.reset(directory)
     for name in names:
         forget_gone(ctx, name)

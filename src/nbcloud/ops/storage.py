@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConflictError, NbcloudError, NotFoundError, RemoteError
-from ..models import LAUNCH_TAG, MANAGED_TAG, ROLE_TAG, Volume
-from ..providers.aws.volumes import VOLUME_NAME_TAG
+from ..models import LAUNCH_TAG, MANAGED_TAG, ROLE_TAG, VOLUME_NAME_TAG, Volume
 from ..providers.base import Provider
 from .context import Context, Progress, no_progress
 

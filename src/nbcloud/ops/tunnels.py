@@ -14,6 +14,7 @@ from ..config import local_port_base
 from ..errors import ConflictError, RemoteError, UsageError
 from ..state import Record
 from .context import Context, Progress, no_progress
+from .instances import open_in_browser as _open_browser
 
 __all__ = ["ConnectResult", "connect", "disconnect", "fallback_note", "forwards_of", "parse_forward", "sync",
            "tunnel_fields", "tunnel_resolver"]
@@ -75,6 +76,10 @@ def tunnel_fields(ctx: Context, record: Record) -> dict[str, Any]:
     }
 
 
+#: what the detached supervisor calls to follow the instance (ssh/ is handed it: it never imports ops/)
+RESOLVER = f"{__name__}:tunnel_resolver"
+
+
 def tunnel_resolver(name: str) -> Callable[[], Any]:
     """The supervisor's window on the cloud: state and (new) address, with the ssh entry and SG kept current.
 
@@ -84,8 +89,8 @@ def tunnel_resolver(name: str) -> Callable[[], Any]:
     from ..errors import NotFoundError
     from ..providers.registry import SandboxNotRunning
     from ..ssh.tunnel import ResolveResult
-    from .gateway import stop_lab
-    from .lifecycle import refresh
+    from .instances import refresh
+    from .locallab import stop_lab
 
     ctx = Context.create()
 
@@ -153,8 +158,8 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
             progress: Progress = no_progress, timeout: float = 60,
             forward: list[str] | None = None) -> ConnectResult:
     from ..ssh.tunnel import Forward, read_state, start_supervisor, stop_supervisor, wait_until_up
-    from .launch import GATEWAY_PORT, JUPYTER_PORT, token_path
-    from .lifecycle import _spec, refresh
+    from .instances import GATEWAY_PORT, JUPYTER_PORT, refresh, token_path
+    from .instances import stored_spec as _spec
     from .public import reissue_tls_if_moved
 
     record = ctx.record(name)
@@ -188,7 +193,7 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     forwards += extra
     ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
     progress(f"tunnel 127.0.0.1:{local_port} → {name}:{JUPYTER_PORT}")
-    start_supervisor(name, forwards)
+    start_supervisor(name, forwards, resolver=RESOLVER)
     state = wait_until_up(name, timeout)
     token = token_path(ctx, name).read_text().strip()
     url = f"http://127.0.0.1:{local_port}/lab?token={token}"
@@ -226,7 +231,7 @@ def _connect_public(ctx: Context, name: str, host: str, open_browser: bool, prog
     """Public mode: no tunnel; Jupyter is checked over https against the pinned certificate, then its URL given."""
     import time
 
-    from .launch import JUPYTER_PORT, token_path
+    from .instances import JUPYTER_PORT, token_path
     from .public import cert_path, fetch_verified, pinned_fingerprint
 
     fingerprint = pinned_fingerprint(ctx, name)
@@ -258,16 +263,6 @@ def _connect_public(ctx: Context, name: str, host: str, open_browser: bool, prog
 def _gateway_token(ctx: Context, name: str) -> str | None:
     path = ctx.paths.secrets_dir / f"{name}.gateway-token"
     return path.read_text().strip() if path.exists() else None
-
-
-def _open_browser(url: str) -> bool:
-    import webbrowser
-
-    try:
-        browser = webbrowser.get()
-    except webbrowser.Error:
-        return False
-    return bool(browser.open(url))
 
 
 def disconnect(ctx: Context, name: str) -> dict[str, str]:

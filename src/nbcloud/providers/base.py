@@ -59,6 +59,9 @@ class Provider(Protocol):
     package_env: dict[str, str]
     #: False for a machine nbcloud did not make (``ssh``): it cannot be started, stopped or idle-stopped
     manages_machines: bool
+    #: who logs in on the machines this provider makes, before one exists (the bootstrap writes that user's
+    #: settings); a found machine says it itself (``Instance.user``, ``Instance.ssh_port``)
+    login_user: str
 
     def check_access(self) -> None: ...
     def caller_ip(self) -> str: ...

@@ -1,8 +1,12 @@
-"""Provider name → provider object: the only place that switches on a provider's name."""
+"""Provider name → provider object: a table, the only place that knows the providers by name.
+
+The CLI reads its `--provider` choices from it (:func:`provider_names`, :func:`cloud_names`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import SandboxError, UsageError
@@ -10,20 +14,47 @@ from ..errors import SandboxError, UsageError
 if TYPE_CHECKING:
     from .base import Provider
 
-__all__ = ["HOST_PROVIDER", "PROVIDERS", "SandboxNotRunning", "adopts_hosts", "get_provider", "listing_provider"]
+__all__ = ["HOST_PROVIDER", "PROVIDERS", "ProviderEntry", "SandboxNotRunning", "adopts_hosts", "cloud_names",
+           "get_provider", "listing_provider", "provider_names", "register"]
 
 
 class SandboxNotRunning(SandboxError):
     """No sandbox daemon: its instances are gone with it (moto keeps them in memory)."""
 
-PROVIDERS = ("aws", "sandbox", "ssh")
-#: the provider `up --host` means when --provider is not given
-HOST_PROVIDER = "ssh"
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """One row of the table: how to make the provider, and what kind it is (the CLI's choices come from here)."""
+
+    name: str
+    #: ``(region, profile, start) -> Provider``; imports its provider's code only when called (boto3 is slow to load)
+    make: Callable[[str | None, str | None, bool], Provider]
+    #: machines the user already has (`up --host`), not a cloud: no volumes, images, orphans or power
+    adopts_hosts: bool = False
+
+
+_TABLE: dict[str, ProviderEntry] = {}
+
+
+def register(entry: ProviderEntry) -> None:
+    """Add (or replace) a provider; the table's order is the order of the CLI's choices."""
+    _TABLE[entry.name] = entry
+
+
+def provider_names() -> tuple[str, ...]:
+    """Every provider `--provider` accepts."""
+    return tuple(_TABLE)
+
+
+def cloud_names() -> tuple[str, ...]:
+    """The providers with cloud resources of their own (volumes, images): `--provider` of the storage commands."""
+    return tuple(name for name, entry in _TABLE.items() if not entry.adopts_hosts)
 
 
 def adopts_hosts(name: str) -> bool:
     """Whether ``name`` is a provider for machines the user already has (`up --host`), not a cloud."""
-    return name == "ssh"
+    entry = _TABLE.get(name)
+    return entry is not None and entry.adopts_hosts
 
 
 def listing_provider(configured: str | None, used: Iterable[str], default: str) -> str:
@@ -35,35 +66,56 @@ def listing_provider(configured: str | None, used: Iterable[str], default: str) 
     """
     if configured:
         return configured
-    clouds = {name for name in used if name in PROVIDERS and not adopts_hosts(name)}
+    clouds = {name for name in used if name in cloud_names()}
     return clouds.pop() if len(clouds) == 1 else default
 
 
 def get_provider(name: str, region: str | None = None, profile: str | None = None, *, start: bool = False) -> Provider:
     """``start``: start the sandbox when it is not running. Only `nbcloud sandbox start` means that: any other
     command, and above all a background process (a tunnel's resolver), would bring back a sandbox the user reset."""
-    if name == "aws":
-        from .aws.provider import AwsProvider
-        from .aws.session import AwsSession
+    entry = _TABLE.get(name)
+    if entry is None:
+        raise UsageError(f"unknown provider {name!r}", f"choose one of: {', '.join(PROVIDERS)}")
+    return entry.make(region, profile, start)
 
-        return AwsProvider(AwsSession.create(region=region, profile=profile), label="aws")
-    if name == "sandbox":
-        from .aws.session import AwsSession
-        from .sandbox import client as sandbox
-        from .sandbox.provider import SandboxProvider
 
-        info = sandbox.start() if start else sandbox.load_info()
-        if info is None:
-            raise SandboxNotRunning("the sandbox is not running", "start it with `nbcloud sandbox start`")
-        session = AwsSession.create(
-            region=region or info.region, endpoint_url=info.endpoint_url, access_key="testing", secret_key="testing"
-        )
-        return SandboxProvider(session, label="sandbox", checkip_url=f"{info.control_url}/checkip",
-                               package_env=dict(info.bootstrap_env), login_user=info.login_user,
-                               ssh_port=info.ssh_port, jupyter_on_address=info.jupyter_on_address,
-                               data_volumes=info.data_volumes)
-    if name == "ssh":
-        from .ssh.provider import SshProvider
+# --- the providers nbcloud ships: each row imports its code only when a provider is made ---------------------------
 
-        return SshProvider()
-    raise UsageError(f"unknown provider {name!r}", f"choose one of: {', '.join(PROVIDERS)}")
+def _aws(region: str | None, profile: str | None, start: bool) -> Provider:
+    from .aws.provider import AwsProvider
+    from .aws.session import AwsSession
+
+    return AwsProvider(AwsSession.create(region=region, profile=profile), label="aws")
+
+
+def _sandbox(region: str | None, profile: str | None, start: bool) -> Provider:
+    from .aws.session import AwsSession
+    from .sandbox import client as sandbox
+    from .sandbox.provider import SandboxProvider
+
+    info = sandbox.start() if start else sandbox.load_info()
+    if info is None:
+        raise SandboxNotRunning("the sandbox is not running", "start it with `nbcloud sandbox start`")
+    session = AwsSession.create(
+        region=region or info.region, endpoint_url=info.endpoint_url, access_key="testing", secret_key="testing"
+    )
+    return SandboxProvider(session, label="sandbox", checkip_url=f"{info.control_url}/checkip",
+                           package_env=dict(info.bootstrap_env), login_user=info.login_user,
+                           ssh_port=info.ssh_port, jupyter_on_address=info.jupyter_on_address,
+                           data_volumes=info.data_volumes)
+
+
+def _ssh(region: str | None, profile: str | None, start: bool) -> Provider:
+    from .ssh.provider import SshProvider
+
+    return SshProvider()
+
+
+register(ProviderEntry("aws", _aws))
+register(ProviderEntry("sandbox", _sandbox))
+register(ProviderEntry("ssh", _ssh, adopts_hosts=True))
+
+#: every provider's name, in the table's order (what `--provider` offers)
+PROVIDERS = provider_names()
+#: the provider `up --host` means when --provider is not given
+HOST_PROVIDER = "ssh"

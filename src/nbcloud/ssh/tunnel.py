@@ -5,13 +5,11 @@ The supervisor (:mod:`nbcloud.ssh.supervisor`) runs as its own session-leader pr
 It talks to the rest of nbcloud only through files in ``paths().tunnels_dir``: ``<name>.args.json`` (how to run;
 no secrets), ``<name>.json`` (its state, rewritten atomically on every change) and ``<name>.log``.
 This module holds the public API and the pure parts (types, the reading of ssh's stderr, the ssh command line);
-the loop itself is :class:`nbcloud.ssh.supervisor.TunnelSupervisor`, imported lazily by the CLI side.
+the loop itself is :class:`nbcloud.ssh.supervisor.TunnelSupervisor`, run by :mod:`nbcloud.ssh.tunnel_process`.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import os
 import re
@@ -20,29 +18,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ..config import ensure_private_dir, paths, write_private
 from ..errors import HostKeyError, TunnelError, UsageError
-
-if TYPE_CHECKING:
-    from .supervisor import TunnelSupervisor
 
 __all__ = [
     "Forward",
     "ResolveResult",
     "TunnelState",
-    "TunnelSupervisor",
     "build_relay_argv",
     "build_ssh_argv",
     "classify_line",
     "host_alias_for",
     "log_path",
-    "main",
     "pick_local_port",
     "port_is_free",
     "read_state",
@@ -352,8 +343,9 @@ def start_supervisor(name: str, forwards: list[Forward], *, host_alias: str | No
     """Start (or reuse) the detached supervisor for ``name``; returns its pid.
 
     A live supervisor with the same ports is reused; one with other ports is replaced. ``resolver`` is
-    ``"module:function"``, a factory ``f(name) -> Callable[[], ResolveResult]``; None means the default
-    ``nbcloud.ops:tunnel_resolver``. Raises UsageError when a local port is taken by another program.
+    ``"module:function"``, a factory ``f(name) -> Callable[[], ResolveResult]``, passed in by the caller (this
+    package never names the use cases); None: no resolver, the supervisor retries the address it has.
+    Raises UsageError when a local port is taken by another program.
     ``options`` (mode, resume_window, hold_new) default to :func:`tunnel_options_from_env`.
     """
     opts = tunnel_options_from_env() if options is None else options
@@ -443,58 +435,11 @@ def wait_until_up(name: str, timeout: float) -> TunnelState:
         time.sleep(0.02)
 
 
-# --- entry point of the detached process -------------------------------------------------------------------------
-
-def _unknown_resolver() -> ResolveResult:
-    return ResolveResult("unknown", None)
-
-
-def load_resolver(spec: str | None, name: str) -> Callable[[], ResolveResult]:
-    """``module:function`` names a factory taking the instance name. Default: ``nbcloud.ops:tunnel_resolver``."""
-    if spec is None:
-        try:
-            factory = importlib.import_module("nbcloud.ops").tunnel_resolver
-        except (ImportError, AttributeError):
-            print("no resolver (nbcloud.ops.tunnel_resolver missing): retrying forever", file=sys.stderr)
-            return _unknown_resolver
-        return factory(name)
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)(name)
-
-
-def __getattr__(attr: str) -> Any:
-    # TunnelSupervisor lives in .supervisor, which imports this module's types: load it on first use.
-    if attr == "TunnelSupervisor":
-        from .supervisor import TunnelSupervisor
-
-        return TunnelSupervisor
-    raise AttributeError(attr)
-
-
-def run_from_args_file(args_file: Path, resolver: str | None = None) -> int:
-    from .supervisor import TunnelSupervisor
-
-    raw = json.loads(Path(args_file).read_text())
-    name = raw["name"]
-    sup = TunnelSupervisor(
-        name, raw["host_alias"], [Forward(**f) for f in raw["forwards"]], Path(raw["ssh_config"]),
-        Path(raw["state_file"]), Path(raw["log_file"]), load_resolver(resolver or raw.get("resolver"), name),
-        keepalive_interval=int(raw.get("keepalive_interval", 2)), keepalive_count=int(raw.get("keepalive_count", 2)),
-        backoff_max=float(raw.get("backoff_max", 5.0)), connect_timeout=int(raw.get("connect_timeout", 5)),
-        mode=str(raw.get("mode", "plain")), resume_window=float(raw.get("resume_window", 600.0)),
-        hold_new=float(raw.get("hold_new", 60.0)))
-    return sup.run()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {_ENTRY}", description="Supervise one self-healing tunnel.")
-    parser.add_argument("args_file", type=Path, help="<name>.args.json written by start_supervisor")
-    parser.add_argument("--resolver", help="module:function, a factory f(name) -> Callable[[], ResolveResult]")
-    ns = parser.parse_args(argv)
-    return run_from_args_file(ns.args_file, ns.resolver)
-
+# --- entry point of the detached process: :mod:`nbcloud.ssh.tunnel_process` (it imports the supervisor, which
+# imports this module; keeping it there keeps this module below the supervisor). ``-m nbcloud.ssh.tunnel`` stays
+# the command line, so `_is_supervisor` knows supervisors started by earlier versions.
 
 if __name__ == "__main__":
-    from nbcloud.ssh.tunnel import main as _main  # the package's module, not __main__: one set of classes
+    from nbcloud.ssh.tunnel_process import main as _main  # the package's modules, not __main__: one set of classes
 
     sys.exit(_main())

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
-from ...models import ImageInfo, InstanceTypeInfo
+from ...models import IMAGE_NAME_TAG, ImageInfo, InstanceTypeInfo
 
 if TYPE_CHECKING:
     from .session import AwsSession
@@ -79,9 +79,6 @@ def describe_instance_type(session: AwsSession, name: str) -> InstanceTypeInfo:
         gpu_memory_mib=int(info.get("GpuInfo", {}).get("TotalGpuMemoryInMiB", 0)),
         architecture=(info.get("ProcessorInfo", {}).get("SupportedArchitectures") or ["x86_64"])[0],
     )
-
-
-IMAGE_NAME_TAG = "nbcloud:image-name"
 
 
 def create_image(session: AwsSession, instance_id: str, ami_name: str, tags: dict[str, str],

@@ -30,17 +30,6 @@ def caller_ip(url: str = CHECKIP_URL) -> str:
                           "pass --allow-cidr YOUR.IP.ADDR.ESS/32") from exc
 
 
-def normalize_cidr(text: str) -> str:
-    try:
-        network = ipaddress.ip_network(text if "/" in text else f"{text}/32", strict=False)
-    except ValueError as exc:
-        raise UsageError(f"invalid address range {text!r}", "write it like 203.0.113.7/32") from exc
-    if network.prefixlen == 0:
-        raise UsageError("refusing to open the instance to the whole internet (/0)",
-                         "pass your own address, e.g. --allow-cidr 203.0.113.7/32")
-    return str(network)
-
-
 def _permissions(rules: Sequence[IngressRule]) -> list[dict[str, object]]:
     return [{"IpProtocol": "tcp", "FromPort": r.port, "ToPort": r.port,
              "IpRanges": [{"CidrIp": r.cidr, "Description": r.description or "nbcloud"}]} for r in rules]

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...errors import NbcloudError
 from ...models import LAUNCH_TAG, NAME_TAG, ImageInfo, Instance, InstanceTypeInfo, Volume
+from ...remote.spec import LOGIN_USER
 from ..base import IngressRule, LaunchRequest, TaggedResource
 from . import images, instances, network, placement, volumes
 from .session import AwsSession, tags_dict, tags_list
@@ -25,6 +26,7 @@ class AwsProvider:
     checkip_url: str = network.CHECKIP_URL
     package_env: dict[str, str] = field(default_factory=dict)
     manages_machines = True  # nbcloud creates, starts, stops and terminates these machines (base.Provider)
+    login_user = LOGIN_USER  # the EC2 Ubuntu images' user (base.Provider); the sandbox sets its own
     #: seconds between DescribeInstances while waiting for a state: EC2 takes tens of seconds to start an
     #: instance and counts the calls against the account's rate limit (the sandbox, which is fast, sets its own)
     poll_interval: float = 2.0

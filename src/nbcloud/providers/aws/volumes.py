@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...errors import NbcloudError, NotFoundError, RemoteError
-from ...models import Volume
+from ...models import VOLUME_NAME_TAG, Volume
 from .session import tags_dict, tags_list
 
 if TYPE_CHECKING:
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 __all__ = ["VOLUME_NAME_TAG", "attach", "create", "create_from_snapshot", "delete", "delete_snapshot", "find_by_name",
            "list_managed", "list_snapshots", "snapshot"]
 
-VOLUME_NAME_TAG = "nbcloud:volume"
 
 
 def volume_from_api(data: dict[str, Any]) -> Volume:

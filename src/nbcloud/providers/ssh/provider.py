@@ -18,6 +18,7 @@ from typing import Any
 from ...config import paths
 from ...errors import RemoteError, UsageError
 from ...models import ImageInfo, Instance, InstanceTypeInfo, Volume
+from ...remote.spec import LOGIN_USER
 from ...state import Record, Store, open_store
 from ..base import IngressRule, LaunchRequest, TaggedResource
 
@@ -54,6 +55,7 @@ class SshProvider:
     name = "ssh"
     region = REGION
     manages_machines = False
+    login_user = LOGIN_USER  # base.Provider; an adopted host's own user is its record's (`up --host USER@HOST`)
 
     def __init__(self, label: str = "ssh") -> None:
         self.name = label
