@@ -101,10 +101,16 @@ class ContainerSpec:
             binds.append(f"--bind-ro={self.wheelhouse}:{INSIDE}/wheelhouse")
         # a data volume is still a directory here (attached at boot only); bootstrap.sh binds it to ~/data
         binds += [f"--bind={path}:/mnt/sandbox-volumes/{vid}" for vid, path in sorted(self.volumes.items())]
-        # nspawn runs inside the namespace (`ip netns exec` also remounts /sys for it) rather than joining it with
-        # --network-namespace-path: that way the container's /sys/class/net shows its own links, not the host's
+        # nspawn starts inside the namespace, in a mount namespace of its own whose /sys is a sysfs mounted there
+        # (so it lists the instance's links, not the host's: --network-namespace-path would show the host's), with
+        # the host's cgroup tree put back below it (which nspawn needs; `ip netns exec` would hide it)
+        stash = self.instance_dir / "cgroup"
+        remount_sys = (f'mkdir -p {stash} && mount --rbind /sys/fs/cgroup {stash} && umount -l /sys && '
+                       f'mount -t sysfs sysfs /sys && mount --rbind {stash} /sys/fs/cgroup && umount -l {stash} && '
+                       'exec "$@"')
         return [
-            "ip", "netns", "exec", self.netns,
+            "nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation", "slave",
+            "sh", "-c", remount_sys, "sh",
             "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
             f"--directory={self.instance_dir / 'root'}", f"--machine={self.instance_id}",
             "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=pipe",
