@@ -137,6 +137,22 @@ def test_user_data_arrives_byte_exact_through_imds(os_world: World, os_sandbox: 
     assert out["stdout"].split()[0] == hashlib.sha256(sent).hexdigest()
 
 
+def test_shutdown_inside_is_an_ec2_stop_and_start_boots_the_same_disk(os_world: World, os_sandbox: Any,
+                                                                       instance: dict[str, Any]) -> None:
+    import boto3
+
+    ec2 = boto3.client("ec2", endpoint_url=os_sandbox.endpoint_url, region_name=os_sandbox.region,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    iid = instance["instance_id"]
+    # the session may end with the machine (ssh then exits 255): what counts is what the API says next
+    os_world.nb("ssh", NAME, "--", "echo kept > ~/mark && sudo shutdown -h now", check=False)
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig={"Delay": 1, "MaxAttempts": 90})
+    assert not (Path(os_sandbox.sandbox_dir) / "instances" / iid / "root" / "etc").exists()  # layer unmounted
+    os_world.nb("start", NAME)
+    after = _run(os_world, "cat ~/mark; systemctl is-active nbcloud-jupyter.service; cat /proc/1/comm")
+    assert after["stdout"].split() == ["kept", "active", "systemd"], after
+
+
 def test_jupyter_answers_through_the_tunnel_then_down_is_clean(os_world: World, os_sandbox: Any,
                                                                instance: dict[str, Any]) -> None:
     connected = os_world.nb_json("connect", NAME, "--no-browser")
