@@ -213,3 +213,24 @@ def test_os_image_mirror_is_the_one_apt_uses(tmp_path: Path) -> None:
     one_line = tmp_path / "sources.list"
     one_line.write_text("# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n")
     assert find_mirror([one_line]) == "http://other.example/debian"
+
+
+def test_dhcp_offers_then_acks_the_instance_address_as_a_host_route() -> None:
+    from nbcloud.providers.sandbox.dhcp import MAGIC, reply
+
+    def request(kind: int) -> bytes:
+        head = bytearray(236)
+        head[0], head[1], head[2] = 1, 1, 6
+        head[4:8] = b"\x12\x34\x56\x78"  # xid
+        head[28:34] = b"\x02\x00\x00\x00\x00\x01"  # chaddr
+        return bytes(head) + MAGIC + bytes([53, 1, kind, 255])
+
+    offer = reply(request(1), "10.201.0.2", "10.201.0.1")
+    ack = reply(request(3), "10.201.0.2", "10.201.0.1")
+    assert offer is not None and ack is not None
+    assert offer[0] == 2 and offer[4:8] == b"\x12\x34\x56\x78" and offer[28:34] == b"\x02\x00\x00\x00\x00\x01"
+    assert offer[16:20] == bytes([10, 201, 0, 2])
+    assert bytes([53, 1, 2]) in offer[240:] and bytes([53, 1, 5]) in ack[240:]
+    assert bytes([1, 4, 255, 255, 255, 255]) in ack[240:] and bytes([3, 4, 10, 201, 0, 1]) in ack[240:]
+    assert reply(request(7), "10.201.0.2", "10.201.0.1") is None  # a RELEASE gets no answer
+    assert reply(b"junk", "10.201.0.2", "10.201.0.1") is None

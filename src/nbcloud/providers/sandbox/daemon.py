@@ -31,6 +31,7 @@ from typing import Any
 from . import disk, firewall, nspawn
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
+from .dhcp import DhcpResponder
 from .hosts import Network, SubnetBusy, instance_pids, kill_namespace_processes, lock_subnet
 from .loopback import (
     MARKER_ENV,
@@ -82,6 +83,7 @@ class Host:
     boots: int = 0
     firewall: str = ""  # the ingress table last loaded into its namespace (see firewall.py)
     imds: subprocess.Popen[bytes] | None = None  # os mode: the IMDS process beside the container
+    dhcp: Any = None  # os mode: the VPC's DHCP answer on the host end of its link (dhcp.DhcpResponder)
 
 
 def _raw_user_data(instance: Any) -> bytes | None:
@@ -374,6 +376,12 @@ class Sandbox:
         netns = self.network.netns_name(host.instance_id)
         nspawn.mount_layer(inst_dir, self.image)
         host.imds = nspawn.spawn_imds(inst_dir, netns)
+        if host.dhcp is None and host.address:
+            try:
+                host.dhcp = DhcpResponder(self.network.veth_names(host.address)[0], host.address,
+                                          self.network.caller_ip)
+            except OSError as exc:  # without it cloud-init waits for dhclient's timeout (3 s), nothing worse
+                log.warning("%s: no DHCP answer: %s", host.instance_id, exc)
         spec = nspawn.ContainerSpec(host.instance_id, inst_dir, netns, self.shared, self.wheelhouse,
                                     {v: self.volumes_dir / v for v in volumes})
         proc = nspawn.spawn_container(spec)
@@ -495,6 +503,9 @@ class Sandbox:
         if keep_network:
             kill_namespace_processes(self.network.netns_name(host.instance_id))
         else:
+            if host.dhcp is not None:
+                host.dhcp.close()
+                host.dhcp = None
             self.network.destroy(host.instance_id, host.address)
         if host.imds is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
