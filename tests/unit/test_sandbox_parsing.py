@@ -180,3 +180,57 @@ def test_unix_sockets_at_paths_longer_than_af_unix_allows(tmp_path: Path) -> Non
             client.sendall(b"ok")
             assert peer.recv(2) == b"ok"
             peer.close()
+
+
+def test_imds_serves_user_data_bytes_unchanged_in_every_api_version(tmp_path: Path) -> None:
+    import gzip
+
+    boot = {"instance_id": "i-1", "instance_type": "t3.micro", "ami_id": "ami-1", "address": "10.201.0.2",
+            "hostname": "ip-10-201-0-2", "availability_zone": "us-east-1a", "region": "us-east-1"}
+    (tmp_path / "boot.json").write_text(json.dumps(boot))
+    raw = gzip.compress(b"Content-Type: multipart/mixed\n\n\x8b\xff binary", mtime=0)
+    (tmp_path / "user-data").write_bytes(raw)
+    (tmp_path / "public-key").write_text("ssh-ed25519 AAAA key\n")
+    src = MetadataSource(tmp_path)
+    for version in ("latest", "2021-03-23", "2009-04-04"):
+        assert src.lookup(f"/{version}/user-data") == (200, raw)
+    assert src.lookup("/2021-03-23/meta-data/instance-id") == (200, "i-1")
+    assert "public-keys/" in str(src.lookup("/latest/meta-data/")[1]).split("\n")
+    assert src.lookup("/latest/meta-data/public-keys/0/openssh-key") == (200, "ssh-ed25519 AAAA key")
+    document = json.loads(src.lookup("/2021-03-23/dynamic/instance-identity/document")[1])
+    assert document["instanceId"] == "i-1" and document["region"] == "us-east-1"
+    assert "spot/" not in str(src.lookup("/latest/meta-data/")[1])  # listed only while a notice exists
+
+
+def test_os_image_mirror_is_the_one_apt_uses(tmp_path: Path) -> None:
+    from nbcloud.providers.sandbox.osimage import find_mirror
+
+    deb822 = tmp_path / "debian.sources"
+    deb822.write_text("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+                      "Components: main\n\nTypes: deb\nURIs: http://sec.example/debian-security\n"
+                      "Suites: bookworm-security\n")
+    assert find_mirror([tmp_path / "missing.list", deb822]) == "http://mirror.example/debian"
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n")
+    assert find_mirror([one_line]) == "http://other.example/debian"
+
+
+def test_dhcp_offers_then_acks_the_instance_address_as_a_host_route() -> None:
+    from nbcloud.providers.sandbox.dhcp import MAGIC, reply
+
+    def request(kind: int) -> bytes:
+        head = bytearray(236)
+        head[0], head[1], head[2] = 1, 1, 6
+        head[4:8] = b"\x12\x34\x56\x78"  # xid
+        head[28:34] = b"\x02\x00\x00\x00\x00\x01"  # chaddr
+        return bytes(head) + MAGIC + bytes([53, 1, kind, 255])
+
+    offer = reply(request(1), "10.201.0.2", "10.201.0.1")
+    ack = reply(request(3), "10.201.0.2", "10.201.0.1")
+    assert offer is not None and ack is not None
+    assert offer[0] == 2 and offer[4:8] == b"\x12\x34\x56\x78" and offer[28:34] == b"\x02\x00\x00\x00\x00\x01"
+    assert offer[16:20] == bytes([10, 201, 0, 2])
+    assert bytes([53, 1, 2]) in offer[240:] and bytes([53, 1, 5]) in ack[240:]
+    assert bytes([1, 4, 255, 255, 255, 255]) in ack[240:] and bytes([3, 4, 10, 201, 0, 1]) in ack[240:]
+    assert reply(request(7), "10.201.0.2", "10.201.0.1") is None  # a RELEASE gets no answer
+    assert reply(b"junk", "10.201.0.2", "10.201.0.1") is None

@@ -33,14 +33,17 @@ def _info_text(info: Any) -> str:
 
 
 @sandbox.command()
+@click.option("--os", "os_mode", is_flag=True,
+              help="Instances boot a real OS (systemd-nspawn containers; root; `sandbox image build` first). "
+                   "Same as NBCLOUD_SANDBOX_MODE=os.")
 @_dir_option
 @json_option
-def start(sandbox_dir: Path | None, as_json: bool) -> None:
+def start(os_mode: bool, sandbox_dir: Path | None, as_json: bool) -> None:
     """Start the sandbox daemon (idempotent) and wait until it is ready."""
     from ..providers.sandbox import client
 
     with progress("Starting the sandbox", as_json) as update:
-        info = client.start(sandbox_dir, progress=update)
+        info = client.start(sandbox_dir, progress=update, os_mode=os_mode)
     emit(info, as_json, _info_text)
 
 
@@ -126,3 +129,36 @@ def fault_api(operation: str, error_code: str, count: int, zone: str | None, san
     result = client.fault_api(operation, error_code, count, sandbox_dir, zone=zone)
     emit(result, as_json, lambda r: f"the next {r['count']} {r['operation']} call(s)"
                                     + (f" in {r['zone']}" if r.get("zone") else "") + f" fail with {r['code']}")
+
+
+@sandbox.group()
+def image() -> None:
+    """The root filesystem that real-OS instances boot (`sandbox start --os`), built once per machine."""
+
+
+def _image_text(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "no instance image built yet: `nbcloud sandbox image build` (root, a few minutes, once per machine)"
+    return (f"instance image {info['path']}\n  built {info['built_at']} in {info['build_seconds']:.0f} s, "
+            f"{info['size_bytes'] / 1e6:.0f} MB, Debian {info['suite']} from {info['mirror']}")
+
+
+@image.command("build")
+@click.option("--force", is_flag=True, help="Build again even when an image exists.")
+@json_option
+def image_build(force: bool, as_json: bool) -> None:
+    """Build the Debian root filesystem (mmdebstrap; installs mmdebstrap and systemd-container when missing)."""
+    from ..providers.sandbox import osimage
+
+    with progress("Building the instance image", as_json) as update:
+        info = osimage.build_image(update, force=force)
+    emit(info, as_json, _image_text)
+
+
+@image.command("show")
+@json_option
+def image_show(as_json: bool) -> None:
+    """Where the instance image is and when it was built (nothing is built)."""
+    from ..providers.sandbox import osimage
+
+    emit(osimage.image_info() or {"path": None}, as_json, lambda i: _image_text(i if i.get("path") else None))

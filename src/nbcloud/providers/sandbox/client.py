@@ -4,7 +4,9 @@ Used by the CLI (``nbcloud sandbox ...``), the tests' fixtures and the aws provi
 
 Two modes (:func:`select_mode`): ``netns`` when we are root and have the tools (namespaces, veth, a real sshd
 on port 22), else ``loopback`` (loopback.py: 127.x addresses, an unprivileged sshd, no link faults).
-``NBCLOUD_SANDBOX_MODE=netns|loopback`` forces one.
+``NBCLOUD_SANDBOX_MODE=netns|loopback`` forces one. A third, opt-in: ``os`` (``sandbox start --os`` or
+``NBCLOUD_SANDBOX_MODE=os``, root): netns mode's network with each instance a container booting a real OS
+(nspawn.py), from the image ``nbcloud sandbox image build`` makes once per machine.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def load_info(sandbox_dir: Path | None = None) -> SandboxInfo | None:
     return SandboxInfo(
         endpoint_url=raw["endpoint_url"], region=raw["region"], control_url=raw["control_url"],
         caller_ip=raw["caller_ip"], subnet=raw["subnet"], mode=raw["mode"], sandbox_dir=directory,
-        bootstrap_env=_bootstrap_env() if raw["mode"] == "netns" else _loopback_bootstrap_env(directory, raw),
+        bootstrap_env=(_bootstrap_env() if raw["mode"] in ("netns", "os")
+                       else _loopback_bootstrap_env(directory, raw)),
         pid=int(raw["pid"]), prefix=raw.get("prefix", ""), mode_reason=raw.get("mode_reason", ""),
         login_user=raw.get("login_user", "ubuntu"), ssh_port=int(raw.get("ssh_port", 22)),
         jupyter_on_address=raw["mode"] == "loopback", data_volumes=raw["mode"] != "loopback",
@@ -154,10 +157,16 @@ def _request(info: SandboxInfo, method: str, path: str, body: dict[str, Any] | N
 
 
 def select_mode() -> tuple[str, str]:
-    """(mode, why): netns when root with the tools, else loopback; ``$NBCLOUD_SANDBOX_MODE`` forces one."""
+    """(mode, why): netns when root with the tools, else loopback; ``$NBCLOUD_SANDBOX_MODE`` forces one (``os``
+    is never chosen by itself: it needs the image, built on purpose)."""
     forced = os.environ.get(MODE_ENV, "").strip().lower()
-    if forced not in ("", "auto", "netns", "loopback"):
-        raise UsageError(f"{MODE_ENV}={forced} is not a sandbox mode", "use netns, loopback or auto")
+    if forced not in ("", "auto", "netns", "loopback", "os"):
+        raise UsageError(f"{MODE_ENV}={forced} is not a sandbox mode", "use netns, loopback, os or auto")
+    if forced == "os":
+        if os.geteuid() != 0:
+            raise SandboxError(f"{MODE_ENV}=os needs root (namespaces, overlay mounts, systemd-nspawn)",
+                               "run it as root, or unset it to use loopback mode")
+        return "os", f"{MODE_ENV}=os"
     if forced == "loopback":
         return "loopback", f"{MODE_ENV}=loopback"
     if os.geteuid() != 0:
@@ -189,7 +198,15 @@ def _check_extra() -> None:
 
 
 def _check_requirements(mode: str) -> None:
-    missing = [tool for tool in (*NETNS_TOOLS, "ssh-keygen") if shutil.which(tool) is None] if mode == "netns" else []
+    missing = ([tool for tool in (*NETNS_TOOLS, "ssh-keygen") if shutil.which(tool) is None]
+               if mode in ("netns", "os") else [])
+    if mode == "os":
+        from .osimage import image_info, missing_tools
+
+        missing += missing_tools()
+        if not missing and image_info() is None:
+            raise SandboxError("os mode boots the sandbox's instance image, which is not built on this machine",
+                               "build it once: `nbcloud sandbox image build` (a few minutes)")
     if not os.path.exists("/usr/sbin/sshd"):
         missing.append("/usr/sbin/sshd")
     if missing:
@@ -234,7 +251,7 @@ def _subnet(value: str | None = None) -> str:
 
 
 def start(sandbox_dir: Path | None = None, progress: Progress | None = None, timeout: float = 60.0,
-          subnet: str | None = None) -> SandboxInfo:
+          subnet: str | None = None, os_mode: bool = False) -> SandboxInfo:
     """Start the sandbox daemon unless one is running in ``sandbox_dir``; wait until it answers.
 
     ``subnet`` defaults to ``$NBCLOUD_SANDBOX_SUBNET`` or 10.200.0.0/16; one live sandbox per subnet.
@@ -243,9 +260,14 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     directory = Path(sandbox_dir or default_dir()).resolve()
     info = load_info(directory)
     if info is not None:
+        if os_mode and info.mode != "os":
+            raise SandboxError(f"the sandbox in {directory} already runs in {info.mode} mode",
+                               "`nbcloud sandbox reset` first, then `nbcloud sandbox start --os`")
         return info
     _check_extra()  # before the 100 MB wheelhouse: without moto the daemon could not start anyway
-    mode, mode_reason = select_mode()
+    mode, mode_reason = ("os", "--os") if os_mode else select_mode()
+    if os_mode and os.geteuid() != 0:
+        raise SandboxError("os mode needs root (namespaces, overlay mounts, systemd-nspawn)", "run it as root")
     _check_requirements(mode)
     subnet = _subnet(subnet)
     if mode == "loopback":
@@ -263,6 +285,11 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     uv_cache = ensure_uv_cache()
     if wheelhouse and uv_cache:
         warm_uv_cache(wheelhouse, uv_cache, say)
+    image = ""
+    if mode == "os":
+        from .osimage import image_info
+
+        image = str((image_info() or {}).get("path") or "")
     say(f"starting the sandbox daemon ({mode} mode: {mode_reason})")
     log_path = directory / "daemon.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}
@@ -270,7 +297,7 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbcloud.providers.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
              "--wheelhouse", str(wheelhouse), "--uv-cache", str(uv_cache), "--mode", mode,
-             "--mode-reason", mode_reason],
+             f"--mode-reason={mode_reason}", *([f"--image={image}"] if image else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/",
         )
     deadline = time.monotonic() + timeout
@@ -298,12 +325,21 @@ def status(sandbox_dir: Path | None = None) -> dict[str, Any]:
             mode, reason = None, exc.message
         # what `start` would pick, so the user knows before starting
         return {"running": False, "mode": None, "next_mode": mode, "mode_reason": reason,
-                "sandbox_dir": str(directory), "instances": []}
+                "sandbox_dir": str(directory), "instances": [], "image": _image()}
     remote = _request(info, "GET", "/status")
     return {"running": True, "mode": info.mode, "mode_reason": info.mode_reason, "sandbox_dir": str(directory),
+            "image": _image(),
             "endpoint_url": info.endpoint_url, "control_url": info.control_url, "subnet": info.subnet,
             "caller_ip": info.caller_ip, "login_user": info.login_user, "ssh_port": info.ssh_port, "pid": info.pid,
             **remote}
+
+
+def _image() -> dict[str, Any] | None:
+    """The os-mode instance image (path, build date, size) when built on this machine, else None."""
+    from .osimage import image_info
+
+    info = image_info()
+    return {k: info[k] for k in ("path", "built_at", "build_seconds", "size_bytes", "suite")} if info else None
 
 
 def _cleanup_network(subnet: str, directory: Path) -> dict[str, Any]:
@@ -351,6 +387,10 @@ def reset(sandbox_dir: Path | None = None) -> dict[str, Any]:
     removed: dict[str, Any] = {}
     if subnet:
         removed = _cleanup_network(subnet, directory)
+    if os.geteuid() == 0:  # os mode: a dead daemon's mounted layers go before anything deletes below them
+        from .nspawn import unmount_layers
+
+        unmount_layers(directory / "instances")
     for name in ("instances", "volumes", "shared"):
         shutil.rmtree(directory / name, ignore_errors=True)
     for name in ("sandbox.json", "subnet"):

@@ -5,7 +5,8 @@ starts it detached). moto changes state at once; hooks queue the real work (name
 reconciler thread, so operations on an instance happen in the order the API saw them.
 
 ``--mode netns`` (root) gives each instance a network namespace; ``--mode loopback`` (no root, see loopback.py)
-a 127.x address and processes of the current user, tracked by pid.
+a 127.x address and processes of the current user, tracked by pid; ``--mode os`` (root, see nspawn.py) the network
+namespace of netns mode with a container booting a real OS in it.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import disk, firewall
+from . import disk, firewall, nspawn
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
+from .dhcp import DhcpResponder
 from .hosts import Network, SubnetBusy, instance_pids, kill_namespace_processes, lock_subnet
 from .loopback import (
     MARKER_ENV,
@@ -44,7 +46,7 @@ from .loopback import (
 from .storage import Storage
 from .unixsock import unix_address
 from .userdata import parse_user_data
-from .wheelhouse import UvCacheSeeder
+from .wheelhouse import UvCacheSeeder, wait_uv_cache_seed
 
 __all__ = ["Sandbox", "main"]
 
@@ -80,6 +82,8 @@ class Host:
     link_up: bool = True
     boots: int = 0
     firewall: str = ""  # the ingress table last loaded into its namespace (see firewall.py)
+    imds: subprocess.Popen[bytes] | None = None  # os mode: the IMDS process beside the container
+    dhcp: Any = None  # os mode: the VPC's DHCP answer on the host end of its link (dhcp.DhcpResponder)
 
 
 def _raw_user_data(instance: Any) -> bytes | None:
@@ -99,12 +103,15 @@ def _raw_user_data(instance: Any) -> bytes | None:
 
 class Sandbox:
     def __init__(self, sandbox_dir: Path, subnet: str, wheelhouse: str, uv_cache: str = "",
-                 mode: str = "netns") -> None:
+                 mode: str = "netns", image: str = "") -> None:
         self.dir = sandbox_dir
         self.uv_cache = uv_cache
-        self.uv_seeder = UvCacheSeeder(Path(uv_cache), sandbox_dir / "spare") if uv_cache and mode == "netns" else None
+        self.uv_seeder = (UvCacheSeeder(Path(uv_cache), sandbox_dir / "spare")
+                          if uv_cache and mode in ("netns", "os") else None)
         self.mode = mode
         self.loopback = mode == "loopback"
+        self.os_mode = mode == "os"
+        self.image = Path(image) if image else None  # os mode: the root filesystem every instance's layer is over
         self.network: Network | LoopbackNetwork = LoopbackNetwork(subnet) if self.loopback else Network(subnet)
         # loopback instances log in as us, on ports we may bind; netns ones as ubuntu on AWS's ports
         self.login_user = login_user().pw_name if self.loopback else disk.USER
@@ -163,6 +170,7 @@ class Sandbox:
             self.network.cleanup_all(self.instances_dir)
         else:
             self.network.cleanup_all()
+        nspawn.unmount_layers(self.instances_dir)  # never delete through a dead daemon's mounted layer
         for leftover in self.instances_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
         self.network.install_guard()
@@ -275,6 +283,9 @@ class Sandbox:
         if inst.state != "running" or host.state not in ("pending", "booting") or not host.address:
             return
         host.state = "booting"
+        if self.os_mode:
+            self._boot_os(host, inst)
+            return
         inst_dir = self._instance_dir(instance_id)
         if not (inst_dir / "root").is_dir():
             raw = _raw_user_data(inst)
@@ -314,6 +325,96 @@ class Sandbox:
         self.apply_firewall(host)  # before any service listens: a group admits only what its rules say
         host.link_up = True
         self._spawn_init(host)
+        host.state = "running"
+        host.boots += 1
+
+    def _facts(self, host: Host, inst: Any, volumes: list[str]) -> disk.BootFacts:
+        return disk.BootFacts(
+            instance_id=host.instance_id, instance_type=inst.instance_type, ami_id=inst.image_id,
+            address=host.address or "", region=host.backend.region_name,
+            availability_zone=getattr(inst._placement, "zone", None) or f"{host.backend.region_name}a",
+            lifecycle="spot" if inst.lifecycle == "spot" else "on-demand",
+            shared_dir=str(self.shared), wheelhouse=self.wheelhouse, volumes_dir=str(self.volumes_dir),
+            volumes=tuple(volumes), mode=self.mode, login_user=self.login_user, ssh_port=self.ssh_port,
+        )
+
+    def _boot_os(self, host: Host, inst: Any) -> None:
+        """os mode: the instance's layer over the image (made at launch: only what EC2 itself holds, user-data
+        and the key for IMDS; cloud-init inside does the rest), its namespace and IMDS, then the container."""
+        assert self.image is not None and isinstance(self.network, Network)
+        inst_dir = self._instance_dir(host.instance_id)
+        if not nspawn.layer_root(inst_dir).is_dir():
+            inst_dir.mkdir(parents=True, exist_ok=True)
+            raw = _raw_user_data(inst)
+            if raw:
+                (inst_dir / "user-data").write_bytes(raw)
+            key = host.backend.key_pairs.get(inst.key_name) if inst.key_name else None
+            if key is not None:
+                material = key.material_public
+                text = material.decode() if isinstance(material, bytes) else str(material)
+                (inst_dir / "public-key").write_text(text.strip() + "\n")
+            nspawn.write_platform(nspawn.layer_root(inst_dir))
+            if self.uv_seeder is not None and raw:  # the bootstrap installs from it; the layer is its root disk
+                self.uv_seeder.seed(nspawn.layer_root(inst_dir))
+        volumes = self._volumes_of(inst)
+        for volume_id in volumes:
+            (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
+        facts = self._facts(host, inst, volumes)
+        data = {**facts.to_json(), "key_name": inst.key_name or ""}
+        (inst_dir / "boot.json").write_text(json.dumps(data, indent=2))
+        self.network.create(host.instance_id, host.address or "")
+        self.apply_firewall(host)
+        host.link_up = True
+        self._spawn_os(host, volumes)
+        host.state = "running"
+        host.boots += 1
+
+    def _spawn_os(self, host: Host, volumes: list[str]) -> None:
+        assert self.image is not None and isinstance(self.network, Network)
+        inst_dir = self._instance_dir(host.instance_id)
+        wait_uv_cache_seed(nspawn.layer_root(inst_dir))  # a background seed writes the layer: not while it runs
+        netns = self.network.netns_name(host.instance_id)
+        nspawn.mount_layer(inst_dir, self.image)
+        host.imds = nspawn.spawn_imds(inst_dir, netns)
+        if host.dhcp is None and host.address:
+            try:
+                host.dhcp = DhcpResponder(self.network.veth_names(host.address)[0], host.address,
+                                          self.network.caller_ip)
+            except OSError as exc:  # without it cloud-init waits for dhclient's timeout (3 s), nothing worse
+                log.warning("%s: no DHCP answer: %s", host.instance_id, exc)
+        spec = nspawn.ContainerSpec(host.instance_id, inst_dir, netns, self.shared, self.wheelhouse,
+                                    {v: self.volumes_dir / v for v in volumes})
+        proc = nspawn.spawn_container(spec)
+        host.init = proc
+        (inst_dir / "init.pid").write_text(f"{proc.pid}\n")
+        threading.Thread(target=self._watch_container, args=(host, proc), daemon=True,
+                         name=f"container-{host.instance_id}").start()
+
+    def _watch_container(self, host: Host, proc: subprocess.Popen[bytes]) -> None:
+        """The OS ended by itself (not by the daemon): a reboot boots the layer again; a poweroff or halt is an
+        instance-initiated shutdown, which EC2 turns into a stop (or a terminate, per the instance's setting)."""
+        code = proc.wait()
+        with self.lock:
+            ours = host.init is proc and host.state == "running"
+            if ours:
+                host.state = "booting" if code == nspawn.REBOOT_EXIT else "stopping"
+        if not ours:
+            return  # the daemon stopped it (stop, terminate, reboot, shutdown): that path reports it
+        log.info("%s: the OS ended by itself (exit %s)", host.instance_id, code)
+        if code == nspawn.REBOOT_EXIT:
+            self.work.put(("reboot-os", host.instance_id, {}))
+            return
+        host.state = "running"  # power() reads it through the API path, which queues the stop
+        with contextlib.suppress(Exception):
+            self.power(host, "poweroff")
+
+    def _do_reboot_os(self, instance_id: str) -> None:
+        """A reboot asked for inside: the same layer boots again in the same namespace."""
+        host = self.hosts[instance_id]
+        if host.state != "booting":
+            return
+        self._halt(host, keep_network=True)
+        self._spawn_os(host, self._volumes_of(host.backend.get_instance(instance_id)))
         host.state = "running"
         host.boots += 1
 
@@ -393,8 +494,30 @@ class Sandbox:
         except (OSError, ValueError):
             return None
 
+    def _halt_os(self, host: Host, keep_network: bool) -> None:
+        """A clean poweroff of the container (systemd stops its units in order), then its IMDS and namespace."""
+        proc, host.init = host.init, None
+        if proc is not None:
+            nspawn.stop_container(proc)
+        assert isinstance(self.network, Network)
+        if keep_network:
+            kill_namespace_processes(self.network.netns_name(host.instance_id))
+        else:
+            if host.dhcp is not None:
+                host.dhcp.close()
+                host.dhcp = None
+            self.network.destroy(host.instance_id, host.address)
+        if host.imds is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                host.imds.wait(timeout=2)
+            host.imds = None
+        nspawn.unmount_layer(self._instance_dir(host.instance_id))
+
     def _halt(self, host: Host, keep_network: bool = False) -> None:
         """Stop services gracefully (as systemd would at shutdown), then kill everything in the namespace."""
+        if self.os_mode:
+            self._halt_os(host, keep_network)
+            return
         if host.init is not None and host.init.poll() is None:
             self._ask_init(host.instance_id, {"cmd": "shutdown", "timeout": 5.0}, timeout=8.0)
         if isinstance(self.network, LoopbackNetwork):
@@ -435,11 +558,20 @@ class Sandbox:
             return
         host.state = "booting"
         self._halt(host, keep_network=True)
-        self._spawn_init(host)
+        if self.os_mode:
+            self._spawn_os(host, self._volumes_of(host.backend.get_instance(instance_id)))
+        else:
+            self._spawn_init(host)
         host.state = "running"
         host.boots += 1
 
     def _do_attach(self, instance_id: str, volume_id: str) -> None:
+        if self.os_mode:  # no hot attach yet: the container gets the volumes attached when it boots
+            log.warning("%s: %s attached while running: seen at its next boot (os mode)", instance_id, volume_id)
+            return
+        self._do_attach_mount(instance_id, volume_id)
+
+    def _do_attach_mount(self, instance_id: str, volume_id: str) -> None:
         """Mount the volume in the instance; during boot init's socket is not up yet: keep asking until it is.
 
         The boot (earlier in this queue) read the attachments moto had then; one that arrives later is applied
@@ -461,7 +593,7 @@ class Sandbox:
             threading.Thread(target=apply, name=f"attach-{volume_id}", daemon=True).start()
 
     def _do_detach(self, instance_id: str, volume_id: str) -> None:
-        if self.hosts[instance_id].state == "running":
+        if self.hosts[instance_id].state == "running" and not self.os_mode:
             self._ask_init(instance_id, {"cmd": "unmount-volume", "volume_id": volume_id})
 
     def _do_delete_volume(self, _instance_id: str, volume_id: str) -> None:
@@ -586,7 +718,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subnet", required=True)
     parser.add_argument("--wheelhouse", default="")
     parser.add_argument("--uv-cache", default="")
-    parser.add_argument("--mode", choices=("netns", "loopback"), default="netns")
+    parser.add_argument("--mode", choices=("netns", "loopback", "os"), default="netns")
+    parser.add_argument("--image", default="", help="os mode: the root filesystem instances boot")
     parser.add_argument("--mode-reason", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -596,7 +729,8 @@ def main(argv: list[str] | None = None) -> None:
     except SubnetBusy as exc:
         log.error("%s", exc)
         raise SystemExit(3) from exc
-    sandbox = Sandbox(args.dir.resolve(), args.subnet, args.wheelhouse, args.uv_cache, mode=args.mode)
+    sandbox = Sandbox(args.dir.resolve(), args.subnet, args.wheelhouse, args.uv_cache, mode=args.mode,
+                      image=args.image)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -612,6 +746,7 @@ def main(argv: list[str] | None = None) -> None:
             "mode_reason": args.mode_reason, "login_user": sandbox.login_user, "ssh_port": sandbox.ssh_port,
             "sandbox_dir": str(sandbox.dir), "prefix": sandbox.network.prefix, "pid": os.getpid(),
             "wheelhouse": args.wheelhouse, "uv_cache": args.uv_cache, "started_at": time.time(),
+            "image": args.image or None,
         }
         tmp = sandbox.dir / ".sandbox.json.tmp"
         tmp.write_text(json.dumps(info, indent=2))

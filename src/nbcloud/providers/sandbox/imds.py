@@ -7,6 +7,7 @@ needs a valid ``X-aws-ec2-metadata-token`` (HttpTokens=required), else 401.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socketserver
 import threading
@@ -19,6 +20,14 @@ from typing import Any
 __all__ = ["MetadataSource", "serve_imds"]
 
 IMDS_ADDRESS = "169.254.169.254"
+# EC2 serves every dated API version beside "latest" (cloud-init asks for 2021-03-23, then older ones)
+VERSIONS = ("1.0", "2007-01-19", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23", "latest")
+_VERSION_PATH = re.compile(r"^/(\d{4}-\d{2}-\d{2}|1\.0)(/|$)")
+
+
+def canonical_path(path: str) -> str:
+    """``/2021-03-23/meta-data/x`` -> ``/latest/meta-data/x`` (the sandbox's data is the same in every version)."""
+    return _VERSION_PATH.sub(r"/latest\2", path, count=1)
 
 
 class MetadataSource:
@@ -30,7 +39,19 @@ class MetadataSource:
     def boot(self) -> dict[str, Any]:
         return json.loads((self.instance_dir / "boot.json").read_text())
 
-    def lookup(self, path: str) -> tuple[int, str]:
+    def public_key(self) -> str | None:
+        """The launch key pair's public key (``public-key``, written at launch; absent without a key pair)."""
+        try:
+            return (self.instance_dir / "public-key").read_text().strip() or None
+        except OSError:
+            return None
+
+    def lookup(self, path: str) -> tuple[int, str | bytes]:
+        if path in ("", "/"):
+            return 200, "\n".join(VERSIONS)
+        path = canonical_path(path)
+        if path in ("/latest", "/latest/"):
+            return 200, "dynamic\nmeta-data\nuser-data"
         boot = self.boot()
         meta = {
             "instance-id": boot["instance_id"],
@@ -46,11 +67,19 @@ class MetadataSource:
             "mac": boot.get("mac", "02:00:00:00:00:01"),
         }
         if path in ("/latest/user-data", "/latest/user-data/"):
+            # the bytes as given to RunInstances: gzip and MIME multipart must arrive unchanged
             data = self.instance_dir / "user-data"
-            return (200, data.read_text(errors="replace")) if data.exists() else (404, "Not Found")
+            return (200, data.read_bytes()) if data.exists() else (404, "Not Found")
+        key_line = self.public_key()
+        if key_line:  # as EC2 lists it: index=key name, then the OpenSSH line under 0/openssh-key
+            meta["public-keys/0/openssh-key"] = key_line
         if path in ("/latest/meta-data", "/latest/meta-data/"):
-            tops = sorted({k.split("/")[0] + ("/" if "/" in k else "") for k in meta} | {"spot/"})
+            # spot/ only while there is a notice: a listed key must answer (cloud-init crawls the listing)
+            spot = {"spot/"} if (self.instance_dir / "spot-action.json").exists() else set()
+            tops = sorted({k.split("/")[0] + ("/" if "/" in k else "") for k in meta} | spot)
             return 200, "\n".join(tops)
+        if path.startswith("/latest/dynamic"):
+            return self._dynamic(path[len("/latest/dynamic"):].strip("/"), boot)
         prefix = "/latest/meta-data/"
         if not path.startswith(prefix):
             return 404, "Not Found"
@@ -60,10 +89,31 @@ class MetadataSource:
             return (200, notice.read_text()) if notice.exists() else (404, "Not Found")
         if key in meta:
             return 200, str(meta[key])
+        if key == "public-keys" and key_line:
+            return 200, f"0={boot.get('key_name') or 'key'}"
         children = sorted({k[len(key) + 1 :].split("/")[0] for k in meta if k.startswith(key + "/")})
         if key == "spot":
             children = ["instance-action"] if (self.instance_dir / "spot-action.json").exists() else []
         return (200, "\n".join(children)) if children else (404, "Not Found")
+
+
+    @staticmethod
+    def _dynamic(key: str, boot: dict[str, Any]) -> tuple[int, str]:
+        """``dynamic/instance-identity/document``: the JSON EC2 signs (unsigned here), which cloud-init reads."""
+        if key == "":
+            return 200, "instance-identity/"
+        if key == "instance-identity":
+            return 200, "document"
+        if key != "instance-identity/document":
+            return 404, "Not Found"
+        document = {
+            "accountId": "123456789012", "architecture": "x86_64", "availabilityZone": boot["availability_zone"],
+            "imageId": boot["ami_id"], "instanceId": boot["instance_id"], "instanceType": boot["instance_type"],
+            "privateIp": boot["address"], "region": boot["region"], "version": "2017-09-30",
+            "pendingTime": boot.get("pending_time", "2026-01-01T00:00:00Z"), "kernelId": None, "ramdiskId": None,
+            "billingProducts": None, "devpayProductCodes": None, "marketplaceProductCodes": None,
+        }
+        return 200, json.dumps(document, indent=2)
 
 
 class _Tokens:
@@ -92,10 +142,10 @@ def _handler(source: MetadataSource, tokens: _Tokens) -> type[BaseHTTPRequestHan
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _reply(self, code: int, body: str, extra: dict[str, str] | None = None) -> None:
-            data = body.encode()
+        def _reply(self, code: int, body: str | bytes, extra: dict[str, str] | None = None) -> None:
+            data = body if isinstance(body, bytes) else body.encode()
             self.send_response(code)
-            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "text/plain")
             self.send_header("Content-Length", str(len(data)))
             for key, value in (extra or {}).items():
                 self.send_header(key, value)
@@ -150,3 +200,20 @@ def serve_imds(source: MetadataSource, address: str = IMDS_ADDRESS, port: int = 
     server = _Server((address, port), _handler(source, _Tokens()))
     threading.Thread(target=server.serve_forever, name="imds", daemon=True).start()
     return server.shutdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m nbcloud.providers.sandbox.imds <instance-dir>``: serve one instance's IMDS until killed (os mode:
+    run inside the instance's network namespace, beside its container)."""
+    import sys
+
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m nbcloud.providers.sandbox.imds <instance-dir>", file=sys.stderr)
+        raise SystemExit(2)
+    serve_imds(MetadataSource(Path(args[0])))
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
