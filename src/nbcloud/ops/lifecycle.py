@@ -245,12 +245,14 @@ def stop_instance(ctx: Context, name: str, progress: Progress = no_progress, wai
 
 
 def _stop_tunnel(ctx: Context, name: str) -> None:
-    """The tunnel and a local lab (gateway mode) must not outlive the instance they point at."""
+    """The tunnel, a local lab (gateway mode) and a spot cluster's keeper must not outlive the instance they serve."""
     from ..ssh.tunnel import stop_supervisor
+    from .cluster_keeper import stop_keeper
     from .gateway import stop_lab
 
     stop_supervisor(name)
     stop_lab(ctx, name)
+    stop_keeper(ctx, name)
 
 
 def down(ctx: Context, name: str, *, delete_data: bool = False, snapshot: bool = False,
