@@ -125,6 +125,8 @@ async def _watch(worker):
         return
     if lifecycle != "spot":
         return
+    while worker.status.name == "init":  # preloads start before the worker registers with the scheduler
+        await asyncio.sleep(0.2)
     while worker.status.name == "running":
         notice = await loop.run_in_executor(None, _notice)
         if notice:

@@ -184,10 +184,11 @@ class Keeper:
         self.write(state="replacing", noticed=iid)
         try:
             result = replace_noticed(self.ctx, self.name, {iid}, progress=self.log)
-        except NbcloudError as exc:
-            self.log(f"replacing {iid} failed: {exc.message}")
-            self.handled.discard(iid)  # a later event (or the next session's replay) tries again
-            self.write(state="watching", last_error=exc.message)
+        except Exception as exc:  # one failed replacement must not end the keeper
+            message = exc.message if isinstance(exc, NbcloudError) else repr(exc)
+            self.log(f"replacing {iid} failed: {message}")
+            self.handled.discard(iid)  # the next session's replay of the notice tries again
+            self.write(state="watching", last_error=message)
             return
         done = time.time()
         seen = float(event.get("seen") or got)
