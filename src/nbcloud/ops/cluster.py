@@ -10,8 +10,9 @@ Who does what:
 * keys: a CA per cluster made here (its key stays here); certificates travel over the pinned SSH sessions' stdin;
 * idle and cost: each worker runs a watchdog that powers it off (which terminates it) after ``idle_minutes``
   without a scheduler connection, so NAME's idle stop (or its cost cap) ends the workers too; `status` counts
-  the whole cluster's $/h. Workers that are gone or going (a reclaimed spot worker) are replaced by the next
-  `cluster up`/`cluster scale`.
+  the whole cluster's $/h. Workers that are gone are replaced by the next `cluster up`/`cluster scale`; a spot
+  worker's interruption notice is acted on at once by the cluster's keeper (ops/cluster_keeper.py), which calls
+  :func:`replace_noticed`.
 
 Any failure while creating rolls back what this call made (workers, the group, NAME's group change, the unit).
 """
@@ -330,9 +331,11 @@ def cluster_up(ctx: Context, name: str, workers: int, *, instance_type: str | No
         raise UsageError("--worker-threads must be at least 1")
     if idle_minutes < 1:
         raise UsageError("the workers' idle limit must be at least 1 minute")
+    if load_state(ctx, name) is not None:  # an existing cluster: re-counted, as `cluster scale` does
+        return cluster_scale(ctx, name, workers, progress=progress, timeout=timeout)
     with ctx.name_lock(name):
-        if load_state(ctx, name) is not None:
-            return _scale_locked(ctx, name, workers, progress, timeout)
+        if load_state(ctx, name) is not None:  # made meanwhile by another `cluster up`
+            raise ConflictError(f"{name!r} got a cluster meanwhile", f"`nbcloud cluster scale {name} {workers}`")
         record, provider, instance = _scheduler(ctx, name)
         engine = get_engine(engine_name)
         t0 = time.monotonic()
