@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -371,6 +372,8 @@ def _forget_locally(ctx: Context, name: str) -> None:
     files += [p.data_dir / "lab" / f"{name}{suffix}" for suffix in (".json", ".log", ".token")]
     for path in files:
         path.unlink(missing_ok=True)
+    # a cluster's CA key, certificates and keeper state (teardown removes them; a sandbox reset comes here)
+    shutil.rmtree(p.secrets_dir / f"{name}.cluster", ignore_errors=True)
     ctx.store.delete(name)
 
 
