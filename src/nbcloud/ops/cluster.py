@@ -233,6 +233,7 @@ def _launch_workers(ctx: Context, provider: Any, name: str, record: Any, engine:
     running = []
     for worker in launched:
         running.append(provider.wait_running(worker.instance_id, timeout=600))
+        progress(f"worker {worker.instance_id} is running")
     return running
 
 
@@ -243,11 +244,12 @@ def _end_workers(provider: Any, instance_ids: list[str]) -> None:
 
 
 def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Engine, layout: Layout,
-                    state: ClusterState, package_env: dict[str, str]) -> None:
+                    state: ClusterState, package_env: dict[str, str], progress: Progress = no_progress) -> None:
     """Through NAME: wait for the worker's install, check its environment is NAME's, hand it its certificate."""
     alias = _worker_alias(name, worker.instance_id)
     session.wait_ssh(cfg, alias, timeout=300, interval=0.5)
-    wait = f"for i in $(seq 1 900); do [ -e {DONE_MARKER} ] && break; sleep 1; done; [ -e {DONE_MARKER} ]"
+    progress(f"worker {worker.instance_id}: SSH answers, waiting for its packages")
+    wait = f"for i in $(seq 1 4500); do [ -e {DONE_MARKER} ] && break; sleep 0.2; done; [ -e {DONE_MARKER} ]"
     done = session.run(cfg, alias, wait, timeout=960, check=False)
     if done.returncode != 0:
         tail = session.run(cfg, alias, "sudo tail -n 3 /var/log/nbcloud/cluster-boot.log", check=False).stdout
@@ -262,6 +264,7 @@ def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Eng
     ca, identity = _worker_identity(ctx, name)
     session.run(cfg, alias, install_command(), input=_files_payload(engine.worker_files(layout, ca, identity), []),
                 timeout=60)
+    progress(f"worker {worker.instance_id}: same packages as {name}, certificate in place")
 
 
 def _spot_noticed(ctx: Context, name: str, record: Any, workers: list[Any]) -> set[str]:
@@ -296,7 +299,7 @@ def _join(ctx: Context, provider: Any, name: str, record: Any, engine: Engine, l
     progress(f"setting up {len(workers)} worker(s) through {name} (same packages, TLS certificate)")
     with ThreadPoolExecutor(max_workers=min(8, len(workers))) as pool:
         for future in [pool.submit(_prepare_worker, ctx, name, cfg, w, engine, layout, state,
-                                   dict(provider.package_env)) for w in workers]:
+                                   dict(provider.package_env), progress) for w in workers]:
             future.result()
     return workers
 
@@ -420,6 +423,7 @@ def replace_noticed(ctx: Context, name: str, leaving: set[str], *, progress: Pro
         try:
             joined = _join(ctx, provider, name, record, engine, layout, state, launch, rollback, progress)
             hosts = tuple(w.private_ip for w in joined if w.private_ip)
+            progress(f"waiting for {', '.join(hosts) or 'the workers'} to join the scheduler")
             info = _probe(ctx, name, engine, state.desired, timeout, hosts)
             if not set(hosts) <= {a.split("://")[-1].rsplit(":", 1)[0] for a in info["workers"]}:
                 raise RemoteError(f"the replacement worker(s) did not join {name}'s scheduler in {timeout:g} s",
