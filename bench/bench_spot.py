@@ -74,6 +74,9 @@ def main() -> None:
             print(f"round {n + 1}: worker saw the notice {rows[-1][0]:.1f} s, keeper got it {rows[-1][1]:.1f} s, "
                   f"replacement joined {rows[-1][2]:.1f} s after the notice")
             workers = [*workers[1:], *r["launched"]]
+            # the sandbox boots and tears down instances one at a time: let the noticed worker's teardown end
+            # before the next notice, so a round measures its own replacement (AWS does these in parallel)
+            time.sleep(20)
         for i, what in enumerate(("worker saw", "keeper got", "joined")):
             print(f"median {what}: {statistics.median(row[i] for row in rows):.1f} s")
         nb(env, "down", "bench", "--yes")

@@ -249,14 +249,19 @@ def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Eng
     alias = _worker_alias(name, worker.instance_id)
     session.wait_ssh(cfg, alias, timeout=300, interval=0.5)
     progress(f"worker {worker.instance_id}: SSH answers, waiting for its packages")
-    wait = f"for i in $(seq 1 4500); do [ -e {DONE_MARKER} ] && break; sleep 0.2; done; [ -e {DONE_MARKER} ]"
+    # one session (each one through NAME is two handshakes): wait for the install, then list what it installed
+    freeze_cmd = _uv(package_env) + f"$UV pip freeze -p {VENV}"
+    wait = (f"for i in $(seq 1 4500); do [ -e {DONE_MARKER} ] && break; sleep 0.2; done; [ -e {DONE_MARKER} ] "
+            f"|| exit 3; bash -c {shlex.quote(freeze_cmd)}")
     done = session.run(cfg, alias, wait, timeout=960, check=False)
-    if done.returncode != 0:
+    if done.returncode == 3:
         tail = session.run(cfg, alias, "sudo tail -n 3 /var/log/nbcloud/cluster-boot.log", check=False).stdout
         raise RemoteError(f"worker {worker.instance_id} did not finish its setup: {' | '.join(tail.splitlines())}",
                           "see /var/log/nbcloud/cluster-boot.log on the worker")
-    freeze = session.run(cfg, alias, f"bash -c {shlex.quote(_uv(package_env) + f'$UV pip freeze -p {VENV}')}",
-                         timeout=60).stdout
+    if done.returncode != 0:
+        raise RemoteError(f"worker {worker.instance_id}: listing its packages failed: "
+                          f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    freeze = done.stdout
     difference = freeze_difference(state.freeze, freeze)
     if difference:
         raise ConflictError(f"worker {worker.instance_id}'s Python environment differs from {name}'s "
