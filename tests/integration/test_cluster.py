@@ -47,6 +47,10 @@ NOTICE_WINDOW = 60  # s from the notice to the reclaim (AWS gives 120)
 
 
 def _spot_notice_replaced(world: Any, kernel: Any, noticed: str, workers: list[str]) -> None:
+    # a fresh websocket to the same kernel (its variables stay): the old one was not read while `cluster scale`
+    # ran, and the server closes a websocket whose pings go unanswered
+    kernel.close()
+    kernel.open()
     ec2 = world.ec2()
     described = ec2.describe_instances(InstanceIds=workers)["Reservations"]
     before = {i["InstanceId"]: i["PrivateIpAddress"] for r in described for i in r["Instances"]}
