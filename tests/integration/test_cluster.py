@@ -1,12 +1,12 @@
 """Issue 17 on the sandbox: `cluster up` grows the notebook into a Dask cluster of real instances, over real TLS.
 
-One scenario, in order (about three minutes): the notebook (through the kernel websocket, `Client()` with no
-address) computes on 2 spot workers on 2 other instances; the scheduler port is closed to the host and to an
-instance outside the cluster's group, and a plain-TCP Dask client is refused; mid-computation one worker is
-terminated and `cluster scale` replaces it, the result is not lost; then a spot notice on another worker, with no
-command typed, retires it gracefully and a replacement joins within the notice window while futures are held;
-`status` counts the whole cluster and shows the keeper; `cluster down` and `down` leave no worker, no group, no
-orphan and no keeper process.
+One scenario, in order (5 to 6.5 minutes on 2 cores at load 9): the notebook (through the kernel websocket,
+`Client()` with no address) computes on 2 spot workers on 2 other instances; the scheduler port is closed to the
+host and to an instance outside the cluster's group, and a plain-TCP Dask client is refused; mid-computation one
+worker is terminated and `cluster scale` replaces it, the result is not lost; then a spot notice on another worker,
+with no command typed, retires it gracefully and a replacement joins within the notice window while futures are
+held; `status` counts the whole cluster and shows the keeper; `cluster down` and `down` leave no worker, no group,
+no orphan and no keeper process.
 """
 
 from __future__ import annotations
