@@ -400,9 +400,10 @@ def cluster_scale(ctx: Context, name: str, workers: int, *, progress: Progress =
 def _ensure_keeper(ctx: Context, name: str, state: ClusterState | None) -> None:
     """Spot clusters get their keeper (it replaces a noticed worker with no command typed); it ends with NAME."""
     if state is not None and state.spot:
-        from .cluster_keeper import start_keeper
+        from .cluster_keeper import start_keeper, wait_watching
 
         start_keeper(ctx, name)
+        wait_watching(ctx, name)  # when `cluster up` returns, a notice is acted on at once
 
 
 def replace_noticed(ctx: Context, name: str, leaving: set[str], *, progress: Progress = no_progress,

@@ -33,7 +33,7 @@ from ..remote.units import VENV
 from .cluster import cluster_dir, load_state
 from .context import Context
 
-__all__ = ["keeper_view", "start_keeper", "stop_keeper"]
+__all__ = ["keeper_view", "start_keeper", "stop_keeper", "wait_watching"]
 
 _ENTRY = "nbcloud.ops.cluster_keeper"
 BEAT_TIMEOUT = 20.0  # s without a line from the watcher (it beats every 5 s): the session is dead
@@ -93,6 +93,18 @@ def start_keeper(ctx: Context, name: str) -> int:
     # written here too, so a `down` right after `cluster up` finds the pid before the keeper writes its own state
     write_private(_state_path(ctx, name), json.dumps({"pid": proc.pid, "state": "starting", "replacements": []}))
     return proc.pid
+
+
+def wait_watching(ctx: Context, name: str, timeout: float = 30.0) -> str:
+    """Until NAME's keeper follows the scheduler's notices (or ``timeout``); its state then. A notice before that
+    is not lost (the keeper replays the scheduler's log when it connects), only acted on a few seconds later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = keeper_view(ctx, name) or {}
+        state = str(st.get("state", "none"))
+        if state in ("watching", "replacing", "stopped") or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.2)
 
 
 def stop_keeper(ctx: Context, name: str, timeout: float = 10.0) -> bool:
@@ -222,6 +234,7 @@ class Keeper:
 
 
 def _terminate(signum: int, _frame: Any) -> None:
+    print(time.strftime("%Y-%m-%dT%H:%M:%S"), f"stopping: signal {signum}", flush=True)
     raise SystemExit(128 + signum)  # unwinds: a launch in progress rolls back, the SSH session closes
 
 
