@@ -39,7 +39,8 @@ def cluster() -> None:
 @click.argument("name", shell_complete=instance_names)
 @click.option("--workers", "workers", type=int, required=True, help="How many worker instances.")
 @click.option("-t", "--type", "instance_type", default=None, help="Workers' instance type (default: NAME's).")
-@click.option("--spot", is_flag=True, help="Spot workers (a reclaimed one is replaced by the next cluster command).")
+@click.option("--spot", is_flag=True,
+              help="Spot workers: on a worker's interruption notice a keeper on this machine replaces it at once.")
 @click.option("--worker-threads", type=int, default=1, show_default=True, help="Threads per worker.")
 @click.option("--idle-minutes", type=int, default=15, show_default=True,
               help="A worker with no scheduler connection this long powers itself off (and is terminated).")

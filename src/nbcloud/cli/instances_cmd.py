@@ -352,8 +352,11 @@ def _status_text(views: list[Any]) -> str:
 def _cluster_line(name: str, cluster: dict[str, Any]) -> str:
     workers = cluster["workers"]
     states = ", ".join(f"{w['instance_id']} {w['state']}" for w in workers) or "none"
+    keeper = cluster.get("keeper")
+    kept = (f"; spot keeper {keeper['state']} (pid {keeper['pid']}, {len(keeper.get('replacements', []))} replaced)"
+            if keeper else "")
     return (f"{name}: {cluster['engine']} cluster {cluster['scheduler_address']}, {len(workers)}/{cluster['desired']} "
-            f"worker(s) ({states}), {_money(cluster['hourly_usd'])}/h in all")
+            f"worker(s) ({states}), {_money(cluster['hourly_usd'])}/h in all{kept}")
 
 
 @click.command("list")

@@ -24,6 +24,9 @@ WATCHDOG_UNIT = "nbcloud-cluster-watchdog.service"
 WORKER_LAUNCHER = "/opt/nbcloud/bin/cluster-worker.py"
 WATCHDOG = "/opt/nbcloud/bin/cluster-watchdog.py"
 WATCHDOG_CONFIG = "/opt/nbcloud/etc/cluster-watchdog.json"
+SPOT_PRELOAD = "/opt/nbcloud/bin/cluster-spot.py"
+#: the scheduler's event topic on which a worker says it got a spot notice (the keeper replaces it)
+NOTICE_TOPIC = "nbcloud-spot-notice"
 
 
 def render_dask_config(layout: Layout, role: str, scheduler_address: str | None) -> str:
@@ -49,10 +52,25 @@ def _unit(description: str, user: str | None, home: str, exec_start: str, log: s
 
 
 _WORKER_LAUNCHER = '''"""Start the Dask worker once its certificates are there, on its address towards the scheduler."""
-import os, socket, sys, time
+import os, socket, sys, time, urllib.request
 cfg = {cfg}
+
+def noticed():
+    """IMDSv2: the machine will be reclaimed (a worker that left gracefully must not rejoin after its restart)."""
+    try:
+        put = urllib.request.Request("http://169.254.169.254/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        token = urllib.request.urlopen(put, timeout=2).read().decode()
+        get = urllib.request.Request("http://169.254.169.254/latest/meta-data/spot/instance-action",
+                                     headers={"X-aws-ec2-metadata-token": token})
+        return urllib.request.urlopen(get, timeout=2).status == 200
+    except Exception:
+        return False
+
 while not os.path.exists(cfg["key"]):
     time.sleep(0.5)
+while noticed():
+    time.sleep(3600)
 probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 probe.connect((cfg["scheduler_ip"], cfg["port"]))  # no packet is sent: picks the route's source address
 host = probe.getsockname()[0]
@@ -60,9 +78,87 @@ probe.close()
 argv = [cfg["dask"], "worker", cfg["address"], "--host", host, "--nworkers", "1", "--nthreads", str(cfg["threads"]),
         "--worker-port", str(cfg["worker_port"]), "--nanny-port", str(cfg["nanny_port"]), "--no-dashboard",
         "--name", cfg["name"], "--death-timeout", "120",
-        "--tls-ca-file", cfg["ca"], "--tls-cert", cfg["cert"], "--tls-key", cfg["key"]]
+        "--tls-ca-file", cfg["ca"], "--tls-cert", cfg["cert"], "--tls-key", cfg["key"], "--preload", cfg["preload"]]
 os.execv(argv[0], argv)
 '''
+
+# Loaded into the worker process (``--preload``): on a spot machine it polls the IMDS every second; on the
+# interruption notice it tells the scheduler (an event on NOTICE_TOPIC, which the keeper on the user's machine
+# follows) and retires through it, so the scheduler copies the worker's results elsewhere before the reclaim.
+_SPOT_PRELOAD = '''"""nbcloud: a spot worker leaves Dask gracefully on the interruption notice, and says so first."""
+import asyncio, json, time, urllib.request
+
+IMDS = "http://169.254.169.254/latest"
+TOPIC = "{topic}"
+
+
+def _get(path, token):
+    req = urllib.request.Request(IMDS + path, headers={"X-aws-ec2-metadata-token": token})
+    with urllib.request.urlopen(req, timeout=2) as reply:
+        return reply.read().decode()
+
+
+def _token():
+    req = urllib.request.Request(IMDS + "/api/token", method="PUT",
+                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"})
+    with urllib.request.urlopen(req, timeout=2) as reply:
+        return reply.read().decode()
+
+
+def _identity():
+    token = _token()
+    return _get("/meta-data/instance-id", token), _get("/meta-data/instance-life-cycle", token)
+
+
+def _notice():
+    try:
+        return json.loads(_get("/meta-data/spot/instance-action", _token()))
+    except Exception:  # 404 until the notice; a timeout is no notice either
+        return None
+
+
+async def _watch(worker):
+    loop = asyncio.get_running_loop()
+    try:
+        instance_id, lifecycle = await loop.run_in_executor(None, _identity)
+    except Exception:
+        return
+    if lifecycle != "spot":
+        return
+    while worker.status.name == "init":  # preloads start before the worker registers with the scheduler
+        await asyncio.sleep(0.2)
+    while worker.status.name == "running":
+        notice = await loop.run_in_executor(None, _notice)
+        if notice:
+            worker.log_event(TOPIC, {"instance_id": instance_id, "worker": worker.address, "name": str(worker.name),
+                                    "action": notice, "seen": time.time()})
+            await worker.close_gracefully(restart=False, reason="spot-interruption-notice")
+            return
+        await asyncio.sleep(1)
+
+
+def dask_setup(worker):
+    worker._nbcloud_spot_watch = asyncio.get_running_loop().create_task(_watch(worker))
+'''
+
+# Run on the scheduler's instance by the keeper, over one SSH session: prints one JSON line per notice, and a beat
+# every 5 s so it dies of SIGPIPE soon after the session goes; it also exits when its stdin (the session) closes.
+_NOTICE_WATCHER = """import json, os, sys, threading, time
+from dask.distributed import Client
+
+def say(**event):
+    print(json.dumps(event), flush=True)
+
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+with Client(timeout=30) as client:
+    client.subscribe_topic("{topic}", lambda event: say(event="notice", at=event[0], **event[1]))
+    for at, msg in client.get_events("{topic}"):  # notices while no keeper listened (it skips handled ones)
+        say(event="notice", at=at, past=True, **msg)
+    say(event="ready", address=client.scheduler.address, workers=len(client.nthreads()))
+    while True:
+        time.sleep(5)
+        say(event="beat", workers=len(client.nthreads()))
+"""
 
 
 @dataclass(frozen=True)
@@ -118,8 +214,16 @@ class DaskEngine:
         cfg = {"scheduler_ip": layout.scheduler_ip, "port": self.scheduler_port, "address": self.address(layout),
                "threads": layout.worker_threads, "worker_port": self.worker_ports[0],
                "nanny_port": self.worker_ports[1], "name": worker_name, "dask": f"{VENV}/bin/dask",
-               "ca": f"{d}/ca.pem", "cert": f"{d}/worker.pem", "key": f"{d}/worker.key"}
+               "ca": f"{d}/ca.pem", "cert": f"{d}/worker.pem", "key": f"{d}/worker.key", "preload": SPOT_PRELOAD}
         return _WORKER_LAUNCHER.replace("{cfg}", json.dumps(cfg, sort_keys=True))
+
+    def worker_extra_files(self) -> dict[str, str]:
+        """Programs every worker carries besides its launcher: the spot preload (inert on on-demand machines)."""
+        return {SPOT_PRELOAD: _SPOT_PRELOAD.replace("{topic}", NOTICE_TOPIC)}
+
+    def notice_watcher(self) -> str:
+        """Python for the scheduler's instance (login user): JSON lines, one per worker's spot notice."""
+        return _NOTICE_WATCHER.replace("{topic}", NOTICE_TOPIC)
 
     def watchdog_config(self, layout: Layout) -> str:
         from .remote import SPOT_NOTICE_MARKER
@@ -137,13 +241,17 @@ class DaskEngine:
                                  f"/usr/bin/python3 {WATCHDOG} {WATCHDOG_CONFIG}", "cluster-watchdog"),
         }
 
-    def probe(self, expected: int, timeout: float) -> str:
-        """Python run on the scheduler's instance as the login user: waits for ``expected`` workers, prints JSON."""
+    def probe(self, expected: int, timeout: float, hosts: tuple[str, ...] = ()) -> str:
+        """Python run on the scheduler's instance as the login user: waits for ``expected`` workers (among them
+        one on each of ``hosts``: new ones, when a leaving worker may still be counted), prints JSON."""
         return (
             "import json, time\nfrom dask.distributed import Client\n"
-            f"deadline = time.monotonic() + {timeout}\n"
+            f"deadline = time.monotonic() + {timeout}\nhosts = {sorted(hosts)!r}\n"
+            "def short(c):\n"
+            "    on = {a.split('://')[-1].rsplit(':', 1)[0] for a in c.nthreads()}\n"
+            f"    return len(c.nthreads()) < {expected} or not on.issuperset(hosts)\n"
             "with Client(timeout=30) as c:\n"
-            f"    while len(c.nthreads()) < {expected} and time.monotonic() < deadline:\n"
+            "    while short(c) and time.monotonic() < deadline:\n"
             "        time.sleep(0.2)\n"
             "    print(json.dumps({'address': c.scheduler.address, 'workers': sorted(c.nthreads())}))\n"
         )

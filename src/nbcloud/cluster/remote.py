@@ -86,7 +86,8 @@ def spot_notice():
 def log(msg):
     print(time.strftime("%Y-%m-%dT%H:%M:%S"), msg, flush=True)
 
-last, left = time.monotonic(), False
+GRACE = 20  # s: time for the graceful retire, well inside the 2-minute notice
+last, noticed, stopped = time.monotonic(), None, False
 log(f"watching {ip}:{port}, idle limit {idle} s")
 while True:
     now = time.monotonic()
@@ -96,11 +97,15 @@ while True:
         log(f"no scheduler connection for {idle} s: powering off")
         subprocess.run(["shutdown", "-h", "now"])
         time.sleep(30)
-    if not left and spot_notice():
-        log("spot notice: stopping the worker (the scheduler reruns its tasks elsewhere)")
+    if noticed is None and spot_notice():
+        # the worker retires itself through the scheduler (its preload): its results move first
+        log("spot notice: the worker leaves the cluster gracefully")
         open(cfg["notice_marker"], "w").write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        noticed = now
+    if noticed is not None and not stopped and now - noticed > GRACE:
+        log(f"stopping the worker unit {GRACE} s after the notice (whatever it still holds is rerun elsewhere)")
         subprocess.run(["systemctl", "stop", cfg["worker_unit"]])
-        left = True
+        stopped = True
     time.sleep(5)
 '''
 

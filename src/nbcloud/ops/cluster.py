@@ -10,8 +10,9 @@ Who does what:
 * keys: a CA per cluster made here (its key stays here); certificates travel over the pinned SSH sessions' stdin;
 * idle and cost: each worker runs a watchdog that powers it off (which terminates it) after ``idle_minutes``
   without a scheduler connection, so NAME's idle stop (or its cost cap) ends the workers too; `status` counts
-  the whole cluster's $/h. Workers that are gone or going (a reclaimed spot worker) are replaced by the next
-  `cluster up`/`cluster scale`.
+  the whole cluster's $/h. Workers that are gone are replaced by the next `cluster up`/`cluster scale`; a spot
+  worker's interruption notice is acted on at once by the cluster's keeper (ops/cluster_keeper.py), which calls
+  :func:`replace_noticed`.
 
 Any failure while creating rolls back what this call made (workers, the group, NAME's group change, the unit).
 """
@@ -24,6 +25,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_result
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,11 @@ from ..errors import ConflictError, RemoteError, UsageError
 from ..remote.units import VENV
 from ..ssh import keys, session
 from .context import Context, Progress, no_progress
+from .keeper_process import cluster_dir
 from .rollback import Rollback
 
-__all__ = ["ClusterResult", "WorkerView", "cluster_down", "cluster_scale", "cluster_summary", "cluster_up",
-           "teardown"]
+__all__ = ["ClusterResult", "WorkerView", "cluster_dir", "cluster_down", "cluster_scale", "cluster_summary",
+           "cluster_up", "load_state", "replace_noticed", "teardown"]
 
 DEFAULT_IDLE_MINUTES = 15
 
@@ -66,6 +69,7 @@ class ClusterResult:
     connected: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    launched: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -86,8 +90,7 @@ class ClusterState:
 
 
 # local files --------------------------------------------------------------------------------------------------
-def _dir(ctx: Context, name: str) -> Path:
-    return ctx.paths.secrets_dir / f"{name}.cluster"
+_dir = cluster_dir
 
 
 def load_state(ctx: Context, name: str) -> ClusterState | None:
@@ -181,9 +184,10 @@ def _stop_scheduler(ctx: Context, name: str, engine: Engine, layout: Layout) -> 
                 f"rm -rf {layout.cert_dir} {layout.home}/.config/dask/distributed.yaml", timeout=60, check=False)
 
 
-def _probe(ctx: Context, name: str, engine: Engine, expected: int, timeout: float) -> dict[str, Any]:
+def _probe(ctx: Context, name: str, engine: Engine, expected: int, timeout: float,
+           hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     result = session.run(ctx.paths.ssh_config, f"nb-{name}", f"{VENV}/bin/python -",
-                         input=engine.probe(expected, timeout).encode(), timeout=timeout + 90, check=False)
+                         input=engine.probe(expected, timeout, hosts).encode(), timeout=timeout + 90, check=False)
     try:
         info = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -208,7 +212,8 @@ def _launch_workers(ctx: Context, provider: Any, name: str, record: Any, engine:
     for _ in range(count):
         worker_name = f"{name}-w-{uuid.uuid4().hex[:6]}"
         files = {WORKER_LAUNCHER: engine.worker_launcher(layout, worker_name),  # type: ignore[attr-defined]
-                 WATCHDOG: WATCHDOG_SOURCE, WATCHDOG_CONFIG: engine.watchdog_config(layout)}  # type: ignore[attr-defined]
+                 WATCHDOG: WATCHDOG_SOURCE, WATCHDOG_CONFIG: engine.watchdog_config(layout),  # type: ignore[attr-defined]
+                 **engine.worker_extra_files()}
         boot = render_worker_boot(layout, worker_name, state.freeze, dict(provider.package_env), files,
                                   engine.worker_units(layout), extra_wheels_dir(engine.name))
         request = machines.WorkerRequest(
@@ -225,6 +230,7 @@ def _launch_workers(ctx: Context, provider: Any, name: str, record: Any, engine:
     running = []
     for worker in launched:
         running.append(provider.wait_running(worker.instance_id, timeout=600))
+        progress(f"worker {worker.instance_id} is running")
     return running
 
 
@@ -235,18 +241,24 @@ def _end_workers(provider: Any, instance_ids: list[str]) -> None:
 
 
 def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Engine, layout: Layout,
-                    state: ClusterState, package_env: dict[str, str]) -> None:
+                    state: ClusterState, package_env: dict[str, str], progress: Progress = no_progress) -> None:
     """Through NAME: wait for the worker's install, check its environment is NAME's, hand it its certificate."""
     alias = _worker_alias(name, worker.instance_id)
     session.wait_ssh(cfg, alias, timeout=300, interval=0.5)
-    wait = f"for i in $(seq 1 900); do [ -e {DONE_MARKER} ] && break; sleep 1; done; [ -e {DONE_MARKER} ]"
+    progress(f"worker {worker.instance_id}: SSH answers, waiting for its packages")
+    # one session (each one through NAME is two handshakes): wait for the install, then list what it installed
+    freeze_cmd = _uv(package_env) + f"$UV pip freeze -p {VENV}"
+    wait = (f"for i in $(seq 1 4500); do [ -e {DONE_MARKER} ] && break; sleep 0.2; done; [ -e {DONE_MARKER} ] "
+            f"|| exit 3; bash -c {shlex.quote(freeze_cmd)}")
     done = session.run(cfg, alias, wait, timeout=960, check=False)
-    if done.returncode != 0:
+    if done.returncode == 3:
         tail = session.run(cfg, alias, "sudo tail -n 3 /var/log/nbcloud/cluster-boot.log", check=False).stdout
         raise RemoteError(f"worker {worker.instance_id} did not finish its setup: {' | '.join(tail.splitlines())}",
                           "see /var/log/nbcloud/cluster-boot.log on the worker")
-    freeze = session.run(cfg, alias, f"bash -c {shlex.quote(_uv(package_env) + f'$UV pip freeze -p {VENV}')}",
-                         timeout=60).stdout
+    if done.returncode != 0:
+        raise RemoteError(f"worker {worker.instance_id}: listing its packages failed: "
+                          f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    freeze = done.stdout
     difference = freeze_difference(state.freeze, freeze)
     if difference:
         raise ConflictError(f"worker {worker.instance_id}'s Python environment differs from {name}'s "
@@ -254,6 +266,7 @@ def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Eng
     ca, identity = _worker_identity(ctx, name)
     session.run(cfg, alias, install_command(), input=_files_payload(engine.worker_files(layout, ca, identity), []),
                 timeout=60)
+    progress(f"worker {worker.instance_id}: same packages as {name}, certificate in place")
 
 
 def _spot_noticed(ctx: Context, name: str, record: Any, workers: list[Any]) -> set[str]:
@@ -288,7 +301,7 @@ def _join(ctx: Context, provider: Any, name: str, record: Any, engine: Engine, l
     progress(f"setting up {len(workers)} worker(s) through {name} (same packages, TLS certificate)")
     with ThreadPoolExecutor(max_workers=min(8, len(workers))) as pool:
         for future in [pool.submit(_prepare_worker, ctx, name, cfg, w, engine, layout, state,
-                                   dict(provider.package_env)) for w in workers]:
+                                   dict(provider.package_env), progress) for w in workers]:
             future.result()
     return workers
 
@@ -323,9 +336,11 @@ def cluster_up(ctx: Context, name: str, workers: int, *, instance_type: str | No
         raise UsageError("--worker-threads must be at least 1")
     if idle_minutes < 1:
         raise UsageError("the workers' idle limit must be at least 1 minute")
+    if load_state(ctx, name) is not None:  # an existing cluster: re-counted, as `cluster scale` does
+        return cluster_scale(ctx, name, workers, progress=progress, timeout=timeout)
     with ctx.name_lock(name):
-        if load_state(ctx, name) is not None:
-            return _scale_locked(ctx, name, workers, progress, timeout)
+        if load_state(ctx, name) is not None:  # made meanwhile by another `cluster up`
+            raise ConflictError(f"{name!r} got a cluster meanwhile", f"`nbcloud cluster scale {name} {workers}`")
         record, provider, instance = _scheduler(ctx, name)
         engine = get_engine(engine_name)
         t0 = time.monotonic()
@@ -364,7 +379,9 @@ def cluster_up(ctx: Context, name: str, workers: int, *, instance_type: str | No
         except BaseException as exc:
             rollback.undo_after(exc, "`nbcloud cluster down` then `nbcloud doctor --orphans --fix` remove them")
             raise
-        return _result(ctx, provider, record, name, state, info, seconds={"connected": time.monotonic() - t0})
+        result = _result(ctx, provider, record, name, state, info, seconds={"connected": time.monotonic() - t0})
+    _ensure_keeper(ctx, name, state)
+    return result
 
 
 def cluster_scale(ctx: Context, name: str, workers: int, *, progress: Progress = no_progress,
@@ -372,7 +389,55 @@ def cluster_scale(ctx: Context, name: str, workers: int, *, progress: Progress =
     if workers < 0:
         raise UsageError("a cluster cannot have fewer than 0 workers", "e.g. `nbcloud cluster scale NAME 2`")
     with ctx.name_lock(name):
-        return _scale_locked(ctx, name, workers, progress, timeout)
+        result = _scale_locked(ctx, name, workers, progress, timeout)
+    _ensure_keeper(ctx, name, load_state(ctx, name))
+    return result
+
+
+def _ensure_keeper(ctx: Context, name: str, state: ClusterState | None) -> None:
+    """Spot clusters get their keeper (it replaces a noticed worker with no command typed); it ends with NAME."""
+    if state is not None and state.spot:
+        from .keeper_process import start_keeper, wait_watching
+
+        start_keeper(ctx, name)
+        wait_watching(ctx, name)  # when `cluster up` returns, a notice is acted on at once
+
+
+def replace_noticed(ctx: Context, name: str, leaving: set[str], *, progress: Progress = no_progress,
+                    timeout: float = 600) -> ClusterResult | None:
+    """Replace spot workers that got the interruption notice (the keeper calls this at once): launch as many as the
+    cluster is short of ``desired`` without them, wait until the new ones joined the scheduler, then terminate the
+    leaving ones (they already retired from the engine, their results moved; the reclaim would end them anyway)."""
+    with ctx.name_lock(name):
+        state = load_state(ctx, name)
+        if state is None:
+            raise ConflictError(f"{name!r} has no cluster", "nothing to replace")
+        record, provider, _instance = _scheduler(ctx, name)
+        engine = get_engine(state.engine)
+        layout = _layout(record, state, name)
+        t0 = time.monotonic()
+        current = machines.list_workers(provider, name)
+        alive = [w for w in current if w.state in ("pending", "running") and w.instance_id not in leaving]
+        ending = [w.instance_id for w in current if w.instance_id in leaving]
+        launch = max(0, state.desired - len(alive))
+        if not launch and not ending:
+            return None  # replaced already (a replayed notice), or scaled down meanwhile
+        rollback = Rollback(progress)
+        try:
+            joined = _join(ctx, provider, name, record, engine, layout, state, launch, rollback, progress)
+            hosts = tuple(w.private_ip for w in joined if w.private_ip)
+            progress(f"waiting for {', '.join(hosts) or 'the workers'} to join the scheduler")
+            info = _probe(ctx, name, engine, state.desired, timeout, hosts)
+            if not set(hosts) <= {a.split("://")[-1].rsplit(":", 1)[0] for a in info["workers"]}:
+                raise RemoteError(f"the replacement worker(s) did not join {name}'s scheduler in {timeout:g} s",
+                                  "see /var/log/nbcloud/cluster-worker.log on a worker")
+        except BaseException as exc:
+            rollback.undo_after(exc, "`nbcloud cluster down` then `nbcloud doctor --orphans --fix` remove them")
+            raise
+        seconds = {"joined": time.monotonic() - t0}
+        machines.terminate(provider, ending)
+        result = _result(ctx, provider, record, name, state, info, replaced=ending, seconds=seconds)
+        return replace_result(result, launched=[w.instance_id for w in joined])
 
 
 def _scale_locked(ctx: Context, name: str, workers: int, progress: Progress, timeout: float) -> ClusterResult:
@@ -411,6 +476,9 @@ def cluster_down(ctx: Context, name: str, *, progress: Progress = no_progress) -
 def teardown(ctx: Context, provider: Any, name: str, record: Any, progress: Progress = no_progress) -> dict[str, Any]:
     """Workers (found by tag), NAME's membership, the group(s), the scheduler unit, the local files. Also the
     first step of `down NAME`."""
+    from .keeper_process import stop_keeper
+
+    stop_keeper(ctx, name)  # first: it must not launch a replacement for a worker this is about to end
     state = load_state(ctx, name)
     workers = [w.instance_id for w in machines.list_workers(provider, name)] if getattr(
         provider, "session", None) is not None else []
@@ -517,7 +585,9 @@ def cluster_summary(ctx: Context, provider: Any, name: str, scheduler_hourly: fl
         return None
     views = _worker_views(provider, machines.list_workers(provider, name), state)
     engine = get_engine(state.engine)
-    return {"engine": state.engine, "desired": state.desired,
+    from .keeper_process import keeper_view
+
+    return {"engine": state.engine, "desired": state.desired, "keeper": keeper_view(ctx, name),
             "scheduler_address": f"tls://{state.scheduler_ip}:{engine.scheduler_port}",
             "dashboard_url": _dashboard_url(ctx, name, state), "workers": [asdict(v) for v in views],
             "hourly_usd": cluster_hourly(scheduler_hourly, [v.hourly_usd for v in views])}

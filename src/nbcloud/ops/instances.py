@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets as token_secrets
+import shutil
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -29,6 +30,7 @@ from ..state import Record
 from .agent import agent_check_period, idle_stop_floor
 from .context import Context, Progress, no_progress
 from .costs import current_hourly, start_price
+from .keeper_process import cluster_dir, stop_keeper
 from .locallab import stop_lab
 
 __all__ = ["DATA_DEVICE", "DEFAULT_DATA_GB", "GATEWAY_PORT", "JUPYTER_PORT", "bootstrap_spec", "ensure_gateway_token",
@@ -224,9 +226,11 @@ def repin_ingress(ctx: Context, provider: Provider, record: Record, instance: In
 
 
 def stop_tunnel(ctx: Context, name: str) -> None:
-    """The tunnel and a local lab (gateway mode) must not outlive the instance they point at."""
+    """The tunnel, a local lab (gateway mode) and a spot cluster's keeper must not outlive the instance they
+    serve."""
     stop_supervisor(name)
     stop_lab(ctx, name)
+    stop_keeper(ctx, name)
 
 
 def forget_locally(ctx: Context, name: str) -> None:
@@ -244,6 +248,8 @@ def forget_locally(ctx: Context, name: str) -> None:
     files += [p.data_dir / "lab" / f"{name}{suffix}" for suffix in (".json", ".log", ".token")]
     for path in files:
         path.unlink(missing_ok=True)
+    # a cluster's CA key, certificates and keeper state (teardown removes them; a sandbox reset comes here)
+    shutil.rmtree(cluster_dir(ctx, name), ignore_errors=True)
     ctx.store.delete(name)
 
 
