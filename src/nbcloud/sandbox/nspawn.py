@@ -128,7 +128,7 @@ def spawn_imds(instance_dir: Path, netns: str) -> subprocess.Popen[bytes]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": SRC_DIR, "LANG": "C.UTF-8"}
     with open(instance_dir / "imds.log", "ab") as out:
         return subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", "nbcloud.providers.sandbox.imds", str(instance_dir)],
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "nbcloud.sandbox.imds", str(instance_dir)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True)
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...config import ensure_private_dir, paths
-from ...errors import NotFoundError, SandboxError, UsageError
+from ..config import ensure_private_dir, paths
+from ..errors import NotFoundError, SandboxError, UsageError
 from .wheelhouse import INSTANCE_PYTHON, INSTANCE_UV_CACHE, ensure_uv_cache, ensure_wheelhouse, warm_uv_cache
 
 __all__ = [
@@ -111,7 +111,7 @@ def _bootstrap_env() -> dict[str, str]:
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"nbcloud.providers.sandbox.daemon" in fh.read()
+            return b"nbcloud.sandbox.daemon" in fh.read()
     except OSError:
         return False
 
@@ -295,7 +295,7 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbcloud.providers.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
+            [sys.executable, "-m", "nbcloud.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
              "--wheelhouse", str(wheelhouse), "--uv-cache", str(uv_cache), "--mode", mode,
              f"--mode-reason={mode_reason}", *([f"--image={image}"] if image else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/",
