@@ -111,7 +111,8 @@ def _bootstrap_env() -> dict[str, str]:
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"nbcloud.sandbox.daemon" in fh.read()
+            # a daemon started before the emulator left providers/ ran as nbcloud.providers.sandbox.daemon
+            return b"sandbox.daemon" in fh.read()
     except OSError:
         return False
 
