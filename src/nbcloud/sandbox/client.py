@@ -48,7 +48,7 @@ __all__ = [
 
 DEFAULT_SUBNET = "10.200.0.0/16"
 FAULT_KINDS = ("link-down", "link-up", "reboot", "spot-notice")
-SRC_DIR = str(Path(__file__).resolve().parents[3])
+SRC_DIR = str(Path(__file__).resolve().parents[2])  # the directory holding the nbcloud package
 INSIDE = "/mnt/nbcloud-sandbox"
 MODE_ENV = "NBCLOUD_SANDBOX_MODE"
 NETNS_TOOLS = ("ip", "nft", "unshare")

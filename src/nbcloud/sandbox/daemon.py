@@ -51,7 +51,7 @@ from .wheelhouse import UvCacheSeeder, wait_uv_cache_seed
 __all__ = ["Sandbox", "main"]
 
 log = logging.getLogger("nbcloud.sandbox")
-SRC_DIR = str(Path(__file__).resolve().parents[3])
+SRC_DIR = str(Path(__file__).resolve().parents[2])  # the directory holding the nbcloud package
 SHIM_LINKS = ("shutdown", "poweroff", "halt", "reboot")
 
 

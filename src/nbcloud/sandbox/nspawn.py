@@ -27,7 +27,7 @@ __all__ = ["REBOOT_EXIT", "ContainerSpec", "layer_root", "mount_layer", "spawn_c
 
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the container asked for a reboot
 INSIDE = "/mnt/nbcloud-sandbox"  # the sandbox's shared files inside an instance (as in netns mode)
-SRC_DIR = str(Path(__file__).resolve().parents[3])
+SRC_DIR = str(Path(__file__).resolve().parents[2])  # the directory holding the nbcloud package
 
 
 def layer_root(instance_dir: Path) -> Path:
