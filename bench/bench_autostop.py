@@ -87,7 +87,7 @@ def main() -> None:
     import boto3
 
     from nbcloud.ops.agent import agent_check_period
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     info = sandbox.start()
     try:

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--tasks", type=int, default=5000)
     args = parser.parse_args()
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     directory = tmp / "sandbox"

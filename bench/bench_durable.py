@@ -52,7 +52,7 @@ def main() -> None:
     os.environ["NBCLOUD_SANDBOX_SUBNET"] = args.subnet
     os.environ["NBCLOUD_SANDBOX_DIR"] = str(tmp / "sandbox")
     os.environ["NBCLOUD_QUIET"] = "1"
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     times: dict[bool, list[float]] = {True: [], False: []}
     venvs: dict[bool, list[float]] = {True: [], False: []}

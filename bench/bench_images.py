@@ -30,7 +30,7 @@ def main() -> None:
     from nbcloud import ops
     from nbcloud.models import InstanceSpec
     from nbcloud.ops import images
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     sandbox.start()
     ctx = ops.Context.create()

@@ -36,8 +36,8 @@ def _free_port() -> int:
 
 
 def make_venv(tmp: Path) -> Path:
-    from nbcloud.providers.sandbox.wheelhouse import INSTANCE_PYTHON, ensure_wheelhouse
     from nbcloud.remote.packages import JUPYTER
+    from nbcloud.sandbox.wheelhouse import INSTANCE_PYTHON, ensure_wheelhouse
 
     wheelhouse = ensure_wheelhouse(print)
     venv = tmp / "venv"
@@ -99,7 +99,7 @@ def main() -> None:
     os.environ["NBCLOUD_QUIET"] = "1"
     from nbcloud import ops
     from nbcloud.models import InstanceSpec
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     name = "benchj"
     try:

@@ -115,7 +115,7 @@ def main() -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     import boto3
 
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

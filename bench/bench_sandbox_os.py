@@ -66,7 +66,7 @@ def os_boot(ec2, ami: str, tmp: Path, index: int) -> float:
 
 def bare_boot(network, image: Path, tmp: Path, index: int) -> float:
     """The same image booted by nspawn alone: what os mode adds (cloud-init, IMDS, the daemon) is the difference."""
-    from nbcloud.providers.sandbox import nspawn
+    from nbcloud.sandbox import nspawn
 
     private, public = keypair()
     host_private, host_public = keypair()
@@ -129,9 +129,9 @@ def main() -> None:
 
     import boto3
 
-    from nbcloud.providers.sandbox import client
-    from nbcloud.providers.sandbox.hosts import Network
-    from nbcloud.providers.sandbox.osimage import image_info
+    from nbcloud.sandbox import client
+    from nbcloud.sandbox.hosts import Network
+    from nbcloud.sandbox.osimage import image_info
 
     image = image_info()
     if image is None:

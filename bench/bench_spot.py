@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--subnet", default=os.environ.get("NBCLOUD_SANDBOX_SUBNET", "10.178.0.0/16"))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
     directory = tmp / "sandbox"

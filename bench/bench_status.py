@@ -68,7 +68,7 @@ def main() -> None:
                       NBCLOUD_SANDBOX_SUBNET=args.subnet, NBCLOUD_SANDBOX_DIR=str(tmp / "sandbox"),
                       NBCLOUD_QUIET="1")
     env = dict(os.environ) | {"PYTHONPATH": str(SRC)}
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     sandbox.start()
     names: list[str] = []

@@ -116,7 +116,7 @@ def main() -> None:
     os.environ.setdefault("NBCLOUD_SANDBOX_DIR", str(tmp / "sandbox"))
     import boto3
 
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     info = sandbox.start()
     try:

@@ -38,7 +38,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     reason = sandbox_skip_reason()
     if reason:
         pytest.skip(reason)
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     directory = tmp_path_factory.mktemp("sandbox")
     wanted = os.environ.get("NBCLOUD_TEST_SANDBOX_SUBNET")
@@ -52,7 +52,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def start_on_a_free_subnet(directory: Any, subnets: tuple[str, ...]) -> Any:
     """Start a sandbox on the first subnet no other live sandbox holds (a parallel test run may); else skip."""
     from nbcloud.errors import SandboxError
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     for subnet in subnets:
         try:

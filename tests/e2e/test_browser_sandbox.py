@@ -79,7 +79,7 @@ def _wait_for_server_through_tunnel(url: str, *, timeout: float) -> None:
 
 
 def test_sandbox_notebook_survives_link_cut_without_reload(page: Page, nbcloud: Cli, sandbox: Any) -> None:
-    from nbcloud.providers.sandbox import client as sandbox_client
+    from nbcloud.sandbox import client as sandbox_client
 
     up = nbcloud.json("up", NAME, "--provider", "sandbox", "--no-connect")
     connected = nbcloud.json("connect", NAME, "--no-browser")

@@ -22,7 +22,7 @@ def _offered(world: Any, itype: str = "t3.medium") -> list[str]:
 @pytest.fixture
 def faults(world: Any) -> Iterator[list[tuple[str, str | None]]]:
     """Faults a test sets (operation, zone): cleared at the end, also when it fails."""
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     made: list[tuple[str, str | None]] = []
     yield made
@@ -62,7 +62,7 @@ def test_no_capacity_in_one_zone_lands_in_another_and_says_so(world: Any, faults
 
 
 def test_every_zone_without_capacity_fails_in_one_line_leaving_nothing(world: Any, faults: list[Any]) -> None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     zones = _offered(world)
     for zone in zones:
@@ -86,7 +86,7 @@ def test_every_zone_without_capacity_fails_in_one_line_leaving_nothing(world: An
 
 
 def test_vcpu_quota_tries_another_family_not_another_zone(world: Any, faults: list[Any]) -> None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     sandbox.fault_api("RunInstances", "VcpuLimitExceeded", count=1, sandbox_dir=world.sandbox.sandbox_dir)
     faults.append(("RunInstances", None))

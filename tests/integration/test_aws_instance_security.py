@@ -21,7 +21,7 @@ USER_DATA = f't=$({TOKEN}) && curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" ht
 
 def test_host_key_is_rotated_and_imds_is_root_only(world: Any) -> None:
     from nbcloud.config import paths
-    from nbcloud.providers.sandbox.userdata import parse_user_data
+    from nbcloud.sandbox.userdata import parse_user_data
 
     result = world.up("hk", "--idle-stop", "off")
     raw = world.ec2().describe_instance_attribute(InstanceId=result["instance_id"], Attribute="userData")

@@ -23,7 +23,7 @@ import pytest
 from tests.helpers import wait_until
 from tests.integration.test_connect import Kernel, post
 
-from nbcloud.providers.sandbox import client as sandbox
+from nbcloud.sandbox import client as sandbox
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
 

@@ -99,7 +99,7 @@ def wait_tunnel(world, name: str, wanted: str, timeout: float) -> dict[str, Any]
 
 
 def link(world, instance_id: str, kind: str) -> None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     sandbox.fault(instance_id, kind, sandbox_dir=world.sandbox.sandbox_dir)
 

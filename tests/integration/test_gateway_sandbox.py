@@ -45,7 +45,7 @@ def _cell_through_cut(world, lab, kernel_id: str, instance_id: str, cut_s: float
     from jupyter_client.jsonutil import json_default
     from jupyter_client.session import Session
 
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     ws = websocket.create_connection(
         f"ws://127.0.0.1:{lab.local_port}/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}",

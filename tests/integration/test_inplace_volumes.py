@@ -104,7 +104,7 @@ def test_cap_with_unknown_price_is_refused_before_anything_exists(world) -> None
 @pytest.mark.parametrize(("code", "needle"), [("InsufficientInstanceCapacity", "(InsufficientInstanceCapacity)"),
                                                ("VcpuLimitExceeded", "quota")])
 def test_capacity_and_quota_exit_1(world, code: str, needle: str) -> None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     world.names.add("cap")
     sandbox.fault_api("RunInstances", code, count=10, sandbox_dir=world.sandbox.sandbox_dir)

@@ -250,7 +250,7 @@ def test_jupyter_killed_comes_back_with_the_same_token(nb: World, lab: Lab) -> N
 
 
 def test_reboot_keeps_token_and_notebooks(nb: World, lab: Lab) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     client.fault(lab.instance_id, "reboot", sandbox_dir=nb.sandbox.sandbox_dir)
     # The tunnel heals itself; `connect` again is what a user would type and must be harmless.

@@ -102,7 +102,7 @@ def _up_and_kill(world, name: str, step: str, delay: float, sig: int,
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_killed_up_leaves_nothing_behind(world, case: tuple[Any, ...]) -> None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     step, delay, sig, held, follow = case
     name = f"kill{CASES.index(case):02d}"

@@ -152,7 +152,7 @@ def _up_with(world, name: str, on_progress=None, **spec: Any) -> None:
     ("AttachVolume", "IncorrectState", Exception),                   # after the instance and a new volume
 ])
 def test_rollback_on_api_failure(world, operation: str, code: str, error: type[Exception], monkeypatch) -> None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     # botocore retries a throttle 8 times with backoff (about a minute); two attempts prove the rollback as well
     monkeypatch.setenv("NBCLOUD_AWS_RETRIES", "2")
@@ -167,7 +167,7 @@ def test_rollback_on_api_failure(world, operation: str, code: str, error: type[E
 
 def test_rollback_when_instance_never_reachable(world) -> None:
     from nbcloud.errors import SandboxError
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     def cut_link(ctx, message: str) -> None:
         if not message.startswith("waiting for ssh"):

@@ -143,7 +143,7 @@ def test_spot_relaunch_in_public_mode_gets_a_certificate_and_the_password(world)
     """A reclaimed spot instance is relaunched on a new root disk: it needs the password hash again (without it the
     Jupyter config does not load, Jupyter falls back to plain HTTP on loopback and `up` fails) and a certificate for
     its new address."""
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     name = "pubspot"
     password_file = world.home.parent / "password"

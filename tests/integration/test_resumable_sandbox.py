@@ -33,7 +33,7 @@ def rest(method: str, url: str, token: str, timeout: float = 120) -> Any:
 
 
 def link(world: Any, instance_id: str, kind: str) -> None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     sandbox.fault(instance_id, kind, sandbox_dir=world.sandbox.sandbox_dir)
 
@@ -51,7 +51,7 @@ def wait_tunnel(name: str, wanted: str, timeout: float) -> Any:
 
 
 def netns_inode(world: Any, instance_id: str) -> int | None:
-    from nbcloud.providers.sandbox import client as sandbox
+    from nbcloud.sandbox import client as sandbox
 
     for row in sandbox.status(world.sandbox.sandbox_dir).get("instances", []):
         if row.get("instance_id") == instance_id and row.get("namespace"):

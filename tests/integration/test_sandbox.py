@@ -119,7 +119,7 @@ def test_api_images_validation_and_checkip(sandbox: Any, sandbox_ec2: Any, sandb
 
 
 def test_lifecycle_ssh_userdata_stop_start_terminate(sandbox: Any, machine: Any) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     m = machine()
     m.ec2.get_waiter("instance_running").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
@@ -154,7 +154,7 @@ def test_lifecycle_ssh_userdata_stop_start_terminate(sandbox: Any, machine: Any)
 
 
 def test_link_cut_ends_session_without_leaking_then_heals(sandbox: Any, machine: Any) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     m = machine()
     m.wait_ssh()
@@ -202,7 +202,7 @@ WantedBy=multi-user.target
 
 
 def test_services_reboot_imds_spot_and_shutdown(sandbox: Any, machine: Any) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     script = f"#!/bin/bash\ncat > /etc/systemd/system/demo.service <<'EOF'\n{UNIT}EOF\nsystemctl enable --now demo\n"
     m = machine(script=script)
@@ -258,7 +258,7 @@ def test_volume_attach_detach(sandbox: Any, machine: Any) -> None:
 
 
 def test_fault_api_next_call_fails(sandbox: Any, sandbox_ec2: Any, sandbox_client: Any) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     ami = sandbox_client("ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"]
     client.fault_api("RunInstances", "InsufficientInstanceCapacity", 1, sandbox.sandbox_dir)
@@ -290,7 +290,7 @@ def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
     """A second sandbox through the CLI, one instance, then `sandbox reset`: nothing of it may remain."""
     from tests.sandbox_fixtures import TEST_SUBNETS
 
-    from nbcloud.providers.sandbox.hosts import Network
+    from nbcloud.sandbox.hosts import Network
 
     def nb(*args: str, check: bool = True) -> Any:
         done = subprocess.run([sys.executable, "-m", "nbcloud.cli.app", "sandbox", *args, "--json"],

@@ -118,7 +118,7 @@ def _wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
 # -------------------------------------------------------------------------------------------- forced loopback
 @pytest.fixture
 def forced_loopback(nbcloud_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     monkeypatch.setenv("NBCLOUD_SANDBOX_MODE", "loopback")
     directory = nbcloud_home / "sandbox"
@@ -130,7 +130,7 @@ def forced_loopback(nbcloud_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 def test_forced_loopback_run_instances_then_ssh(forced_loopback: Any, tmp_path: Path) -> None:
     from nbcloud.providers.registry import get_provider
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     info = forced_loopback
     assert info.mode == "loopback" and info.mode_reason == "NBCLOUD_SANDBOX_MODE=loopback"
@@ -287,7 +287,7 @@ def _give_wheelhouse(home: Path) -> None:
     Hard links (read-only to the user: the files stay root's) when on one filesystem, else a copy; the user's own
     uv cache is made and warmed by its ``sandbox start``.
     """
-    from nbcloud.providers.sandbox.wheelhouse import ensure_wheelhouse
+    from nbcloud.sandbox.wheelhouse import ensure_wheelhouse
 
     source = ensure_wheelhouse()
     cache = home / ".cache" / "nbcloud"

@@ -33,7 +33,7 @@ def _skip_reason() -> str | None:
         return "os mode needs root (namespaces, overlay mounts, systemd-nspawn)"
     if shutil.which("systemd-nspawn") is None:
         return "os mode needs systemd-nspawn (apt-get install systemd-container, or `nbcloud sandbox image build`)"
-    from nbcloud.providers.sandbox.osimage import image_info
+    from nbcloud.sandbox.osimage import image_info
 
     if image_info() is None:
         return "the os-mode instance image is not built on this machine: `nbcloud sandbox image build`"
@@ -46,7 +46,7 @@ def os_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if reason:
         pytest.skip(reason)
     from nbcloud.errors import SandboxError
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     directory = tmp_path_factory.mktemp("os-sandbox")
     wanted = os.environ.get("NBCLOUD_TEST_OS_SANDBOX_SUBNET")
@@ -163,7 +163,7 @@ def test_jupyter_answers_through_the_tunnel_then_down_is_clean(os_world: World, 
     os_world.nb("disconnect", NAME)
     os_world.nb("down", NAME, "--yes")
     os_world.names.discard(NAME)
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     rows = client.status(os_sandbox.sandbox_dir)["instances"]
     assert all(r["instance_id"] != instance["instance_id"] or r["state"] == "terminated" for r in rows)

@@ -41,7 +41,7 @@ def _volume(world: Any, name: str) -> dict[str, Any] | None:
 
 
 def test_spot_reclaim_keeps_the_notebook_and_up_relaunches(world: Any) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     first = world.up("spotty", "--spot", "--data-volume", "spotdata:1", "--idle-stop", "off")
     _save_notebook(world, "nb-spotty", "data/work.ipynb")
@@ -74,7 +74,7 @@ def test_spot_reclaim_keeps_the_notebook_and_up_relaunches(world: Any) -> None:
 
 
 def test_spot_fallback_to_on_demand_when_no_capacity(world: Any) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     # no spot capacity in any zone (`up` tries each zone offering the type before on-demand)
     offers = world.ec2().describe_instance_type_offerings(
@@ -153,7 +153,7 @@ def test_bake_then_up_from_the_image_skips_the_install(world: Any) -> None:
 
 
 def test_sandbox_mounts_a_volume_attached_during_boot(sandbox: Any, sandbox_ec2: Any) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     ami = sandbox_ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
     instance_id = sandbox_ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1,

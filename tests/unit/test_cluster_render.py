@@ -15,7 +15,7 @@ from nbcloud.cluster.engine import Layout, get_engine
 from nbcloud.cluster.plan import cluster_hourly, freeze_difference, scale_plan
 from nbcloud.cluster.remote import render_worker_boot, render_worker_user_data
 from nbcloud.errors import UsageError
-from nbcloud.providers.sandbox.firewall import IngressRule, render_ingress
+from nbcloud.sandbox.firewall import IngressRule, render_ingress
 
 LAYOUT = Layout(name="a", scheduler_ip="10.0.0.5", worker_threads=2, idle_minutes=7)
 

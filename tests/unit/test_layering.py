@@ -21,10 +21,6 @@ ALLOWED_CONCRETE = {
     # `nbcloud prices refresh` reads the AWS Price List API: an aws-only feature with no interface method yet
     ("nbcloud.cli.cost_cmd", "nbcloud.providers.aws.pricing"),
     ("nbcloud.cli.cost_cmd", "nbcloud.providers.aws.session"),
-    # the sandbox's own commands (start/status/reset): they go with the emulator's move to its own package
-    ("nbcloud.cli.sandbox_cmd", "nbcloud.providers.sandbox.client"),
-    ("nbcloud.cli.sandbox_cmd", "nbcloud.providers.sandbox.osimage"),  # `sandbox image build/show`: likewise
-    ("nbcloud.ops.sandbox", "nbcloud.providers.sandbox.client"),
     # adopting a host uses the ssh provider's target resolution and install scripts: the interface's split into
     # Machines + CloudResources is not done yet
     ("nbcloud.ops.adopt", "nbcloud.providers.ssh.target"),

@@ -116,7 +116,7 @@ def test_user_data_too_large_is_a_usage_error() -> None:
 
 
 def test_user_data_matches_the_sandbox_parser() -> None:
-    userdata = pytest.importorskip("nbcloud.providers.sandbox.userdata")
+    userdata = pytest.importorskip("nbcloud.sandbox.userdata")
     parsed = userdata.parse_user_data(render_user_data(full_spec()))
     assert parsed.host_keys == {"ed25519": (HOST_PRIVATE, HOST_PUBLIC)}
     assert len(parsed.scripts) == 1 and parsed.scripts[0][1].startswith(b"#!/bin/bash")
@@ -166,7 +166,7 @@ def test_units_use_only_emulated_keys_and_parse() -> None:
             "--config=/opt/nbcloud/etc/jupyter_server_config.py") in jupyter
     assert "Restart=always" in jupyter and "RestartSec=1" in jupyter
     assert "StandardOutput=append:/var/log/nbcloud/jupyter.log" in jupyter
-    sandbox_units = pytest.importorskip("nbcloud.providers.sandbox.units")
+    sandbox_units = pytest.importorskip("nbcloud.sandbox.units")
     for name, text in units.items():
         unit = sandbox_units.parse_unit(name, text)
         assert unit.exec_start

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nbcloud.providers.sandbox.wheelhouse import ensure_wheelhouse
+from nbcloud.sandbox.wheelhouse import ensure_wheelhouse
 
 
 def test_sandbox_start_without_the_extra_says_what_to_install(nbcloud_home: Path, tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_a_fresh_wheelhouse_reports_one_line_and_keeps_pips_log(tmp_path: Path,
 
 
 def test_download_summary() -> None:
-    from nbcloud.providers.sandbox.wheelhouse import download_summary
+    from nbcloud.sandbox.wheelhouse import download_summary
 
     assert download_summary(106, 101_300_000, 40.0) == "downloaded 106 wheels, 101.3 MB in 40.0 s (2.5 MB/s)"
     assert download_summary(1, 0, 0.0).startswith("downloaded 1 wheel, 0.0 MB in 0.0 s")

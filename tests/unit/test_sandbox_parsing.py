@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nbcloud.providers.sandbox.hosts import AddressPool, prefix_for_subnet
-from nbcloud.providers.sandbox.imds import MetadataSource
-from nbcloud.providers.sandbox.units import boot_order, parse_env_file, parse_timespan, parse_unit
-from nbcloud.providers.sandbox.userdata import parse_user_data
+from nbcloud.sandbox.hosts import AddressPool, prefix_for_subnet
+from nbcloud.sandbox.imds import MetadataSource
+from nbcloud.sandbox.units import boot_order, parse_env_file, parse_timespan, parse_unit
+from nbcloud.sandbox.userdata import parse_user_data
 
 KEYS = {"ed25519_private": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n",
         "ed25519_public": "ssh-ed25519 AAAA host"}
@@ -129,7 +129,7 @@ def test_imds_lookup(tmp_path: Path) -> None:
 
 
 def test_without_root_the_sandbox_falls_back_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     monkeypatch.delenv("NBCLOUD_SANDBOX_MODE", raising=False)
     monkeypatch.setattr("os.geteuid", lambda: 1000)
@@ -141,7 +141,7 @@ def test_without_root_the_sandbox_falls_back_to_loopback(monkeypatch: pytest.Mon
 
 def test_forcing_netns_without_root_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from nbcloud.errors import SandboxError
-    from nbcloud.providers.sandbox import client
+    from nbcloud.sandbox import client
 
     monkeypatch.setenv("NBCLOUD_SANDBOX_MODE", "netns")
     monkeypatch.setattr("os.geteuid", lambda: 1000)
@@ -152,7 +152,7 @@ def test_forcing_netns_without_root_says_so(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_loopback_subnets_mirror_the_netns_ones() -> None:
-    from nbcloud.providers.sandbox.loopback import loopback_subnet
+    from nbcloud.sandbox.loopback import loopback_subnet
 
     assert loopback_subnet("10.240.0.0/16") == "127.240.0.0/16"
     assert loopback_subnet("127.71.0.0/16") == "127.71.0.0/16"
@@ -163,7 +163,7 @@ def test_unix_sockets_at_paths_longer_than_af_unix_allows(tmp_path: Path) -> Non
     """pytest's xdist directories make a sandbox's socket paths exceed 107 bytes; bind and connect still work."""
     import socket
 
-    from nbcloud.providers.sandbox.unixsock import unix_address
+    from nbcloud.sandbox.unixsock import unix_address
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
@@ -203,7 +203,7 @@ def test_imds_serves_user_data_bytes_unchanged_in_every_api_version(tmp_path: Pa
 
 
 def test_os_image_mirror_is_the_one_apt_uses(tmp_path: Path) -> None:
-    from nbcloud.providers.sandbox.osimage import find_mirror
+    from nbcloud.sandbox.osimage import find_mirror
 
     deb822 = tmp_path / "debian.sources"
     deb822.write_text("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
@@ -216,7 +216,7 @@ def test_os_image_mirror_is_the_one_apt_uses(tmp_path: Path) -> None:
 
 
 def test_dhcp_offers_then_acks_the_instance_address_as_a_host_route() -> None:
-    from nbcloud.providers.sandbox.dhcp import MAGIC, reply
+    from nbcloud.sandbox.dhcp import MAGIC, reply
 
     def request(kind: int) -> bytes:
         head = bytearray(236)

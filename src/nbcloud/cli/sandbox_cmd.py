@@ -40,7 +40,7 @@ def _info_text(info: Any) -> str:
 @json_option
 def start(os_mode: bool, sandbox_dir: Path | None, as_json: bool) -> None:
     """Start the sandbox daemon (idempotent) and wait until it is ready."""
-    from ..providers.sandbox import client
+    from ..sandbox import client
 
     with progress("Starting the sandbox", as_json) as update:
         info = client.start(sandbox_dir, progress=update, os_mode=os_mode)
@@ -68,7 +68,7 @@ def _status_text(result: dict[str, Any]) -> str:
 @json_option
 def status(sandbox_dir: Path | None, as_json: bool) -> None:
     """Show whether the sandbox runs, its mode and its instances (namespace, address, processes)."""
-    from ..providers.sandbox import client
+    from ..sandbox import client
 
     emit(client.status(sandbox_dir), as_json, _status_text)
 
@@ -105,7 +105,7 @@ def reset(sandbox_dir: Path | None, as_json: bool) -> None:
 @json_option
 def fault(instance_id: str, kind: str, seconds: float, sandbox_dir: Path | None, as_json: bool) -> None:
     """Inject a fault into a running instance: cut or heal its link, reboot it, announce a spot reclaim."""
-    from ..providers.sandbox import client
+    from ..sandbox import client
 
     result = client.fault(instance_id, kind, sandbox_dir, seconds=seconds)
     emit(result, as_json, lambda r: f"{r['instance_id']}: {r['fault']}" + (f" at {r['time']}" if "time" in r else ""))
@@ -124,7 +124,7 @@ def fault_api(operation: str, error_code: str, count: int, zone: str | None, san
 
     ERROR_CODE ``delay:SECONDS`` carries the call out and holds its answer back that long (a slow or lost answer).
     """
-    from ..providers.sandbox import client
+    from ..sandbox import client
 
     result = client.fault_api(operation, error_code, count, sandbox_dir, zone=zone)
     emit(result, as_json, lambda r: f"the next {r['count']} {r['operation']} call(s)"
@@ -148,7 +148,7 @@ def _image_text(info: dict[str, Any] | None) -> str:
 @json_option
 def image_build(force: bool, as_json: bool) -> None:
     """Build the Debian root filesystem (mmdebstrap; installs mmdebstrap and systemd-container when missing)."""
-    from ..providers.sandbox import osimage
+    from ..sandbox import osimage
 
     with progress("Building the instance image", as_json) as update:
         info = osimage.build_image(update, force=force)
@@ -159,6 +159,6 @@ def image_build(force: bool, as_json: bool) -> None:
 @json_option
 def image_show(as_json: bool) -> None:
     """Where the instance image is and when it was built (nothing is built)."""
-    from ..providers.sandbox import osimage
+    from ..sandbox import osimage
 
     emit(osimage.image_info() or {"path": None}, as_json, lambda i: _image_text(i if i.get("path") else None))

@@ -16,7 +16,7 @@ def reset_sandbox(sandbox_dir: Path | None = None) -> dict[str, Any]:
     Only the sandbox this NBCLOUD_HOME's instances live in (the default directory) takes them along; resetting
     another directory touches nothing local. A home that no longer exists is not re-created.
     """
-    from ..providers.sandbox import client
+    from ..sandbox import client
     from .context import Context
     from .instances import stop_tunnel
     from .lifecycle import forget_gone

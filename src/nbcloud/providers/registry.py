@@ -89,8 +89,8 @@ def _aws(region: str | None, profile: str | None, start: bool) -> Provider:
 
 
 def _sandbox(region: str | None, profile: str | None, start: bool) -> Provider:
+    from ..sandbox import client as sandbox
     from .aws.session import AwsSession
-    from .sandbox import client as sandbox
     from .sandbox.provider import SandboxProvider
 
     info = sandbox.start() if start else sandbox.load_info()

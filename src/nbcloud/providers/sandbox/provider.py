@@ -64,8 +64,8 @@ class SandboxProvider(AwsProvider):
         import json
         from pathlib import Path
 
-        from .client import default_dir
-        from .wheelhouse import ensure_extra_wheels
+        from ...sandbox.client import default_dir
+        from ...sandbox.wheelhouse import ensure_extra_wheels
 
         info = json.loads((default_dir() / "sandbox.json").read_text())
         if info.get("wheelhouse"):

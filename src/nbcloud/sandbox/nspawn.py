@@ -27,7 +27,7 @@ __all__ = ["REBOOT_EXIT", "ContainerSpec", "layer_root", "mount_layer", "spawn_c
 
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the container asked for a reboot
 INSIDE = "/mnt/nbcloud-sandbox"  # the sandbox's shared files inside an instance (as in netns mode)
-SRC_DIR = str(Path(__file__).resolve().parents[3])
+SRC_DIR = str(Path(__file__).resolve().parents[2])  # the directory holding the nbcloud package
 
 
 def layer_root(instance_dir: Path) -> Path:
@@ -128,7 +128,7 @@ def spawn_imds(instance_dir: Path, netns: str) -> subprocess.Popen[bytes]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": SRC_DIR, "LANG": "C.UTF-8"}
     with open(instance_dir / "imds.log", "ab") as out:
         return subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", "nbcloud.providers.sandbox.imds", str(instance_dir)],
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "nbcloud.sandbox.imds", str(instance_dir)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True)
 
 

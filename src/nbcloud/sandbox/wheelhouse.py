@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ...errors import SandboxError
+from ..errors import SandboxError
 
 __all__ = [
     "INSTANCE_UV_CACHE",
@@ -62,7 +62,7 @@ def _key(requirements: list[str], python_version: str) -> str:
 
 def ensure_wheelhouse(progress: Callable[[str], None] | None = None, requirements: list[str] | None = None) -> Path:
     """Return a complete wheelhouse for the remote packages, downloading it the first time (about a minute)."""
-    from ...remote.packages import all_requirements
+    from ..remote.packages import all_requirements
 
     say = progress or (lambda _msg: None)
     reqs = requirements if requirements is not None else all_requirements()
@@ -160,7 +160,7 @@ def warm_uv_cache(wheelhouse: Path, cache: Path, progress: Callable[[str], None]
 
     Instances install from per-instance hard-link copies of this cache, so they never unpack a wheel themselves.
     """
-    from ...remote.packages import all_requirements
+    from ..remote.packages import all_requirements
 
     stamp = cache / f".nbcloud-warm-{wheelhouse.name}"
     uv = shutil.which("uv")

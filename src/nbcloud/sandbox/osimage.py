@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...errors import SandboxError
+from ..errors import SandboxError
 from .wheelhouse import wheelhouse_root
 
 __all__ = ["PACKAGES", "TOOLS", "build_image", "find_mirror", "image_info", "image_path", "missing_tools"]

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...config import ensure_private_dir, paths
-from ...errors import NotFoundError, SandboxError, UsageError
+from ..config import ensure_private_dir, paths
+from ..errors import NotFoundError, SandboxError, UsageError
 from .wheelhouse import INSTANCE_PYTHON, INSTANCE_UV_CACHE, ensure_uv_cache, ensure_wheelhouse, warm_uv_cache
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
 
 DEFAULT_SUBNET = "10.200.0.0/16"
 FAULT_KINDS = ("link-down", "link-up", "reboot", "spot-notice")
-SRC_DIR = str(Path(__file__).resolve().parents[3])
+SRC_DIR = str(Path(__file__).resolve().parents[2])  # the directory holding the nbcloud package
 INSIDE = "/mnt/nbcloud-sandbox"
 MODE_ENV = "NBCLOUD_SANDBOX_MODE"
 NETNS_TOOLS = ("ip", "nft", "unshare")
@@ -111,7 +111,8 @@ def _bootstrap_env() -> dict[str, str]:
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"nbcloud.providers.sandbox.daemon" in fh.read()
+            # a daemon started before the emulator left providers/ ran as nbcloud.providers.sandbox.daemon
+            return b"sandbox.daemon" in fh.read()
     except OSError:
         return False
 
@@ -295,7 +296,7 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbcloud.providers.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
+            [sys.executable, "-m", "nbcloud.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
              "--wheelhouse", str(wheelhouse), "--uv-cache", str(uv_cache), "--mode", mode,
              f"--mode-reason={mode_reason}", *([f"--image={image}"] if image else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/",

@@ -1,4 +1,4 @@
-"""The "init" of one sandbox instance: ``python -m nbcloud.providers.sandbox.init <instance-dir>``.
+"""The "init" of one sandbox instance: ``python -m nbcloud.sandbox.init <instance-dir>``.
 
 Started by the daemon inside the instance's network namespace and a private mount (and UTS) namespace. It
 imports everything it needs first (after the mounts the host's /root, where Python may live, is hidden), then:
@@ -293,7 +293,7 @@ class Init:
 def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        print("usage: python -m nbcloud.providers.sandbox.init <instance-dir>", file=sys.stderr)
+        print("usage: python -m nbcloud.sandbox.init <instance-dir>", file=sys.stderr)
         raise SystemExit(2)
     os.umask(0o022)
     Init(Path(args[0]).resolve()).run()

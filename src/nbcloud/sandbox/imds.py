@@ -203,13 +203,13 @@ def serve_imds(source: MetadataSource, address: str = IMDS_ADDRESS, port: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m nbcloud.providers.sandbox.imds <instance-dir>``: serve one instance's IMDS until killed (os mode:
+    """``python -m nbcloud.sandbox.imds <instance-dir>``: serve one instance's IMDS until killed (os mode:
     run inside the instance's network namespace, beside its container)."""
     import sys
 
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        print("usage: python -m nbcloud.providers.sandbox.imds <instance-dir>", file=sys.stderr)
+        print("usage: python -m nbcloud.sandbox.imds <instance-dir>", file=sys.stderr)
         raise SystemExit(2)
     serve_imds(MetadataSource(Path(args[0])))
     threading.Event().wait()

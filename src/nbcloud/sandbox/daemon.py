@@ -1,6 +1,6 @@
 """The sandbox daemon: moto's API, the hosts that realize its instances, the control API.
 
-``python -m nbcloud.providers.sandbox.daemon --dir D --subnet S --wheelhouse W [--mode loopback]`` (the client
+``python -m nbcloud.sandbox.daemon --dir D --subnet S --wheelhouse W [--mode loopback]`` (the client
 starts it detached). moto changes state at once; hooks queue the real work (namespaces, init, teardown) for one
 reconciler thread, so operations on an instance happen in the order the API saw them.
 
@@ -51,7 +51,7 @@ from .wheelhouse import UvCacheSeeder, wait_uv_cache_seed
 __all__ = ["Sandbox", "main"]
 
 log = logging.getLogger("nbcloud.sandbox")
-SRC_DIR = str(Path(__file__).resolve().parents[3])
+SRC_DIR = str(Path(__file__).resolve().parents[2])  # the directory holding the nbcloud package
 SHIM_LINKS = ("shutdown", "poweroff", "halt", "reboot")
 
 
@@ -451,7 +451,7 @@ class Sandbox:
     def _spawn_init(self, host: Host) -> None:
         inst_dir = self._instance_dir(host.instance_id)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": SRC_DIR, "LANG": "C.UTF-8"}
-        init = [sys.executable, "-m", "nbcloud.providers.sandbox.init", str(inst_dir)]
+        init = [sys.executable, "-m", "nbcloud.sandbox.init", str(inst_dir)]
         if isinstance(self.network, LoopbackNetwork):
             env[MARKER_ENV] = self.network.marker(host.instance_id)
             env["USER"] = self.login_user
