@@ -61,6 +61,19 @@ def test_no_capacity_in_one_zone_lands_in_another_and_says_so(world: Any, faults
         assert "region" not in done.stderr
 
 
+@pytest.mark.parametrize("code", ["Unsupported", "InvalidParameterValue"])
+def test_a_type_not_offered_in_one_zone_lands_in_another(world: Any, faults: list[Any], code: str) -> None:
+    """EC2's answers for a type a zone does not offer (the sandbox words them as EC2 does): the next zone is tried."""
+    first = _offered(world)[0]
+    world.nb("sandbox", "fault-api", "RunInstances", code, "--zone", first)
+    faults.append(("RunInstances", first))
+    name = f"nz{code[:3].lower()}"
+    result, said = _up(world, name)
+    instance = world.ec2().describe_instances(InstanceIds=[result.instance_id])["Reservations"][0]["Instances"][0]
+    assert instance["Placement"]["AvailabilityZone"] != first
+    assert any(f"no capacity for t3.medium in {first}: {code}" in s for s in said), said
+
+
 def test_every_zone_without_capacity_fails_in_one_line_leaving_nothing(world: Any, faults: list[Any]) -> None:
     from nbcloud.sandbox import client as sandbox
 
@@ -83,6 +96,13 @@ def test_every_zone_without_capacity_fails_in_one_line_leaving_nothing(world: An
     tagged = ec2.describe_instances(Filters=[{"Name": "tag:nbcloud:name", "Values": ["full"]}])["Reservations"]
     assert [i for r in tagged for i in r["Instances"] if i["State"]["Name"] != "terminated"] == []
     assert ec2.describe_volumes(Filters=[{"Name": "tag:nbcloud:name", "Values": ["full"]}])["Volumes"] == []
+    # nor on this machine: `nbcloud list` does not show it, no key or Host block was kept for it
+    assert "full" not in [row["name"] for row in world.nb_json("list", "--provider", "sandbox")]
+    from nbcloud.config import paths
+
+    here = paths()
+    assert not list(here.keys_dir.glob("full*"))
+    assert "nb-full" not in (here.ssh_config.read_text() if here.ssh_config.exists() else "")
 
 
 def test_vcpu_quota_tries_another_family_not_another_zone(world: Any, faults: list[Any]) -> None:

@@ -53,3 +53,18 @@ def test_what_was_tried_fits_one_line() -> None:
              ("g6.xlarge", "us-east-1a", "VcpuLimitExceeded")]
     assert summarize(tried) == ("g5.xlarge in us-east-1a, us-east-1b (InsufficientInstanceCapacity); "
                                 "g6.xlarge in us-east-1a (VcpuLimitExceeded)")
+
+
+def test_sandbox_faults_speak_as_ec2_so_failover_reads_them() -> None:
+    """The sandbox's injected capacity errors carry EC2's wording (zone and type filled in): the product's failover
+    classifies them exactly as it would AWS's own answers."""
+    from nbcloud.sandbox.cloud import fault_message
+
+    call = {"Action": ["RunInstances"], "InstanceType": ["t3.medium"], "Placement.AvailabilityZone": ["us-east-1a"]}
+    for code in ("InsufficientInstanceCapacity", "Unsupported", "InvalidParameterValue"):
+        message = fault_message("RunInstances", code, call)
+        assert "t3.medium" in message and "us-east-1a" in message and "sandbox fault-api" in message
+        assert failover_kind(code, message) == "zone", code
+    assert failover_kind("VcpuLimitExceeded", fault_message("RunInstances", "VcpuLimitExceeded", call)) == "quota"
+    assert fault_message("DescribeInstances", "AuthFailure", {}) == (
+        "injected by `nbcloud sandbox fault-api DescribeInstances AuthFailure`")

@@ -28,7 +28,7 @@ from moto.server import DomainDispatcherApplication, create_backend_app
 from moto.ssm.models import Parameter, ssm_backends
 from werkzeug.serving import BaseWSGIServer, make_server
 
-__all__ = ["REGION", "ApiFaults", "CloudListener", "MotoCloud", "install_hooks", "seed_images"]
+__all__ = ["REGION", "ApiFaults", "CloudListener", "MotoCloud", "fault_message", "install_hooks", "seed_images"]
 
 REGION = "us-east-1"
 UBUNTU_PARAM = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
@@ -194,6 +194,32 @@ def call_zone(params: dict[str, list[str]]) -> str | None:
     return _subnet_zone(subnet) if subnet else None
 
 
+# What EC2 says with these codes (its wording: clients such as nbcloud's failover read the message, not only the
+# code; InvalidParameterValue is the answer for a type a zone does not offer)
+_AWS_WORDING = {
+    "InsufficientInstanceCapacity": "We currently do not have sufficient {type} capacity in the Availability Zone "
+                                    "you requested ({zone}). Our system will be working on provisioning additional "
+                                    "capacity.",
+    "Unsupported": "Your requested instance type ({type}) is not supported in your requested Availability Zone "
+                   "({zone}). Please retry your request by not specifying an Availability Zone.",
+    "InvalidParameterValue": "Your requested instance type ({type}) is not supported in your requested "
+                             "Availability Zone ({zone}).",
+    "VcpuLimitExceeded": "You have requested more vCPU capacity than your current vCPU limit of 0 allows for the "
+                         "instance bucket that the specified instance type belongs to.",
+}
+
+
+def fault_message(operation: str, code: str, params: dict[str, list[str]]) -> str:
+    """The message of an injected error: EC2's own wording for the capacity and quota codes, then where it came
+    from."""
+    origin = f"injected by `nbcloud sandbox fault-api {operation} {code}`"
+    wording = _AWS_WORDING.get(code)
+    if wording is None:
+        return origin
+    itype = (params.get("InstanceType") or ["the requested type"])[0]
+    return wording.format(type=itype, zone=call_zone(params) or "chosen for you") + f" ({origin})"
+
+
 class ApiFaults:
     """The next N calls of an operation (optionally: only those in one zone) answer with an AWS error code.
 
@@ -236,7 +262,8 @@ class ApiFaults:
             return self.app(environ, start_response)
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         operation: str | None = target.split(".")[-1] if target else None
-        zone = None
+        zone: str | None = None
+        query: dict[str, list[str]] = {}
         if operation is None:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
@@ -252,7 +279,7 @@ class ApiFaults:
             time.sleep(float(code.split(":", 1)[1]))
             return body
         status = "503 Service Unavailable" if code in THROTTLING else "400 Bad Request"
-        message = f"injected by `nbcloud sandbox fault-api {operation} {code}`"
+        message = fault_message(str(operation), code, query)
         if target:
             body_out = json.dumps({"__type": code, "message": message}).encode()
             ctype = "application/x-amz-json-1.1"
