@@ -52,8 +52,10 @@ def test_host_key_is_rotated_and_imds_is_root_only(world: Any) -> None:
     assert "imds_error" not in wait_until(agent_polled, 60, 1.0, "agent state written")
 
     # after a reboot the rule is back (the unit runs at every boot) and the rotated key still answers
+    guard_lines = "grep -c 'imds guard: only root' /var/log/nbcloud/bootstrap.log"
+    assert world.ssh_out("hk", guard_lines).strip() == "1", "one line per run of the guard"
     world.nb("sandbox", "fault", result["instance_id"], "reboot")
-    wait_until(lambda: world.ssh("nb-hk", "test -e /var/lib/nbcloud/bootstrap.done && "
-                                 "grep -c 'imds guard: only root' /var/log/nbcloud/bootstrap.log").stdout.strip()
-               == "2", 120, 1.0, "the guard installed again at boot")
+    wait_until(lambda: world.ssh("nb-hk", guard_lines).stdout.strip() == "2", 120, 1.0,
+               "the guard installed again at boot")
     assert world.ssh("nb-hk", TOKEN).returncode != 0
+    assert world.ssh_out("hk", f"sudo sh -c {shlex.quote(USER_DATA)} | wc -c").strip() != "0"

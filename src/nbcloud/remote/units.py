@@ -36,8 +36,9 @@ def render_units(spec: BootstrapSpec) -> dict[str, str]:
             # before the services that run user code; again at every boot (nft rules do not survive one)
             "[Unit]\nDescription=nbcloud: instance metadata for root only\nAfter=network-pre.target\n"
             "Before=nbcloud-jupyter.service nbcloud-gateway.service\n\n"
+            # its log() lines already go to bootstrap.log (tee): only its errors are appended there, not its output
             "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/bash /opt/nbcloud/bootstrap.sh imds-guard\n"
-            + _logs("bootstrap")
+            "StandardError=append:/var/log/nbcloud/bootstrap.log\n"
             + _INSTALL
         ),
         "nbcloud-data.service": (
