@@ -55,3 +55,33 @@ def test_the_wheel_carries_the_license(tmp_path: Path) -> None:
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+@pytest.mark.skipif(not _local_setuptools(), reason=f"no setuptools>=77 wheel in {LOCAL_WHEELS} (offline build)")
+def test_the_sdist_carries_the_license(tmp_path: Path) -> None:
+    """The source archive too (the issue: no LICENSE in the repo, wheel or sdist)."""
+    import tarfile
+
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": LOCAL_WHEELS}
+    tools = tmp_path / "tools"  # setuptools>=77 beside the interpreter's own, from the local wheels
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(tools), "setuptools>=77"],
+                   check=True, capture_output=True, env=env, timeout=300)
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           check=True, capture_output=True, timeout=30).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes((ROOT / name).read_bytes())
+    out = tmp_path / "out"
+    code = f"from setuptools import build_meta\nprint(build_meta.build_sdist({str(out)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": str(tools)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    with tarfile.open(out / done.stdout.split()[-1]) as tar:
+        names = tar.getnames()
+        pkg_info = tar.extractfile(next(n for n in names if n.count("/") == 1 and n.endswith("/PKG-INFO")))
+        assert pkg_info is not None
+        metadata = pkg_info.read().decode()
+    assert any(n.count("/") == 1 and n.endswith("/LICENSE") for n in names), names[:20]
+    assert "License-Expression: Apache-2.0" in metadata
