@@ -105,6 +105,31 @@ def test_every_zone_without_capacity_fails_in_one_line_leaving_nothing(world: An
     assert "nb-full" not in (here.ssh_config.read_text() if here.ssh_config.exists() else "")
 
 
+def test_all_refused_with_fallback_types_names_both_and_rolls_back_at_once(world: Any, faults: list[Any]) -> None:
+    """Every (type, zone) refused: the error names each type and zone tried; EC2 answered every call, so the rollback
+    does not wait for an instance that a lost answer might have made."""
+    from nbcloud.errors import CapacityError
+    from nbcloud.sandbox import client as sandbox
+
+    zones = sorted(set(_offered(world)) | set(_offered(world, "m5.large")))
+    for zone in zones:
+        sandbox.fault_api("RunInstances", "InsufficientInstanceCapacity", count=20,
+                          sandbox_dir=world.sandbox.sandbox_dir, zone=zone)
+        faults.append(("RunInstances", zone))
+    from nbcloud import ops
+
+    world.names.add("full2")
+    said: list[str] = []
+    with pytest.raises(CapacityError) as refused:
+        ops.up(ops.Context.create(), InstanceSpec(name="full2", fallback_types=("m5.large",)),
+               provider_name="sandbox", progress=said.append, wait_jupyter=False, ssh_timeout=120)
+    message = refused.value.one_line()
+    assert "t3.medium in " in message and "m5.large in " in message, message
+    assert all(zone in message for zone in _offered(world, "m5.large")), message
+    assert world.tagged("full2") == []
+    assert not any("checking whether launch" in s for s in said), said
+
+
 def test_vcpu_quota_tries_another_family_not_another_zone(world: Any, faults: list[Any]) -> None:
     from nbcloud.sandbox import client as sandbox
 

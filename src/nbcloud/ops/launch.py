@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import CapacityError, ConflictError, Interrupted, NbcloudError, RemoteError
+from ..errors import CapacityError, ConflictError, Interrupted, NbcloudError, QuotaError, RemoteError
 from ..models import (
     LAUNCH_TAG,
     MANAGED_TAG,
@@ -322,13 +322,18 @@ def _run_instance(ctx: Context, provider: Provider, spec: InstanceSpec, request:
     progress("launching instance")
     ctx.store.mark_launch(request.launch_id, run_at=time.time())
     try:
-        instance = provider.run_instance(request, progress)
-    except CapacityError:
-        if not (spec.spot and spec.spot_fallback):
-            raise
-        progress("no spot capacity: falling back to on-demand (--spot-fallback)")
-        instance = provider.run_instance(replace(request, spot=False, max_price=None,
-                                                 launch_id=f"{request.launch_id}-od"), progress)
+        try:
+            instance = provider.run_instance(request, progress)
+        except CapacityError:
+            if not (spec.spot and spec.spot_fallback):
+                raise
+            progress("no spot capacity: falling back to on-demand (--spot-fallback)")
+            instance = provider.run_instance(replace(request, spot=False, max_price=None,
+                                                     launch_id=f"{request.launch_id}-od"), progress)
+    except (CapacityError, QuotaError):
+        # EC2 answered every attempt with a refusal: no instance exists, the rollback need not wait for one to show
+        ctx.store.mark_launch(request.launch_id, run_at=None)
+        raise
     ctx.store.mark_launch(request.launch_id, instance_id=instance.instance_id)
     if (instance.instance_type, instance.zone) != (spec.instance_type, request.zone or instance.zone):
         progress(f"launched {instance.instance_type} in {instance.zone} (asked: {spec.instance_type}"

@@ -93,8 +93,11 @@ def sweep_launch(ctx: Context, provider: Provider, intent: LaunchIntent, *, know
     tagged = _of_launch(provider, intent)
     # RunInstances sent but unanswered: the instance may not be listed yet; wait until it is or cannot be
     settle_until = (intent.run_at or 0) + RUN_SETTLE_SECONDS if intent.run_at and not intent.instance_id else 0
+    said = False
     while not any(r.kind == "instance" for r in tagged) and clock() < settle_until:
-        progress(f"checking whether launch {intent.launch_id} made an instance")
+        if not said:
+            progress(f"checking whether launch {intent.launch_id} made an instance")
+            said = True
         sleep(0.5)
         tagged = _of_launch(provider, intent)
     listed = _merge(tagged, known, [r for r in _known(intent) if r.kind == "instance"])
