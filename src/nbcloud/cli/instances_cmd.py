@@ -19,7 +19,8 @@ from .output import emit, err, json_option, progress, table
 provider_option = click.option("--provider", type=click.Choice(provider_names()), default=None,
                                help="Where to run: aws (default), sandbox (emulated cloud on this machine), "
                                     "or ssh (a machine you already have: up --host).")
-region_option = click.option("--region", default=None, help="AWS region (default: AWS_REGION / your profile's).")
+region_option = click.option("--region", default=None,
+                             help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, your profile's).")
 profile_option = click.option("--profile", default=None, help="AWS profile (incl. SSO profiles).")
 
 
