@@ -22,6 +22,7 @@ try:
     from .nbcloud_relay_protocol import (
         BYE,
         CHUNK,
+        DATA,
         HELLO,
         OPEN,
         PING,
@@ -39,6 +40,7 @@ except ImportError:  # run as a script on the instance: the protocol file sits b
     from nbcloud_relay_protocol import (  # type: ignore[no-redef]
         BYE,
         CHUNK,
+        DATA,
         HELLO,
         OPEN,
         PING,
@@ -118,7 +120,9 @@ class RelaySession(Endpoint):
         return st.sock is not None and getattr(st, "connected", True)
 
     def on_frame(self, kind: int, sid: int, value: int, payload: bytes) -> None:
-        if kind == PING:
+        if kind == DATA:
+            self.on_stream_frame(kind, sid, value, payload)
+        elif kind == PING:
             self.send(frame(PONG, 0, value))
         elif kind == BYE:
             self.close()
@@ -138,6 +142,8 @@ class RelaySession(Endpoint):
             self.send(frame(RST, sid))
             return
         self.streams[sid] = st
+        self.by_fd[sock.fileno()] = st
+        self.dirty = True
         self.watch(sock.fileno(), self.on_connect, write=True)
 
     def on_connect(self, fd: int, events: int) -> None:
@@ -147,6 +153,7 @@ class RelaySession(Endpoint):
         if st.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             return self.reset(st, tell=True)
         st.connected = True  # type: ignore[attr-defined]
+        self.dirty = True
         self.watch(fd, self.on_sock, read=True, write=bool(st.out))
 
     def write_sock(self, st: Stream) -> None:
