@@ -195,8 +195,9 @@ class LocalMux(Endpoint):
     def _run(self) -> None:
         last_tick = 0.0
         while not self._stop:
-            self.poll(0.25)
+            self.loop.run_once(self.next_timeout(0.25))
             now = time.monotonic()
+            self.after_io(now)
             if now - last_tick >= 0.02:  # the timers are coarse: not after every request's round
                 last_tick = now
                 self.tick()

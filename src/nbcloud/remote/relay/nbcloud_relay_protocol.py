@@ -349,6 +349,7 @@ class Endpoint:
         # that only carried one request or response on the fast paths skips it, but not for longer than SWEEP
         self.dirty = True
         self.last_sweep = 0.0
+        self.ack_waiting = False  # some stream delivered bytes it did not acknowledge yet: poll with ACK_DELAY
 
     def watch(self, fd: int, handler: object, read: bool | None = None, write: bool | None = None) -> None:
         self.loop.watch(fd, handler, read, write)
@@ -357,7 +358,7 @@ class Endpoint:
         self.loop.forget(fd)
 
     def next_timeout(self, timeout: float) -> float:
-        return min(timeout, ACK_DELAY) if any(st.ack_due for st in self.streams.values()) else timeout
+        return min(timeout, ACK_DELAY) if self.ack_waiting else timeout
 
     def poll(self, timeout: float) -> None:
         self.loop.run_once(self.next_timeout(timeout))
@@ -513,7 +514,7 @@ class Endpoint:
 
     def write_sock(self, st: Stream) -> None:
         sock = st.sock
-        self.dirty = True
+        self.dirty = self.ack_waiting = True
         if sock is None:
             return
         try:
@@ -548,6 +549,7 @@ class Endpoint:
                 return self.reset(st, tell=True)
             st.delivered += n
             st.mark_delivered()
+            self.ack_waiting = True
             if n == len(data):
                 if st.delivered - st.ack_sent >= ACK_BYTES:
                     self.dirty = True
@@ -595,11 +597,12 @@ class Endpoint:
     def may_read(self, st: Stream) -> bool:
         return True
 
-    def after_io(self) -> None:
-        now = time.monotonic()
+    def after_io(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
         if not self.dirty and now - self.last_sweep < SWEEP:
             return
-        self.dirty, self.last_sweep = False, now
+        self.last_sweep = now
+        waiting = False
         for st in list(self.streams.values()):
             # Acks wait a little (or for 128 KiB): one per request/response would wake the other end for nothing.
             if st.ack_due and self.live and (st.delivered - st.ack_sent >= ACK_BYTES or st.fin_in is not None
@@ -608,7 +611,11 @@ class Endpoint:
                 self.send(frame(ACK, st.sid, st.delivered))
             if st.done():
                 self.drop(st)
+            elif st.ack_due:
+                waiting = True
+        self.ack_waiting = waiting
         self.flush()
+        self.dirty = False  # what flush could not write waits for the transport's write event, which marks it again
 
     def on_stream_frame(self, kind: int, sid: int, value: int, payload: bytes) -> None:
         st = self.streams.get(sid)
