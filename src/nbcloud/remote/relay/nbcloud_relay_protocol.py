@@ -320,7 +320,7 @@ class Loop:
                 if handler is not None and events & masks.get(key.fd, 0):
                     handler(key.fd, events & masks.get(key.fd, 0))  # type: ignore[operator]
             return
-        for fd, ev in self.ep.poll(timeout):
+        for fd, ev in self.ep.poll(timeout, 64):  # without maxevents CPython allocates room for 1023 per call
             # as selectors does: an error or hang-up wakes both directions, then only what was asked for
             events = ((EV_READ if ev & NOT_OUT else 0) | (EV_WRITE if ev & NOT_IN else 0)) & masks.get(fd, 0)
             if events:
