@@ -36,6 +36,7 @@ import select, socket, sys
 lp, tp = int(sys.argv[1]), int(sys.argv[2])
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind(("127.0.0.1", lp)); ls.listen(8)
 ep = select.epoll(); ep.register(ls.fileno(), select.EPOLLIN); peer, socks = {}, {}
+buf = bytearray(262144); view = memoryview(buf)  # recv(262144) would mmap/munmap a fresh buffer per read
 while True:
     for fd, ev in ep.poll():
         if fd == ls.fileno():
@@ -45,10 +46,10 @@ while True:
                 ep.register(s.fileno(), select.EPOLLIN)
             peer[c.fileno()], peer[u.fileno()] = u, c
             continue
-        d = socks[fd].recv(262144)
-        if not d:
+        n = socks[fd].recv_into(buf)
+        if not n:
             ep.unregister(fd); peer[fd].close(); socks.pop(fd).close(); continue
-        peer[fd].sendall(d)
+        peer[fd].sendall(view[:n])
 """
 
 

@@ -113,3 +113,22 @@ def test_host_block_keepalive_is_gentle_but_the_tunnel_stays_aggressive(nbcloud_
     tunnel = effective(sup.ssh_argv())
     # the tunnel still notices a dead link within 2 s x 2
     assert (tunnel["serveraliveinterval"], tunnel["serveralivecountmax"]) == ("2", "2")
+
+
+def test_relay_ssh_marks_its_packets_as_a_plain_forward_would(nbcloud_home: Path) -> None:
+    """ssh marks a session without a tty with the bulk IPQoS (throughput / cs1: Wi-Fi's background class) and a
+    plain `ssh -N -L` with the interactive one: the relay's ssh carries the browser, so it asks for the latter."""
+    p = paths()
+    ssh_config.write_entry(p, ssh_config.SshEntry("nb-x", "10.0.0.5", "ubuntu", p.keys_dir / "x", p.known_hosts))
+
+    def ipqos(argv: list[str]) -> list[str]:
+        out = subprocess.run([argv[0], "-G", *argv[1:]], capture_output=True, text=True, check=True, timeout=30)
+        return dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)["ipqos"].split()
+
+    from nbcloud.ssh.supervisor import TunnelSupervisor
+
+    sup = TunnelSupervisor("x", "nb-x", [Forward(18888, 8888, "jupyter")], p.ssh_config, p.tunnels_dir / "x.json",
+                           p.tunnels_dir / "x.log", resolver=lambda: None)  # type: ignore[arg-type,return-value]
+    sup._target()  # every attempt reads `ssh -G` first
+    interactive = ipqos(sup.ssh_argv())[0]
+    assert ipqos(sup.relay_argv()) == [interactive, interactive]

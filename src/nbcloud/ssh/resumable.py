@@ -23,6 +23,7 @@ from typing import Any
 
 from ..remote.relay.nbcloud_relay_protocol import (
     BYE,
+    DATA,
     HELLO,
     OPEN,
     PING,
@@ -192,9 +193,14 @@ class LocalMux(Endpoint):
                 done.set()
 
     def _run(self) -> None:
+        last_tick = 0.0
         while not self._stop:
-            self.poll(0.25)
-            self.tick()
+            self.loop.run_once(self.next_timeout(0.25))
+            now = time.monotonic()
+            self.after_io(now)
+            if now - last_tick >= 0.02:  # the timers are coarse: not after every request's round
+                last_tick = now
+                self.tick()
         for st in list(self.streams.values()):
             self.drop(st)
         self.close_listeners()
@@ -240,7 +246,9 @@ class LocalMux(Endpoint):
 
     # --- frames ----------------------------------------------------------------------------------------------------
     def on_frame(self, kind: int, sid: int, value: int, payload: bytes) -> None:
-        if kind == HELLO:
+        if kind == DATA:
+            self.on_stream_frame(kind, sid, value, payload)
+        elif kind == HELLO:
             self._on_hello(_json(payload))
         elif kind == PING:
             self.send(frame(PONG, 0, value))

@@ -96,6 +96,7 @@ class TunnelSupervisor:
         self._resolved: ResolveResult | None = None
         self._last_resolve = -1e9
         self._target_cache: tuple[tuple[int, int], tuple[str, int] | None] | None = None
+        self._ip_qos: str | None = None  # from `ssh -G` (see _target)
 
     # --- bookkeeping ---------------------------------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class TunnelSupervisor:
             out = subprocess.run([self.ssh_binary, "-F", str(self.ssh_config), "-G", self.host_alias],
                                  capture_output=True, text=True, timeout=10, check=True).stdout
             opts = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+            self._ip_qos = (opts.get("ipqos", "").split() or [None])[0]  # the interactive value: see relay_argv
             if opts.get("proxycommand", "none") == "none" and opts.get("proxyjump", "none") == "none":
                 target = (opts["hostname"], int(opts.get("port", "22")))
         except (OSError, subprocess.SubprocessError, KeyError, ValueError) as exc:
@@ -268,7 +270,8 @@ class TunnelSupervisor:
     def relay_argv(self) -> list[str]:
         return build_relay_argv(self.host_alias, self.ssh_config, relay_command(),
                                 keepalive_interval=self.keepalive_interval, keepalive_count=self.keepalive_count,
-                                connect_timeout=self.connect_timeout, ssh_binary=self.ssh_binary)
+                                connect_timeout=self.connect_timeout, ssh_binary=self.ssh_binary,
+                                ip_qos=self._ip_qos)
 
     def _publish_mux(self) -> None:
         """Copy what the mux thread knows (held streams, the last outage) into the state file when it changed."""

@@ -179,12 +179,18 @@ def relay_unavailable(returncode: int | None, stderr_lines: list[str], too_old_c
 
 
 def build_relay_argv(host_alias: str, ssh_config: Path, remote_command: str, *, keepalive_interval: int,
-                     keepalive_count: int, connect_timeout: int, ssh_binary: str = "ssh") -> list[str]:
-    """The resumable tunnel's transport: one ssh session running the relay's attach; its stdio carries frames."""
+                     keepalive_count: int, connect_timeout: int, ssh_binary: str = "ssh",
+                     ip_qos: str | None = None) -> list[str]:
+    """The resumable tunnel's transport: one ssh session running the relay's attach; its stdio carries frames.
+
+    ``ip_qos``: the marking a plain ``ssh -N -L`` would use (the config's interactive IPQoS value). A session without
+    a tty is "non-interactive" to ssh, which marks it with the bulk value (throughput / cs1): on Wi-Fi that is the
+    background access category, behind everything else, for what is the browser's interactive traffic."""
+    qos = ["-o", f"IPQoS={ip_qos}"] if ip_qos else []
     return [ssh_binary, "-F", str(ssh_config), "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
             "-o", f"ServerAliveInterval={keepalive_interval}", "-o", f"ServerAliveCountMax={keepalive_count}",
             "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=VERBOSE", "-o", "ClearAllForwardings=yes",
-            "-o", "ControlPath=none", "-o", "RequestTTY=no", host_alias, remote_command]
+            "-o", "ControlPath=none", "-o", "RequestTTY=no", *qos, host_alias, remote_command]
 
 
 def tunnel_options_from_env(env: dict[str, str] | None = None) -> dict[str, object]:

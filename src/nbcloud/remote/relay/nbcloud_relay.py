@@ -22,6 +22,7 @@ try:
     from .nbcloud_relay_protocol import (
         BYE,
         CHUNK,
+        DATA,
         HELLO,
         OPEN,
         PING,
@@ -39,6 +40,7 @@ except ImportError:  # run as a script on the instance: the protocol file sits b
     from nbcloud_relay_protocol import (  # type: ignore[no-redef]
         BYE,
         CHUNK,
+        DATA,
         HELLO,
         OPEN,
         PING,
@@ -54,6 +56,7 @@ except ImportError:  # run as a script on the instance: the protocol file sits b
     )
 
 FILES = ("nbcloud_relay_protocol.py", "nbcloud_relay.py")  # what the laptop ships, in this order
+HOUSEKEEPING = 0.02  # seconds between the daemon's timer rounds (pings, silent attaches, resume windows)
 
 
 # --- the instance side ---------------------------------------------------------------------------------------------
@@ -118,7 +121,9 @@ class RelaySession(Endpoint):
         return st.sock is not None and getattr(st, "connected", True)
 
     def on_frame(self, kind: int, sid: int, value: int, payload: bytes) -> None:
-        if kind == PING:
+        if kind == DATA:
+            self.on_stream_frame(kind, sid, value, payload)
+        elif kind == PING:
             self.send(frame(PONG, 0, value))
         elif kind == BYE:
             self.close()
@@ -138,6 +143,8 @@ class RelaySession(Endpoint):
             self.send(frame(RST, sid))
             return
         self.streams[sid] = st
+        self.by_fd[sock.fileno()] = st
+        self.dirty = True
         self.watch(sock.fileno(), self.on_connect, write=True)
 
     def on_connect(self, fd: int, events: int) -> None:
@@ -147,6 +154,7 @@ class RelaySession(Endpoint):
         if st.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             return self.reset(st, tell=True)
         st.connected = True  # type: ignore[attr-defined]
+        self.dirty = True
         self.watch(fd, self.on_sock, read=True, write=bool(st.out))
 
     def write_sock(self, st: Stream) -> None:
@@ -251,20 +259,29 @@ class Daemon:
                 session.on_frame(*f)
 
     def serve(self) -> None:
-        while time.monotonic() - self.idle_since < 2.0:
-            timeout = min([0.5] + [s.next_timeout(0.5) for s in self.sessions.values()])
+        sessions, last_house = self.sessions, 0.0
+        while True:
+            timeout = 0.5
+            for session in sessions.values():
+                timeout = session.next_timeout(timeout)
             self.loop.run_once(timeout)
             now = time.monotonic()
-            for session in list(self.sessions.values()):
-                session.after_io()
+            for session in sessions.values():
+                session.after_io(now)
+            if now - last_house < HOUSEKEEPING:  # the timers are coarse: not after every request's round
+                continue
+            last_house = now
+            for session in list(sessions.values()):
                 session.tick(now)
                 if session.closed:
-                    del self.sessions[session.id]
+                    del sessions[session.id]
             for fd, (_, _, _, since) in list(self.pending.items()):
                 if now - since > 20:  # an attach that never said HELLO
                     self.drop_pending(fd)
-            if self.sessions or self.pending:
+            if sessions or self.pending:
                 self.idle_since = now
+            elif now - self.idle_since >= 2.0:
+                break
         os.unlink(self.path)
 
 
