@@ -16,21 +16,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "nbcloud"
 CONCRETE = ("nbcloud.providers.aws", "nbcloud.providers.ssh", "nbcloud.providers.sandbox")
 
-#: Concrete-provider imports outside providers/ not fixed yet (the lead reports them; each names why it remains).
-ALLOWED_CONCRETE = {
-    # `nbcloud prices refresh` reads the AWS Price List API: an aws-only feature with no interface method yet
-    ("nbcloud.cli.cost_cmd", "nbcloud.providers.aws.pricing"),
-    ("nbcloud.cli.cost_cmd", "nbcloud.providers.aws.session"),
-    # adopting a host uses the ssh provider's target resolution and install scripts: the interface's split into
-    # Machines + CloudResources is not done yet
-    ("nbcloud.ops.adopt", "nbcloud.providers.ssh.target"),
-    ("nbcloud.ops.adopt", "nbcloud.providers.ssh.scripts"),
-    # the cluster's worker fleet calls EC2 directly (ops/cluster.py and cluster/ are being reworked in parallel)
-    ("nbcloud.cluster.machines", "nbcloud.providers.aws.instances"),
-    ("nbcloud.cluster.machines", "nbcloud.providers.aws.session"),
-}
-
-
 @dataclass(frozen=True)
 class Import:
     module: str  # the importing module
@@ -128,10 +113,52 @@ def test_the_agent_is_standard_library_only() -> None:
 
 
 def test_only_providers_import_a_concrete_provider() -> None:
-    found = {(i.module, i.target) for module in MODULES if not _in(module, "nbcloud.providers")
-             for i in imports_of(module) if any(_in(i.target, c) for c in CONCRETE)}
-    assert sorted(found - ALLOWED_CONCRETE) == [], "go through providers.registry or the Provider interface"
-    assert sorted(ALLOWED_CONCRETE - found) == [], "fixed: take it off ALLOWED_CONCRETE"
+    """No exceptions left: `prices refresh` asks ``registry.price_source``, the cluster ``registry.cluster_machines``,
+    adoption uses ``ssh.target`` and ``remote.adopted`` (ssh client and on-host scripts, not the provider's)."""
+    found = sorted(f"{i.module}:{i.line} imports {i.target}" for module in MODULES
+                   if not _in(module, "nbcloud.providers")
+                   for i in imports_of(module) if any(_in(i.target, c) for c in CONCRETE))
+    assert found == [], "go through providers.registry or the Provider interface:\n" + "\n".join(found)
+
+
+def test_money_has_one_home() -> None:
+    """Price table, cost arithmetic and quotes live in nbcloud/money/; the AWS Price List edge stays in
+    providers/aws/pricing.py. money/ sits low: it imports no use case, no CLI, no concrete provider, no ssh."""
+    assert "nbcloud.money.cost" in MODULES and "nbcloud.money.pricing" in MODULES and "nbcloud.money.quotes" in MODULES
+    assert not {"nbcloud.cost", "nbcloud.pricing"} & set(MODULES), "money's modules belong in nbcloud/money/"
+    bad = [f"{i.module}:{i.line} imports {i.target}" for module in MODULES if _in(module, "nbcloud.money")
+           for i in imports_of(module)
+           if any(_in(i.target, up) for up in ("nbcloud.ops", "nbcloud.cli", "nbcloud.ssh", "nbcloud.providers",
+                                                "nbcloud.remote", "nbcloud.sandbox", "nbcloud.cluster"))]
+    assert bad == []
+
+
+def test_the_interface_says_which_part_a_provider_is() -> None:
+    """Machines (every provider) and CloudResources (clouds only) are separate parts of the interface."""
+    tree = ast.parse(MODULES["nbcloud.providers.base"].read_text())
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert {"Machines", "CloudResources", "Provider", "ClusterMachines", "PriceSource"} <= set(classes)
+    assert [ast.unparse(b) for b in classes["Provider"].bases] == ["Machines", "CloudResources", "Protocol"]
+
+    def methods(name: str) -> set[str]:
+        return {n.name for n in classes[name].body if isinstance(n, ast.FunctionDef)}
+
+    assert {"find", "list_instances", "terminate"} <= methods("Machines")
+    assert {"run_instance", "create_volume", "create_image", "import_key_pair"} <= methods("CloudResources")
+    assert not methods("Machines") & methods("CloudResources")
+
+
+def test_ops_makes_no_cloud_call_itself() -> None:
+    """EC2 calls live in providers/: ops/ never calls ``<provider>.session.call``/``paginate``."""
+    bad = []
+    for module in MODULES:
+        if not _in(module, "nbcloud.ops"):
+            continue
+        for node in ast.walk(ast.parse(MODULES[module].read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in {"call", "paginate", "client"}
+                    and isinstance(node.value, ast.Attribute) and node.value.attr == "session"):
+                bad.append(f"{module}:{node.lineno}")
+    assert bad == [], "add it to the provider (or ClusterMachines) interface"
 
 
 def _cycles(prefixes: tuple[str, ...]) -> list[list[str]]:

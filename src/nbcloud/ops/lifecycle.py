@@ -12,12 +12,13 @@ from typing import Any
 
 from ..errors import ConflictError, NbcloudError, NotFoundError, UsageError
 from ..models import VOLUME_NAME_TAG, Instance, Volume
+from ..money.quotes import launch_price
 from ..providers.base import Provider, TaggedResource, manages_machines
 from ..ssh import config as ssh_config
 from ..ssh import session
 from ..state import Record
 from .context import Context, Progress, no_progress
-from .costs import cost_fields, launch_price
+from .costs import cost_fields
 from .instances import (
     forget_locally,
     parse_data_volume,
@@ -139,8 +140,8 @@ def _volumes_of(provider: Provider, name: str) -> list[Any]:
 
 def _volume_bill(provider: Provider, volumes: list[Any]) -> tuple[list[str], float | None]:
     try:
-        from ..cost import format_usd, idle_volume_monthly
-        from ..pricing import load_prices
+        from ..money.cost import format_usd, idle_volume_monthly
+        from ..money.pricing import load_prices
 
         table = load_prices()
         lines = [f"{v.volume_id} ({v.size_gb} GB, {format_usd(table.ebs_monthly(v.size_gb, provider.region))}/month)"
@@ -304,7 +305,7 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
                 view = replace(view, spot_hourly_usd=spot_now)
             views.append(_with_cluster(ctx, provider, view))
         if name is None and manages_machines(provider):
-            from ..cluster.machines import CLUSTER_TAG
+            from ..models import CLUSTER_TAG
 
             known = {r.name for r in records}
             # a known instance's cluster workers are shown on its own cluster line, not as another machine's
