@@ -197,3 +197,16 @@ def _cycles(prefixes: tuple[str, ...]) -> list[list[str]]:
 def test_no_import_cycle_in_ops_and_ssh() -> None:
     """Imports inside functions included: a cycle dodged by a late import is still a cycle."""
     assert _cycles(("nbcloud.ops", "nbcloud.ssh")) == []
+
+
+def test_no_import_cycle_anywhere() -> None:
+    """The whole package, the cluster's engine/renderers included (engines.py lists the engines; onhost.py holds
+    the paths and program text they share)."""
+    assert _cycles(("nbcloud",)) == []
+
+
+def test_the_spot_notice_probe_is_written_once() -> None:
+    """The worker's launcher and its watchdog embed cluster/onhost.py's SPOT_NOTICE_PROBE."""
+    url = "http://169.254.169.254/latest/meta-data/spot/instance-action"
+    holders = [m for m in MODULES if _in(m, "nbcloud.cluster") and url in MODULES[m].read_text()]
+    assert holders == ["nbcloud.cluster.onhost"]

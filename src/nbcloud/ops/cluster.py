@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ..cluster.certs import ClusterCerts, Identity, make_cluster_certs
-from ..cluster.engine import Engine, FileSpec, Layout, get_engine
+from ..cluster.engine import Engine, FileSpec, Layout
+from ..cluster.engines import get_engine
+from ..cluster.onhost import DONE_MARKER
 from ..cluster.plan import cluster_hourly, freeze_difference, scale_plan
-from ..cluster.remote import DONE_MARKER, extra_wheels_dir, install_command
+from ..cluster.remote import extra_wheels_dir, install_command
 from ..config import ensure_private_dir, write_private
 from ..errors import ConflictError, RemoteError, UsageError
 from ..models import cluster_tags
@@ -274,7 +276,7 @@ def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Eng
 def _spot_noticed(ctx: Context, name: str, record: Any, workers: list[Any]) -> set[str]:
     """Spot workers whose watchdog saw the interruption notice (they already left the cluster): to replace now,
     within the notice window, not after the reclaim."""
-    from ..cluster.remote import SPOT_NOTICE_MARKER
+    from ..cluster.onhost import SPOT_NOTICE_MARKER
 
     running = [w for w in workers if w.state == "running"]
     if not running:
