@@ -219,3 +219,15 @@ def test_no_function_over_80_lines() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None
             and node.end_lineno - node.lineno + 1 > 80]
     assert long == []
+
+
+def test_the_machine_root_knobs_are_spelled_once() -> None:
+    """``NBCLOUD_ROOT``/``NBCLOUD_JUPYTER_IP`` read in shell (``${NBCLOUD_…``) or Python (``environ.get(…)``) are
+    remote/machine_root.py's ``SH_ROOT``, ``SH_JUPYTER_IP``, ``py_rooted``; only the stdlib-only agent, the
+    shipped templates and the emulator that sets them spell them out."""
+    spellings = [f"{pre}{knob}" for knob in ("NBCLOUD_ROOT", "NBCLOUD_JUPYTER_IP", "NBCLOUD_SSH_PORT")
+                 for pre in ("${", "${{", "environ.get('", 'environ.get("')]
+    exempt = ("nbcloud.remote.machine_root", "nbcloud.remote.agent", "nbcloud.remote.templates", "nbcloud.sandbox")
+    bad = [module for module, path in MODULES.items()
+           if not any(_in(module, e) for e in exempt) and any(s in path.read_text() for s in spellings)]
+    assert bad == []

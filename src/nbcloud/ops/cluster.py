@@ -40,6 +40,7 @@ from ..errors import ConflictError, RemoteError, UsageError
 from ..models import cluster_tags
 from ..providers.base import WorkerRequest
 from ..providers.registry import cluster_machines
+from ..remote.machine_root import py_rooted
 from ..remote.units import VENV
 from ..ssh import keys, session
 from .context import Context, Progress, no_progress
@@ -522,7 +523,7 @@ def _agent_hourly(ctx: Context, name: str, record: Any, hourly: float | None) ->
     if hourly is None:
         return
     path = f"/home/{record.user}/.config/nbcloud/agent.json"
-    code = (f"import json,os;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};"
+    code = (f"import json,os;p={py_rooted(path)};"
             "d=json.load(open(p)) if os.path.exists(p) else {};"
             f"d['hourly_usd']={float(hourly)!r};t=p+'.tmp';open(t,'w').write(json.dumps(d,sort_keys=True));"
             "os.chmod(t,0o600);os.replace(t,p)")

@@ -14,6 +14,7 @@ from ..errors import ConflictError, NbcloudError, NotFoundError, UsageError
 from ..models import VOLUME_NAME_TAG, Instance, Volume
 from ..money.quotes import launch_price
 from ..providers.base import Provider, TaggedResource, manages_machines
+from ..remote.machine_root import SH_ROOT
 from ..ssh import config as ssh_config
 from ..ssh import session
 from ..state import Record
@@ -414,7 +415,7 @@ def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceV
     def fetch(view: InstanceView) -> dict[str, Any]:
         try:
             result = session.run(ctx.paths.ssh_config, f"nb-{view.name}",
-                                 "cat \"${NBCLOUD_ROOT:-}/var/lib/nbcloud/agent-state.json\" 2>/dev/null || echo '{}'",
+                                 f"cat \"{SH_ROOT}/var/lib/nbcloud/agent-state.json\" 2>/dev/null || echo '{{}}'",
                                  timeout=AGENT_STATE_TIMEOUT, check=False,
                                  connect_timeout=AGENT_STATE_CONNECT_TIMEOUT, options=AGENT_STATE_SSH_OPTIONS)
             return json.loads(result.stdout or "{}") if result.returncode == 0 else {}

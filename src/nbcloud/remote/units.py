@@ -8,6 +8,7 @@ the shim ignores).
 from __future__ import annotations
 
 from .jupyter_config import CONFIG_PATH
+from .machine_root import SH_JUPYTER_IP
 from .spec import BootstrapSpec
 
 __all__ = [
@@ -86,7 +87,7 @@ def render_gateway_wrapper(spec: BootstrapSpec) -> str:
         f"while [ ! -s {token} ]; do sleep 0.2; done\n"
         f"read -r KG_AUTH_TOKEN < {token} || [ -n \"$KG_AUTH_TOKEN\" ]\nexport KG_AUTH_TOKEN\n"
         # NBCLOUD_JUPYTER_IP: the address of its own an instance listens on when instances share one network
-        f"exec {VENV}/bin/jupyter-kernelgateway --ip=${{NBCLOUD_JUPYTER_IP:-127.0.0.1}} --port={spec.gateway_port} "
+        f"exec {VENV}/bin/jupyter-kernelgateway --ip={SH_JUPYTER_IP} --port={spec.gateway_port} "
         "--JupyterWebsocketPersonality.list_kernels=True\n"
     )
 
