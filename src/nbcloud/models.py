@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 __all__ = [
     "CLUSTER_TAG",
@@ -176,9 +175,6 @@ class InstanceSpec:
     cull_idle_minutes: int | None = None
     python_packages: tuple[str, ...] = ()
     requirements: str | None = None
-
-    def with_(self, **changes: Any) -> InstanceSpec:
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

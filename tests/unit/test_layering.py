@@ -231,3 +231,12 @@ def test_the_machine_root_knobs_are_spelled_once() -> None:
     bad = [module for module, path in MODULES.items()
            if not any(_in(module, e) for e in exempt) and any(s in path.read_text() for s in spellings)]
     assert bad == []
+
+
+def test_no_leftovers_the_review_named() -> None:
+    """``InstanceSpec.with_`` had no caller; `down` read its kept data volumes back out of its own display lines."""
+    models = ast.parse(MODULES["nbcloud.models"].read_text())
+    spec = next(n for n in models.body if isinstance(n, ast.ClassDef) and n.name == "InstanceSpec")
+    assert "with_" not in {n.name for n in spec.body if isinstance(n, ast.FunctionDef)}
+    lifecycle = MODULES["nbcloud.ops.lifecycle"].read_text()
+    assert 'startswith("data volume")' not in lifecycle and "split()[-1]" not in lifecycle

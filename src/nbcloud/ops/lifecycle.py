@@ -229,9 +229,11 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
     resources = resources + [TaggedResource("volume", vid, name, None) for vid in data_volumes
                              if vid not in tagged_ids]
     deleted_data: list[str] = []
+    kept_data: list[Volume] = []  # the kept data volumes themselves, for their bill (``kept`` is for display)
     for resource in (r for r in resources if r.kind != "instance"):
         if resource.kind == "volume" and resource.resource_id in data_volumes and not delete_data:
             kept.append(f"data volume {resource.resource_id}")
+            kept_data.append(data_volumes[resource.resource_id])
             continue
         progress(f"deleting {resource.kind} {resource.resource_id}")
         try:
@@ -243,8 +245,7 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
         except NbcloudError as exc:
             kept.append(f"{resource.kind} {resource.resource_id} (could not delete: {exc.message})")
     forget_locally(ctx, name)
-    billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
-                                         if v.startswith("data volume")])
+    billing, _ = _volume_bill(provider, kept_data)
     return DownResult(name, deleted, kept, billing, snapshots, deleted_data)
 
 
