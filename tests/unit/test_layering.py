@@ -108,8 +108,8 @@ def test_ssh_never_imports_ops() -> None:
 def test_the_agent_is_standard_library_only() -> None:
     """It runs on the instance with the system python3: nbcloud is not installed there."""
     bad = [f"{i.module}:{i.line} imports {i.target}" for module in MODULES if _in(module, "nbcloud.remote.agent")
-           for i in imports_of(module) if _in(i.target, "nbcloud")]
-    assert bad == []
+           for i in imports_of(module) if _in(i.target, "nbcloud") and not _in(i.target, "nbcloud.remote.agent")]
+    assert bad == []  # its own files ship beside it (nbcloud_activity.py, imported as a sibling script)
 
 
 def test_only_providers_import_a_concrete_provider() -> None:
@@ -240,3 +240,10 @@ def test_no_leftovers_the_review_named() -> None:
     assert "with_" not in {n.name for n in spec.body if isinstance(n, ast.FunctionDef)}
     lifecycle = MODULES["nbcloud.ops.lifecycle"].read_text()
     assert 'startswith("data volume")' not in lifecycle and "split()[-1]" not in lifecycle
+
+
+def test_no_module_over_600_lines() -> None:
+    """The design's limit (the sandbox daemon was 772, the agent 714: split along their seams)."""
+    big = [f"{module}: {path.read_text().count(chr(10))} lines" for module, path in MODULES.items()
+           if path.read_text().count("\n") > 600]
+    assert big == []

@@ -12,12 +12,14 @@ from .machine_root import SH_JUPYTER_IP
 from .spec import BootstrapSpec
 
 __all__ = [
-    "AGENT_CONFIG_PATH", "GATEWAY_WRAPPER", "JUPYTER_LAUNCHER", "VENV", "jupyter_launcher_source",
-    "render_gateway_wrapper", "render_units",
+    "AGENT_ACTIVITY_PATH", "AGENT_CONFIG_PATH", "GATEWAY_WRAPPER", "JUPYTER_LAUNCHER", "VENV",
+    "jupyter_launcher_source", "render_gateway_wrapper", "render_units",
 ]
 
 VENV = "/opt/nbcloud/venv"
 AGENT_PATH = "/opt/nbcloud/agent/nbcloud_agent.py"
+#: the agent's pure part, beside it (the agent imports it as a sibling script)
+AGENT_ACTIVITY_PATH = "/opt/nbcloud/agent/nbcloud_activity.py"
 AGENT_CONFIG_PATH = "/opt/nbcloud/etc/agent-config.json"
 GATEWAY_WRAPPER = "/opt/nbcloud/bin/nbcloud-gateway"
 JUPYTER_LAUNCHER = "/opt/nbcloud/bin/jupyter-launch.py"
