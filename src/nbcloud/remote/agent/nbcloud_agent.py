@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-# On the instance the agent is a script beside this module (its directory is on sys.path); in the nbcloud
-# package (the tests) the two are modules of nbcloud.remote.agent.
+# On the instance the agent is a script beside this module (its directory is on sys.path; no __pycache__ is
+# written there: /opt/nbcloud/agent holds exactly what the bootstrap put); in the nbcloud package (the tests)
+# the two are modules of nbcloud.remote.agent.
 if __package__:
     from .nbcloud_activity import (
         Decision,
@@ -53,6 +54,7 @@ if __package__:
         summarize_jupyter,
     )
 else:
+    sys.dont_write_bytecode = True
     from nbcloud_activity import (  # type: ignore[no-redef]
         Decision,
         ProcStat,
