@@ -131,7 +131,7 @@ class World:
 
         Money tests scale prices so a cent accrues in about a second.
         """
-        from nbcloud.pricing import load_prices
+        from nbcloud.money.pricing import load_prices
 
         table = load_prices().scaled(factor)
         self.home.mkdir(parents=True, exist_ok=True)

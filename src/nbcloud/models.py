@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 __all__ = [
+    "CLUSTER_TAG",
     "IMAGE_NAME_TAG",
     "LAUNCH_TAG",
     "MANAGED_TAG",
@@ -20,6 +20,7 @@ __all__ = [
     "InstanceSpec",
     "InstanceTypeInfo",
     "Volume",
+    "cluster_tags",
     "default_durable_outputs",
     "normalize_cidr",
     "parse_duration",
@@ -36,6 +37,16 @@ ROLE_TAG = "nbcloud:role"  # instance | security-group | key-pair | data-volume 
 VOLUME_NAME_TAG = "nbcloud:volume"
 #: a baked image's name (`nbcloud bake`)
 IMAGE_NAME_TAG = "nbcloud:image-name"
+#: a cluster's workers and security group: the notebook instance's name (`nbcloud cluster`)
+CLUSTER_TAG = "nbcloud:cluster"
+
+
+def cluster_tags(name: str, launch_id: str | None, role: str) -> dict[str, str]:
+    """Workers carry their own name tag (``NAME/workers``: never a valid instance name), so `find NAME` and `down
+    NAME`'s tag scan never mistake one for the notebook's instance; the launch id is the notebook's, so the orphan
+    scan sees the cluster's group as owned while the notebook lives."""
+    return {NAME_TAG: f"{name}/workers", CLUSTER_TAG: name, ROLE_TAG: role, MANAGED_TAG: "true",
+            LAUNCH_TAG: launch_id or ""}
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
@@ -164,9 +175,6 @@ class InstanceSpec:
     cull_idle_minutes: int | None = None
     python_packages: tuple[str, ...] = ()
     requirements: str | None = None
-
-    def with_(self, **changes: Any) -> InstanceSpec:
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

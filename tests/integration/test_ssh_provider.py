@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from nbcloud.providers.ssh.target import fingerprint
 from nbcloud.ssh.keys import generate_ed25519
+from nbcloud.ssh.target import fingerprint
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 

@@ -11,7 +11,8 @@ import pytest
 
 from nbcloud.cluster.certs import make_cluster_certs
 from nbcloud.cluster.dask import DaskEngine, render_dask_config
-from nbcloud.cluster.engine import Layout, get_engine
+from nbcloud.cluster.engine import Layout
+from nbcloud.cluster.engines import get_engine
 from nbcloud.cluster.plan import cluster_hourly, freeze_difference, scale_plan
 from nbcloud.cluster.remote import render_worker_boot, render_worker_user_data
 from nbcloud.errors import UsageError

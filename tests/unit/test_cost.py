@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nbcloud.cost import (
+from nbcloud.models import Volume
+from nbcloud.money.cost import (
     CostLine,
     CostReport,
     RunningPeriod,
@@ -20,8 +21,7 @@ from nbcloud.cost import (
     latest_spot_price,
     running_periods_from_events,
 )
-from nbcloud.models import Volume
-from nbcloud.pricing import PriceTable, load_prices
+from nbcloud.money.pricing import PriceTable, load_prices
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from nbcloud.cost import (
+from nbcloud.errors import RemoteError
+from nbcloud.models import Instance
+from nbcloud.money.cost import (
     PRICE_EVENT,
     RunningPeriod,
     accrued_usd,
@@ -23,8 +25,6 @@ from nbcloud.cost import (
     running_periods_from_events,
     stop_event_time,
 )
-from nbcloud.errors import RemoteError
-from nbcloud.models import Instance
 from nbcloud.state import Store
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -212,8 +212,8 @@ def _instance(lifecycle: str = "on-demand", state: str = "running", **kw: Any) -
 
 
 def test_start_price_spot_on_demand_and_fallbacks(nbcloud_home: Path) -> None:
-    from nbcloud.ops.costs import start_price
-    from nbcloud.pricing import load_prices
+    from nbcloud.money.pricing import load_prices
+    from nbcloud.money.quotes import start_price
 
     on_demand = load_prices().hourly("t3.medium", "us-east-1")
     assert on_demand

@@ -166,8 +166,8 @@ def _provider_with_pricing(region: str, responses: list[dict[str, object] | str]
 def test_unknown_price_fetched_live_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.unit.test_pricing import _ec2_entry
 
-    from nbcloud.ops.costs import require_price_for_cap
-    from nbcloud.pricing import load_prices
+    from nbcloud.money.pricing import load_prices
+    from nbcloud.money.quotes import require_price_for_cap
 
     monkeypatch.setenv("NBCLOUD_HOME", str(tmp_path / "home"))
     assert load_prices().hourly("g5.xlarge", "ap-northeast-1") is None  # the snapshot lacks the region
@@ -178,7 +178,7 @@ def test_unknown_price_fetched_live_and_kept(tmp_path: Path, monkeypatch: pytest
 
 
 def test_unknown_price_refuses_a_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbcloud.ops.costs import require_price_for_cap
+    from nbcloud.money.quotes import require_price_for_cap
 
     monkeypatch.setenv("NBCLOUD_HOME", str(tmp_path / "home"))
     provider = _provider_with_pricing("eu-west-1", ["AccessDeniedException"])

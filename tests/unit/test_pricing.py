@@ -13,7 +13,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from nbcloud.errors import CredentialsError, RemoteError, UsageError
-from nbcloud.pricing import (
+from nbcloud.money.pricing import (
     PriceTable,
     load_prices,
     merge_refresh,

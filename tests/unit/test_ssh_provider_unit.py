@@ -13,8 +13,9 @@ from tests.helpers import adopted_machine
 
 from nbcloud.errors import UsageError
 from nbcloud.providers.base import manages_machines
-from nbcloud.providers.ssh.scripts import install_script, preflight_script, uninstall_script
-from nbcloud.providers.ssh.target import (
+from nbcloud.remote.adopted import install_script, preflight_script, uninstall_script
+from nbcloud.ssh.keys import generate_ed25519
+from nbcloud.ssh.target import (
     HostKey,
     SshTarget,
     fingerprint,
@@ -24,7 +25,6 @@ from nbcloud.providers.ssh.target import (
     pinned_host_key,
     resolve_target,
 )
-from nbcloud.ssh.keys import generate_ed25519
 
 
 @pytest.mark.parametrize(("text", "expected"), [

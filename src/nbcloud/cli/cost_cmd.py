@@ -74,7 +74,7 @@ def _since(text: str | None) -> datetime | None:
 @json_option
 def cost(since: str | None, as_json: bool) -> None:
     """Report accrued cost per instance and in total."""
-    from ..cost import format_usd
+    from ..money.cost import format_usd
     from ..ops import cost_report
 
     report = cost_report(_ctx(), _since(since))
@@ -100,7 +100,7 @@ def prices() -> None:
 @json_option
 def prices_show(instance_type: str | None, region: str, as_json: bool) -> None:
     """Show prices of the table in use (and its date)."""
-    from ..pricing import load_prices
+    from ..money.pricing import load_prices
 
     table_ = load_prices()
     types = [instance_type] if instance_type else table_.instance_types(region)
@@ -116,12 +116,12 @@ def prices_show(instance_type: str | None, region: str, as_json: bool) -> None:
 @json_option
 def prices_refresh(regions: tuple[str, ...], profile: str | None, as_json: bool) -> None:
     """Fetch current on-demand and EBS prices from the AWS Pricing API."""
-    from ..pricing import load_prices, user_prices_path
-    from ..providers.aws.pricing import refresh_prices
-    from ..providers.aws.session import AwsSession
+    from ..money.pricing import user_prices_path
+    from ..ops.costs import refresh_prices
+    from ..providers.registry import price_source
 
-    session = AwsSession.create(region="us-east-1", profile=profile)
+    source = price_source(profile)
     with progress("fetching prices from the AWS Pricing API", as_json):
-        table_ = refresh_prices(session, user_prices_path(), regions=list(regions) or load_prices().regions())
+        table_ = refresh_prices(source, regions)
     emit({"as_of": table_.as_of.isoformat(), "path": str(user_prices_path())}, as_json,
          lambda r: f"prices refreshed ({r['as_of']}) → {r['path']}")

@@ -86,7 +86,7 @@ def _confirmer(yes: bool) -> Any:
 
 
 def _money(value: float | None) -> str:
-    from ..cost import format_usd
+    from ..money.cost import format_usd
 
     return format_usd(value) if value is not None else "-"
 
@@ -543,7 +543,7 @@ def doctor(find_orphans: bool, fix: bool, provider: str | None, region: str | No
 
 
 def _checks_text(r: dict[str, Any]) -> str:
-    from ..cost import format_usd
+    from ..money.cost import format_usd
 
     lines = [f"{'ok ' if v else 'MISSING'} {k}" for k, v in r["checks"].items()]
     lines += [f"still billing, used by no instance ({i['provider']}/{i['region']}): {i['kind']} {i['name'] or '-'} "
@@ -555,7 +555,7 @@ def _checks_text(r: dict[str, Any]) -> str:
 
 
 def _doctor_text(r: Any) -> str:
-    from ..cost import format_usd
+    from ..money.cost import format_usd
 
     lines = [f"orphan: {o.kind} {o.resource_id} (name {o.name}, launch {o.launch_id})" for o in r.orphans]
     if r.removed:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..remote.units import VENV
 from .certs import ClusterCerts, Identity
 from .engine import FileSpec, Layout
+from .onhost import SPOT_NOTICE_MARKER, SPOT_NOTICE_PROBE
 
 __all__ = ["DASK_PACKAGES", "DaskEngine", "render_dask_config"]
 
@@ -55,21 +56,10 @@ _WORKER_LAUNCHER = '''"""Start the Dask worker once its certificates are there, 
 import os, socket, sys, time, urllib.request
 cfg = {cfg}
 
-def noticed():
-    """IMDSv2: the machine will be reclaimed (a worker that left gracefully must not rejoin after its restart)."""
-    try:
-        put = urllib.request.Request("http://169.254.169.254/latest/api/token", method="PUT",
-                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        token = urllib.request.urlopen(put, timeout=2).read().decode()
-        get = urllib.request.Request("http://169.254.169.254/latest/meta-data/spot/instance-action",
-                                     headers={"X-aws-ec2-metadata-token": token})
-        return urllib.request.urlopen(get, timeout=2).status == 200
-    except Exception:
-        return False
-
+{spot_notice}
 while not os.path.exists(cfg["key"]):
     time.sleep(0.5)
-while noticed():
+while spot_notice():  # the machine will be reclaimed: a worker that left gracefully must not rejoin
     time.sleep(3600)
 probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 probe.connect((cfg["scheduler_ip"], cfg["port"]))  # no packet is sent: picks the route's source address
@@ -80,7 +70,7 @@ argv = [cfg["dask"], "worker", cfg["address"], "--host", host, "--nworkers", "1"
         "--name", cfg["name"], "--death-timeout", "120",
         "--tls-ca-file", cfg["ca"], "--tls-cert", cfg["cert"], "--tls-key", cfg["key"], "--preload", cfg["preload"]]
 os.execv(argv[0], argv)
-'''
+'''.replace("{spot_notice}", SPOT_NOTICE_PROBE)
 
 # Loaded into the worker process (``--preload``): on a spot machine it polls the IMDS every second; on the
 # interruption notice it tells the scheduler (an event on NOTICE_TOPIC, which the keeper on the user's machine
@@ -226,8 +216,6 @@ class DaskEngine:
         return _NOTICE_WATCHER.replace("{topic}", NOTICE_TOPIC)
 
     def watchdog_config(self, layout: Layout) -> str:
-        from .remote import SPOT_NOTICE_MARKER
-
         return json.dumps({"scheduler_ip": layout.scheduler_ip, "port": self.scheduler_port,
                            "idle_seconds": layout.idle_minutes * 60, "worker_unit": WORKER_UNIT,
                            "notice_marker": SPOT_NOTICE_MARKER}, sort_keys=True)

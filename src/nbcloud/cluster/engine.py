@@ -1,6 +1,7 @@
 """What a distributed engine must say for nbcloud to run it: packages, ports, files and units (pure values).
 
-Dask is the one engine (dask.py); Ray would be a second module behind the same small interface. The ops code
+Dask is the one engine (dask.py, listed in engines.py); Ray would be a second module behind the same small
+interface. The ops code
 (ops/cluster.py) launches machines, moves files and waits; it never knows which engine it runs.
 """
 
@@ -11,7 +12,7 @@ from typing import Protocol
 
 from .certs import ClusterCerts, Identity
 
-__all__ = ["Engine", "FileSpec", "Layout", "get_engine"]
+__all__ = ["CERT_DIR", "Engine", "FileSpec", "Layout"]
 
 #: the per-instance directory of a cluster's keys and certificates, below the login user's home (0700)
 CERT_DIR = ".config/nbcloud/cluster"
@@ -59,13 +60,3 @@ class Engine(Protocol):
     def worker_extra_files(self) -> dict[str, str]: ...
     def notice_watcher(self) -> str: ...
     def probe(self, expected: int, timeout: float, hosts: tuple[str, ...] = ()) -> str: ...
-
-
-def get_engine(name: str = "dask") -> Engine:
-    if name == "dask":
-        from .dask import DaskEngine
-
-        return DaskEngine()
-    from ..errors import UsageError
-
-    raise UsageError(f"unknown cluster engine {name!r}", "use dask")

@@ -12,13 +12,11 @@ from email.mime.text import MIMEText
 from ..errors import UsageError
 from ..remote.units import VENV
 from .engine import Layout
+from .onhost import DONE_MARKER, FREEZE_PATH, SPOT_NOTICE_PROBE
 
 __all__ = ["INSTALL_FILES", "WATCHDOG_SOURCE", "extra_wheels_dir", "install_command", "render_worker_user_data"]
 
 USER_DATA_LIMIT = 16384
-DONE_MARKER = "/var/lib/nbcloud/cluster-worker.done"
-SPOT_NOTICE_MARKER = "/var/lib/nbcloud/cluster-spot-notice"  # the watchdog saw the 2-minute notice
-FREEZE_PATH = "/opt/nbcloud/etc/cluster-freeze.txt"
 
 
 def extra_wheels_dir(engine_name: str) -> str:
@@ -72,17 +70,7 @@ def connected():
     with open("/proc/net/tcp") as f:
         return any(p[2] == target and p[3] == "01" for p in (line.split() for line in f.readlines()[1:]))
 
-def spot_notice():
-    try:
-        req = urllib.request.Request("http://169.254.169.254/latest/api/token", method="PUT",
-                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        token = urllib.request.urlopen(req, timeout=2).read().decode()
-        req = urllib.request.Request("http://169.254.169.254/latest/meta-data/spot/instance-action",
-                                     headers={"X-aws-ec2-metadata-token": token})
-        return urllib.request.urlopen(req, timeout=2).status == 200
-    except Exception:
-        return False
-
+@@SPOT_NOTICE@@
 def log(msg):
     print(time.strftime("%Y-%m-%dT%H:%M:%S"), msg, flush=True)
 
@@ -107,7 +95,7 @@ while True:
         subprocess.run(["systemctl", "stop", cfg["worker_unit"]])
         stopped = True
     time.sleep(5)
-'''
+'''.replace("@@SPOT_NOTICE@@", SPOT_NOTICE_PROBE)
 
 _BOOT = r'''#!/bin/bash
 # nbcloud cluster worker @@WORKER@@ of @@NAME@@: the notebook's exact Python environment, then the engine's units.

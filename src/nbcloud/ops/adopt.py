@@ -17,9 +17,9 @@ from pathlib import Path
 from ..errors import ConflictError, RemoteError, UsageError
 from ..models import InstanceSpec
 from ..providers.base import Provider, manages_machines
-from ..providers.ssh.target import SshTarget
 from ..ssh import config as ssh_config
 from ..ssh import session
+from ..ssh.target import SshTarget
 from ..state import Record
 from .context import Context, Progress, no_progress
 from .instances import GATEWAY_PORT, JUPYTER_PORT, token_path, wait_ready
@@ -35,7 +35,7 @@ def adopt(ctx: Context, spec: InstanceSpec, *, host: str, identity_file: Path | 
           given: frozenset[str] = frozenset()) -> UpResult:
     """``given``: the options the user set, applied in place when the machine is already adopted."""
     from ..providers.registry import HOST_PROVIDER, adopts_hosts
-    from ..providers.ssh.target import pinned_host_key, resolve_target
+    from ..ssh.target import pinned_host_key, resolve_target
 
     name = provider_name or HOST_PROVIDER
     if not adopts_hosts(name):
@@ -68,7 +68,7 @@ def adopt(ctx: Context, spec: InstanceSpec, *, host: str, identity_file: Path | 
 
 def _adopt(ctx: Context, provider: Provider, spec: InstanceSpec, target: SshTarget, host_key: str, progress: Progress,
            wait_jupyter: bool, ready_timeout: float) -> UpResult:
-    from ..providers.ssh.scripts import PREFLIGHT_CODES, install_script, preflight_script, uninstall_script
+    from ..remote.adopted import PREFLIGHT_CODES, install_script, preflight_script, uninstall_script
 
     # The user's machine must never power itself off: no idle stop, no cost cap (no price is known anyway).
     spec = replace(spec, idle_stop_seconds=None, max_cost_usd=None)

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..cost import CostLine, accrued_usd, period_hourly
 from ..errors import NbcloudError
+from ..money.cost import CostLine, accrued_usd, period_hourly
+from ..money.quotes import default_hourly
 from ..providers.base import manages_machines
 from ..state import Record
 from .context import Context
-from .costs import default_hourly, periods_of
+from .costs import periods_of
 from .instances import sync_record
 
 __all__ = ["CostSummary", "cost_report"]

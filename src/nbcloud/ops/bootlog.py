@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import ensure_private_dir, write_private
 from ..errors import NbcloudError
+from ..remote.machine_root import SH_ROOT
 from ..ssh import session
 from .context import Context
 
@@ -22,7 +23,7 @@ KEEP_LOGS = 20
 
 # the bootstrap's own log, then what cloud-init saw (a failure before the bootstrap's log existed shows there)
 _FETCH = (
-    'r="${NBCLOUD_ROOT:-}"; cat "$r/var/log/nbcloud/bootstrap.log" 2>/dev/null; '
+    f'r="{SH_ROOT}"; cat "$r/var/log/nbcloud/bootstrap.log" 2>/dev/null; '
     'echo "--- cloud-init-output.log (last 50 lines) ---"; '
     '{ tail -n 50 "$r/var/log/cloud-init-output.log" || sudo -n tail -n 50 /var/log/cloud-init-output.log; } '
     "2>/dev/null; true"

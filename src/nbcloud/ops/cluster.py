@@ -29,13 +29,18 @@ from dataclasses import replace as replace_result
 from pathlib import Path
 from typing import Any
 
-from ..cluster import machines
 from ..cluster.certs import ClusterCerts, Identity, make_cluster_certs
-from ..cluster.engine import Engine, FileSpec, Layout, get_engine
+from ..cluster.engine import Engine, FileSpec, Layout
+from ..cluster.engines import get_engine
+from ..cluster.onhost import DONE_MARKER
 from ..cluster.plan import cluster_hourly, freeze_difference, scale_plan
-from ..cluster.remote import DONE_MARKER, extra_wheels_dir, install_command
+from ..cluster.remote import extra_wheels_dir, install_command
 from ..config import ensure_private_dir, write_private
 from ..errors import ConflictError, RemoteError, UsageError
+from ..models import cluster_tags
+from ..providers.base import WorkerRequest
+from ..providers.registry import cluster_machines
+from ..remote.machine_root import py_rooted
 from ..remote.units import VENV
 from ..ssh import keys, session
 from .context import Context, Progress, no_progress
@@ -205,7 +210,7 @@ def _launch_workers(ctx: Context, provider: Any, name: str, record: Any, engine:
     from ..cluster.remote import WATCHDOG_SOURCE, render_worker_boot, render_worker_user_data
 
     scheduler = provider.find(name)
-    subnet_id, _vpc = machines.subnet_of(provider, scheduler.instance_id)
+    subnet_id, _vpc = cluster_machines(provider).subnet_of(provider, scheduler.instance_id)
     host_key = keys.load_or_create_host_key(_dir(ctx, name), "workers")
     image_id = scheduler.image_id
     launched: list[Any] = []
@@ -216,15 +221,15 @@ def _launch_workers(ctx: Context, provider: Any, name: str, record: Any, engine:
                  **engine.worker_extra_files()}
         boot = render_worker_boot(layout, worker_name, state.freeze, dict(provider.package_env), files,
                                   engine.worker_units(layout), extra_wheels_dir(engine.name))
-        request = machines.WorkerRequest(
+        request = WorkerRequest(
             client_token=f"nbcloud-{worker_name}", instance_type=state.instance_type, image_id=image_id,
             key_name=scheduler.key_name, group_id=state.group_id,
             user_data=render_worker_user_data(boot, host_key.private_openssh, host_key.public_openssh),
             zone=scheduler.zone, subnet_id=subnet_id, spot=state.spot, disk_gb=int((record.spec or {}).get(
-                "disk_gb") or 30), tags=machines.cluster_tags(name, record.launch_id, "worker"))
+                "disk_gb") or 30), tags=cluster_tags(name, record.launch_id, "worker"))
         progress(f"launching worker {len(launched) + 1}/{count} ({state.instance_type}"
                  f"{', spot' if state.spot else ''})")
-        worker = machines.run_worker(provider, request)
+        worker = cluster_machines(provider).run_worker(provider, request)
         launched.append(worker)
         rollback.add(f"worker {worker.instance_id}", lambda iid=worker.instance_id: _end_workers(provider, [iid]))
     running = []
@@ -235,7 +240,7 @@ def _launch_workers(ctx: Context, provider: Any, name: str, record: Any, engine:
 
 
 def _end_workers(provider: Any, instance_ids: list[str]) -> None:
-    machines.terminate(provider, instance_ids)
+    cluster_machines(provider).terminate(provider, instance_ids)
     for iid in instance_ids:
         provider.wait_gone(iid, "terminated", 600)
 
@@ -272,7 +277,7 @@ def _prepare_worker(ctx: Context, name: str, cfg: Path, worker: Any, engine: Eng
 def _spot_noticed(ctx: Context, name: str, record: Any, workers: list[Any]) -> set[str]:
     """Spot workers whose watchdog saw the interruption notice (they already left the cluster): to replace now,
     within the notice window, not after the reclaim."""
-    from ..cluster.remote import SPOT_NOTICE_MARKER
+    from ..cluster.onhost import SPOT_NOTICE_MARKER
 
     running = [w for w in workers if w.state == "running"]
     if not running:
@@ -296,7 +301,7 @@ def _join(ctx: Context, provider: Any, name: str, record: Any, engine: Engine, l
     workers = _launch_workers(ctx, provider, name, record, engine, layout, state, count, rollback, progress)
     if not workers:
         return []
-    every = machines.list_workers(provider, name)
+    every = cluster_machines(provider).list_workers(provider, name)
     cfg = _write_worker_ssh(ctx, name, record.user, every)
     progress(f"setting up {len(workers)} worker(s) through {name} (same packages, TLS certificate)")
     with ThreadPoolExecutor(max_workers=min(8, len(workers))) as pool:
@@ -350,12 +355,13 @@ def cluster_up(ctx: Context, name: str, workers: int, *, instance_type: str | No
             certs = make_cluster_certs(name)
             _save_certs(ctx, name, certs)
             rollback.add("local cluster files", lambda: _forget(ctx, name))
+            machines = cluster_machines(provider)
             original = machines.instance_groups(provider, instance.instance_id)
             _subnet, vpc_id = machines.subnet_of(provider, instance.instance_id)
             progress("security group (cluster members only)")
             group_id = machines.create_cluster_group(
                 provider, name, [(engine.scheduler_port, engine.scheduler_port), engine.worker_ports],
-                machines.cluster_tags(name, record.launch_id, "cluster-group"), vpc_id)
+                cluster_tags(name, record.launch_id, "cluster-group"), vpc_id)
             rollback.add(f"security group {group_id}", lambda: machines.delete_group(provider, group_id))
             machines.set_instance_groups(provider, instance.instance_id, [*original, group_id])
             rollback.add(f"{name}'s groups", lambda: machines.set_instance_groups(provider, instance.instance_id,
@@ -416,7 +422,7 @@ def replace_noticed(ctx: Context, name: str, leaving: set[str], *, progress: Pro
         engine = get_engine(state.engine)
         layout = _layout(record, state, name)
         t0 = time.monotonic()
-        current = machines.list_workers(provider, name)
+        current = cluster_machines(provider).list_workers(provider, name)
         alive = [w for w in current if w.state in ("pending", "running") and w.instance_id not in leaving]
         ending = [w.instance_id for w in current if w.instance_id in leaving]
         launch = max(0, state.desired - len(alive))
@@ -435,7 +441,7 @@ def replace_noticed(ctx: Context, name: str, leaving: set[str], *, progress: Pro
             rollback.undo_after(exc, "`nbcloud cluster down` then `nbcloud doctor --orphans --fix` remove them")
             raise
         seconds = {"joined": time.monotonic() - t0}
-        machines.terminate(provider, ending)
+        cluster_machines(provider).terminate(provider, ending)
         result = _result(ctx, provider, record, name, state, info, replaced=ending, seconds=seconds)
         return replace_result(result, launched=[w.instance_id for w in joined])
 
@@ -448,7 +454,7 @@ def _scale_locked(ctx: Context, name: str, workers: int, progress: Progress, tim
     engine = get_engine(state.engine)
     layout = _layout(record, state, name)
     t0 = time.monotonic()
-    current = machines.list_workers(provider, name)
+    current = cluster_machines(provider).list_workers(provider, name)
     noticed = _spot_noticed(ctx, name, record, current) if state.spot else set()
     plan = scale_plan([(w.instance_id, "notice" if w.instance_id in noticed else w.state) for w in current], workers)
     if plan.terminate:
@@ -480,7 +486,7 @@ def teardown(ctx: Context, provider: Any, name: str, record: Any, progress: Prog
 
     stop_keeper(ctx, name)  # first: it must not launch a replacement for a worker this is about to end
     state = load_state(ctx, name)
-    workers = [w.instance_id for w in machines.list_workers(provider, name)] if getattr(
+    workers = [w.instance_id for w in cluster_machines(provider).list_workers(provider, name)] if getattr(
         provider, "session", None) is not None else []
     if state is None and not workers:
         return {"name": name, "workers_terminated": [], "groups_deleted": []}
@@ -490,10 +496,10 @@ def teardown(ctx: Context, provider: Any, name: str, record: Any, progress: Prog
     groups = _cluster_groups(provider, name)
     instance = provider.find(name)
     if instance is not None and instance.state not in ("terminated", "shutting-down"):
-        current = machines.instance_groups(provider, instance.instance_id)
+        current = cluster_machines(provider).instance_groups(provider, instance.instance_id)
         kept = [g for g in current if g not in groups]
         if kept != current and kept:
-            machines.set_instance_groups(provider, instance.instance_id, kept)
+            cluster_machines(provider).set_instance_groups(provider, instance.instance_id, kept)
         if state is not None and instance.state == "running":
             from .costs import current_hourly
 
@@ -501,15 +507,13 @@ def teardown(ctx: Context, provider: Any, name: str, record: Any, progress: Prog
             _agent_hourly(ctx, name, record, current_hourly(ctx, name))  # the cap counts NAME alone again
     for group_id in groups:
         progress(f"deleting security group {group_id}")
-        machines.delete_group(provider, group_id)
+        cluster_machines(provider).delete_group(provider, group_id)
     _forget(ctx, name)
     return {"name": name, "workers_terminated": workers, "groups_deleted": groups}
 
 
 def _cluster_groups(provider: Any, name: str) -> list[str]:
-    found = provider.session.call("ec2", "describe_security_groups",
-                                  Filters=[{"Name": f"tag:{machines.CLUSTER_TAG}", "Values": [name]}])
-    return [g["GroupId"] for g in found["SecurityGroups"]]
+    return cluster_machines(provider).cluster_groups(provider, name)
 
 
 def _agent_hourly(ctx: Context, name: str, record: Any, hourly: float | None) -> None:
@@ -519,7 +523,7 @@ def _agent_hourly(ctx: Context, name: str, record: Any, hourly: float | None) ->
     if hourly is None:
         return
     path = f"/home/{record.user}/.config/nbcloud/agent.json"
-    code = (f"import json,os;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};"
+    code = (f"import json,os;p={py_rooted(path)};"
             "d=json.load(open(p)) if os.path.exists(p) else {};"
             f"d['hourly_usd']={float(hourly)!r};t=p+'.tmp';open(t,'w').write(json.dumps(d,sort_keys=True));"
             "os.chmod(t,0o600);os.replace(t,p)")
@@ -528,7 +532,7 @@ def _agent_hourly(ctx: Context, name: str, record: Any, hourly: float | None) ->
 
 # views ------------------------------------------------------------------------------------------------------------
 def _worker_views(provider: Any, workers: list[Any], state: ClusterState) -> list[WorkerView]:
-    from .costs import launch_price
+    from ..money.quotes import launch_price
 
     price = launch_price(provider, state.instance_type, provider.region, spot=state.spot)
     return [WorkerView(w.instance_id, w.private_ip, w.state, w.lifecycle, w.instance_type,
@@ -569,7 +573,7 @@ def _result(ctx: Context, provider: Any, record: Any, name: str, state: ClusterS
             replaced: list[str] | None = None, seconds: dict[str, float] | None = None) -> ClusterResult:
     from .costs import current_hourly
 
-    views = _worker_views(provider, machines.list_workers(provider, name), state)
+    views = _worker_views(provider, cluster_machines(provider).list_workers(provider, name), state)
     hourly = cluster_hourly(current_hourly(ctx, name), [v.hourly_usd for v in views])
     _agent_hourly(ctx, name, record, hourly)
     return ClusterResult(
@@ -583,7 +587,7 @@ def cluster_summary(ctx: Context, provider: Any, name: str, scheduler_hourly: fl
     state = load_state(ctx, name)
     if state is None:
         return None
-    views = _worker_views(provider, machines.list_workers(provider, name), state)
+    views = _worker_views(provider, cluster_machines(provider).list_workers(provider, name), state)
     engine = get_engine(state.engine)
     from .keeper_process import keeper_view
 

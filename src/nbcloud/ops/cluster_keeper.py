@@ -69,7 +69,7 @@ class Keeper:
 
     def events(self) -> Iterator[dict[str, Any]]:
         """The watcher's JSON lines over one SSH session to NAME, until the session ends or falls silent."""
-        from ..cluster.engine import get_engine
+        from ..cluster.engines import get_engine
 
         state = load_state(self.ctx, self.name)
         assert state is not None

@@ -121,7 +121,7 @@ def _provider(ctx: Context, provider_name: str | None, region: str | None, profi
 def list_images(ctx: Context, provider_name: str | None = None, region: str | None = None,
                 profile: str | None = None) -> list[dict[str, Any]]:
     """Baked images with the monthly cost of their snapshots."""
-    from ..pricing import load_prices
+    from ..money.pricing import load_prices
 
     provider = _provider(ctx, provider_name, region, profile)
     table = load_prices()

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import ConflictError, RemoteError, UsageError
 from ..models import InstanceSpec
 from ..remote.bootstrap import RERUN_FROM_STDIN
+from ..remote.machine_root import SH_ROOT
 from ..state import Record
 from .context import Context, Progress, no_progress
 
@@ -164,12 +165,13 @@ def _bootstrap_script(ctx: Context, record: Record, provider: Any, spec: Instanc
 # what the venv lacks; when Jupyter's config changed it is restarted here, synchronously, so the readiness check
 # that follows sees the new server and not the old one (the bootstrap's own restart does not wait).
 _RERUN = r"""set -euo pipefail
-root="${NBCLOUD_ROOT:-}"
+root="@@ROOT@@"
 cfg="$root/opt/nbcloud/etc/jupyter_server_config.py"
 before=$(sha256sum "$cfg" 2>/dev/null || true)
-""" + RERUN_FROM_STDIN + r"""if [ "$(sha256sum "$cfg" 2>/dev/null || true)" != "$before" ]; then
+""".replace("@@ROOT@@", SH_ROOT) + RERUN_FROM_STDIN + (
+    r"""if [ "$(sha256sum "$cfg" 2>/dev/null || true)" != "$before" ]; then
   sudo systemctl restart nbcloud-jupyter.service
   echo "nbcloud: Jupyter restarted with its new config"
 fi
 echo "nbcloud: bootstrap re-run"
-"""
+""")

@@ -16,9 +16,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from ..config import write_private
-from ..cost import stop_event_time
 from ..errors import RemoteError, UsageError
 from ..models import Instance, InstanceSpec, normalize_cidr
+from ..money.cost import stop_event_time
+from ..money.quotes import start_price
 from ..providers.base import IngressRule, Provider
 from ..remote import secrets
 from ..remote.ready import wait_ready_script
@@ -29,7 +30,7 @@ from ..ssh.tunnel import stop_supervisor
 from ..state import Record
 from .agent import agent_check_period, idle_stop_floor
 from .context import Context, Progress, no_progress
-from .costs import current_hourly, start_price
+from .costs import current_hourly
 from .keeper_process import cluster_dir, stop_keeper
 from .locallab import stop_lab
 
@@ -86,7 +87,7 @@ def spec_json(spec: InstanceSpec) -> dict[str, object]:
 
 def hourly_price(provider: Provider, instance_type: str) -> float | None:
     try:
-        from ..pricing import load_prices
+        from ..money.pricing import load_prices
 
         return load_prices().hourly(instance_type, provider.region)
     except Exception:  # a price is information, never a reason to fail a launch

@@ -28,6 +28,7 @@ from ..models import (
     InstanceTypeInfo,
     Volume,
 )
+from ..money.quotes import launch_price, require_price_for_cap, start_price
 from ..providers.base import IngressRule, LaunchRequest, Provider, TaggedResource, manages_machines
 from ..remote.spec import LOGIN_USER
 from ..ssh import config as ssh_config
@@ -35,7 +36,6 @@ from ..ssh import keys, session
 from ..state import LaunchIntent, Record
 from .bootlog import BootLog, save_bootstrap_log
 from .context import Context, Progress, no_progress
-from .costs import launch_price, require_price_for_cap, start_price
 from .hostkey import rotate_host_key
 from .inplace import apply_in_place, plan_in_place, retype
 from .instances import (

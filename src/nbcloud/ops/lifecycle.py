@@ -12,12 +12,14 @@ from typing import Any
 
 from ..errors import ConflictError, NbcloudError, NotFoundError, UsageError
 from ..models import VOLUME_NAME_TAG, Instance, Volume
+from ..money.quotes import launch_price
 from ..providers.base import Provider, TaggedResource, manages_machines
+from ..remote.machine_root import SH_ROOT
 from ..ssh import config as ssh_config
 from ..ssh import session
 from ..state import Record
 from .context import Context, Progress, no_progress
-from .costs import cost_fields, launch_price
+from .costs import cost_fields
 from .instances import (
     forget_locally,
     parse_data_volume,
@@ -139,8 +141,8 @@ def _volumes_of(provider: Provider, name: str) -> list[Any]:
 
 def _volume_bill(provider: Provider, volumes: list[Any]) -> tuple[list[str], float | None]:
     try:
-        from ..cost import format_usd, idle_volume_monthly
-        from ..pricing import load_prices
+        from ..money.cost import format_usd, idle_volume_monthly
+        from ..money.pricing import load_prices
 
         table = load_prices()
         lines = [f"{v.volume_id} ({v.size_gb} GB, {format_usd(table.ebs_monthly(v.size_gb, provider.region))}/month)"
@@ -227,9 +229,11 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
     resources = resources + [TaggedResource("volume", vid, name, None) for vid in data_volumes
                              if vid not in tagged_ids]
     deleted_data: list[str] = []
+    kept_data: list[Volume] = []  # the kept data volumes themselves, for their bill (``kept`` is for display)
     for resource in (r for r in resources if r.kind != "instance"):
         if resource.kind == "volume" and resource.resource_id in data_volumes and not delete_data:
             kept.append(f"data volume {resource.resource_id}")
+            kept_data.append(data_volumes[resource.resource_id])
             continue
         progress(f"deleting {resource.kind} {resource.resource_id}")
         try:
@@ -241,8 +245,7 @@ def down_unlocked(ctx: Context, name: str, *, delete_data: bool = False, snapsho
         except NbcloudError as exc:
             kept.append(f"{resource.kind} {resource.resource_id} (could not delete: {exc.message})")
     forget_locally(ctx, name)
-    billing, _ = _volume_bill(provider, [data_volumes[v.split()[-1]] for v in kept
-                                         if v.startswith("data volume")])
+    billing, _ = _volume_bill(provider, kept_data)
     return DownResult(name, deleted, kept, billing, snapshots, deleted_data)
 
 
@@ -304,7 +307,7 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
                 view = replace(view, spot_hourly_usd=spot_now)
             views.append(_with_cluster(ctx, provider, view))
         if name is None and manages_machines(provider):
-            from ..cluster.machines import CLUSTER_TAG
+            from ..models import CLUSTER_TAG
 
             known = {r.name for r in records}
             # a known instance's cluster workers are shown on its own cluster line, not as another machine's
@@ -413,7 +416,7 @@ def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceV
     def fetch(view: InstanceView) -> dict[str, Any]:
         try:
             result = session.run(ctx.paths.ssh_config, f"nb-{view.name}",
-                                 "cat \"${NBCLOUD_ROOT:-}/var/lib/nbcloud/agent-state.json\" 2>/dev/null || echo '{}'",
+                                 f"cat \"{SH_ROOT}/var/lib/nbcloud/agent-state.json\" 2>/dev/null || echo '{{}}'",
                                  timeout=AGENT_STATE_TIMEOUT, check=False,
                                  connect_timeout=AGENT_STATE_CONNECT_TIMEOUT, options=AGENT_STATE_SSH_OPTIONS)
             return json.loads(result.stdout or "{}") if result.returncode == 0 else {}

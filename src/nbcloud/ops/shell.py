@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import RemoteError, UsageError
+from ..remote.machine_root import SH_ROOT
 from ..ssh import session
 from .context import Context
 
@@ -33,7 +34,7 @@ def log_command(log: str, lines: int, follow: bool) -> str:
     """The shell command that prints one of nbcloud's logs on the instance (NBCLOUD_ROOT: a loopback sandbox)."""
     if log not in LOGS:
         raise UsageError(f"no log named {log!r}", f"pick one of {', '.join(LOGS)}")
-    return f"tail -n {int(lines)} {'-F ' if follow else ''}\"${{NBCLOUD_ROOT:-}}/var/log/nbcloud/{log}.log\""
+    return f"tail -n {int(lines)} {'-F ' if follow else ''}\"{SH_ROOT}/var/log/nbcloud/{log}.log\""
 
 
 def _run(ctx: Context, name: str, command: str, timeout: float) -> session.SshResult:

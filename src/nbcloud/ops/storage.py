@@ -15,7 +15,7 @@ __all__ = ["billing_check", "delete_volume", "list_snapshots", "list_volumes", "
 
 def list_volumes(ctx: Context, provider_name: str | None, region: str | None,
                  profile: str | None) -> list[dict[str, Any]]:
-    from ..pricing import load_prices
+    from ..money.pricing import load_prices
 
     provider = ctx.listing_provider(provider_name, region, profile)
     table = load_prices()
@@ -27,7 +27,7 @@ def list_volumes(ctx: Context, provider_name: str | None, region: str | None,
 
 def list_snapshots(ctx: Context, provider_name: str | None, region: str | None,
                    profile: str | None) -> list[dict[str, Any]]:
-    from ..pricing import load_prices
+    from ..money.pricing import load_prices
 
     provider = ctx.listing_provider(provider_name, region, profile)
     table = load_prices()
@@ -87,7 +87,7 @@ def _find(provider: Provider, ref: str) -> Volume:
 def delete_volume(ctx: Context, ref: str, provider_name: str | None, region: str | None,
                   profile: str | None) -> dict[str, Any]:
     """Delete a data volume that no instance uses (the caller has asked the user); an attached one is refused."""
-    from ..pricing import load_prices
+    from ..money.pricing import load_prices
 
     provider = ctx.provider(provider_name, region, profile)
     volume = _find(provider, ref)
@@ -106,7 +106,7 @@ def delete_volume(ctx: Context, ref: str, provider_name: str | None, region: str
 def still_billing(provider: Provider) -> list[dict[str, Any]]:
     """What bills with no instance using it: unattached data volumes, data snapshots, baked images (with their
     snapshots), each with its monthly cost and the command that removes it."""
-    from ..pricing import load_prices
+    from ..money.pricing import load_prices
 
     table = load_prices()
     region = provider.region

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import SandboxError, UsageError
 
 if TYPE_CHECKING:
-    from .base import Provider
+    from .base import ClusterMachines, PriceSource, Provider
 
-__all__ = ["HOST_PROVIDER", "PROVIDERS", "ProviderEntry", "SandboxNotRunning", "adopts_hosts", "cloud_names",
-           "get_provider", "listing_provider", "provider_names", "register"]
+__all__ = ["HOST_PROVIDER", "PRICES_PROVIDER", "PROVIDERS", "ProviderEntry", "SandboxNotRunning", "adopts_hosts",
+           "cloud_names", "cluster_machines", "get_provider", "listing_provider", "price_source", "provider_names",
+           "register"]
 
 
 class SandboxNotRunning(SandboxError):
@@ -119,3 +120,20 @@ register(ProviderEntry("ssh", _ssh, adopts_hosts=True))
 PROVIDERS = provider_names()
 #: the provider `up --host` means when --provider is not given
 HOST_PROVIDER = "ssh"
+#: the cloud whose prices the price table holds (`nbcloud prices refresh` asks it)
+PRICES_PROVIDER = "aws"
+
+
+def price_source(profile: str | None) -> PriceSource:
+    """The provider `nbcloud prices refresh` reads live prices from (its ``refresh_prices``). The AWS Price List
+    API is global: the session's region only has to exist, so it is fixed rather than asked of the user's config."""
+    source = get_provider(PRICES_PROVIDER, region="us-east-1", profile=profile)
+    return cast("PriceSource", source)
+
+
+def cluster_machines(provider: Provider) -> ClusterMachines:
+    """The calls a cluster's workers need from ``provider``'s cloud: the EC2 ones for aws and the sandbox (the
+    same code pointed at moto); they refuse a provider without a cloud session (``ssh``)."""
+    from .aws import cluster
+
+    return cast("ClusterMachines", cluster)

@@ -17,6 +17,7 @@ from .jupyter_config import CONFIG_PATH, render_jupyter_config
 from .secrets import agent_settings_json
 from .spec import BootstrapSpec
 from .units import (
+    AGENT_ACTIVITY_PATH,
     AGENT_CONFIG_PATH,
     AGENT_PATH,
     GATEWAY_WRAPPER,
@@ -47,10 +48,10 @@ fi
 LAB_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
 
 
-def agent_source() -> str:
-    """The agent as the instance gets it: without docstrings and comment lines (it travels in user-data, which EC2
-    caps at 16 KB; the commented source is nbcloud/remote/agent/nbcloud_agent.py)."""
-    return strip_docs(resources.files("nbcloud.remote.agent").joinpath("nbcloud_agent.py").read_text())
+def agent_source(module: str = "nbcloud_agent.py") -> str:
+    """One of the agent's files as the instance gets it: without docstrings and comment lines (it travels in
+    user-data, which EC2 caps at 16 KB; the commented source is nbcloud/remote/agent/)."""
+    return strip_docs(resources.files("nbcloud.remote.agent").joinpath(module).read_text())
 
 
 def strip_docs(source: str) -> str:
@@ -102,6 +103,7 @@ def render_bootstrap(spec: BootstrapSpec) -> str:
         _put(CONFIG_PATH, "0644", render_jupyter_config(spec)),
         _put(AGENT_CONFIG_PATH, "0644", json.dumps(agent_config(spec), indent=1, sort_keys=True)),
         _put(AGENT_PATH, "0755", agent_source()),
+        _put(AGENT_ACTIVITY_PATH, "0644", agent_source("nbcloud_activity.py")),
         _put(JUPYTER_LAUNCHER, "0644", jupyter_launcher_source()),
         _put(f"{VENV}/share/jupyter/lab/settings/overrides.json", "0644",
              json.dumps(LAB_OVERRIDES, indent=1, sort_keys=True)),

@@ -10,6 +10,7 @@ gateway token goes first, through :func:`nbcloud.remote.secrets.install_secrets_
 from __future__ import annotations
 
 from .bootstrap import RERUN_FROM_STDIN
+from .machine_root import SH_JUPYTER_IP, SH_ROOT
 from .spec import BootstrapSpec
 
 __all__ = ["GATEWAY_UNIT", "enable_script"]
@@ -21,9 +22,10 @@ GATEWAY_UNIT = "nbcloud-gateway.service"
 _ENABLE = r"""set -euo pipefail
 # NBCLOUD_ROOT / NBCLOUD_JUPYTER_IP: set only on a sandbox instance without root (its "/" is a directory and it
 # listens on its own loopback address); empty / 127.0.0.1 on a real machine
-root="${NBCLOUD_ROOT:-}"
-export NBCLOUD_GATEWAY_PROBE="http://${NBCLOUD_JUPYTER_IP:-127.0.0.1}:{port}/api"
-""" + RERUN_FROM_STDIN + r"""# restart: a gateway already running keeps the token it read at start
+root="@@ROOT@@"
+export NBCLOUD_GATEWAY_PROBE="http://@@JUPYTER_IP@@:{port}/api"
+""".replace("@@ROOT@@", SH_ROOT).replace("@@JUPYTER_IP@@", SH_JUPYTER_IP) + RERUN_FROM_STDIN + (
+    r"""# restart: a gateway already running keeps the token it read at start
 sudo systemctl restart {unit}
 for _ in $(seq 1 240); do
   if "$root/opt/nbcloud/venv/bin/python" - <<'PY'
@@ -41,7 +43,7 @@ done
 echo "nbcloud: the Kernel Gateway did not answer on $NBCLOUD_GATEWAY_PROBE within 60 s" >&2
 sudo tail -n 5 "$root/var/log/nbcloud/gateway.log" >&2 || true
 exit 4
-"""
+""")
 
 
 def enable_script(spec: BootstrapSpec) -> tuple[str, bytes]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shlex
 
+from .machine_root import SH_ROOT
+
 __all__ = ["ROTATE_SCRIPT", "parse_rotated_key", "rotate_host_key_command"]
 
 # Runs as root (through sudo). $1: the instance's "/" (NBCLOUD_ROOT, set only where "/" is a directory: a sandbox
@@ -31,7 +33,7 @@ printf 'nbcloud-host-key %s\n' "$(cut -d' ' -f1,2 "$k.pub")"
 
 def rotate_host_key_command() -> str:
     """The command for ``ssh nb-NAME``: the login user runs the script as root, naming its root directory."""
-    return f'sudo -n bash -c {shlex.quote(ROTATE_SCRIPT)} rotate "${{NBCLOUD_ROOT:-}}"'
+    return f'sudo -n bash -c {shlex.quote(ROTATE_SCRIPT)} rotate "{SH_ROOT}"'
 
 
 def parse_rotated_key(output: str) -> str | None:

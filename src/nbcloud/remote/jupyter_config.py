@@ -6,6 +6,7 @@ comes from ``JUPYTER_TOKEN_FILE`` set in the service unit, so it appears in neit
 
 from __future__ import annotations
 
+from .machine_root import JUPYTER_IP_ENV
 from .spec import BootstrapSpec
 
 __all__ = ["CONFIG_PATH", "render_jupyter_config"]
@@ -21,7 +22,7 @@ def render_jupyter_config(spec: BootstrapSpec) -> str:
         "c = get_config()  # noqa: F821",
         # A machine whose instances share one network (the sandbox without root: each on its own 127.x address)
         # names the address to listen on; elsewhere the variable is unset.
-        f"c.ServerApp.ip = os.environ.get('NBCLOUD_JUPYTER_IP') or {'0.0.0.0' if spec.public else '127.0.0.1'!r}",
+        f"c.ServerApp.ip = os.environ.get({JUPYTER_IP_ENV!r}) or {'0.0.0.0' if spec.public else '127.0.0.1'!r}",
         f"c.ServerApp.port = {spec.jupyter_port}",
         # The client's tunnel targets this exact port: fail loudly rather than drift to port+1.
         "c.ServerApp.port_retries = 0",

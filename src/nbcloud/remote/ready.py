@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .machine_root import SH_JUPYTER_IP, SH_ROOT
+
 __all__ = ["wait_ready_script"]
 
 
@@ -11,10 +13,10 @@ def wait_ready_script(port: int, timeout: float, tls: bool = False) -> str:
     # set only where the machine's "/" is a directory and Jupyter has an address of its own (sandbox, no root).
     return f"""
 deadline=$(( $(date +%s) + {int(timeout)} ))
-log="${{NBCLOUD_ROOT:-}}/var/log/nbcloud/bootstrap.log"
+log="{SH_ROOT}/var/log/nbcloud/bootstrap.log"
 while :; do
-  if [ -e "${{NBCLOUD_ROOT:-}}/var/lib/nbcloud/bootstrap.done" ] &&
-     curl -ks -o /dev/null -w '%{{http_code}}' "{scheme}://${{NBCLOUD_JUPYTER_IP:-127.0.0.1}}:{port}/api" 2>/dev/null |
+  if [ -e "{SH_ROOT}/var/lib/nbcloud/bootstrap.done" ] &&
+     curl -ks -o /dev/null -w '%{{http_code}}' "{scheme}://{SH_JUPYTER_IP}:{port}/api" 2>/dev/null |
        grep -q 200; then
     echo ready; exit 0
   fi

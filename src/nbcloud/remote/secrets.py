@@ -13,6 +13,7 @@ import secrets
 import shlex
 from datetime import UTC, datetime, timedelta
 
+from .machine_root import JUPYTER_IP_ENV, SH_ROOT, py_rooted
 from .spec import IDLE_STOP_FLOOR, LOGIN_USER
 
 __all__ = [
@@ -125,7 +126,7 @@ def agent_settings_json(
 # where the machine's "/" is a directory (a sandbox instance without root); elsewhere the paths are the machine's.
 _INSTALL = r"""set -euo pipefail
 umask 077
-d="${{NBCLOUD_ROOT:-}}"{dir}
+d="@@ROOT@@"{dir}
 # the first ssh session may run while the bootstrap (root) is still making this directory and handing it over
 for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   if mkdir -p "$d" 2>/dev/null && chmod 0700 "$d" 2>/dev/null; then break; fi
@@ -183,7 +184,8 @@ def install_secrets_script(
 
 def _install_files(files: list[tuple[str, str]], login_user: str, secrets_dir: str | None) -> tuple[str, bytes]:
     stdin = "".join(f"{name} {base64.b64encode(data.encode()).decode()}\n" for name, data in files)
-    script = _INSTALL.format(dir=shlex.quote(secrets_dir or f"/home/{login_user}/.config/nbcloud"))
+    script = _INSTALL.format(dir=shlex.quote(secrets_dir or f"/home/{login_user}/.config/nbcloud")).replace(
+        "@@ROOT@@", SH_ROOT)
     return script, stdin.encode()
 
 
@@ -203,16 +205,16 @@ def install_tls_script(cert_pem: str, key_pem: str, *, login_user: str = LOGIN_U
 # The wait compares the served certificate with the new one: a restart that brought back the old pair fails here
 # rather than at the client's pin check. Only the (public) fingerprint is in the script.
 _RESTART = r"""set -euo pipefail
-if [ ! -e "${NBCLOUD_ROOT:-}/var/lib/nbcloud/bootstrap.done" ]; then
+if [ ! -e "@@ROOT@@/var/lib/nbcloud/bootstrap.done" ]; then
   echo "nbcloud: the bootstrap has not finished; Jupyter will start with the new certificate"; exit 0
 fi
 sudo systemctl restart {unit}
-exec "${NBCLOUD_ROOT:-}"{python} - <<'PY'
+exec "@@ROOT@@"{python} - <<'PY'
 import hashlib, os, ssl, sys, time
 want, deadline, last = "{fingerprint}", time.monotonic() + {timeout}, "no answer"
 while time.monotonic() < deadline:
     try:
-        pem = ssl.get_server_certificate((os.environ.get("NBCLOUD_JUPYTER_IP") or "127.0.0.1", {port}), timeout=2)
+        pem = ssl.get_server_certificate((os.environ.get("@@JUPYTER_IP_ENV@@") or "127.0.0.1", {port}), timeout=2)
         seen = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
         if seen == want:
             print("nbcloud: Jupyter serves the new certificate"); sys.exit(0)
@@ -223,7 +225,7 @@ while time.monotonic() < deadline:
 print("nbcloud: Jupyter did not serve the new certificate within {timeout} s: " + last, file=sys.stderr)
 sys.exit(4)
 PY
-"""
+""".replace("@@ROOT@@", SH_ROOT).replace("@@JUPYTER_IP_ENV@@", JUPYTER_IP_ENV)
 
 
 def restart_jupyter_script(fingerprint: str, port: int, timeout: float = 120,
@@ -249,7 +251,7 @@ def autostop_update_script(idle_stop_seconds: int | None, login_user: str = LOGI
     path = f"/home/{login_user}/.config/nbcloud/{AGENT_SETTINGS}"
     value = "None" if idle_stop_seconds is None else str(int(idle_stop_seconds))
     code = (
-        f"import json,os;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};"
+        f"import json,os;p={py_rooted(path)};"
         "d=json.load(open(p)) if os.path.exists(p) else {};"
         f"d['idle_stop_seconds']={value};t=p+'.tmp';open(t,'w').write(json.dumps(d,sort_keys=True));"
         "os.chmod(t,0o600);os.replace(t,p);print('idle_stop_seconds',d['idle_stop_seconds'])"
@@ -265,9 +267,9 @@ def hold_script(reason: str | None, login_user: str = LOGIN_USER) -> str:
     it. The reason goes through the command's environment-free argv as a quoted word, never into code."""
     path = f"/home/{login_user}/.config/nbcloud/{AGENT_HOLD}"
     if reason is None:
-        code = f"import os;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};print(os.path.exists(p));" \
+        code = f"import os;p={py_rooted(path)};print(os.path.exists(p));" \
                "os.path.exists(p) and os.remove(p)"
         return "python3 -c " + shlex.quote(code)
-    code = (f"import os,sys;p=os.environ.get('NBCLOUD_ROOT','')+{path!r};t=p+'.tmp';"
+    code = (f"import os,sys;p={py_rooted(path)};t=p+'.tmp';"
             "os.makedirs(os.path.dirname(p),exist_ok=True);open(t,'w').write(sys.argv[1]+'\\n');os.replace(t,p)")
     return "python3 -c " + shlex.quote(code) + " " + shlex.quote(" ".join(reason.split())[:200])

@@ -8,15 +8,18 @@ the shim ignores).
 from __future__ import annotations
 
 from .jupyter_config import CONFIG_PATH
+from .machine_root import SH_JUPYTER_IP
 from .spec import BootstrapSpec
 
 __all__ = [
-    "AGENT_CONFIG_PATH", "GATEWAY_WRAPPER", "JUPYTER_LAUNCHER", "VENV", "jupyter_launcher_source",
-    "render_gateway_wrapper", "render_units",
+    "AGENT_ACTIVITY_PATH", "AGENT_CONFIG_PATH", "GATEWAY_WRAPPER", "JUPYTER_LAUNCHER", "VENV",
+    "jupyter_launcher_source", "render_gateway_wrapper", "render_units",
 ]
 
 VENV = "/opt/nbcloud/venv"
 AGENT_PATH = "/opt/nbcloud/agent/nbcloud_agent.py"
+#: the agent's pure part, beside it (the agent imports it as a sibling script)
+AGENT_ACTIVITY_PATH = "/opt/nbcloud/agent/nbcloud_activity.py"
 AGENT_CONFIG_PATH = "/opt/nbcloud/etc/agent-config.json"
 GATEWAY_WRAPPER = "/opt/nbcloud/bin/nbcloud-gateway"
 JUPYTER_LAUNCHER = "/opt/nbcloud/bin/jupyter-launch.py"
@@ -87,7 +90,7 @@ def render_gateway_wrapper(spec: BootstrapSpec) -> str:
         f"while [ ! -s {token} ]; do sleep 0.2; done\n"
         f"read -r KG_AUTH_TOKEN < {token} || [ -n \"$KG_AUTH_TOKEN\" ]\nexport KG_AUTH_TOKEN\n"
         # NBCLOUD_JUPYTER_IP: the address of its own an instance listens on when instances share one network
-        f"exec {VENV}/bin/jupyter-kernelgateway --ip=${{NBCLOUD_JUPYTER_IP:-127.0.0.1}} --port={spec.gateway_port} "
+        f"exec {VENV}/bin/jupyter-kernelgateway --ip={SH_JUPYTER_IP} --port={spec.gateway_port} "
         "--JupyterWebsocketPersonality.list_kernels=True\n"
     )
 

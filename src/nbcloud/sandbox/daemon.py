@@ -12,7 +12,6 @@ namespace of netns mode with a container booting a real OS in it.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import logging
@@ -31,7 +30,7 @@ from typing import Any
 from . import disk, firewall, nspawn
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
-from .dhcp import DhcpResponder
+from .faults import Faults
 from .hosts import Network, SubnetBusy, instance_pids, kill_namespace_processes, lock_subnet
 from .loopback import (
     MARKER_ENV,
@@ -43,10 +42,11 @@ from .loopback import (
     service_ports,
     socket_address,
 )
+from .osboot import OsBoot
 from .storage import Storage
 from .unixsock import unix_address
-from .userdata import parse_user_data
-from .wheelhouse import UvCacheSeeder, wait_uv_cache_seed
+from .userdata import parse_user_data, raw_user_data
+from .wheelhouse import UvCacheSeeder
 
 __all__ = ["Sandbox", "main"]
 
@@ -86,22 +86,9 @@ class Host:
     dhcp: Any = None  # os mode: the VPC's DHCP answer on the host end of its link (dhcp.DhcpResponder)
 
 
-def _raw_user_data(instance: Any) -> bytes | None:
-    data = getattr(instance, "user_data", None)
-    if data is None:
-        return None
-    if isinstance(data, list):
-        data = data[0] if data else None
-    encoded = getattr(data, "_encoded_string", data)
-    if not encoded:
-        return None
-    try:
-        return base64.b64decode(encoded)
-    except ValueError:
-        return str(encoded).encode()
+class Sandbox(OsBoot, Faults):
+    """The emulator: moto's state, the hosts that realize its instances, one reconciler applying their changes."""
 
-
-class Sandbox:
     def __init__(self, sandbox_dir: Path, subnet: str, wheelhouse: str, uv_cache: str = "",
                  mode: str = "netns", image: str = "") -> None:
         self.dir = sandbox_dir
@@ -288,7 +275,7 @@ class Sandbox:
             return
         inst_dir = self._instance_dir(instance_id)
         if not (inst_dir / "root").is_dir():
-            raw = _raw_user_data(inst)
+            raw = raw_user_data(inst)
             key = host.backend.key_pairs.get(inst.key_name) if inst.key_name else None
             inst_dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -325,96 +312,6 @@ class Sandbox:
         self.apply_firewall(host)  # before any service listens: a group admits only what its rules say
         host.link_up = True
         self._spawn_init(host)
-        host.state = "running"
-        host.boots += 1
-
-    def _facts(self, host: Host, inst: Any, volumes: list[str]) -> disk.BootFacts:
-        return disk.BootFacts(
-            instance_id=host.instance_id, instance_type=inst.instance_type, ami_id=inst.image_id,
-            address=host.address or "", region=host.backend.region_name,
-            availability_zone=getattr(inst._placement, "zone", None) or f"{host.backend.region_name}a",
-            lifecycle="spot" if inst.lifecycle == "spot" else "on-demand",
-            shared_dir=str(self.shared), wheelhouse=self.wheelhouse, volumes_dir=str(self.volumes_dir),
-            volumes=tuple(volumes), mode=self.mode, login_user=self.login_user, ssh_port=self.ssh_port,
-        )
-
-    def _boot_os(self, host: Host, inst: Any) -> None:
-        """os mode: the instance's layer over the image (made at launch: only what EC2 itself holds, user-data
-        and the key for IMDS; cloud-init inside does the rest), its namespace and IMDS, then the container."""
-        assert self.image is not None and isinstance(self.network, Network)
-        inst_dir = self._instance_dir(host.instance_id)
-        if not nspawn.layer_root(inst_dir).is_dir():
-            inst_dir.mkdir(parents=True, exist_ok=True)
-            raw = _raw_user_data(inst)
-            if raw:
-                (inst_dir / "user-data").write_bytes(raw)
-            key = host.backend.key_pairs.get(inst.key_name) if inst.key_name else None
-            if key is not None:
-                material = key.material_public
-                text = material.decode() if isinstance(material, bytes) else str(material)
-                (inst_dir / "public-key").write_text(text.strip() + "\n")
-            nspawn.write_platform(nspawn.layer_root(inst_dir))
-            if self.uv_seeder is not None and raw:  # the bootstrap installs from it; the layer is its root disk
-                self.uv_seeder.seed(nspawn.layer_root(inst_dir))
-        volumes = self._volumes_of(inst)
-        for volume_id in volumes:
-            (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
-        facts = self._facts(host, inst, volumes)
-        data = {**facts.to_json(), "key_name": inst.key_name or ""}
-        (inst_dir / "boot.json").write_text(json.dumps(data, indent=2))
-        self.network.create(host.instance_id, host.address or "")
-        self.apply_firewall(host)
-        host.link_up = True
-        self._spawn_os(host, volumes)
-        host.state = "running"
-        host.boots += 1
-
-    def _spawn_os(self, host: Host, volumes: list[str]) -> None:
-        assert self.image is not None and isinstance(self.network, Network)
-        inst_dir = self._instance_dir(host.instance_id)
-        wait_uv_cache_seed(nspawn.layer_root(inst_dir))  # a background seed writes the layer: not while it runs
-        netns = self.network.netns_name(host.instance_id)
-        nspawn.mount_layer(inst_dir, self.image)
-        host.imds = nspawn.spawn_imds(inst_dir, netns)
-        if host.dhcp is None and host.address:
-            try:
-                host.dhcp = DhcpResponder(self.network.veth_names(host.address)[0], host.address,
-                                          self.network.caller_ip)
-            except OSError as exc:  # without it cloud-init waits for dhclient's timeout (3 s), nothing worse
-                log.warning("%s: no DHCP answer: %s", host.instance_id, exc)
-        spec = nspawn.ContainerSpec(host.instance_id, inst_dir, netns, self.shared, self.wheelhouse,
-                                    {v: self.volumes_dir / v for v in volumes})
-        proc = nspawn.spawn_container(spec)
-        host.init = proc
-        (inst_dir / "init.pid").write_text(f"{proc.pid}\n")
-        threading.Thread(target=self._watch_container, args=(host, proc), daemon=True,
-                         name=f"container-{host.instance_id}").start()
-
-    def _watch_container(self, host: Host, proc: subprocess.Popen[bytes]) -> None:
-        """The OS ended by itself (not by the daemon): a reboot boots the layer again; a poweroff or halt is an
-        instance-initiated shutdown, which EC2 turns into a stop (or a terminate, per the instance's setting)."""
-        code = proc.wait()
-        with self.lock:
-            ours = host.init is proc and host.state == "running"
-            if ours:
-                host.state = "booting" if code == nspawn.REBOOT_EXIT else "stopping"
-        if not ours:
-            return  # the daemon stopped it (stop, terminate, reboot, shutdown): that path reports it
-        log.info("%s: the OS ended by itself (exit %s)", host.instance_id, code)
-        if code == nspawn.REBOOT_EXIT:
-            self.work.put(("reboot-os", host.instance_id, {}))
-            return
-        host.state = "running"  # power() reads it through the API path, which queues the stop
-        with contextlib.suppress(Exception):
-            self.power(host, "poweroff")
-
-    def _do_reboot_os(self, instance_id: str) -> None:
-        """A reboot asked for inside: the same layer boots again in the same namespace."""
-        host = self.hosts[instance_id]
-        if host.state != "booting":
-            return
-        self._halt(host, keep_network=True)
-        self._spawn_os(host, self._volumes_of(host.backend.get_instance(instance_id)))
         host.state = "running"
         host.boots += 1
 
@@ -493,25 +390,6 @@ class Sandbox:
             return json.loads(data) if data else None
         except (OSError, ValueError):
             return None
-
-    def _halt_os(self, host: Host, keep_network: bool) -> None:
-        """A clean poweroff of the container (systemd stops its units in order), then its IMDS and namespace."""
-        proc, host.init = host.init, None
-        if proc is not None:
-            nspawn.stop_container(proc)
-        assert isinstance(self.network, Network)
-        if keep_network:
-            kill_namespace_processes(self.network.netns_name(host.instance_id))
-        else:
-            if host.dhcp is not None:
-                host.dhcp.close()
-                host.dhcp = None
-            self.network.destroy(host.instance_id, host.address)
-        if host.imds is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                host.imds.wait(timeout=2)
-            host.imds = None
-        nspawn.unmount_layer(self._instance_dir(host.instance_id))
 
     def _halt(self, host: Host, keep_network: bool = False) -> None:
         """Stop services gracefully (as systemd would at shutdown), then kill everything in the namespace."""
@@ -598,79 +476,6 @@ class Sandbox:
 
     def _do_delete_volume(self, _instance_id: str, volume_id: str) -> None:
         shutil.rmtree(self.volumes_dir / volume_id, ignore_errors=True)
-
-    # faults and instance requests --------------------------------------------------------------------------
-    def host_by_peer(self, pid: int) -> Host | None:
-        if self.loopback or not isinstance(self.network, Network):
-            return self._host_above(pid)  # no namespace to compare: walk up from the caller to an instance's init
-        network = self.network
-        try:
-            peer = os.stat(f"/proc/{pid}/ns/net").st_ino
-        except OSError:
-            return None
-        with self.lock:
-            for host in self.hosts.values():
-                try:
-                    if os.stat(f"/run/netns/{network.netns_name(host.instance_id)}").st_ino == peer:
-                        return host
-                except OSError:
-                    continue
-        return None
-
-    def _host_above(self, pid: int) -> Host | None:
-        with self.lock:
-            by_init = {h.init.pid: h for h in self.hosts.values() if h.init is not None and h.init.poll() is None}
-        seen: set[int] = set()
-        while pid > 1 and pid not in seen:
-            if pid in by_init:
-                return by_init[pid]
-            seen.add(pid)
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_bytes()
-            except OSError:
-                return None
-            pid = int(stat[stat.rfind(b")") + 2 :].split()[1])
-        return None
-
-    def power(self, host: Host, action: str) -> str:
-        inst = host.backend.get_instance(host.instance_id)
-        if action == "reboot":
-            host.backend.reboot_instances([host.instance_id])
-            return "rebooting"
-        if inst.instance_initiated_shutdown_behavior == "terminate":
-            host.backend.terminate_instances([host.instance_id])
-            return "terminating"
-        host.backend.stop_instances([host.instance_id])
-        return "stopping"
-
-    def fault(self, instance_id: str, kind: str, seconds: float = 120.0) -> dict[str, Any]:
-        host = self.hosts.get(instance_id)
-        if host is None or host.state in ("terminated",):
-            raise KeyError(f"no instance {instance_id} in this sandbox")
-        if kind in ("link-down", "link-up"):
-            if host.state != "running" or not host.address:
-                raise ValueError(f"{instance_id} is {host.state}, not running")
-            self.network.set_link(instance_id, host.address, up=kind == "link-up")
-            host.link_up = kind == "link-up"
-        elif kind == "reboot":
-            host.backend.reboot_instances([instance_id])
-        elif kind == "spot-notice":
-            when = time.time() + seconds
-            notice = {"action": "terminate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))}
-            target = self._instance_dir(instance_id) / "spot-action.json"
-            target.write_text(json.dumps(notice))
-            timer = threading.Timer(seconds, self._spot_reclaim, args=(host,))
-            timer.daemon = True
-            timer.start()
-            return {"instance_id": instance_id, "fault": kind, **notice}
-        else:
-            raise ValueError(f"unknown fault {kind}")
-        return {"instance_id": instance_id, "fault": kind}
-
-    def _spot_reclaim(self, host: Host) -> None:
-        notice = self._instance_dir(host.instance_id) / "spot-action.json"
-        if host.state in ("running", "booting") and notice.exists():
-            host.backend.terminate_instances([host.instance_id])
 
     def status(self) -> dict[str, Any]:
         with self.lock:

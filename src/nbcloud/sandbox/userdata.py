@@ -7,13 +7,14 @@ A ``#cloud-config`` document may be YAML or JSON. From cloud-config the sandbox 
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import gzip
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["UserData", "parse_user_data"]
+__all__ = ["UserData", "parse_user_data", "raw_user_data"]
 
 _SCRIPT_TYPES = {"text/x-shellscript", "text/x-shellscript-per-boot", "text/x-shellscript-per-instance"}
 _CLOUD_CONFIG_TYPES = {"text/cloud-config", "text/cloud-config-jsonp"}
@@ -106,3 +107,19 @@ def _classify(
         _merge(config, _load_cloud_config(payload.decode("utf-8", "replace")))
     elif ctype in _SCRIPT_TYPES or start.startswith(b"#!"):
         scripts.append((name.replace("/", "_"), payload))
+
+
+def raw_user_data(instance: Any) -> bytes | None:
+    """The user-data of a moto instance, decoded (None: none given)."""
+    data = getattr(instance, "user_data", None)
+    if data is None:
+        return None
+    if isinstance(data, list):
+        data = data[0] if data else None
+    encoded = getattr(data, "_encoded_string", data)
+    if not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded)
+    except ValueError:
+        return str(encoded).encode()

@@ -46,6 +46,30 @@ from .tunnel import (
 __all__ = ["TunnelSupervisor"]
 
 
+def _last_words(proc: subprocess.Popen[bytes], fd: int, buf: bytes) -> bytes:
+    """ssh is ending by itself: wait for its exit status and read the rest of its stderr (``fd``, non-blocking),
+    which may say the relay cannot run there."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=2)
+    with contextlib.suppress(OSError):
+        while chunk := os.read(fd, 65536):
+            buf += chunk
+    return buf
+
+
+def _relay_outcome(returncode: int | None, is_up: bool, said: list[str], buf: bytes, last: Event | None) -> Event:
+    """How one relay attempt ended: ``norelay`` when ssh never came up and its words say the relay cannot run
+    there, else the first telling event (``up:`` prefixed once the relay had answered), else ssh's exit status."""
+    if not is_up:
+        said += [line.strip() for line in buf.decode(errors="replace").splitlines() if line.strip()]
+        why = relay_unavailable(returncode, said, RELAY_TOO_OLD)
+        if why is not None:
+            return Event("norelay", why)
+    if last is None:
+        last = Event("lost" if is_up else "reject", f"ssh exited with status {returncode}")
+    return Event(("up:" if is_up else "") + last.kind, last.reason)
+
+
 def _pdeathsig() -> Callable[[], None] | None:
     """A preexec hook that makes ssh die with the supervisor (Linux), so a SIGKILLed supervisor leaks nothing."""
     if not sys.platform.startswith("linux"):
@@ -346,20 +370,8 @@ class TunnelSupervisor:
     def _attempt_relay(self, mux: LocalMux) -> Event:
         """One transport for the resumable streams: ssh running the relay's attach, its stdio handed to the mux.
         Up once the relay answered the HELLO; over when ssh exits or the mux hears nothing (its pings)."""
-        # ssh's stdin and stdout are one end of a socketpair: it writes a pipe in small pieces (~100 MB/s here),
-        # a socket with big buffers at the speed of a -L forward.
-        ours, theirs = socket.socketpair()
-        for sock in (ours, theirs):
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
-        try:
-            proc = subprocess.Popen(self.relay_argv(), stdin=theirs, stdout=theirs, stderr=subprocess.PIPE,
-                                    preexec_fn=_pdeathsig(), close_fds=True)
-        finally:
-            theirs.close()
-        self._proc = proc
+        ours, proc = self._spawn_relay_ssh()
         assert proc.stderr is not None
-        self._set(ssh_pid=proc.pid, attempts=self._state.attempts + 1)
         ids: list[int] = []
         mux.call(lambda: ids.append(mux.use_transport(ours.fileno(), ours.fileno(), self._preamble)))
         tid = ids[0] if ids else -1
@@ -411,23 +423,29 @@ class TunnelSupervisor:
             if not self._stop_requested:
                 mux.call(mux.drop_transport)
             if not is_up and (gone or mux.rfd is None) and not self._stop_requested:
-                # ssh is ending by itself: its exit status and last words may say the relay cannot run there
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=2)
-                with contextlib.suppress(OSError):
-                    while chunk := os.read(fd, 65536):
-                        buf += chunk
+                buf = _last_words(proc, fd, buf)
             self._kill_ssh()
             proc.stderr.close()
             ours.close()
-        if not is_up:
-            said += [line.strip() for line in buf.decode(errors="replace").splitlines() if line.strip()]
-            why = relay_unavailable(proc.returncode, said, RELAY_TOO_OLD)
-            if why is not None:
-                return Event("norelay", why)
-        if last is None:
-            last = Event("lost" if is_up else "reject", f"ssh exited with status {proc.returncode}")
-        return Event(("up:" if is_up else "") + last.kind, last.reason)
+        return _relay_outcome(proc.returncode, is_up, said, buf, last)
+
+    def _spawn_relay_ssh(self) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+        """ssh running the relay's attach, its stdin and stdout one end of a socketpair (ours: the other end).
+
+        A socket, not pipes: ssh writes a pipe in small pieces (~100 MB/s here), a socket with big buffers at the
+        speed of a -L forward."""
+        ours, theirs = socket.socketpair()
+        for sock in (ours, theirs):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
+        try:
+            proc = subprocess.Popen(self.relay_argv(), stdin=theirs, stdout=theirs, stderr=subprocess.PIPE,
+                                    preexec_fn=_pdeathsig(), close_fds=True)
+        finally:
+            theirs.close()
+        self._proc = proc
+        self._set(ssh_pid=proc.pid, attempts=self._state.attempts + 1)
+        return ours, proc
 
     def _fall_back(self, why: str) -> None:
         """The instance cannot run the relay: carry on as a plain ``ssh -N -L`` tunnel (its connections do not

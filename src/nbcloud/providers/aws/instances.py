@@ -6,9 +6,9 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ...cost import parse_transition_time
 from ...errors import NotFoundError, RemoteError
 from ...models import LAUNCH_TAG, NAME_TAG, Instance
+from ...money.cost import parse_transition_time
 from .session import tags_dict, tags_list
 
 if TYPE_CHECKING:

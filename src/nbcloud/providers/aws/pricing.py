@@ -1,6 +1,6 @@
 """The boto3 edge of pricing: live prices from the AWS Pricing API and EC2 spot price history.
 
-Why it is separate from :mod:`nbcloud.pricing`: everything that quotes a price works from the table offline; only
+Why it is separate from :mod:`nbcloud.money.pricing`: everything that quotes a price works from the table offline; only
 ``nbcloud prices refresh`` (and spot quotes) talk to AWS. The Pricing API lives in us-east-1 whatever region the
 user launches in, and many IAM users lack ``pricing:GetProducts``: that failure says so and the shipped snapshot
 keeps working meanwhile.
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ...config import write_private
-from ...cost import latest_spot_price
 from ...errors import CredentialsError, RemoteError, UsageError
-from ...pricing import PriceTable, load_prices, merge_refresh, parse_ebs_product, parse_pricing_product
+from ...money.cost import latest_spot_price
+from ...money.pricing import PriceTable, load_prices, merge_refresh, parse_ebs_product, parse_pricing_product
 
 __all__ = ["PRICING_REGION", "fetch_ebs", "fetch_hourly", "fetch_on_demand", "fetch_spot", "pricing_errors",
            "refresh_prices"]

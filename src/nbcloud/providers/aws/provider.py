@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ...errors import NbcloudError
 from ...models import LAUNCH_TAG, NAME_TAG, ImageInfo, Instance, InstanceTypeInfo, Volume
@@ -15,6 +16,9 @@ from ...remote.spec import LOGIN_USER
 from ..base import IngressRule, LaunchRequest, TaggedResource
 from . import images, instances, network, placement, volumes
 from .session import AwsSession, tags_dict, tags_list
+
+if TYPE_CHECKING:
+    from ...money.pricing import PriceTable
 
 __all__ = ["AwsProvider"]
 
@@ -162,6 +166,13 @@ class AwsProvider:
         from .pricing import fetch_hourly
 
         return fetch_hourly(self.session, instance_type, self.region)
+
+    def refresh_prices(self, path: Path, regions: Sequence[str]) -> PriceTable:
+        """`nbcloud prices refresh`: on-demand and EBS prices from the AWS Price List API, merged into the table in
+        use and written to ``path``."""
+        from .pricing import refresh_prices
+
+        return refresh_prices(self.session, path, regions=list(regions))
 
     def create_image(self, instance_id: str, ami_name: str, tags: dict[str, str], *,
                      exclude_devices: Sequence[str] = (), timeout: float = 3600) -> str:

@@ -129,8 +129,8 @@ class SshProvider:
 
     def terminate(self, instance_id: str) -> None:
         """Not a termination: remove nbcloud's services and files from the machine (the machine itself stays)."""
+        from ...remote.adopted import uninstall_script
         from ...ssh import session
-        from .scripts import uninstall_script
 
         record = self._record_by_id(instance_id)
         result = session.run(paths().ssh_config, f"nb-{record.name}", uninstall_script(record.name, record.user),

@@ -1,23 +1,25 @@
-"""The cluster's cloud resources: its security group (members admit each other, nothing else) and its workers.
+"""A cluster's cloud resources on EC2: its security group (members admit each other, nothing else) and its workers.
 
 EC2 calls go through the provider's boto3 session (aws, and the sandbox that is the same code pointed at moto);
-a provider without one (``ssh``: a machine nbcloud did not make) cannot grow a cluster.
+a provider without one (``ssh``: a machine nbcloud did not make) cannot grow a cluster. ops/ reaches this module
+through ``providers.registry.cluster_machines`` (the :class:`~nbcloud.providers.base.ClusterMachines` interface).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NotFoundError, UsageError
-from ..models import LAUNCH_TAG, MANAGED_TAG, NAME_TAG, ROLE_TAG, Instance
+from ...errors import NotFoundError, UsageError
+from ...models import CLUSTER_TAG, LAUNCH_TAG, Instance
+from ..base import WorkerRequest
+from .instances import instance_from_api
+from .session import tags_list
 
-__all__ = ["CLUSTER_TAG", "WorkerRequest", "cluster_tags", "create_cluster_group", "delete_group", "list_workers",
-           "run_worker", "set_instance_groups", "terminate"]
+__all__ = ["cluster_groups", "create_cluster_group", "delete_group", "instance_groups", "list_workers", "run_worker",
+           "set_instance_groups", "subnet_of", "terminate"]
 
-CLUSTER_TAG = "nbcloud:cluster"
 LIVE = ("pending", "running", "stopping", "stopped", "shutting-down")
 
 
@@ -29,20 +31,10 @@ def _session(provider: Any) -> Any:
     return session
 
 
-def cluster_tags(name: str, launch_id: str | None, role: str) -> dict[str, str]:
-    """Workers carry their own name tag (``NAME/workers``: never a valid instance name), so `find NAME` and `down
-    NAME`'s tag scan never mistake one for the notebook's instance; the launch id is the notebook's, so the orphan
-    scan sees the cluster's group as owned while the notebook lives."""
-    return {NAME_TAG: f"{name}/workers", CLUSTER_TAG: name, ROLE_TAG: role, MANAGED_TAG: "true",
-            LAUNCH_TAG: launch_id or ""}
-
-
 def create_cluster_group(provider: Any, name: str, ports: Sequence[tuple[int, int]], tags: dict[str, str],
                          vpc_id: str | None) -> str:
     """A group whose members may reach each other on ``ports`` (and SSH, for the jump from the notebook's
     instance) and which admits nothing from anywhere else."""
-    from ..providers.aws.session import tags_list
-
     session = _session(provider)
     if vpc_id is None:
         vpcs = session.call("ec2", "describe_vpcs", Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
@@ -78,25 +70,7 @@ def set_instance_groups(provider: Any, instance_id: str, group_ids: Sequence[str
     _session(provider).call("ec2", "modify_instance_attribute", InstanceId=instance_id, Groups=list(group_ids))
 
 
-@dataclass(frozen=True)
-class WorkerRequest:
-    client_token: str
-    instance_type: str
-    image_id: str
-    key_name: str
-    group_id: str
-    user_data: bytes
-    zone: str | None
-    subnet_id: str | None
-    spot: bool
-    disk_gb: int
-    tags: dict[str, str]
-
-
 def run_worker(provider: Any, request: WorkerRequest) -> Instance:
-    from ..providers.aws.instances import instance_from_api
-    from ..providers.aws.session import tags_list
-
     params: dict[str, Any] = {
         "ImageId": request.image_id, "InstanceType": request.instance_type, "MinCount": 1, "MaxCount": 1,
         "KeyName": request.key_name, "SecurityGroupIds": [request.group_id], "UserData": request.user_data,
@@ -123,8 +97,6 @@ def run_worker(provider: Any, request: WorkerRequest) -> Instance:
 
 def list_workers(provider: Any, name: str) -> list[Instance]:
     """Every live worker of the cluster, found by tag (the cloud is the truth, not the local file)."""
-    from ..providers.aws.instances import instance_from_api
-
     session = _session(provider)
     filters = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [name]},
                {"Name": "instance-state-name", "Values": list(LIVE)}]
@@ -144,3 +116,10 @@ def subnet_of(provider: Any, instance_id: str) -> tuple[str | None, str | None]:
 def terminate(provider: Any, instance_ids: Sequence[str]) -> None:
     if instance_ids:
         _session(provider).call("ec2", "terminate_instances", InstanceIds=list(instance_ids))
+
+
+def cluster_groups(provider: Any, name: str) -> list[str]:
+    """The security groups tagged as ``name``'s cluster's."""
+    found = _session(provider).call("ec2", "describe_security_groups",
+                                    Filters=[{"Name": f"tag:{CLUSTER_TAG}", "Values": [name]}])
+    return [g["GroupId"] for g in found["SecurityGroups"]]

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import RemoteError, UsageError
+from ..errors import RemoteError, UsageError
 
 __all__ = ["HostKey", "SshTarget", "fingerprint", "known_host_keys", "parse_host", "parse_ssh_g", "pinned_host_key",
            "resolve_target", "scan_host_keys"]

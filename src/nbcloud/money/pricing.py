@@ -149,7 +149,7 @@ class PriceTable:
 
 def user_prices_path() -> Path:
     """Where ``nbcloud prices refresh`` writes its table (the user data directory)."""
-    from .config import paths
+    from ..config import paths
 
     return paths().data_dir / _PRICE_FILE
 
