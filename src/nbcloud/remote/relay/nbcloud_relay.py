@@ -55,7 +55,8 @@ except ImportError:  # run as a script on the instance: the protocol file sits b
         hello,
     )
 
-FILES = ("nbcloud_relay_protocol.py", "nbcloud_relay.py")  # what the laptop ships, in this order
+# what the laptop ships, in this order
+FILES = ("nbcloud_relay_wire.py", "nbcloud_relay_protocol.py", "nbcloud_relay.py")
 HOUSEKEEPING = 0.02  # seconds between the daemon's timer rounds (pings, silent attaches, resume windows)
 
 
