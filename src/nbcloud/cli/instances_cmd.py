@@ -555,7 +555,7 @@ def _checks_text(r: dict[str, Any]) -> str:
     lines += [f"still billing, used by no instance ({i['provider']}/{i['region']}): {i['kind']} {i['name'] or '-'} "
               f"{i['id']} {format_usd(i['monthly_usd'])}/month — `{i['remove']}`" for i in r["still_billing"]]
     lines += [f"not checked: {u}" for u in r["unchecked"]]
-    if not r["checked"]:
+    if not r["checked"] and not r["unchecked"]:
         lines.append("no cloud checked (nothing known here); `nbcloud doctor --orphans` checks the default one")
     return "\n".join(lines)
 
