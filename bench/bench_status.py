@@ -14,6 +14,7 @@ Uses its own sandbox with temporary NBCLOUD_HOME/NBCLOUD_SANDBOX_DIR, reset at t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -104,12 +105,15 @@ def main() -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         def down(name: str) -> None:  # each waits for its own termination: four at once (other names, other locks)
-            subprocess.run([sys.executable, "-m", "nbcloud.cli.app", "down", name, "--yes", "--json"],
-                           capture_output=True, env=env, timeout=300)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the reset below removes what is left
+                subprocess.run([sys.executable, "-m", "nbcloud.cli.app", "down", name, "--yes", "--json"],
+                               capture_output=True, env=env, timeout=300)
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(down, names))
-        sandbox.reset()
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(down, names))
+        finally:
+            sandbox.reset()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
