@@ -57,6 +57,7 @@ LONGEST_FIRST = (
     "tests/integration/test_sandbox_loopback.py",
     "tests/integration/test_autostop.py",
     "tests/integration/test_public_reissue.py",
+    "tests/integration/test_local_processes.py",
     "tests/integration/test_jupyter_service.py",
     "tests/integration/test_cost_unseen.py",
     "tests/e2e/test_browser_durable.py",

@@ -38,6 +38,20 @@ CASES += [(LAUNCHING, 0.3, signal.SIGKILL, 1.5, "up")]  # and `up NAME` again wo
 CASES += [(SSH, 0.3, signal.SIGKILL, 0.0, "status"), (JUPYTER, 0.5, signal.SIGKILL, 0.0, "down")]
 
 
+#: per case: what the EC2 API held for the name right after the kill, and after the next command (printed at the end)
+FIGURES: dict[str, tuple[int, int]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Any:
+    yield
+    if FIGURES:
+        inside = sum(1 for case_id in FIGURES if "-held" in case_id)
+        print(f"\nkill points: {len(FIGURES)} (inside RunInstances: {inside}); resources left right after the kill: "
+              f"{sum(b for b, _ in FIGURES.values())} in {sum(1 for b, _ in FIGURES.values() if b)} case(s), all "
+              f"found by the next command; orphans after it: {sum(a for _, a in FIGURES.values())}")
+
+
 def _case_id(case: tuple[Any, ...]) -> str:
     step, delay, sig, held, follow = case
     return (f"{signal.Signals(sig).name}-{step.split()[0].rstrip(':')}+{int(delay * 1000)}ms"
@@ -127,7 +141,9 @@ def test_killed_up_leaves_nothing_behind(world, case: tuple[Any, ...]) -> None:
 
     before = _left(world, name)
     _next_command(world, name, follow, before)
-    assert _left(world, name) == [], f"after `{follow}`: left in the cloud (before it: {before})"
+    after = _left(world, name)
+    FIGURES[_case_id(case)] = (len(before), len(after))
+    assert after == [], f"after `{follow}`: left in the cloud (before it: {before})"
     assert name not in world.nb("status").stdout
     assert not (world.home / "keys" / name).exists(), "the launch's local keys went with it"
 

@@ -123,6 +123,7 @@ CASES = [
     (["cost", "--since", "yesterday"], 2, "duration"),
     (["no-such-command"], 2, "no-such-command"),
     (["up", "x", "--public", "--dry-run"], 2, "--password-file"),
+    (["up", "x", "--password-file", "/etc/hostname", "--dry-run"], 2, "--public"),
     (["up", "x", "--dry-run", "--max-cost", "25"], 0, None),
 ]
 
@@ -186,3 +187,40 @@ def test_unknown_price_refuses_a_cap(tmp_path: Path, monkeypatch: pytest.MonkeyP
         require_price_for_cap(provider, "p4d.24xlarge", 25.0)  # type: ignore[arg-type]
     assert "--max-cost" in refused.value.one_line() and "p4d.24xlarge in eu-west-1" in refused.value.message
     assert require_price_for_cap(provider, "p4d.24xlarge", None) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("provider", "region", "flag"), [
+    (None, "us-west-2", "--region us-west-2"), ("aws", None, "--provider aws"),
+    ("aws", "eu-west-1", "--provider aws --region eu-west-1"),
+])
+def test_existing_instance_elsewhere_is_refused_not_reused(provider: str | None, region: str | None,
+                                                           flag: str) -> None:
+    """`up e --region us-west-2` on an `e` in us-east-1 answered "reused" and dropped the region."""
+    from nbcloud.ops.inplace import refuse_elsewhere
+    from nbcloud.state import Record
+
+    record = Record(name="e", provider="sandbox", region="us-east-1", instance_id="i-e", state="running")
+    with pytest.raises(UsageError) as refused:
+        refuse_elsewhere(record, provider, region)
+    assert flag in refused.value.message and "sandbox/us-east-1" in refused.value.message
+    refuse_elsewhere(record, "sandbox", "us-east-1")  # where it is: reused
+    refuse_elsewhere(record, None, None)
+
+
+def test_password_file_on_an_existing_instance_is_refused(nbcloud_home: Path, tmp_path: Path) -> None:
+    """A new --password-file for an instance that exists was dropped ("reusing: it already has its password");
+    refused before any cloud call."""
+    from nbcloud.ops import Context
+    from nbcloud.state import Record
+
+    Context.create().store.put(Record(name="e", provider="sandbox", region="us-east-1", instance_id="i-e",
+                                      state="running"))
+    secret = tmp_path / "pw"
+    secret.write_text("a-long-password\n")
+    env = dict(os.environ, NBCLOUD_SANDBOX_DIR=str(tmp_path / "no-sandbox"))
+    done = subprocess.run([sys.executable, "-m", "nbcloud.cli.app", "up", "e", "--provider", "sandbox", "--public",
+                           "--password-file", str(secret)], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("error: ") and "--password-file" in line and "\n" not in line, line

@@ -66,7 +66,9 @@ def test_a_recovery_says_what_it_removed_and_what_is_left() -> None:
     done = describe_recovery(Recovery("oc1", "abc", ["instance i-1", "key pair nbcloud-oc1-abc"]))
     assert done == "launch abc of 'oc1': removed instance i-1, key pair nbcloud-oc1-abc"
     left = describe_recovery(Recovery("oc1", "abc", [], ["security group sg-1 (DependencyViolation)"]))
-    assert "nothing had been made yet" in left and "could not remove security group sg-1" in left
+    assert left.startswith("launch abc of 'oc1': removed nothing; could not remove security group sg-1"), left
+    nothing = describe_recovery(Recovery("oc1", "abc", []))  # it read "removed nothing had been made yet"
+    assert nothing == "launch abc of 'oc1': nothing had been made yet"
     assert "`nbcloud down oc1`" in left
 
 

@@ -51,3 +51,34 @@ def test_a_cloud_that_cannot_be_reached_leaves_its_rows_unknown(nbcloud_home, tm
     [row] = status(ctx)
     assert row.state == "unknown" and "sandbox is not running" in (row.idle_reason or "")
     assert ctx.store.get("s").state == "running"  # not recorded as gone: nobody knows  # type: ignore[union-attr]
+
+
+def test_unreachable_agents_are_read_at_once_and_never_block_the_table(nbcloud_home, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Eight running instances whose sshd accepts and never answers (a listener on loopback that says nothing):
+    `status` shows each as unknown within about one read's timeout, not eight of them in turn."""
+    import socket
+    import time
+    from dataclasses import replace
+
+    from nbcloud.ops import Context
+    from nbcloud.ops.lifecycle import AGENT_STATE_TIMEOUT, _with_agent_state
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    ctx = Context.create()
+    ctx.paths.ssh_config.parent.mkdir(parents=True, exist_ok=True)
+    names = [f"u{i}" for i in range(8)]
+    ctx.paths.ssh_config.write_text("".join(
+        f"Host nb-{n}\n  HostName 127.0.0.1\n  Port {port}\n  User nobody\n  BatchMode yes\n"
+        f"  StrictHostKeyChecking yes\n  UserKnownHostsFile {tmp_path / 'known_hosts'}\n" for n in names))
+    views = [replace(ROW, name=n, instance_id=f"i-{n}") for n in names]
+    try:
+        started = time.monotonic()
+        rows = _with_agent_state(ctx, views)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert [r.idle_reason for r in rows] == ["agent unreachable: unknown"] * len(names)
+    assert took < AGENT_STATE_TIMEOUT + 2, f"{took:.1f} s: the reads waited on each other"

@@ -101,13 +101,19 @@ def _duration(seconds: float | None) -> str:
 
 
 def _check_up_options(ctx: Any, name: str, provider: str | None, host: str | None, *, requirements: Path | None,
-                      password_file: Path | None, spot: bool, max_price: float | None, identity_file: Path | None,
-                      host_key_fingerprint: str | None) -> None:
+                      password_file: Path | None, public: bool, spot: bool, max_price: float | None,
+                      identity_file: Path | None, host_key_fingerprint: str | None) -> None:
     """`up`'s options that do not go together, refused before anything happens (before --dry-run too)."""
     if requirements is not None and not requirements.is_file():
         raise UsageError(f"requirements file {requirements} not found", "pass an existing file to --requirements")
     if password_file is not None and not password_file.is_file():
         raise UsageError(f"password file {password_file} not found", "pass an existing file to --password-file")
+    if password_file is not None and not public:
+        raise UsageError("--password-file is public mode's password", "add --public or drop --password-file")
+    if password_file is not None and ctx.store.get(name) is not None:
+        raise UsageError(f"{name} exists and keeps the password it was launched with: --password-file would be "
+                         "ignored", f"drop --password-file, or `nbcloud down {name}` and `nbcloud up {name} "
+                         "--public --password-file FILE` anew")
     if max_price is not None and not spot:
         raise UsageError("--max-price applies to spot instances only", "add --spot or drop --max-price")
     if host is None and (identity_file is not None or host_key_fingerprint is not None):
@@ -182,8 +188,9 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
     validate_name(name)
     ctx = _ctx()
     settings = ctx.settings
-    _check_up_options(ctx, name, provider, host, requirements=requirements, password_file=password_file, spot=spot,
-                      max_price=max_price, identity_file=identity_file, host_key_fingerprint=host_key_fingerprint)
+    _check_up_options(ctx, name, provider, host, requirements=requirements, password_file=password_file,
+                      public=public, spot=spot, max_price=max_price, identity_file=identity_file,
+                      host_key_fingerprint=host_key_fingerprint)
     if host is not None:
         _check_host_options({"--instance-type": instance_type, "--image": image, "--data-volume": data_volume,
                              "--zone": zone, "--fallback-types": fallback_types, "--allow-cidr": allow_cidr,
@@ -549,7 +556,7 @@ def _checks_text(r: dict[str, Any]) -> str:
     lines += [f"still billing, used by no instance ({i['provider']}/{i['region']}): {i['kind']} {i['name'] or '-'} "
               f"{i['id']} {format_usd(i['monthly_usd'])}/month — `{i['remove']}`" for i in r["still_billing"]]
     lines += [f"not checked: {u}" for u in r["unchecked"]]
-    if not r["checked"]:
+    if not r["checked"] and not r["unchecked"]:
         lines.append("no cloud checked (nothing known here); `nbcloud doctor --orphans` checks the default one")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from ..remote.machine_root import SH_ROOT
 from ..state import Record
 from .context import Context, Progress, no_progress
 
-__all__ = ["FLAGS", "InPlacePlan", "apply_in_place", "plan_in_place", "retype"]
+__all__ = ["FLAGS", "InPlacePlan", "apply_in_place", "plan_in_place", "refuse_elsewhere", "retype"]
 
 #: spec field → the option that sets it (for messages and for `changed` in `up --json`)
 FLAGS: dict[str, str] = {
@@ -61,6 +61,17 @@ def _wanted(stored: InstanceSpec, wanted: InstanceSpec, name: str) -> Any:
     if name == "python_packages":  # added to what the instance has: the bootstrap never uninstalls
         return tuple(dict.fromkeys((*stored.python_packages, *wanted.python_packages)))
     return getattr(wanted, name)
+
+
+def refuse_elsewhere(record: Record, provider_name: str | None, region: str | None) -> None:
+    """`up NAME --provider P --region R` where NAME exists on another cloud or in another region: refused in one line
+    (it was reused, and the place asked for silently dropped). Pure."""
+    asked = [f"--provider {provider_name}" for _ in (1,) if provider_name and provider_name != record.provider]
+    asked += [f"--region {region}" for _ in (1,) if region and region != record.region]
+    if asked:
+        raise UsageError(f"{record.name} exists in {record.provider}/{record.region}, not where "
+                         f"{' '.join(asked)} asks", f"drop {' and '.join(a.split()[0] for a in asked)} to use it, "
+                         f"or give the new one another name")
 
 
 def plan_in_place(stored: InstanceSpec, wanted: InstanceSpec, given: frozenset[str], *, state: str,

@@ -37,7 +37,7 @@ from ..state import LaunchIntent, Record
 from .bootlog import BootLog, save_bootstrap_log
 from .context import Context, Progress, no_progress
 from .hostkey import rotate_host_key
-from .inplace import apply_in_place, plan_in_place, retype
+from .inplace import apply_in_place, plan_in_place, refuse_elsewhere, retype
 from .instances import (
     DATA_DEVICE,
     bootstrap_spec,
@@ -117,6 +117,7 @@ def up(ctx: Context, spec: InstanceSpec, *, provider_name: str | None = None, re
                                   f"retry `nbcloud up {spec.name}` or `nbcloud down {spec.name}` later")
         existing = ctx.store.get(spec.name)
         if existing is not None:
+            refuse_elsewhere(existing, provider_name, region)
             return _reuse(ctx, existing, spec, progress, wait_jupyter, ssh_timeout, ready_timeout, given, confirm)
         provider = ctx.provider(provider_name, region, profile)
         progress(f"checking access to {provider.name} ({provider.region})")

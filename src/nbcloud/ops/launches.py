@@ -46,8 +46,9 @@ class Recovery:
 
 def describe_recovery(recovery: Recovery) -> str:
     """One line for a person: what was removed, what is left and the command that removes it."""
-    done = ", ".join(recovery.removed) if recovery.removed else "nothing had been made yet"
-    text = f"launch {recovery.launch_id} of {recovery.name!r}: removed {done}"
+    done = ("removed " + ", ".join(recovery.removed) if recovery.removed
+            else "removed nothing" if recovery.failed else "nothing had been made yet")
+    text = f"launch {recovery.launch_id} of {recovery.name!r}: {done}"
     if recovery.failed:
         text += f"; could not remove {', '.join(recovery.failed)} (`nbcloud down {recovery.name}` retries)"
     return text

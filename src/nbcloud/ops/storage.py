@@ -142,14 +142,16 @@ def billing_check(ctx: Context, provider_name: str | None, region: str | None,
         targets = {(r.provider, r.region, r.profile) for r in ctx.store.all()}
     items: list[dict[str, Any]] = []
     unchecked: list[str] = []
+    checked: list[str] = []
     for name, where, prof in sorted(targets, key=str):
         try:
             provider = ctx.provider(name, where, prof)
+            checked.append(f"{provider.name}/{provider.region}")  # where it looked, defaults resolved
             items += [i | {"provider": provider.name, "region": provider.region} for i in still_billing(provider)]
         except NbcloudError as exc:
             unchecked.append(f"{name or 'default provider'}/{where or 'default region'}: {exc.message}")
     return {"still_billing": items, "still_billing_monthly_usd": round(sum(i["monthly_usd"] for i in items), 2),
-            "unchecked": unchecked, "checked": sorted(f"{n or 'aws'}/{r or '-'}" for n, r, _p in targets)}
+            "unchecked": unchecked, "checked": sorted(set(checked))}
 
 
 def remove_billing(provider: Provider, item: dict[str, Any]) -> None:
