@@ -238,20 +238,21 @@ def up(name: str, provider: str | None, region: str | None, profile: str | None,
     if connected is not None:
         payload.update(url=connected.url, local_port=connected.local_port, tunnel=connected.tunnel,
                        tunnel_mode=connected.tunnel_mode)
+    emit(payload, as_json, _up_text)
 
-    def text(p: dict[str, Any]) -> str:
-        lines = [f"{p['name']}: {p['instance_type']} {p['state']} at {p['host']} ({p['provider']}, {p['region']})"
-                 + (" — reused" if p["reused"] else "")
-                 + (f", changed {', '.join(p['changed'])}" if p.get("changed") else ""),
-                 f"  ssh:     ssh {p['ssh_alias']}"]
-        if p.get("url"):
-            lines.append(f"  jupyter: {p['url']}")
-        else:
-            lines.append(f"  jupyter: nbcloud connect {p['name']}")
-        lines.append(f"  vscode:  {p['vscode']}")
-        return "\n".join(lines)
 
-    emit(payload, as_json, text)
+def _up_text(p: dict[str, Any]) -> str:
+    """What `up` prints: the instance, then how to reach it (ssh, Jupyter, VS Code)."""
+    lines = [f"{p['name']}: {p['instance_type']} {p['state']} at {p['host']} ({p['provider']}, {p['region']})"
+             + (" — reused" if p["reused"] else "")
+             + (f", changed {', '.join(p['changed'])}" if p.get("changed") else ""),
+             f"  ssh:     ssh {p['ssh_alias']}"]
+    if p.get("url"):
+        lines.append(f"  jupyter: {p['url']}")
+    else:
+        lines.append(f"  jupyter: nbcloud connect {p['name']}")
+    lines.append(f"  vscode:  {p['vscode']}")
+    return "\n".join(lines)
 
 
 def _check_host_options(given: dict[str, Any]) -> None:
