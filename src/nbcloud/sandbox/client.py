@@ -392,7 +392,7 @@ def reset(sandbox_dir: Path | None = None) -> dict[str, Any]:
         from .nspawn import unmount_layers
 
         unmount_layers(directory / "instances")
-    for name in ("instances", "volumes", "shared"):
+    for name in ("instances", "trash", "volumes", "shared"):
         shutil.rmtree(directory / name, ignore_errors=True)
     for name in ("sandbox.json", "subnet"):
         (directory / name).unlink(missing_ok=True)
