@@ -43,7 +43,7 @@ from .loopback import (
     service_ports,
     socket_address,
 )
-from .storage import Storage
+from .storage import Storage, Trash
 from .unixsock import unix_address
 from .userdata import parse_user_data
 from .wheelhouse import UvCacheSeeder, wait_uv_cache_seed
@@ -119,16 +119,16 @@ class Sandbox:
         self.wheelhouse = wheelhouse
         self.shared = sandbox_dir / "shared"
         self.instances_dir = sandbox_dir / "instances"
-        self.trash_dir = sandbox_dir / "trash"  # terminated instances' directories, deleted off the reconciler
-        self.trash: queue.Queue[Path] = queue.Queue()
-        self._trash_thread: threading.Thread | None = None
+        # terminated instances' disks (and deleted images, volumes, snapshots), deleted off the reconciler
+        self.trash = Trash(sandbox_dir / "trash")
         self.volumes_dir = sandbox_dir / "volumes"
         self.hosts: dict[str, Host] = {}
         self.lock = threading.RLock()
         self.work: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
         self.stopped = threading.Event()
         self.cloud = MotoCloud()
-        self.storage = Storage(sandbox_dir, self.volumes_dir, lambda i: self._instance_dir(i) / "root")
+        self.storage = Storage(sandbox_dir, self.volumes_dir, lambda i: self._instance_dir(i) / "root",
+                               discard=self.trash.discard)
 
     # setup -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -176,7 +176,7 @@ class Sandbox:
         nspawn.unmount_layers(self.instances_dir)  # never delete through a dead daemon's mounted layer
         for leftover in self.instances_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
-        shutil.rmtree(self.trash_dir, ignore_errors=True)
+        shutil.rmtree(self.trash.directory, ignore_errors=True)
         self.network.install_guard()
         install_hooks(self)
         self.cloud.start()
@@ -549,46 +549,12 @@ class Sandbox:
     def _do_terminate(self, instance_id: str) -> None:
         host = self.hosts[instance_id]
         self._halt(host)
-        self._discard(self._instance_dir(instance_id))
+        self.trash.discard(self._instance_dir(instance_id))
         with self.lock:
             self.network.pool.release(host.address)
             host.state = "terminated"
             with contextlib.suppress(Exception):  # moto may have forgotten a terminated instance already
                 _report(host.backend.get_instance(instance_id), "terminated", 48)
-
-    def _discard(self, inst_dir: Path) -> None:
-        """Remove a terminated instance's directory at once (a rename) and delete its files in the background.
-
-        Deleting a root disk with a Jupyter venv took 3-10 s here, and in the reconciler it held up every boot,
-        stop and terminate queued behind it (a test's teardown of three instances waited for all three).
-        """
-        self.trash_dir.mkdir(mode=0o700, exist_ok=True)
-        target = self.trash_dir / f"{inst_dir.name}-{time.monotonic_ns()}"
-        try:
-            os.replace(inst_dir, target)
-        except FileNotFoundError:
-            return
-        except OSError:
-            shutil.rmtree(inst_dir, ignore_errors=True)
-            return
-        self.trash.put(target)
-        with self.lock:
-            if self._trash_thread is None:
-                self._trash_thread = threading.Thread(target=self._empty_trash_forever, name="trash", daemon=True)
-                self._trash_thread.start()
-
-    def _empty_trash_forever(self) -> None:
-        """One directory at a time at the lowest CPU priority: booting instances come first on a small machine.
-        ``--one-file-system``: never delete through something still mounted below it."""
-        while True:
-            path = self.trash.get()
-            try:
-                subprocess.run(["nice", "-n", "19", "rm", "-rf", "--one-file-system", str(path)], check=False,
-                               capture_output=True, timeout=600)
-            except FileNotFoundError:  # no nice or rm: slower, in this thread all the same
-                shutil.rmtree(path, ignore_errors=True)
-            except (OSError, subprocess.SubprocessError):
-                log.warning("could not delete %s", path)
 
     def _do_reboot(self, instance_id: str) -> None:
         host = self.hosts[instance_id]
@@ -635,7 +601,7 @@ class Sandbox:
             self._ask_init(instance_id, {"cmd": "unmount-volume", "volume_id": volume_id})
 
     def _do_delete_volume(self, _instance_id: str, volume_id: str) -> None:
-        shutil.rmtree(self.volumes_dir / volume_id, ignore_errors=True)
+        self.trash.discard(self.volumes_dir / volume_id)
 
     # faults and instance requests --------------------------------------------------------------------------
     def host_by_peer(self, pid: int) -> Host | None:
