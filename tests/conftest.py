@@ -41,30 +41,35 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["NBCLOUD_LOCAL_PORT"] = str(base + 3000 * (int(worker) if worker.isdigit() else 0))
 
 
-#: The test files that take longest, longest first (measured in CI runs). `scripts/test` hands xdist whole files in
+#: The test files that take longest, longest first (measured: a 2-worker run, 2026-12-01, after the sandbox deleted
+#: disks off its reconciler and the money tests billed a 20-s minimum). `scripts/test` hands xdist whole files in
 #: collection order (--dist loadfile --no-loadscope-reorder): starting the long ones first keeps both workers busy
 #: to the end instead of leaving one alone with a three-minute file.
 LONGEST_FIRST = (
+    "tests/integration/test_inplace_volumes.py",
     "tests/integration/test_spot_volumes_images.py",
     "tests/integration/test_cluster.py",
-    "tests/integration/test_provisioning.py",
-    "tests/integration/test_inplace_volumes.py",
-    "tests/integration/test_idle_activity.py",
     "tests/integration/test_launch_kills.py",
-    "tests/integration/test_cost_sandbox.py",
+    "tests/integration/test_provisioning.py",
+    "tests/integration/test_idle_activity.py",
     "tests/integration/test_connect.py",
-    "tests/integration/test_gateway_sandbox.py",
-    "tests/integration/test_sandbox_loopback.py",
+    "tests/integration/test_cost_sandbox.py",
     "tests/integration/test_autostop.py",
-    "tests/integration/test_public_reissue.py",
+    "tests/integration/test_sandbox_loopback.py",
+    "tests/integration/test_gateway_sandbox.py",
+    "tests/integration/test_resumable.py",
     "tests/integration/test_local_processes.py",
     "tests/integration/test_jupyter_service.py",
-    "tests/integration/test_cost_unseen.py",
-    "tests/e2e/test_browser_durable.py",
-    "tests/integration/test_resumable_sandbox.py",
-    "tests/e2e/test_browser_sandbox.py",
-    "tests/integration/test_resumable.py",
+    "tests/integration/test_aws_failover.py",
     "tests/e2e/test_browser_gateway.py",
+    "tests/e2e/test_browser_sandbox.py",
+    "tests/integration/test_sandbox_os.py",
+    "tests/integration/test_public_reissue.py",
+    "tests/integration/test_ssh_provider.py",
+    "tests/integration/test_cost_unseen.py",
+    "tests/integration/test_resumable_sandbox.py",
+    "tests/integration/test_tunnel.py",
+    "tests/e2e/test_browser_durable.py",
 )
 
 

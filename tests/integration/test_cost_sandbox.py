@@ -16,6 +16,7 @@ from tests.helpers import side_by_side
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(420)]
 
 FACTOR = 1000.0  # t3.medium: $0.0416/h → $41.6/h, a cent every ~0.9 s
+MINIMUM = 20  # s billed at least per start: NBCLOUD_BILLING_MINIMUM lowers the real 60 s so the waits past it are short
 
 
 def _events(world: Any, name: str) -> list[tuple[float, str]]:
@@ -54,7 +55,7 @@ def status_cost_and_running_time_only(world: Any, hourly: float) -> None:
     assert frozen == pytest.approx(stopped_status["accrued_usd"], abs=0.0002), "accrued grew while stopped"
     world.nb_json("start", "cs-money")
     started_at = time.time()
-    time.sleep(max(0.0, 65 - (time.time() - started_at)))  # past the 60-s minimum the new period is billed at
+    time.sleep(max(0.0, MINIMUM + 5 - (time.time() - started_at)))  # past the minimum the new period is billed at
     after_status = world.status("cs-money")
     after, t_after = after_status["accrued_usd"], time.time()
     assert after_status["uptime_seconds"] is not None and after_status["uptime_seconds"] < 120, \
@@ -90,7 +91,8 @@ def status_cost_and_running_time_only(world: Any, hourly: float) -> None:
 
 
 def budget_cap_stops_before_the_cap(world: Any, hourly: float) -> None:
-    cap = round(hourly * 150 / 3600, 2)  # 150 s of running; the agent keeps a margin of 60 s + two checks
+    # 120 s of running; the agent keeps a margin of 60 s + two checks (10 s each): it stops after about 40 s
+    cap = round(hourly * 120 / 3600, 2)
     t0 = time.monotonic()
     up = world.up("cs-cap", "-t", "t3.medium", "--max-cost", str(cap))
     first = world.status("cs-cap")
@@ -116,7 +118,8 @@ def budget_cap_stops_before_the_cap(world: Any, hourly: float) -> None:
 
 
 def test_running_time_only_and_the_budget_cap(world: Any) -> None:
-    """Both wait on the clock (a stop, the 60-s minimum, a cap that trips in about a minute): side by side."""
+    """Both wait on the clock (a stop, the billing minimum, a cap that trips in under a minute): side by side."""
     hourly = world.scale_prices(FACTOR)
+    world.env["NBCLOUD_BILLING_MINIMUM"] = str(MINIMUM)
     side_by_side({"running time only": lambda: status_cost_and_running_time_only(world, hourly),
                   "budget cap": lambda: budget_cap_stops_before_the_cap(world, hourly)})

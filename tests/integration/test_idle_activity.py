@@ -136,8 +136,8 @@ def test_idle_is_work_and_input_not_connections(sandbox: Any, sandbox_ec2: Any, 
         assert all(others[n]["hourly_usd"] for n in set(SCENARIOS) - {"ia-held"}), others
         assert [r["name"] for r in rows if r["managed_here"]] == ["ia-held"]
     finally:
-        for world in worlds.values():
-            world.down_all()
+        with ThreadPoolExecutor(max_workers=len(worlds)) as pool:  # each world's `down` waits for its terminate
+            list(pool.map(World.down_all, worlds.values()))
     print(f"\nidle scenarios ({time.monotonic() - started:.0f} s, limit {LIMIT} s; delay = past the limit):")
     for name, figures in results.items():
         print(f"  {name:10s} " + ", ".join(f"{k} {v:+.1f}" for k, v in figures.items()))

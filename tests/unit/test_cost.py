@@ -104,6 +104,20 @@ def test_sixty_second_minimum_per_start() -> None:
     assert billed_seconds([RunningPeriod(at(hours=2), None)], at(hours=1)) == 0  # not started yet
 
 
+def test_the_minimum_knob_lowers_it_within_bounds_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbcloud.errors import UsageError
+
+    periods = [RunningPeriod(T0, at(seconds=10)), RunningPeriod(at(seconds=100), at(seconds=130))]
+    monkeypatch.setenv("NBCLOUD_BILLING_MINIMUM", "20")  # the sandbox's money tests: 20 s per start
+    assert billed_seconds(periods, at(hours=1)) == 20 + 30
+    monkeypatch.setenv("NBCLOUD_BILLING_MINIMUM", "")
+    assert billed_seconds(periods, at(hours=1)) == 60 + 60
+    for bad in ("0", "19", "61", "1e9", "x"):
+        monkeypatch.setenv("NBCLOUD_BILLING_MINIMUM", bad)
+        with pytest.raises(UsageError, match="NBCLOUD_BILLING_MINIMUM"):
+            billed_seconds(periods, at(hours=1))
+
+
 def test_since_window() -> None:
     periods = [RunningPeriod(T0, at(hours=2)), RunningPeriod(at(hours=5), None)]
     now = at(hours=6)

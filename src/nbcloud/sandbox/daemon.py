@@ -43,7 +43,7 @@ from .loopback import (
     socket_address,
 )
 from .osboot import OsBoot
-from .storage import Storage
+from .storage import Storage, Trash
 from .unixsock import unix_address
 from .userdata import parse_user_data, raw_user_data
 from .wheelhouse import UvCacheSeeder
@@ -106,13 +106,16 @@ class Sandbox(OsBoot, Faults):
         self.wheelhouse = wheelhouse
         self.shared = sandbox_dir / "shared"
         self.instances_dir = sandbox_dir / "instances"
+        # terminated instances' disks (and deleted images, volumes, snapshots), deleted off the reconciler
+        self.trash = Trash(sandbox_dir / "trash")
         self.volumes_dir = sandbox_dir / "volumes"
         self.hosts: dict[str, Host] = {}
         self.lock = threading.RLock()
         self.work: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
         self.stopped = threading.Event()
         self.cloud = MotoCloud()
-        self.storage = Storage(sandbox_dir, self.volumes_dir, lambda i: self._instance_dir(i) / "root")
+        self.storage = Storage(sandbox_dir, self.volumes_dir, lambda i: self._instance_dir(i) / "root",
+                               discard=self.trash.discard)
 
     # setup -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -160,6 +163,7 @@ class Sandbox(OsBoot, Faults):
         nspawn.unmount_layers(self.instances_dir)  # never delete through a dead daemon's mounted layer
         for leftover in self.instances_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(self.trash.directory, ignore_errors=True)
         self.network.install_guard()
         install_hooks(self)
         self.cloud.start()
@@ -423,7 +427,7 @@ class Sandbox(OsBoot, Faults):
     def _do_terminate(self, instance_id: str) -> None:
         host = self.hosts[instance_id]
         self._halt(host)
-        shutil.rmtree(self._instance_dir(instance_id), ignore_errors=True)
+        self.trash.discard(self._instance_dir(instance_id))
         with self.lock:
             self.network.pool.release(host.address)
             host.state = "terminated"
@@ -475,7 +479,7 @@ class Sandbox(OsBoot, Faults):
             self._ask_init(instance_id, {"cmd": "unmount-volume", "volume_id": volume_id})
 
     def _do_delete_volume(self, _instance_id: str, volume_id: str) -> None:
-        shutil.rmtree(self.volumes_dir / volume_id, ignore_errors=True)
+        self.trash.discard(self.volumes_dir / volume_id)
 
     def status(self) -> dict[str, Any]:
         with self.lock:

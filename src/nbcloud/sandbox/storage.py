@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .wheelhouse import INSTANCE_UV_CACHE
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "Trash"]
 
 log = logging.getLogger("nbcloud.sandbox.storage")
 
@@ -49,8 +51,54 @@ def copy_tree(source: Path, target: Path, link: tuple[str, ...] = ()) -> None:
     tmp.rename(target)
 
 
+class Trash:
+    """Directories removed at once (a rename into ``directory``) and deleted in the background.
+
+    Deleting a root disk with a Jupyter venv took 3-10 s here (up to 47 s under load: the disk is mounted with
+    ``discard``); done in the reconciler it held up every boot, stop and terminate queued behind it, and a `down`
+    waited for it. ``directory`` must be on the same file system as what is discarded (all under the sandbox's).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._queue: queue.Queue[Path] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def discard(self, path: Path) -> None:
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        target = self.directory / f"{path.name}-{time.monotonic_ns()}"
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return
+        except OSError:  # cannot be moved (another file system?): deleted here, as before
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        self._queue.put(target)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._empty_forever, name="trash", daemon=True)
+                self._thread.start()
+
+    def _empty_forever(self) -> None:
+        """One directory at a time at the lowest CPU priority: booting instances come first on a small machine.
+        ``--one-file-system``: never delete through something still mounted below it."""
+        while True:
+            path = self._queue.get()
+            try:
+                subprocess.run(["nice", "-n", "19", "rm", "-rf", "--one-file-system", str(path)], check=False,
+                               capture_output=True, timeout=600)
+            except FileNotFoundError:  # no nice or rm: slower, in this thread all the same
+                shutil.rmtree(path, ignore_errors=True)
+            except (OSError, subprocess.SubprocessError):
+                log.warning("could not delete %s", path)
+
+
 class Storage:
-    def __init__(self, sandbox_dir: Path, volumes_dir: Path, instance_root: Callable[[str], Path]) -> None:
+    def __init__(self, sandbox_dir: Path, volumes_dir: Path, instance_root: Callable[[str], Path],
+                 discard: Callable[[Path], None] | None = None) -> None:
+        self.discard = discard or (lambda path: shutil.rmtree(path, ignore_errors=True))
         self.volumes_dir = volumes_dir
         self.snapshots_dir = sandbox_dir / "snapshots"
         self.images_dir = sandbox_dir / "images"
@@ -87,7 +135,7 @@ class Storage:
         self._background(f"snapshot {snapshot.id}", lambda: copy_tree(source, target), finish)
 
     def on_delete_snapshot(self, snapshot_id: str) -> None:
-        shutil.rmtree(self.snapshots_dir / snapshot_id, ignore_errors=True)
+        self.discard(self.snapshots_dir / snapshot_id)
 
     def on_create_volume(self, volume: Any, snapshot_id: str | None) -> None:
         if not snapshot_id:
@@ -116,7 +164,7 @@ class Storage:
         self._background(f"image {ami.id}", copy, finish)
 
     def on_deregister_image(self, ami_id: str) -> None:
-        shutil.rmtree(self.images_dir / ami_id, ignore_errors=True)
+        self.discard(self.images_dir / ami_id)
 
     def image_root(self, ami_id: str) -> Path | None:
         root = self.images_dir / ami_id / "root"
