@@ -51,6 +51,12 @@ def copy_tree(source: Path, target: Path, link: tuple[str, ...] = ()) -> None:
     tmp.rename(target)
 
 
+#: The trash's rm gets SIGKILL when the daemon dies (PR_SET_PDEATHSIG of the trash thread, which lives as long as
+#: the daemon): nothing of a sandbox outlives its reset, which deletes what is left itself.
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_DAEMON: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+
+
 class Trash:
     """Directories removed at once (a rename into ``directory``) and deleted in the background.
 
@@ -87,8 +93,8 @@ class Trash:
         while True:
             path = self._queue.get()
             try:
-                subprocess.run(["nice", "-n", "19", "rm", "-rf", "--one-file-system", str(path)], check=False,
-                               capture_output=True, timeout=600)
+                subprocess.run([*_DIE_WITH_DAEMON, "nice", "-n", "19", "rm", "-rf", "--one-file-system", str(path)],
+                               check=False, capture_output=True, timeout=600)
             except FileNotFoundError:  # no nice or rm: slower, in this thread all the same
                 shutil.rmtree(path, ignore_errors=True)
             except (OSError, subprocess.SubprocessError):
