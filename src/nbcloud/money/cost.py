@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 from .pricing import PriceTable
 
 __all__ = [
