@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .remote.spec import IDLE_STOP_DEFAULT
+
 __all__ = ["Paths", "Settings", "ensure_private_dir", "load_settings", "paths", "write_private"]
 
 
@@ -118,7 +120,7 @@ class Settings:
     profile: str | None = None
     instance_type: str = "t3.medium"
     image: str = "ubuntu"
-    idle_stop: str = "60m"
+    idle_stop: str = f"{IDLE_STOP_DEFAULT // 60}m"
     extra: dict[str, object] = field(default_factory=dict)
     #: the keys the user set (config.toml or NBCLOUD_*), as opposed to the defaults above
     configured: frozenset[str] = frozenset()

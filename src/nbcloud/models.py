@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .remote.spec import IDLE_STOP_DEFAULT
+
 __all__ = [
     "CLUSTER_TAG",
     "IMAGE_NAME_TAG",
@@ -170,7 +172,7 @@ class InstanceSpec:
     # False: a stored record from before durable outputs were `up`'s default has none; `up` fills in its default
     durable_outputs: bool = False
     gateway: bool = False
-    idle_stop_seconds: int | None = 3600
+    idle_stop_seconds: int | None = IDLE_STOP_DEFAULT
     max_cost_usd: float | None = None
     cull_idle_minutes: int | None = None
     python_packages: tuple[str, ...] = ()

@@ -46,3 +46,16 @@ def test_a_lowered_floor_reaches_the_agent(monkeypatch: pytest.MonkeyPatch, tmp_
     assert "30" in autostop_update_script(30, floor=30)
     with pytest.raises(UsageError):
         BootstrapSpec(name="x", idle_floor=10)
+
+
+def test_one_idle_default_everywhere() -> None:
+    """The default idle limit is written once (remote.spec); the settings' text, the spec's and the agent's own
+    copy (it imports nothing from nbcloud) all say the same."""
+    from nbcloud.config import Settings as UserSettings
+    from nbcloud.models import InstanceSpec, parse_duration
+    from nbcloud.remote.spec import IDLE_STOP_DEFAULT
+
+    assert parse_duration(UserSettings().idle_stop) == IDLE_STOP_DEFAULT
+    assert InstanceSpec.__dataclass_fields__["idle_stop_seconds"].default == IDLE_STOP_DEFAULT
+    assert BootstrapSpec.__dataclass_fields__["idle_stop_seconds"].default == IDLE_STOP_DEFAULT
+    assert Settings.__dataclass_fields__["idle_stop_seconds"].default == IDLE_STOP_DEFAULT  # the agent's

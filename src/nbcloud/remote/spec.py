@@ -12,6 +12,8 @@ __all__ = ["LOGIN_USER", "SECRETS_DIR", "BootstrapSpec"]
 LOGIN_USER = "ubuntu"
 #: The shortest idle stop a user can set: shorter would stop an instance between two cells of thought.
 IDLE_STOP_FLOOR = 60
+#: The idle limit of a new instance when the user gives none (the agent keeps its own copy: it imports nothing).
+IDLE_STOP_DEFAULT = 3600
 #: How far NBCLOUD_IDLE_STOP_FLOOR (a hidden knob for the test suite and benches) may lower it.
 MIN_IDLE_FLOOR = 20
 SECRETS_DIR = "/home/ubuntu/.config/nbcloud"  # for the default login user; BootstrapSpec.secrets_dir in general
@@ -36,7 +38,7 @@ class BootstrapSpec:
     durable_outputs: bool = False
     public: bool = False
     cull_idle_minutes: int | None = None
-    idle_stop_seconds: int | None = 3600
+    idle_stop_seconds: int | None = IDLE_STOP_DEFAULT
     max_cost_usd: float | None = None
     hourly_usd: float | None = None
     python_packages: tuple[str, ...] = ()
