@@ -37,6 +37,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "integration"), str(ROOT
 
 from test_tunnel import REMOTE_PORT, RESOLVER, NetnsHost, free_port  # noqa: E402
 
+from bench_relay_engine import FORWARDER  # noqa: E402  (two bare user-space hops: no protocol, nothing kept)
 from bench_tunnel import CIPHER, pct, throughput, wait_for  # noqa: E402
 from nbcloud.ssh import tunnel  # noqa: E402
 from nbcloud.ssh.tunnel import Forward  # noqa: E402
@@ -93,27 +94,6 @@ def get_ok_long(port: int) -> None:
 
 
 JUPYTER_PORT, TOKEN = 8890, "nbcloud-bench"  # the token is the bench's own, for a throwaway server
-# Two bare user-space hops: epoll, recv_into, sendall; no protocol, nothing kept.
-FORWARDER = r"""
-import select, socket, sys
-lp, tp = int(sys.argv[1]), int(sys.argv[2])
-ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind(("127.0.0.1", lp)); ls.listen(8)
-ep = select.epoll(); ep.register(ls.fileno(), select.EPOLLIN); peer, socks = {}, {}
-buf = bytearray(262144); view = memoryview(buf)
-while True:
-    for fd, ev in ep.poll():
-        if fd == ls.fileno():
-            c, _ = ls.accept(); u = socket.create_connection(("127.0.0.1", tp))
-            for s in (c, u):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1); socks[s.fileno()] = s
-                ep.register(s.fileno(), select.EPOLLIN)
-            peer[c.fileno()], peer[u.fileno()] = u, c
-            continue
-        n = socks[fd].recv_into(buf)
-        if not n:
-            ep.unregister(fd); peer[fd].close(); socks.pop(fd).close(); continue
-        peer[fd].sendall(view[:n])
-"""
 # A supervisor from another source tree (--baseline): started as tunnel.start_supervisor does, from that tree.
 START = r"""
 import sys

@@ -36,16 +36,22 @@ def _local_setuptools() -> bool:
     return False
 
 
-@pytest.mark.skipif(not _local_setuptools(), reason=f"no setuptools>=77 wheel in {LOCAL_WHEELS} (offline build)")
-def test_the_wheel_carries_the_license(tmp_path: Path) -> None:
-    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": LOCAL_WHEELS}  # offline: the local wheels only
-    src = tmp_path / "src"  # a copy: the build must not leave build/ or *.egg-info in the work tree
+def _copy_checkout(src: Path) -> None:
+    """The checkout's files (tracked and untracked, not ignored) into ``src``: a build must not leave build/ or
+    *.egg-info in the work tree."""
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            check=True, capture_output=True, timeout=30).stdout.decode().split("\0")
     for name in filter(None, files):
         if (ROOT / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             (src / name).write_bytes((ROOT / name).read_bytes())
+
+
+@pytest.mark.skipif(not _local_setuptools(), reason=f"no setuptools>=77 wheel in {LOCAL_WHEELS} (offline build)")
+def test_the_wheel_carries_the_license(tmp_path: Path) -> None:
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": LOCAL_WHEELS}  # offline: the local wheels only
+    src = tmp_path / "src"  # a copy: the build must not leave build/ or *.egg-info in the work tree
+    _copy_checkout(src)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "out"),
                            str(src)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -67,12 +73,7 @@ def test_the_sdist_carries_the_license(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(tools), "setuptools>=77"],
                    check=True, capture_output=True, env=env, timeout=300)
     src = tmp_path / "src"
-    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           check=True, capture_output=True, timeout=30).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():
-            (src / name).parent.mkdir(parents=True, exist_ok=True)
-            (src / name).write_bytes((ROOT / name).read_bytes())
+    _copy_checkout(src)
     out = tmp_path / "out"
     code = f"from setuptools import build_meta\nprint(build_meta.build_sdist({str(out)!r}))"
     done = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..remote.agent.nbcloud_activity import descendants
 from .hosts import AddressPool, prefix_for_subnet
 
 __all__ = [
@@ -125,20 +126,6 @@ def _parent_map() -> dict[int, int]:
     return parents
 
 
-def _descendants(roots: Iterable[int], parents: dict[int, int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = [r for r in roots if r in parents]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    return found
-
-
 def marked_processes(marker_prefix: str) -> set[int]:
     """Our processes whose environment has ``MARKER_ENV`` starting with ``marker_prefix``."""
     uid = os.getuid()
@@ -178,7 +165,7 @@ def recorded_pids(instance_dir: Path) -> list[int]:
 
 def instance_processes(instance_dir: Path, marker: str) -> list[int]:
     """The init and sshd, everything below them, and any process carrying the instance's marker."""
-    return sorted(_descendants(recorded_pids(instance_dir), _parent_map()) | marked_processes(marker))
+    return sorted(descendants(set(recorded_pids(instance_dir)), _parent_map()) | marked_processes(marker))
 
 
 def _start_time(pid: int) -> str | None:
@@ -262,4 +249,4 @@ class LoopbackNetwork:
             for inst_dir in instances_dir.iterdir():
                 roots.extend(recorded_pids(inst_dir))
         marker = self.marker()
-        kill_processes(lambda: _descendants(roots, _parent_map()) | marked_processes(marker))
+        kill_processes(lambda: descendants(set(roots), _parent_map()) | marked_processes(marker))
