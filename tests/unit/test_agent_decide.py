@@ -310,10 +310,12 @@ def test_processes_see_cpu_and_pty_input() -> None:
         typed = time.time()
         os.write(master, b"x\n")
         time.sleep(0.5)
+        burner = int(Path(f"/proc/{busy.pid}/task/{busy.pid}/children").read_text().split()[0])
+        # read before the scan: the scan reads the same counter later, so it saw at least this much (a figure read
+        # after the scan also counts what the burner burned while a loaded machine made the scan slow)
+        burned = parse_stat(Path(f"/proc/{burner}/stat").read_text())
         cores, last_input = procs.sample()
         window = time.monotonic() - started  # at least the scan's own interval
-        burner = int(Path(f"/proc/{busy.pid}/task/{busy.pid}/children").read_text().split()[0])
-        burned = parse_stat(Path(f"/proc/{burner}/stat").read_text())
     finally:
         for proc in (busy, reader):
             if proc.poll() is None:
@@ -323,6 +325,6 @@ def test_processes_see_cpu_and_pty_input() -> None:
     # the scan saw at least what the burner burned (however little CPU a loaded machine gave it), other processes
     # on the machine only add to it
     assert burned is not None and burned.ticks > 0
-    assert cores is not None and cores >= (burned.ticks - 2) / procs.hz / window  # 2 ticks: it burned on after
+    assert cores is not None and cores >= burned.ticks / procs.hz / window
     # the pty's atime moves on a read, at a granularity of 8 s (the kernel's tty_update_time)
     assert last_input is not None and typed - 9 <= last_input <= time.time() + 1
