@@ -392,7 +392,9 @@ def reset(sandbox_dir: Path | None = None) -> dict[str, Any]:
         from .nspawn import unmount_layers
 
         unmount_layers(directory / "instances")
-    _delete_now(directory, ("instances", "trash", "volumes", "shared"))
+    # every disk the sandbox held (moto's state dies with the daemon, so nothing could name them again), and the
+    # next instance's uv-cache copy
+    _delete_now(directory, ("instances", "trash", "volumes", "snapshots", "images", "shared", "spare"))
     for name in ("sandbox.json", "subnet"):
         (directory / name).unlink(missing_ok=True)
     return {"sandbox_dir": str(directory), "stopped_daemon": stopped, "removed": removed}
