@@ -46,6 +46,20 @@ def test_failed_step_is_named_and_exits_nonzero(tmp_path: Path) -> None:
     assert not (tmp_path / "root/var/lib/nbcloud/bootstrap.done").exists()
 
 
+def test_output_appended_to_the_log_is_written_once(tmp_path: Path) -> None:
+    """As nbcloud-data.service runs it (StandardOutput=append: the bootstrap log): each line once, not twice."""
+    script = tmp_path / "bootstrap.sh"
+    script.write_text(render_bootstrap(BootstrapSpec(name="fails")))
+    log = tmp_path / "root/var/log/nbcloud/bootstrap.log"
+    log.parent.mkdir(parents=True)
+    with log.open("a") as out:
+        env = {**os.environ, "NBCLOUD_ROOT": str(tmp_path / "root"), "NBCLOUD_STEPS": "python venv",
+               "NBCLOUD_NO_INDEX": "1", "NBCLOUD_PYTHON": "/nonexistent/python3"}
+        done = subprocess.run(["bash", str(script)], stdout=out, stderr=out, env=env, timeout=60)
+    assert done.returncode != 0
+    assert log.read_text().count("step python failed") == 1, log.read_text()
+
+
 def test_bootstrap_steps_in_a_throwaway_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     spec = BootstrapSpec(name="local", durable_outputs=True, gateway=True, cull_idle_minutes=30)
