@@ -112,6 +112,42 @@ def test_systemd_runs_and_cloud_init_is_done(os_world: World, instance: dict[str
     assert "DataSourceEc2" in cloud["stdout"]  # the Ec2 datasource read the sandbox IMDS (not the None fallback)
 
 
+# The host replaces /etc/group the way package tools do (a copy, a line added, renamed over the file), in the
+# instance's own host-side mount namespace (systemd-nspawn's), on a tmpfs copy of /etc bound over /etc there: the real
+# host file is never touched. The old netns design bound the instance's files over the host's /etc/group in that
+# namespace, and a rename over a file drops the mounts on it: the instance saw the host's file (no `ubuntu`). This
+# test fails on that design too (checked with a bind over /etc/group in a private namespace: the instance then reads
+# the replaced file, `nbtesthost` included); a container's /etc is its own disk's and must not notice.
+REPLACE_GROUP = (
+    'set -e; t=$(mktemp -d); mount -t tmpfs nbtest-etc "$t"; cp -a /etc/. "$t"/; mount --bind "$t" /etc; '
+    'umount -l "$t"; rmdir "$t"; cp -p /etc/group /etc/group.nbtest; echo "nbtesthost:x:4242:" >> /etc/group.nbtest; '
+    'mv /etc/group.nbtest /etc/group; grep -c "^nbtesthost:" /etc/group'
+)
+
+
+def test_groups_survive_the_host_replacing_its_etc_group(os_world: World, os_sandbox: Any,
+                                                         instance: dict[str, Any]) -> None:
+    import subprocess
+
+    host_group = Path("/etc/group").read_bytes()
+    pid = (Path(os_sandbox.sandbox_dir) / "instances" / instance["instance_id"] / "init.pid").read_text().strip()
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "systemd-nspawn"
+    enter = ["nsenter", f"--mount=/proc/{pid}/ns/mnt"]
+    replaced = subprocess.run([*enter, "sh", "-c", REPLACE_GROUP], capture_output=True, text=True)
+    try:
+        assert replaced.returncode == 0 and replaced.stdout.strip() == "1", replaced  # the replacement happened
+        out = _run(os_world, "getent group ubuntu; id -un; id -gn; id ubuntu; getent group nbtesthost || echo none")
+        lines = out["stdout"].splitlines()
+        assert lines[0].startswith("ubuntu:x:") and lines[1:3] == ["ubuntu", "ubuntu"], out
+        assert "(ubuntu)" in lines[3] and "sudo" in lines[3], out  # cloud-init's groups for the default user
+        assert lines[4] == "none", out  # the host's new group is not the instance's
+    finally:
+        # only our bind (its tmpfs is named nbtest-etc): that namespace is the instance's, never the host's
+        subprocess.run([*enter, "sh", "-c", "findmnt -n -o SOURCE --mountpoint /etc | grep -q nbtest-etc && "
+                        "umount -l /etc"], capture_output=True)
+    assert Path("/etc/group").read_bytes() == host_group
+
+
 def test_nbcloud_units_run_on_real_systemd(os_world: World, instance: dict[str, Any]) -> None:
     out = _run(os_world, "systemctl is-active nbcloud-jupyter.service nbcloud-agent.service; "
                          "systemctl show -p MainPID --value nbcloud-jupyter.service")

@@ -45,6 +45,9 @@ network: {config: disabled}
 manage_etc_hosts: true
 locale: false
 preserve_hostname: false
+# the host keys an instance makes at first boot: RSA takes 0.8-1.6 s here (DSA is obsolete), ed25519 0.01 s, and on
+# the way to SSH (cloud-init runs before sshd). An image's choice; nbcloud's own user-data brings its host keys
+ssh_genkeytypes: [ed25519, ecdsa]
 system_info:
   default_user:
     name: ubuntu
@@ -61,6 +64,17 @@ system_info:
 # sandbox writes into each instance's layer: the one line of cloud-init the image changes.
 HYPERVISOR_UUID = "/etc/nbcloud-sandbox/hypervisor-uuid"
 _EC2_DS = "/usr/lib/python3/dist-packages/cloudinit/sources/DataSourceEc2.py"
+_ENTRY = "cloudinit.cmd.main:main"  # the package's console_scripts entry for cloud-init
+CLOUD_INIT_SCRIPT = f"""\
+#!/usr/bin/python3
+# nbcloud's sandbox image: the cloud-init package's entry point ({_ENTRY}), called without setuptools' metadata scan
+import sys
+
+from cloudinit.cmd.main import main
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
 
 # units that only make sense on hardware or that would wait for a network nbcloud configures from outside
 MASKED = ("systemd-networkd-wait-online.service", "getty@tty1.service", "console-getty.service",
@@ -68,13 +82,15 @@ MASKED = ("systemd-networkd-wait-online.service", "getty@tty1.service", "console
 
 
 def _key() -> str:
-    text = "\n".join([SUITE, *PACKAGES, CLOUD_CFG, *MASKED, HYPERVISOR_UUID, "dhcp-timeout-3", "v3"])
+    text = "\n".join([SUITE, *PACKAGES, CLOUD_CFG, *MASKED, HYPERVISOR_UUID, CLOUD_INIT_SCRIPT, "dhcp-timeout-3", "v4"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def image_path() -> Path:
-    """Where the root filesystem lives: beside the wheelhouse, one directory per configuration."""
-    return wheelhouse_root().parent / "rootfs" / f"{SUITE}-{_key()}"
+    """Where the root filesystem lives: beside the wheelhouse, one directory per configuration; ``$NBCLOUD_OS_IMAGE``
+    names another (to build or boot an image beside the machine's, e.g. to compare two in one bench run)."""
+    override = os.environ.get("NBCLOUD_OS_IMAGE")
+    return Path(override) if override else wheelhouse_root().parent / "rootfs" / f"{SUITE}-{_key()}"
 
 
 def image_info() -> dict[str, Any] | None:
@@ -134,7 +150,7 @@ def _install_tools(say: Callable[[str], None]) -> None:
                                f"install them yourself: apt-get install -y {' '.join(packages)}")
 
 
-def _hook_script(cfg: Path) -> str:
+def _hook_script(cfg: Path, script: Path) -> str:
     """mmdebstrap's customize hook (``$1`` is the new root): what makes the tree a clean, reusable image."""
     masks = " ".join(MASKED)
     return (
@@ -151,6 +167,13 @@ def _hook_script(cfg: Path) -> str:
         f'grep -q \'"/sys/hypervisor/uuid"\' "$r{_EC2_DS}"\n'  # fail the build if cloud-init changed
         f'sed -i \'s|"/sys/hypervisor/uuid"|"{HYPERVISOR_UUID}"|\' "$r{_EC2_DS}"\n'
         f'rm -rf "$r"/usr/lib/python3/dist-packages/cloudinit/sources/__pycache__\n'
+        # byte-compiled again in the image (as the package's postinst did): else every instance's first cloud-init
+        # compiles these modules on its way to SSH and writes them into its own layer
+        'chroot "$r" python3 -m compileall -q /usr/lib/python3/dist-packages/cloudinit/sources\n'
+        # /usr/bin/cloud-init is setuptools' wrapper: at every run (two before sshd) it scans the installed packages'
+        # metadata for the entry point, 0.07-0.3 s here, to import the same function; the image calls it directly
+        f'grep -qx "cloud-init = {_ENTRY}" "$r"/usr/lib/python3/dist-packages/cloud_init-*/entry_points.txt\n'
+        f'install -m 0755 {script} "$r/usr/bin/cloud-init"\n'
     )
 
 
@@ -172,7 +195,9 @@ def build_image(progress: Callable[[str], None] | None = None, force: bool = Fal
     cfg = partial / "90-nbcloud-sandbox.cfg"
     cfg.write_text(CLOUD_CFG)
     hook = partial / "customize.sh"
-    hook.write_text(_hook_script(cfg))
+    script = partial / "cloud-init"
+    script.write_text(CLOUD_INIT_SCRIPT)
+    hook.write_text(_hook_script(cfg, script))
     log_path = target.parent / "mmdebstrap.log"
     say(f"building the instance image: Debian {SUITE} from {mirror} into {target} "
         f"(once per machine, a few minutes; log: {log_path})")
@@ -197,7 +222,7 @@ def build_image(progress: Callable[[str], None] | None = None, force: bool = Fal
     seconds = time.monotonic() - started
     size = int(subprocess.run(["du", "-sb", str(partial / "root")], capture_output=True, text=True,
                               check=True).stdout.split()[0])
-    for leftover in (cfg, hook):
+    for leftover in (cfg, script, hook):
         leftover.unlink()
     info = {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds": round(seconds, 1),
             "size_bytes": size, "suite": SUITE, "mirror": mirror, "packages": list(PACKAGES)}
