@@ -165,8 +165,9 @@ def withdraw(pid1: int, device: str, volume_id: str) -> list[str]:
     rdev = os.stat(device).st_rdev
     points = _mounts_of(pid1, rdev)
     for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["nsenter", f"--target={pid1}", "--mount", "umount", "-l", point], capture_output=True,
-                       check=False)
+        # its PID namespace too: umount reads /proc/self/mountinfo, and the container's /proc shows only its own
+        subprocess.run(["nsenter", f"--target={pid1}", "--mount", "--pid", "umount", "-l", point],
+                       capture_output=True, check=False)
     link = root / _link(volume_id).lstrip("/")
     with _present_lock, contextlib.suppress(OSError):
         node = root / "dev" / os.path.basename(os.readlink(link))
