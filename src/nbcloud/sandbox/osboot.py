@@ -125,7 +125,11 @@ class OsBoot:
                 if pid1 is None or host.init is not proc:
                     return  # stopped meanwhile: the next boot presents it
                 try:
-                    size = int(host.backend.get_volume(volume_id).size)
+                    volume = host.backend.get_volume(volume_id)
+                    attachment = getattr(volume, "attachment", None)
+                    if attachment is None or attachment.instance.id != host.instance_id:
+                        continue  # detached while the container booted
+                    size = int(volume.size)
                     device = ebs.attach_loop(ebs.backing_file(self.volumes_dir / volume_id, size))
                     with self.lock:
                         host.loops[volume_id] = device
