@@ -105,8 +105,9 @@ def _data_mounted(world: World, name: str = NAME) -> bool:
     return bool(done.stdout) and json.loads(done.stdout).get("exit_code") == 0
 
 
-def _look(world: World, name: str = NAME) -> list[str]:
-    out = _run(world, _LOOK, name)
+def _look(world: World, name: str = NAME, before: str = "", after: str = "") -> list[str]:
+    """What _LOOK prints, one item a line; ``before`` must succeed first, ``after`` runs next (one ssh session)."""
+    out = _run(world, (f"{before} && " if before else "") + _LOOK + (f"; {after}" if after else ""), name)
     assert out["exit_code"] == 0, out
     lines: list[str] = out["stdout"].splitlines()
     return lines
@@ -246,25 +247,22 @@ def test_the_data_volume_moves_to_another_instance_and_attaches_while_it_runs(os
         pytest.skip("the data volume's first test did not run")
     other = NAME + "2"
     made = os_world.up(other, "--data-volume", VOLUME)
-    look = _look(os_world, other)
+    # as on EC2: unmount, then detach
+    look = _look(os_world, other, after="sudo umount ~/data")
     assert look[3] == SEEN["uuid"] and look[5:] == ["kept-on-ebs", "0"], look  # its bootstrap formatted nothing
     ec2 = os_world.ec2()
-    assert _run(os_world, "sudo umount ~/data", other)["exit_code"] == 0  # as on EC2: unmount, then detach
     ec2.detach_volume(VolumeId=SEEN["volume"], InstanceId=made["instance_id"])
-    ec2.get_waiter("volume_available").wait(VolumeIds=[SEEN["volume"]], WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    wait_until(lambda: not _our_loops(os_sandbox), 10, 0.2, "the loop device freed by the detach")
     gone = _run(os_world, "ls /dev/disk/by-id/ /dev | grep -c -e nvme || true", other)
-    assert gone["stdout"].strip() == "0", gone  # the node and its link went with the detach
-    assert not _our_loops(os_sandbox), _our_loops(os_sandbox)
+    assert gone["stdout"].strip() == "0", gone  # the node and its link went with it
     ec2.attach_volume(VolumeId=SEEN["volume"], InstanceId=made["instance_id"], Device="/dev/sdf")
     # the data unit (the bootstrap's mount-data, run at every boot) waits for the device, then mounts it
-    assert _run(os_world, "sudo systemctl start nbcloud-data.service", other)["exit_code"] == 0
-    look = _look(os_world, other)
+    look = _look(os_world, other, before="sudo systemctl start nbcloud-data.service")
     assert look[3] == SEEN["uuid"] and look[5:] == ["kept-on-ebs", "0"], look
     # detached while mounted (a forced detach): the file system goes with the device, the loop device is freed
     ec2.detach_volume(VolumeId=SEEN["volume"], InstanceId=made["instance_id"])
-    ec2.get_waiter("volume_available").wait(VolumeIds=[SEEN["volume"]], WaiterConfig={"Delay": 1, "MaxAttempts": 30})
-    wait_until(lambda: not _data_mounted(os_world, other), 10, 0.2, "~/data gone with its device")
     wait_until(lambda: not _our_loops(os_sandbox), 10, 0.2, "the loop device freed")
+    assert not _data_mounted(os_world, other)  # ~/data went with its device
     os_world.nb("down", other, "--delete-data", "--yes")
     os_world.names.discard(other)
     assert not _our_loops(os_sandbox), _our_loops(os_sandbox)  # none of ours left behind
