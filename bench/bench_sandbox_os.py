@@ -115,7 +115,7 @@ def bare_boot(network, image: Path, tmp: Path, index: int) -> float:
     start = time.monotonic()
     network.create(ident, address)
     nspawn.mount_layer(inst, image)
-    spec = nspawn.ContainerSpec(ident, inst, network.netns_name(ident), tmp, "", {})
+    spec = nspawn.ContainerSpec(ident, inst, network.netns_name(ident), tmp, "")
     proc = nspawn.spawn_container(spec)
     try:
         wait_ssh(address, "root", key, known)

@@ -2,7 +2,8 @@
 
 Each instance: real systemd as PID 1 in its own PID namespace, real cloud-init reading the gzip'd MIME user-data
 and the key from the sandbox IMDS (IMDSv2), real OpenSSH, and nbcloud's bootstrap, units and agent on real
-systemd. One instance, made by ``nbcloud up`` and removed by ``nbcloud down``, serves every check of this module.
+systemd. One instance, made by ``nbcloud up`` and removed by ``nbcloud down``, serves every check of this module;
+its data volume (a loop device the container sees as an NVMe EBS volume) then moves to a second instance.
 
 Skipped unless root, systemd-nspawn is installed and the image is built (``nbcloud sandbox image build``).
 Its own sandbox, on ``$NBCLOUD_TEST_OS_SANDBOX_SUBNET`` (else the first free of a few): it never shares the
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import World
+from tests.helpers import World, wait_until
 
 OS_SUBNETS = ("10.205.0.0/16", "10.215.0.0/16", "10.225.0.0/16")
 NAME = "osdemo"
+VOLUME = "osdata"
+SEEN: dict[str, str] = {}  # what later tests compare with: the data volume's id and its file system's UUID
 
 
 def _skip_reason() -> str | None:
@@ -78,13 +81,44 @@ def os_world(os_sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def instance(os_world: World) -> dict[str, Any]:
     """``nbcloud up`` on the os-mode sandbox: it returns once Jupyter answers through the instance's sshd."""
-    result: dict[str, Any] = os_world.up(NAME)
+    result: dict[str, Any] = os_world.up(NAME, "--data-volume", f"{VOLUME}:1")
     return result
 
 
-def _run(world: World, command: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(world.nb("ssh", "--json", NAME, "--", command, check=False).stdout)
+def _run(world: World, command: str, name: str = NAME) -> dict[str, Any]:
+    done = world.nb("ssh", "--json", name, "--", command, check=False)
+    result: dict[str, Any] = json.loads(done.stdout or "{}")
+    assert "exit_code" in result, f"nbcloud ssh {name} {command!r}: {done.stderr}"
     return result
+
+
+# what a user looks at: the device and its Nitro link, what is mounted at ~/data, its UUID, the file, the formats
+_LOOK = ("v=$(ls /dev/disk/by-id/ | grep nvme-Amazon_Elastic_Block_Store_vol); d=$(readlink -f /dev/disk/by-id/$v); "
+         "echo \"$v $d\"; test -b $d && echo block; findmnt -no SOURCE,FSTYPE ~/data; "
+         "sudo blkid -s UUID -o value $d; lsblk -no MOUNTPOINTS $d; cat ~/data/f 2>/dev/null || echo none; "
+         "grep -c 'formatting new volume' /var/log/nbcloud/bootstrap.log || true")
+
+
+def _data_mounted(world: World, name: str = NAME) -> bool:
+    """~/data is mounted (False also while the instance boots and its sshd does not answer yet)."""
+    done = world.nb("ssh", "--json", name, "--", "findmnt ~/data", check=False)
+    return bool(done.stdout) and json.loads(done.stdout).get("exit_code") == 0
+
+
+def _look(world: World, name: str = NAME, before: str = "", after: str = "") -> list[str]:
+    """What _LOOK prints, one item a line; ``before`` must succeed first, ``after`` runs next (one ssh session)."""
+    out = _run(world, (f"{before} && " if before else "") + _LOOK + (f"; {after}" if after else ""), name)
+    assert out["exit_code"] == 0, out
+    lines: list[str] = out["stdout"].splitlines()
+    return lines
+
+
+def _our_loops(sandbox: Any) -> list[str]:
+    """Loop devices backed by this sandbox's files (``losetup -a``; other users' are none of ours)."""
+    import subprocess
+
+    rows = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return [row for row in rows if str(Path(sandbox.sandbox_dir).resolve()) in row]
 
 
 def test_sandbox_status_reports_os_mode_and_its_image(os_world: World) -> None:
@@ -156,6 +190,34 @@ def test_nbcloud_units_run_on_real_systemd(os_world: World, instance: dict[str, 
     assert int(lines[2]) > 1
 
 
+def test_the_data_volume_is_an_nvme_block_device_formatted_once_and_remounted_at_boot(
+        os_world: World, os_sandbox: Any, instance: dict[str, Any]) -> None:
+    """First attach: blank, so the bootstrap formats and mounts it; a reboot mounts the same file system again."""
+    from nbcloud.sandbox import client
+
+    attached = os_world.ec2().describe_volumes(
+        Filters=[{"Name": "attachment.instance-id", "Values": [instance["instance_id"]]}])["Volumes"]
+    volume_id = next(v["VolumeId"] for v in attached if v["Size"] == 1)  # the root volume is bigger
+    link_dev, block, mounted, uuid, mountpoint, content, formats = _look(os_world)
+    link, dev = link_dev.split()
+    assert link.startswith("nvme-Amazon_Elastic_Block_Store_vol") and dev.startswith("/dev/nvme") and block == "block"
+    assert link == "nvme-Amazon_Elastic_Block_Store_" + volume_id.replace("-", "")
+    assert mounted.split() == [dev, "ext4"] and mountpoint.strip() == f"/home/{os_sandbox.login_user}/data"
+    assert content == "none" and formats == "1"
+    SEEN.update(volume=volume_id, uuid=uuid)
+    assert _run(os_world, "echo kept-on-ebs > ~/data/f")["exit_code"] == 0
+
+    def boots() -> int:
+        rows = client.status(os_sandbox.sandbox_dir)["instances"]
+        return next(r["boots"] for r in rows if r["instance_id"] == instance["instance_id"])
+
+    before = boots()
+    os_world.nb("ssh", NAME, "--", "sudo systemctl reboot", check=False)
+    wait_until(lambda: boots() > before, 60, 0.2, "the reboot")
+    wait_until(lambda: _data_mounted(os_world), 60, 0.5, "~/data mounted after reboot")
+    assert _look(os_world)[1:] == [block, mounted, uuid, mountpoint, "kept-on-ebs", "1"]  # same fs, not reformatted
+
+
 def test_user_data_arrives_byte_exact_through_imds(os_world: World, os_sandbox: Any,
                                                     instance: dict[str, Any]) -> None:
     """nbcloud's user-data is a gzip'd MIME multipart: the IMDS must serve EC2's bytes unchanged (IMDSv2)."""
@@ -184,9 +246,15 @@ def test_shutdown_inside_is_an_ec2_stop_and_start_boots_the_same_disk(os_world: 
     os_world.nb("ssh", NAME, "--", "echo kept > ~/mark && sudo shutdown -h now", check=False)
     ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig={"Delay": 1, "MaxAttempts": 90})
     assert not (Path(os_sandbox.sandbox_dir) / "instances" / iid / "root" / "etc").exists()  # layer unmounted
+    assert not _our_loops(os_sandbox)  # its data volume's loop device went with the container
     os_world.nb("start", NAME)
     after = _run(os_world, "cat ~/mark; systemctl is-active nbcloud-jupyter.service; cat /proc/1/comm")
     assert after["stdout"].split() == ["kept", "active", "systemd"], after
+    if SEEN:  # the data volume came back with the instance, the same file system, mounted by the boot
+        wait_until(lambda: _data_mounted(os_world), 60, 0.5, "~/data mounted after start")
+        look = _look(os_world)
+        assert look[3] == SEEN["uuid"] and look[5:] == ["kept-on-ebs", "1"], look
+        assert len(_our_loops(os_sandbox)) == 1  # stop released the loop device; start made it again
 
 
 def test_jupyter_answers_through_the_tunnel_then_down_is_clean(os_world: World, os_sandbox: Any,
@@ -205,3 +273,32 @@ def test_jupyter_answers_through_the_tunnel_then_down_is_clean(os_world: World, 
     assert all(r["instance_id"] != instance["instance_id"] or r["state"] == "terminated" for r in rows)
     instance_dir = Path(os_sandbox.sandbox_dir) / "instances" / instance["instance_id"]
     assert not instance_dir.exists()  # terminate deleted the layer (and unmounted it first)
+
+
+def test_the_data_volume_moves_to_another_instance_and_attaches_while_it_runs(os_world: World, os_sandbox: Any,
+                                                                              instance: dict[str, Any]) -> None:
+    """After `down`, `up --data-volume` of a new instance attaches the kept volume: its file system is mounted, never
+    reformatted. Then DetachVolume and AttachVolume through the API while that instance runs."""
+    if not SEEN:
+        pytest.skip("the data volume's first test did not run")
+    other = NAME + "2"
+    made = os_world.up(other, "--data-volume", VOLUME)
+    # as on EC2: unmount, then detach
+    look = _look(os_world, other, after="sudo umount ~/data")
+    assert look[3] == SEEN["uuid"] and look[5:] == ["kept-on-ebs", "0"], look  # its bootstrap formatted nothing
+    ec2 = os_world.ec2()
+    ec2.detach_volume(VolumeId=SEEN["volume"], InstanceId=made["instance_id"])
+    wait_until(lambda: not _our_loops(os_sandbox), 10, 0.2, "the loop device freed by the detach")
+    gone = _run(os_world, "ls /dev/disk/by-id/ /dev | grep -c -e nvme || true", other)
+    assert gone["stdout"].strip() == "0", gone  # the node and its link went with it
+    ec2.attach_volume(VolumeId=SEEN["volume"], InstanceId=made["instance_id"], Device="/dev/sdf")
+    # the data unit (the bootstrap's mount-data, run at every boot) waits for the device, then mounts it
+    look = _look(os_world, other, before="sudo systemctl start nbcloud-data.service")
+    assert look[3] == SEEN["uuid"] and look[5:] == ["kept-on-ebs", "0"], look
+    # detached while mounted (a forced detach): the file system goes with the device, the loop device is freed
+    ec2.detach_volume(VolumeId=SEEN["volume"], InstanceId=made["instance_id"])
+    wait_until(lambda: not _our_loops(os_sandbox), 10, 0.2, "the loop device freed")
+    assert not _data_mounted(os_world, other)  # ~/data went with its device
+    os_world.nb("down", other, "--delete-data", "--yes")
+    os_world.names.discard(other)
+    assert not _our_loops(os_sandbox), _our_loops(os_sandbox)  # none of ours left behind

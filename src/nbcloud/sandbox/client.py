@@ -388,10 +388,12 @@ def reset(sandbox_dir: Path | None = None) -> dict[str, Any]:
     removed: dict[str, Any] = {}
     if subnet:
         removed = _cleanup_network(subnet, directory)
-    if os.geteuid() == 0:  # os mode: a dead daemon's mounted layers go before anything deletes below them
+    if os.geteuid() == 0:  # os mode: a dead daemon's mounted layers and loop devices go before anything is deleted
+        from .ebs import detach_loops_under
         from .nspawn import unmount_layers
 
         unmount_layers(directory / "instances")
+        detach_loops_under(directory / "volumes")
     # every disk the sandbox held (moto's state dies with the daemon, so nothing could name them again), and the
     # next instance's uv-cache copy
     _delete_now(directory, ("instances", "trash", "volumes", "snapshots", "images", "shared", "spare"))

@@ -23,11 +23,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import disk, firewall, nspawn
+from . import disk, ebs, firewall, nspawn
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
 from .faults import Faults
@@ -84,6 +84,7 @@ class Host:
     firewall: str = ""  # the ingress table last loaded into its namespace (see firewall.py)
     imds: subprocess.Popen[bytes] | None = None  # os mode: the IMDS process beside the container
     dhcp: Any = None  # os mode: the VPC's DHCP answer on the host end of its link (dhcp.DhcpResponder)
+    loops: dict[str, str] = field(default_factory=dict)  # os mode: volume id -> its loop device while it runs
 
 
 class Sandbox(OsBoot, Faults):
@@ -161,6 +162,8 @@ class Sandbox(OsBoot, Faults):
         else:
             self.network.cleanup_all()
         nspawn.unmount_layers(self.instances_dir)  # never delete through a dead daemon's mounted layer
+        if self.os_mode:
+            ebs.detach_loops_under(self.volumes_dir)  # a dead daemon's volumes
         for leftover in self.instances_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
         shutil.rmtree(self.trash.directory, ignore_errors=True)
@@ -448,8 +451,8 @@ class Sandbox(OsBoot, Faults):
         host.boots += 1
 
     def _do_attach(self, instance_id: str, volume_id: str) -> None:
-        if self.os_mode:  # no hot attach yet: the container gets the volumes attached when it boots
-            log.warning("%s: %s attached while running: seen at its next boot (os mode)", instance_id, volume_id)
+        if self.os_mode:
+            self._attach_os(self.hosts[instance_id], volume_id)
             return
         self._do_attach_mount(instance_id, volume_id)
 
@@ -475,7 +478,9 @@ class Sandbox(OsBoot, Faults):
             threading.Thread(target=apply, name=f"attach-{volume_id}", daemon=True).start()
 
     def _do_detach(self, instance_id: str, volume_id: str) -> None:
-        if self.hosts[instance_id].state == "running" and not self.os_mode:
+        if self.os_mode:
+            self._detach_os(self.hosts[instance_id], volume_id)
+        elif self.hosts[instance_id].state == "running":
             self._ask_init(instance_id, {"cmd": "unmount-volume", "volume_id": volume_id})
 
     def _do_delete_volume(self, _instance_id: str, volume_id: str) -> None:
@@ -518,6 +523,8 @@ class Sandbox(OsBoot, Faults):
             self.network.cleanup_all(self.instances_dir)
         else:
             self.network.cleanup_all()
+        if self.os_mode:  # a halt that timed out above left its loop devices
+            ebs.detach_loops_under(self.volumes_dir)
         self.cloud.stop()
 
 
@@ -573,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
             sandbox.network.cleanup_all(sandbox.instances_dir)
         else:
             sandbox.network.cleanup_all()
+        if sandbox.os_mode:
+            ebs.detach_loops_under(sandbox.volumes_dir)
         (sandbox.dir / "sandbox.json").unlink(missing_ok=True)
         raise
 

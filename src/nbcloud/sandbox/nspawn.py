@@ -86,21 +86,18 @@ def unmount_layers(instances_dir: Path) -> list[str]:
 class ContainerSpec:
     """What one boot of an instance needs: its names, its layer, what the sandbox lends it."""
 
-    def __init__(self, instance_id: str, instance_dir: Path, netns: str, shared_dir: Path, wheelhouse: str,
-                 volumes: dict[str, Path]) -> None:
+    def __init__(self, instance_id: str, instance_dir: Path, netns: str, shared_dir: Path, wheelhouse: str) -> None:
         self.instance_id = instance_id
         self.instance_dir = instance_dir
         self.netns = netns
         self.shared_dir = shared_dir
         self.wheelhouse = wheelhouse
-        self.volumes = volumes  # volume id -> its directory on the host
 
     def argv(self) -> list[str]:
         binds = [f"--bind-ro={self.shared_dir / 'bin'}:{INSIDE}/bin"]
         if self.wheelhouse and Path(self.wheelhouse).is_dir():
             binds.append(f"--bind-ro={self.wheelhouse}:{INSIDE}/wheelhouse")
-        # a data volume is still a directory here (attached at boot only); bootstrap.sh binds it to ~/data
-        binds += [f"--bind={path}:/mnt/sandbox-volumes/{vid}" for vid, path in sorted(self.volumes.items())]
+        # data volumes are block devices, made inside once the container runs (see ebs.py)
         # nspawn starts inside the namespace, in a mount namespace of its own whose /sys is a sysfs mounted there
         # (so it lists the instance's links, not the host's: --network-namespace-path would show the host's), with
         # the host's cgroup tree put back below it (which nspawn needs; `ip netns exec` would hide it)

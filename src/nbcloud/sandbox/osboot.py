@@ -1,7 +1,8 @@
 """``--mode os``: an instance is a container booting a real OS (see nspawn.py) in its network namespace.
 
 The daemon's :class:`~nbcloud.sandbox.daemon.Sandbox` takes these steps from this mixin: the instance's layer over
-the image, its IMDS and DHCP answer, the container and its watcher, a reboot asked for inside, a clean halt.
+the image, its IMDS and DHCP answer, the container and its watcher, its EBS volumes as block devices (at boot and
+attached or detached while it runs, see ebs.py), a reboot asked for inside, a clean halt.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import disk, nspawn
+from . import disk, ebs, nspawn
 from .dhcp import DhcpResponder
 from .hosts import Network, kill_namespace_processes
 from .loopback import LoopbackNetwork
@@ -82,8 +83,6 @@ class OsBoot:
             if self.uv_seeder is not None and raw:  # the bootstrap installs from it; the layer is its root disk
                 self.uv_seeder.seed(nspawn.layer_root(inst_dir))
         volumes = self._volumes_of(inst)
-        for volume_id in volumes:
-            (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
         facts = self._facts(host, inst, volumes)
         data = {**facts.to_json(), "key_name": inst.key_name or ""}
         (inst_dir / "boot.json").write_text(json.dumps(data, indent=2))
@@ -107,13 +106,67 @@ class OsBoot:
                                           self.network.caller_ip)
             except OSError as exc:  # without it cloud-init waits for dhclient's timeout (3 s), nothing worse
                 log.warning("%s: no DHCP answer: %s", host.instance_id, exc)
-        spec = nspawn.ContainerSpec(host.instance_id, inst_dir, netns, self.shared, self.wheelhouse,
-                                    {v: self.volumes_dir / v for v in volumes})
+        spec = nspawn.ContainerSpec(host.instance_id, inst_dir, netns, self.shared, self.wheelhouse)
         proc = nspawn.spawn_container(spec)
         host.init = proc
         (inst_dir / "init.pid").write_text(f"{proc.pid}\n")
+        if volumes:
+            self._present_volumes(host, proc, volumes)
         threading.Thread(target=self._watch_container, args=(host, proc), daemon=True,
                          name=f"container-{host.instance_id}").start()
+
+    def _present_volumes(self, host: Host, proc: subprocess.Popen[bytes], volume_ids: list[str]) -> None:
+        """From a thread (the reconciler does not wait on a booting container): once the container's systemd
+        runs, each volume becomes a loop device and a block device node inside it (ebs.py). The bootstrap's
+        data unit waits for the by-id link, as it waits for a Nitro device to show up."""
+        def run() -> None:
+            pid1 = ebs.container_pid1(proc.pid)
+            for volume_id in volume_ids:
+                if pid1 is None or host.init is not proc:
+                    return  # stopped meanwhile: the next boot presents it
+                try:
+                    volume = host.backend.get_volume(volume_id)
+                    attachment = getattr(volume, "attachment", None)
+                    if attachment is None or attachment.instance.id != host.instance_id:
+                        continue  # detached while the container booted
+                    size = int(volume.size)
+                    device = ebs.attach_loop(ebs.backing_file(self.volumes_dir / volume_id, size))
+                    with self.lock:
+                        host.loops[volume_id] = device
+                    if host.init is not proc:  # halted meanwhile: its halt may have missed this device
+                        self._release_loop(host, volume_id)
+                        return
+                    name = ebs.present(pid1, device, volume_id)
+                    log.info("%s: %s attached as %s (%s)", host.instance_id, volume_id, name, device)
+                except Exception:
+                    log.exception("%s: attaching %s", host.instance_id, volume_id)
+
+        threading.Thread(target=run, daemon=True, name=f"volumes-{host.instance_id}").start()
+
+    def _attach_os(self, host: Host, volume_id: str) -> None:
+        """AttachVolume: at once on a running (or booting) container; a stopped one gets it at its next boot."""
+        proc = host.init
+        if proc is not None and proc.poll() is None:
+            self._present_volumes(host, proc, [volume_id])
+
+    def _detach_os(self, host: Host, volume_id: str) -> None:
+        """DetachVolume: the node goes from the running container (what is still mounted is unmounted, as a
+        forced detach would), then the loop device."""
+        device = host.loops.get(volume_id)
+        proc = host.init
+        if device and proc is not None and proc.poll() is None:
+            pid1 = ebs.container_pid1(proc.pid, timeout=0.0)
+            if pid1 is not None:
+                left = ebs.withdraw(pid1, device, volume_id)
+                if left:
+                    log.warning("%s: %s detached while mounted at %s", host.instance_id, volume_id, left)
+        self._release_loop(host, volume_id)
+
+    def _release_loop(self, host: Host, volume_id: str) -> None:
+        with self.lock:
+            device = host.loops.pop(volume_id, None)
+        if device:
+            ebs.detach_loop(device)
 
     def _watch_container(self, host: Host, proc: subprocess.Popen[bytes]) -> None:
         """The OS ended by itself (not by the daemon): a reboot boots the layer again; a poweroff or halt is an
@@ -148,6 +201,8 @@ class OsBoot:
         proc, host.init = host.init, None
         if proc is not None:
             nspawn.stop_container(proc)
+        for volume_id in list(host.loops):  # the container's mounts died with it: the devices are free
+            self._release_loop(host, volume_id)
         assert isinstance(self.network, Network)
         if keep_network:
             kill_namespace_processes(self.network.netns_name(host.instance_id))

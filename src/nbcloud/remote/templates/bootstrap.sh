@@ -124,7 +124,8 @@ mount_data() {
   if mountpoint -q "$target"; then log "data: $VOLUME_ID already mounted"; return 0; fi
   vol=${VOLUME_ID/-/}
   while :; do
-    # the sandbox attaches a volume as a mounted directory (wait for the mount, not just the directory)
+    # EC2 (and the sandbox's os mode: a loop device under the same names) gives a block device. Only the sandbox's
+    # default netns mode, whose instances share the host's /dev, has none: it lends a mounted directory instead
     if mountpoint -q "/mnt/sandbox-volumes/$VOLUME_ID" 2>/dev/null; then
       mount --bind "/mnt/sandbox-volumes/$VOLUME_ID" "$target"
       break
@@ -134,7 +135,7 @@ mount_data() {
     done
     [ -n "$dev" ] && break
     [ "$SECONDS" -ge "$deadline" ] && fail "volume $VOLUME_ID not attached after 120 s"
-    sleep 1
+    sleep 0.2  # a hot-attached device shows up within a second or two: mount it soon after
   done
   if [ -n "$dev" ]; then
     # mkfs only when blkid positively reports "no filesystem" (exit 2): any other doubt must not wipe data
