@@ -161,14 +161,16 @@ def _bootstrap_volume(guest: Guest, spec: BootstrapSpec, token: str) -> None:
     guest.run(f"echo {token} > /home/ubuntu/data/proof && sync")
 
 
-def _reboot(vm: QemuVM, guest: Guest, spec: BootstrapSpec, token: str) -> None:
+def _reboot(vm: QemuVM, guest: Guest, capsys: pytest.CaptureFixture[str], spec: BootstrapSpec, token: str) -> None:
     """``systemctl reboot``: nbcloud-data.service mounts B again, without formatting it, and the file is there."""
     before = guest.out("cat /proc/sys/kernel/random/boot_id")
     started = time.monotonic()
     guest.run("sudo systemctl reboot", check=False, timeout=60)
     guest.wait_ssh(vm.alive, BOOT_TIMEOUT, not_boot=before)
     FIGURES["reboot_to_ssh_s"] = time.monotonic() - started
-    guest.run("systemctl is-system-running --wait", check=False, timeout=BOOT_TIMEOUT)
+    state = guest.run("systemctl is-system-running --wait", check=False, timeout=BOOT_TIMEOUT).stdout.strip()
+    failed = guest.out("systemctl list-units --failed --plain --no-legend | cut -d' ' -f1 | xargs")
+    _say(capsys, f"after the reboot: system {state}{', failed: ' + failed if failed else ''}")
     assert guest.out("systemctl show -p Result --value nbcloud-data.service") == "success"
     link = guest.out(f"readlink -f {EBS}{volume_serial(spec.data_volume_id or '')}")
     assert guest.out("findmnt -no SOURCE /home/ubuntu/data") == link
@@ -199,7 +201,7 @@ def test_boot_attach_reboot(vm: QemuVM, keys: dict[str, Path], tmp_path: Path,
         _swap_volumes(vm, guest, vol_a, vol_b)
         spec_b = dataclasses.replace(spec, data_volume_id=vol_b)
         _bootstrap_volume(guest, spec_b, token)
-        _reboot(vm, guest, spec_b, token)
+        _reboot(vm, guest, capsys, spec_b, token)
     except BaseException:
         _say(capsys, f"console tail:\n{vm.console_tail()}")
         raise
