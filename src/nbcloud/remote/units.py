@@ -47,7 +47,8 @@ def render_units(spec: BootstrapSpec) -> dict[str, str]:
         "nbcloud-data.service": (
             "[Unit]\nDescription=nbcloud data volume at ~/data\nAfter=local-fs.target\n\n"
             "[Service]\nType=oneshot\nExecStart=/bin/bash /opt/nbcloud/bootstrap.sh mount-data\n"
-            + _logs("bootstrap")
+            # as the guard's: log() already writes bootstrap.log (its stdout too wrote each line twice at boot)
+            "StandardError=append:/var/log/nbcloud/bootstrap.log\n"
             + _INSTALL
         ),
         "nbcloud-jupyter.service": (

@@ -23,12 +23,16 @@ from typing import Any
 from ..errors import SandboxError
 from .wheelhouse import wheelhouse_root
 
-__all__ = ["PACKAGES", "TOOLS", "build_image", "find_mirror", "image_info", "image_path", "missing_tools"]
+__all__ = ["KERNEL_PACKAGES", "PACKAGES", "TOOLS", "build_image", "find_mirror", "image_info", "image_path",
+           "missing_tools"]
 
 SUITE = "bookworm"
 # what an Ubuntu cloud image has that matters to nbcloud (issue 16); minbase has neither an init nor sshd
 PACKAGES = ("systemd-sysv", "openssh-server", "cloud-init", "sudo", "python3", "python3-venv", "iproute2", "curl",
             "locales", "dbus", "ca-certificates", "e2fsprogs", "nftables", "procps", "util-linux")
+# the variant that boots as a virtual machine (the QEMU smoke test): a kernel, an initramfs that finds an NVMe
+# root, and udev (a container has none; a VM needs it for /dev/disk/by-id). Recommends are off, so each is named.
+KERNEL_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "udev", "kmod")
 TOOLS = {"mmdebstrap": "mmdebstrap", "systemd-nspawn": "systemd-container"}  # command -> Debian package
 
 # cloud-init inside a container: it cannot tell EC2 from DMI (there is none), so the datasource is named; the
@@ -81,26 +85,46 @@ MASKED = ("systemd-networkd-wait-online.service", "getty@tty1.service", "console
           "e2scrub_reap.service", "apt-daily.timer", "apt-daily-upgrade.timer")
 
 
-def _key() -> str:
+# What a VM needs beyond the container image, none of which a container sees. On Nitro, udev names an EBS volume
+# /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol… from the controller's model string; QEMU 7.2 cannot set that
+# model (it reports "QEMU NVMe Ctrl"), so this rule adds the AWS name for a QEMU NVMe disk whose serial is a volume
+# id, as Amazon Linux's ebsnvme-id rules add names from the device's own data. The network comes from QEMU's DHCP
+# (cloud-init's network config is off in this image: the sandbox sets addresses from outside).
+EBS_UDEV_RULE = (
+    'KERNEL=="nvme*[0-9]n*[0-9]", ENV{DEVTYPE}=="disk", ENV{ID_MODEL}=="QEMU NVMe Ctrl", '
+    'ENV{ID_SERIAL_SHORT}=="vol*", SYMLINK+="disk/by-id/nvme-Amazon_Elastic_Block_Store_$env{ID_SERIAL_SHORT}"\n'
+    'KERNEL=="nvme*[0-9]n*[0-9]p*[0-9]", ENV{DEVTYPE}=="partition", ENV{ID_MODEL}=="QEMU NVMe Ctrl", '
+    'ENV{ID_SERIAL_SHORT}=="vol*", '
+    'SYMLINK+="disk/by-id/nvme-Amazon_Elastic_Block_Store_$env{ID_SERIAL_SHORT}-part%n"\n')
+VM_NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n"
+
+
+def _key(kernel: bool = False) -> str:
     text = "\n".join([SUITE, *PACKAGES, CLOUD_CFG, *MASKED, HYPERVISOR_UUID, CLOUD_INIT_SCRIPT, "dhcp-timeout-3", "v4"])
+    if kernel:
+        text += "\n".join(["", *KERNEL_PACKAGES, EBS_UDEV_RULE, VM_NETWORK])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def image_path() -> Path:
-    """Where the root filesystem lives: beside the wheelhouse, one directory per configuration; ``$NBCLOUD_OS_IMAGE``
-    names another (to build or boot an image beside the machine's, e.g. to compare two in one bench run)."""
+def image_path(kernel: bool = False) -> Path:
+    """Where the root filesystem lives: beside the wheelhouse, one directory per configuration (``-kernel``: the
+    variant that boots as a VM); ``$NBCLOUD_OS_IMAGE`` names another (to build or boot an image beside the
+    machine's, e.g. to compare two in one bench run)."""
+    suffix = "-kernel" if kernel else ""
     override = os.environ.get("NBCLOUD_OS_IMAGE")
-    return Path(override) if override else wheelhouse_root().parent / "rootfs" / f"{SUITE}-{_key()}"
+    if override:
+        return Path(override + suffix)
+    return wheelhouse_root().parent / "rootfs" / f"{SUITE}-{_key(kernel)}{suffix}"
 
 
-def image_info() -> dict[str, Any] | None:
+def image_info(kernel: bool = False) -> dict[str, Any] | None:
     """``{"path", "built_at", "build_seconds", "size_bytes", "suite", "mirror"}`` of a complete image, else None."""
-    stamp = image_path() / ".nbcloud-image.json"
+    stamp = image_path(kernel) / ".nbcloud-image.json"
     try:
         info: dict[str, Any] = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return None
-    return {"path": str(image_path() / "root"), **info}
+    return {"path": str(image_path(kernel) / "root"), **info}
 
 
 def missing_tools() -> list[str]:
@@ -150,7 +174,18 @@ def _install_tools(say: Callable[[str], None]) -> None:
                                f"install them yourself: apt-get install -y {' '.join(packages)}")
 
 
-def _hook_script(cfg: Path, script: Path) -> str:
+def _vm_hook(partial: Path) -> str:
+    """The kernel variant's extra customize lines: the EBS name rule and DHCP on the VM's network interface."""
+    rule, network = partial / "70-nbcloud-ebs-name.rules", partial / "20-nbcloud-dhcp.network"
+    rule.write_text(EBS_UDEV_RULE)
+    network.write_text(VM_NETWORK)
+    return (f'install -D -m 0644 {rule} "$r/etc/udev/rules.d/70-nbcloud-ebs-name.rules"\n'
+            f'install -D -m 0644 {network} "$r/etc/systemd/network/20-nbcloud-dhcp.network"\n'
+            'chroot "$r" systemctl enable systemd-networkd.service\n'
+            'ls "$r"/boot/vmlinuz-* "$r"/boot/initrd.img-* >/dev/null\n')  # fail the build without a kernel
+
+
+def _hook_script(cfg: Path, script: Path, extra: str = "") -> str:
     """mmdebstrap's customize hook (``$1`` is the new root): what makes the tree a clean, reusable image."""
     masks = " ".join(MASKED)
     return (
@@ -174,20 +209,24 @@ def _hook_script(cfg: Path, script: Path) -> str:
         # metadata for the entry point, 0.07-0.3 s here, to import the same function; the image calls it directly
         f'grep -qx "cloud-init = {_ENTRY}" "$r"/usr/lib/python3/dist-packages/cloud_init-*/entry_points.txt\n'
         f'install -m 0755 {script} "$r/usr/bin/cloud-init"\n'
+        + extra
     )
 
 
-def build_image(progress: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
-    """Build the root filesystem unless a complete one exists (a few minutes, ~500-800 MB); returns its info."""
+def build_image(progress: Callable[[str], None] | None = None, force: bool = False,
+                kernel: bool = False) -> dict[str, Any]:
+    """Build the root filesystem unless a complete one exists (a few minutes, ~500-800 MB); returns its info.
+    ``kernel``: the variant that boots as a VM (a kernel, initramfs and udev more; its own directory)."""
     say = progress or (lambda _msg: None)
     if os.geteuid() != 0:
         raise SandboxError("building the instance image needs root (mmdebstrap as root, device nodes)",
                            "run `sudo nbcloud sandbox image build`")
-    existing = image_info()
+    existing = image_info(kernel)
     if existing and not force:
         return existing
     _install_tools(say)
-    target = image_path()
+    target = image_path(kernel)
+    packages = PACKAGES + (KERNEL_PACKAGES if kernel else ())
     mirror = find_mirror()
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -197,11 +236,12 @@ def build_image(progress: Callable[[str], None] | None = None, force: bool = Fal
     hook = partial / "customize.sh"
     script = partial / "cloud-init"
     script.write_text(CLOUD_INIT_SCRIPT)
-    hook.write_text(_hook_script(cfg, script))
-    log_path = target.parent / "mmdebstrap.log"
+    extra = _vm_hook(partial) if kernel else ""
+    hook.write_text(_hook_script(cfg, script, extra))
+    log_path = target.parent / ("mmdebstrap-kernel.log" if kernel else "mmdebstrap.log")
     say(f"building the instance image: Debian {SUITE} from {mirror} into {target} "
         f"(once per machine, a few minutes; log: {log_path})")
-    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", f"--include={','.join(packages)}",
            "--aptopt=APT::Install-Recommends \"false\"", "--dpkgopt=path-exclude=/usr/share/doc/*",
            "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
            f"--customize-hook=sh {hook} \"$1\"", SUITE, str(partial / "root"), mirror]
@@ -222,10 +262,10 @@ def build_image(progress: Callable[[str], None] | None = None, force: bool = Fal
     seconds = time.monotonic() - started
     size = int(subprocess.run(["du", "-sb", str(partial / "root")], capture_output=True, text=True,
                               check=True).stdout.split()[0])
-    for leftover in (cfg, script, hook):
+    for leftover in (cfg, script, hook, *partial.glob("20-nbcloud-*"), *partial.glob("70-nbcloud-*")):
         leftover.unlink()
     info = {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds": round(seconds, 1),
-            "size_bytes": size, "suite": SUITE, "mirror": mirror, "packages": list(PACKAGES)}
+            "size_bytes": size, "suite": SUITE, "mirror": mirror, "packages": list(packages)}
     (partial / ".nbcloud-image.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
