@@ -11,7 +11,8 @@ def test_kernel_variant_has_its_own_directory_and_only_it_gets_the_vm_config(tmp
     assert image_path(kernel=True) != image_path() and image_path(kernel=True).parent == image_path().parent
     assert not image_path().name.endswith("-kernel")
     cfg = tmp_path / "cfg"
-    plain, vm = _hook_script(cfg), _hook_script(cfg, _vm_hook(tmp_path))
+    script = tmp_path / "cloud-init"
+    plain, vm = _hook_script(cfg, script), _hook_script(cfg, script, _vm_hook(tmp_path))
     assert vm.startswith(plain)  # the container image's hook, then the VM's lines
     for line in ("70-nbcloud-ebs-name.rules", "systemctl enable systemd-networkd", "vmlinuz-"):
         assert line in vm and line not in plain
