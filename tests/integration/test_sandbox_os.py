@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,25 @@ OS_SUBNETS = ("10.205.0.0/16", "10.215.0.0/16", "10.225.0.0/16")
 NAME = "osdemo"
 VOLUME = "osdata"
 SEEN: dict[str, str] = {}  # what later tests compare with: the data volume's id and its file system's UUID
+
+
+def _wait_for_the_image_build() -> None:
+    """scripts/test builds the image in the background while the suite starts (NBCLOUD_TEST_OS_IMAGE_BUILD: that
+    build's pid file): wait for it to end, however it ends (a failed build is a skip below, with its reason)."""
+    pid_file = os.environ.get("NBCLOUD_TEST_OS_IMAGE_BUILD")
+    if not pid_file:
+        return
+    try:
+        pid = int(Path(pid_file).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(1)
 
 
 def _skip_reason() -> str | None:
@@ -45,6 +65,7 @@ def _skip_reason() -> str | None:
 
 @pytest.fixture(scope="module")
 def os_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    _wait_for_the_image_build()
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
