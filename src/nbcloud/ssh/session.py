@@ -76,7 +76,6 @@ class PendingSsh:
     alias: str
     command: str
     process: subprocess.Popen[bytes]
-    started: float  # time.monotonic() when it was started
 
     def finish(self, timeout: float, check: bool = False) -> SshResult:
         try:
@@ -98,7 +97,7 @@ def start(config: Path, alias: str, command: str, *, connect_timeout: int = 10,
     argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}", *options), "--", command]
     process = subprocess.Popen([*_die_with_parent(), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
-    return PendingSsh(alias, command, process, time.monotonic())
+    return PendingSsh(alias, command, process)
 
 
 def _timed_out(alias: str, command: str, timeout: float) -> RemoteError:
