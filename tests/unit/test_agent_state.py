@@ -94,3 +94,17 @@ def test_reads_run_at_once_and_an_unreachable_one_is_unknown(tmp_path: Path, fak
     assert [rows[n].idle_seconds for n in "abcd"] == [42.0] * 4
     assert rows["dead"].idle_reason == "agent unreachable: unknown"
     assert rows["off"].idle_seconds is None and rows["off"].idle_reason is None
+
+
+def test_reads_beyond_the_limit_wait_for_a_place(tmp_path: Path, fake_ssh: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbcloud.ops import agent_state
+
+    monkeypatch.setattr(agent_state, "AGENT_STATE_AT_ONCE", 2)
+    names = ["a", "b", "c", "d", "e"]
+    reads = AgentReads(_ctx(tmp_path))
+    reads.start((n, "10.0.0.2") for n in names)
+    assert len(reads._reads) == 2 and list(reads._waiting) == ["c", "d", "e"]
+    rows = reads.merge([replace(ROW, name=n, instance_id=f"i-{n}") for n in names])
+    assert [r.idle_seconds for r in rows] == [42.0] * 5
+    assert sorted(fake_ssh.read_text().split()) == [f"nb-{n}" for n in names]

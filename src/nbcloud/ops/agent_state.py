@@ -28,11 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["AGENT_STATE_TIMEOUT", "AgentReads", "merge_agent_state", "with_agent_state"]
 
 #: each read is given this long in all (connect included) before its instance is shown as unknown. A healthy read
-#: takes ~0.2 s; an unreachable instance must not hold `status` up. All reads run at once (each is a process and a
-#: handshake, ~0.01 s of client CPU with the key exchange below, while on a real cloud each mostly waits on the
-#: network), so N instances cost about one read, not N.
+#: takes ~0.2 s; an unreachable instance must not hold `status` up. Up to AGENT_STATE_AT_ONCE reads run at once
+#: (each is a process and a handshake, ~0.01 s of client CPU with the key exchange below, while on a real cloud each
+#: mostly waits on the network), so N instances cost about one read, not N.
 AGENT_STATE_TIMEOUT = 4.0
 AGENT_STATE_CONNECT_TIMEOUT = 2
+AGENT_STATE_AT_ONCE = 64
 #: OpenSSH 9's default key exchange (sntrup761x25519, post-quantum) costs the client ~0.08 s of CPU per connection,
 #: which made `status` grow by that much per running instance. Classical exchanges cost a fraction of it, and
 #: among them OpenSSL's P-256 (assembly) is cheaper than OpenSSH's own portable curve25519, on both ends: measured
@@ -65,48 +66,70 @@ def plan_reads(started: dict[str, str | None], running: dict[str, str | None]) -
 
 
 class AgentReads:
-    """The reads of one `status`: started early, merged into the rows once the cloud has said what runs."""
+    """The reads of one `status`: started early, merged into the rows once the cloud has said what runs.
+
+    At most AGENT_STATE_AT_ONCE run at a time (each holds two pipes; macOS allows a process 256 files by
+    default); the others wait for a place, and each read gets AGENT_STATE_TIMEOUT from its own start or from the
+    cloud's answer, whichever is later.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._reads: dict[str, tuple[str | None, session.PendingSsh | None]] = {}
+        self._reads: dict[str, tuple[str | None, session.PendingSsh | None, float]] = {}  # in order of start
+        self._waiting: dict[str, str | None] = {}
 
     def start(self, targets: Iterable[tuple[str, str | None]]) -> None:
         """Start reading (name, address it is expected at) at once, without waiting for any."""
-        for name, host in targets:
-            try:
-                pending = session.start(self._ctx.paths.ssh_config, f"nb-{name}", AGENT_STATE_COMMAND,
-                                        connect_timeout=AGENT_STATE_CONNECT_TIMEOUT, options=AGENT_STATE_SSH_OPTIONS)
-            except NbcloudError:
-                pending = None  # no ssh client: shown as unknown, as an unreachable agent is
-            self._reads[name] = (host, pending)
+        self._waiting.update(targets)
+        self._fill()
 
     def merge(self, views: Sequence[InstanceView]) -> list[InstanceView]:
         """Each running row (managed here) with its agent's state; the reads nobody needs are stopped."""
         running = {v.name: v.host for v in views if v.state == "running" and v.managed_here}
-        plan = plan_reads({n: host for n, (host, _) in self._reads.items()}, running)
+        plan = plan_reads({n: r[0] for n, r in self._reads.items()} | self._waiting, running)
         for name in plan.drop:
             self._cancel(name)
         self.start((n, running[n]) for n in plan.start)
-        deadline = time.monotonic() + AGENT_STATE_TIMEOUT  # as long as the table waits, however early a read began
-        states = {name: self._result(name, deadline) for name in running}
+        answered = time.monotonic()
+        states: dict[str, dict[str, Any]] = {}
+        while self._reads:  # the oldest first; each one done makes room for a waiting one
+            name = next(iter(self._reads))
+            states[name] = self._result(name, answered)
+            self._fill()
         return [merge_agent_state(v, states[v.name]) if v.name in states else v for v in views]
 
     def cancel(self) -> None:
         """Stop every read still running (`status` failed before it could use them)."""
+        self._waiting.clear()
         for name in list(self._reads):
             self._cancel(name)
 
+    def _fill(self) -> None:
+        while self._waiting and len(self._reads) < AGENT_STATE_AT_ONCE:
+            name = next(iter(self._waiting))
+            host = self._waiting.pop(name)
+            try:
+                pending = session.start(self._ctx.paths.ssh_config, f"nb-{name}", AGENT_STATE_COMMAND,
+                                        connect_timeout=AGENT_STATE_CONNECT_TIMEOUT, options=AGENT_STATE_SSH_OPTIONS)
+            except (NbcloudError, OSError):
+                pending = None  # no ssh client, or no process to be had: unknown, as an unreachable agent is
+            self._reads[name] = (host, pending, time.monotonic())
+
     def _cancel(self, name: str) -> None:
-        _host, pending = self._reads.pop(name)
+        if name in self._waiting:
+            del self._waiting[name]
+            return
+        _host, pending, _started = self._reads.pop(name)
         if pending is not None:
             pending.kill()
 
-    def _result(self, name: str, deadline: float) -> dict[str, Any]:
-        _host, pending = self._reads.pop(name)
+    def _result(self, name: str, answered: float) -> dict[str, Any]:
+        _host, pending, started = self._reads.pop(name)
         if pending is None:
             return {}
-        try:  # an early read gets its time counted from the cloud's answer too: a slow cloud must not cost it
+        # an early read is not cut short by a slow cloud: its time runs from the answer at the earliest
+        deadline = max(started, answered) + AGENT_STATE_TIMEOUT
+        try:
             result = pending.finish(timeout=max(0.0, deadline - time.monotonic()))
             return json.loads(result.stdout or "{}") if result.returncode == 0 else {}
         except (NbcloudError, ValueError):

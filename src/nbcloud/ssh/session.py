@@ -78,8 +78,10 @@ class PendingSsh:
     process: subprocess.Popen[bytes]
 
     def finish(self, timeout: float, check: bool = False) -> SshResult:
+        """Its result; one that has not ended within ``timeout`` is killed (RemoteError). One that has ended is
+        read whatever ``timeout`` says (even 0)."""
         try:
-            out, err = self.process.communicate(timeout=timeout)
+            out, err = self.process.communicate(timeout=None if self.process.poll() is not None else timeout)
         except subprocess.TimeoutExpired as exc:
             self.kill()
             raise _timed_out(self.alias, self.command, timeout) from exc
