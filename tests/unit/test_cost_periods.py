@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -252,45 +250,3 @@ def test_sync_record_prices_a_start_and_back_dates_the_agents_stop(nbcloud_home:
     accrued = accrued_usd(periods, 9.9, datetime.now(UTC))
     assert accrued == pytest.approx(0.0125 * (reason_time - started).total_seconds() / 3600)
     ctx.store.close()
-
-
-# -- status: agent states in parallel, bounded ----------------------------------------------------------------------
-
-
-def test_agent_states_are_read_in_parallel_and_a_dead_one_does_not_stall(monkeypatch: pytest.MonkeyPatch,
-                                                                           tmp_path: Path) -> None:
-    from nbcloud.ops import lifecycle
-    from nbcloud.ops.lifecycle import InstanceView
-    from nbcloud.ssh.session import SshResult
-
-    peak, running = [0], [0]
-    lock = threading.Lock()
-
-    def fake_run(config: Path, alias: str, command: str, **kw: Any) -> SshResult:
-        assert kw["timeout"] <= lifecycle.AGENT_STATE_TIMEOUT and kw["connect_timeout"] <= 3
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        try:
-            time.sleep(0.5)
-            if alias == "nb-dead":
-                raise RemoteError("ssh nb-dead: `cat` did not finish in 4 s")
-            return SshResult(0, '{"idle_seconds": 42}', "")
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(lifecycle.session, "run", fake_run)
-    names = ["a", "b", "c", "d", "dead"]
-    views = [InstanceView(name=n, instance_id=f"i-{n}", state="running", instance_type="t3.medium",
-                          region="us-east-1", provider="sandbox", host="10.0.0.2") for n in names]
-    views.append(InstanceView(name="off", instance_id="i-off", state="stopped", instance_type="t3.medium",
-                              region="us-east-1", provider="sandbox", host=None))
-    ctx: Any = SimpleNamespace(paths=SimpleNamespace(ssh_config=tmp_path / "config"))
-    t0 = time.monotonic()
-    out = {v.name: v for v in lifecycle._with_agent_state(ctx, views)}
-    elapsed = time.monotonic() - t0
-    assert elapsed < 1.2, f"5 reads of 0.5 s took {elapsed:.2f} s: not in parallel"
-    assert peak[0] == 5
-    assert [out[n].idle_seconds for n in "abcd"] == [42.0] * 4
-    assert out["dead"].idle_seconds is None and out["off"].idle_seconds is None

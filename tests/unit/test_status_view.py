@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from nbcloud.cli.instances_cmd import _status_text
 from nbcloud.models import Instance
-from nbcloud.ops.lifecycle import InstanceView, _foreign_view, _merge_agent_state
+from nbcloud.ops.agent_state import merge_agent_state
+from nbcloud.ops.lifecycle import InstanceView, _foreign_view
 
 ROW = InstanceView(name="a", instance_id="i-a", state="running", instance_type="t3.medium", region="us-east-1",
                    provider="sandbox", host="10.0.0.2")
@@ -16,17 +17,17 @@ def test_agent_state_says_why_and_when() -> None:
     stop_at = datetime(2026, 11, 30, 12, 34, 56, tzinfo=UTC)
     state = {"idle_seconds": 40, "reason": "idle 40s of 60s (last: terminal input, 40s ago)", "busy": False,
              "stop_in_seconds": 20, "stop_at": int(stop_at.timestamp())}
-    view = _merge_agent_state(ROW, state)
+    view = merge_agent_state(ROW, state)
     assert (view.idle_seconds, view.busy, view.stops_at) == (40.0, False, "2026-11-30T12:34:56+00:00")
     assert view.idle_reason == state["reason"]
     text = _status_text([view])
     assert "0m40s (stop 12:34 UTC)" in text and "a: idle 40s of 60s (last: terminal input" in text
-    busy = _merge_agent_state(ROW, {"idle_seconds": 0, "reason": "busy: 1 kernel(s) busy", "busy": True})
+    busy = merge_agent_state(ROW, {"idle_seconds": 0, "reason": "busy: 1 kernel(s) busy", "busy": True})
     assert busy.stops_at is None and " busy " in _status_text([busy])
     # an agent that could not be read in time: unknown, never an error
-    assert _merge_agent_state(ROW, {}).idle_reason == "agent unreachable: unknown"
+    assert merge_agent_state(ROW, {}).idle_reason == "agent unreachable: unknown"
     # an agent from before idle_reason (no busy, no stop_at) still fills the idle column
-    old = _merge_agent_state(ROW, {"idle_seconds": 5, "reason": "idle 5s of 3600s"})
+    old = merge_agent_state(ROW, {"idle_seconds": 5, "reason": "idle 5s of 3600s"})
     assert old.idle_seconds == 5 and old.busy is None and old.stops_at is None
 
 
@@ -61,7 +62,7 @@ def test_unreachable_agents_are_read_at_once_and_never_block_the_table(nbcloud_h
     from dataclasses import replace
 
     from nbcloud.ops import Context
-    from nbcloud.ops.lifecycle import AGENT_STATE_TIMEOUT, _with_agent_state
+    from nbcloud.ops.agent_state import AGENT_STATE_TIMEOUT, with_agent_state
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -76,7 +77,7 @@ def test_unreachable_agents_are_read_at_once_and_never_block_the_table(nbcloud_h
     views = [replace(ROW, name=n, instance_id=f"i-{n}") for n in names]
     try:
         started = time.monotonic()
-        rows = _with_agent_state(ctx, views)
+        rows = with_agent_state(ctx, views)
         took = time.monotonic() - started
     finally:
         silent.close()

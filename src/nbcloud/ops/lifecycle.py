@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +12,10 @@ from ..errors import ConflictError, NbcloudError, NotFoundError, UsageError
 from ..models import VOLUME_NAME_TAG, Instance, Volume
 from ..money.quotes import launch_price
 from ..providers.base import Provider, TaggedResource, manages_machines
-from ..remote.machine_root import SH_ROOT
 from ..ssh import config as ssh_config
 from ..ssh import session
 from ..state import Record
+from .agent_state import AgentReads
 from .context import Context, Progress, no_progress
 from .costs import cost_fields
 from .instances import (
@@ -285,6 +283,21 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
     this machine did not make are listed too (``managed_here`` False), priced from the table.
     """
     records = [ctx.record(name)] if name else ctx.store.all()
+    reads = AgentReads(ctx) if with_agent else None
+    if reads is not None:  # what the store last saw running is read while the cloud is asked (see agent_state.py)
+        reads.start((r.name, r.host) for r in records if r.state == "running")
+    try:
+        views = _cloud_views(ctx, records, name)
+    except BaseException:
+        if reads is not None:
+            reads.cancel()
+        raise
+    if reads is not None:
+        views = reads.merge(views)
+    return sorted(views, key=lambda v: (not v.managed_here, v.name))
+
+
+def _cloud_views(ctx: Context, records: list[Record], name: str | None) -> list[InstanceView]:
     groups: dict[tuple[str, str, str | None], list[Record]] = defaultdict(list)
     for record in records:
         groups[(record.provider, record.region, record.profile)].append(record)
@@ -313,9 +326,7 @@ def status(ctx: Context, name: str | None = None, with_agent: bool = True) -> li
             # a known instance's cluster workers are shown on its own cluster line, not as another machine's
             views += [_foreign_view(i) for i in listed if i.name not in known and i.state not in _ENDED
                       and i.tags.get(CLUSTER_TAG) not in known]
-    if with_agent:
-        views = _with_agent_state(ctx, views)
-    return sorted(views, key=lambda v: (not v.managed_here, v.name))
+    return views
 
 
 _ENDED = {"terminated", "shutting-down"}
@@ -391,55 +402,6 @@ def _running_since(ctx: Context, record: Record, instance: Instance) -> datetime
     stops = [at for at, state in events if state != "running" and at > launched]
     starts = [at for at, state in events if state == "running" and stops and at > stops[-1]]
     return starts[0] if starts else launched
-
-
-#: `status` reads each running instance's agent state over ssh: at most this many at once (each ssh is a process
-#: and a handshake, ~0.013 s of client CPU with the key exchange below: 50 of them are ~0.65 s of CPU, while on a
-#: real cloud each read mostly waits on the network, so one wave instead of four is what keeps 50 instances fast),
-#: each given this long in all (connect included) before it is shown as unknown. A healthy read takes ~0.2 s; an
-#: unreachable instance must not hold `status` up.
-AGENT_STATE_WORKERS = 50
-AGENT_STATE_TIMEOUT = 4.0
-AGENT_STATE_CONNECT_TIMEOUT = 2
-#: OpenSSH 9's default key exchange (sntrup761x25519, post-quantum) costs the client ~0.08 s of CPU per connection,
-#: which made `status` grow by that much per running instance; classical curve25519 costs 0.013 s and halves the
-#: handshake (measured here: 0.33 → 0.17 s). What travels is the agent's idle state, not worth a PQ exchange.
-AGENT_STATE_SSH_OPTIONS = ("-o", "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org")
-
-
-def _with_agent_state(ctx: Context, views: list[InstanceView]) -> list[InstanceView]:
-    """Read each running instance's agent state over ssh, in parallel, each bounded by a short timeout: N running
-    instances cost about one ssh round, and an unreachable one costs at most AGENT_STATE_TIMEOUT (idle: '-')."""
-    running = [v for v in views if v.state == "running" and v.managed_here]
-    if not running:
-        return views
-
-    def fetch(view: InstanceView) -> dict[str, Any]:
-        try:
-            result = session.run(ctx.paths.ssh_config, f"nb-{view.name}",
-                                 f"cat \"{SH_ROOT}/var/lib/nbcloud/agent-state.json\" 2>/dev/null || echo '{{}}'",
-                                 timeout=AGENT_STATE_TIMEOUT, check=False,
-                                 connect_timeout=AGENT_STATE_CONNECT_TIMEOUT, options=AGENT_STATE_SSH_OPTIONS)
-            return json.loads(result.stdout or "{}") if result.returncode == 0 else {}
-        except (NbcloudError, ValueError):
-            return {}
-
-    with ThreadPoolExecutor(max_workers=min(AGENT_STATE_WORKERS, len(running))) as pool:
-        states = dict(zip([v.name for v in running], pool.map(fetch, running), strict=True))
-    return [_merge_agent_state(view, states[view.name]) if view.name in states else view for view in views]
-
-
-def _merge_agent_state(view: InstanceView, state: dict[str, Any]) -> InstanceView:
-    """The agent's state file (see nbcloud_agent.Agent.check) into the row; an unreadable one leaves it unknown."""
-    if not state:
-        return replace(view, idle_reason="agent unreachable: unknown")
-    idle = state.get("idle_seconds")
-    notice = state.get("spot_notice")
-    stop_at = state.get("stop_at")
-    stops_at = datetime.fromtimestamp(float(stop_at), UTC).isoformat(timespec="seconds") if stop_at else None
-    return replace(view, idle_seconds=float(idle) if idle is not None else None,
-                   spot_notice=json.dumps(notice) if isinstance(notice, dict) else notice,
-                   idle_reason=state.get("reason"), busy=state.get("busy"), stops_at=stops_at)
 
 
 def list_managed(ctx: Context, provider_name: str | None, region: str | None, profile: str | None) -> list[Instance]:

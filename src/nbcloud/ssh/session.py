@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import HostKeyError, RemoteError, UsageError
 
-__all__ = ["SshResult", "run", "ssh_argv", "wait_ssh"]
+__all__ = ["PendingSsh", "SshResult", "run", "ssh_argv", "start", "wait_ssh"]
 
 HOST_KEY_MISMATCH = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed")
 
@@ -65,9 +65,50 @@ def run(config: Path, alias: str, command: str, *, input: bytes | None = None, t
     try:
         done = subprocess.run([*_die_with_parent(), *argv], input=input, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise RemoteError(f"ssh {alias}: `{command.split()[0]}` did not finish in {timeout:g} s",
-                          f"check the instance with `nbcloud status` or `ssh {alias}`") from exc
-    result = SshResult(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+        raise _timed_out(alias, command, timeout) from exc
+    return _result(alias, done.returncode, done.stdout, done.stderr, check)
+
+
+@dataclass
+class PendingSsh:
+    """An ``ssh alias command`` started by :func:`start`: :meth:`finish` waits for it, :meth:`kill` drops it."""
+
+    alias: str
+    command: str
+    process: subprocess.Popen[bytes]
+
+    def finish(self, timeout: float, check: bool = False) -> SshResult:
+        """Its result; one that has not ended within ``timeout`` is killed (RemoteError). One that has ended is
+        read whatever ``timeout`` says (even 0)."""
+        try:
+            out, err = self.process.communicate(timeout=None if self.process.poll() is not None else timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.kill()
+            raise _timed_out(self.alias, self.command, timeout) from exc
+        return _result(self.alias, self.process.returncode, out, err, check)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.communicate()  # reaped, and its pipes closed
+
+
+def start(config: Path, alias: str, command: str, *, connect_timeout: int = 10,
+          options: Sequence[str] = ()) -> PendingSsh:
+    """``ssh alias command`` started and not waited for, so that many run at once and alongside other work. Its
+    stdin is empty: of many at once, none may read the terminal."""
+    argv = [*ssh_argv(config, alias, "-o", f"ConnectTimeout={connect_timeout}", *options), "--", command]
+    process = subprocess.Popen([*_die_with_parent(), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    return PendingSsh(alias, command, process)
+
+
+def _timed_out(alias: str, command: str, timeout: float) -> RemoteError:
+    return RemoteError(f"ssh {alias}: `{command.split()[0]}` did not finish in {timeout:g} s",
+                       f"check the instance with `nbcloud status` or `ssh {alias}`")
+
+
+def _result(alias: str, returncode: int, stdout: bytes, stderr: bytes, check: bool) -> SshResult:
+    result = SshResult(returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
     if any(marker in result.stderr for marker in HOST_KEY_MISMATCH):
         raise HostKeyError(
             f"{alias} presented a host key that does not match the one nbcloud pinned at launch; refusing to connect")
