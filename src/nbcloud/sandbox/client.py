@@ -285,7 +285,8 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     wheelhouse = ensure_wheelhouse(say)
     uv_cache = ensure_uv_cache()
     if wheelhouse and uv_cache:
-        warm_uv_cache(wheelhouse, uv_cache, say)
+        # loopback instances name the wheelhouse by its own path; the others see it bound at INSIDE
+        warm_uv_cache(wheelhouse, uv_cache, say, None if mode == "loopback" else f"{INSIDE}/wheelhouse")
     image = ""
     if mode == "os":
         from .osimage import image_info
