@@ -145,9 +145,14 @@ def download_summary(files: int, size: int, seconds: float) -> str:
             f"({mb / max(seconds, 0.001):.1f} MB/s)")
 
 
-def ensure_uv_cache() -> Path:
-    """A uv cache shared by every sandbox instance on this machine (owned by the instances' user, uid 1000)."""
-    cache = wheelhouse_root().parent / "uv-cache"
+def ensure_uv_cache(inside: bool = False) -> Path:
+    """A uv cache shared by every sandbox instance on this machine (owned by the instances' user, uid 1000).
+
+    ``inside``: the one for instances that see the wheelhouse at ``/mnt/nbcloud-sandbox/wheelhouse`` (netns, os),
+    apart from the one for loopback instances (the host's path): uv keys its entries by that path, so one cache
+    for both would hold every wheel unpacked twice, and each instance's hard-link copy would be twice as long.
+    """
+    cache = wheelhouse_root().parent / ("uv-cache-inside" if inside else "uv-cache")
     cache.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(PermissionError):
         os.chown(cache, 1000, 1000)
