@@ -211,6 +211,20 @@ def test_nbcloud_units_run_on_real_systemd(os_world: World, instance: dict[str, 
     assert int(lines[2]) > 1
 
 
+def test_the_bootstrap_installs_from_the_warm_uv_cache_unpacking_no_wheel(os_world: World,
+                                                                          instance: dict[str, Any]) -> None:
+    """The machine's cache knows the wheels by the path the instance sees them at: the venv step hard-links from
+    the instance's copy of it and unpacks nothing more (it used to unzip all ~105 wheels again, 2-5 s)."""
+    from nbcloud.sandbox.wheelhouse import INSTANCE_UV_CACHE, ensure_uv_cache
+
+    warm = sorted(p.name for p in (ensure_uv_cache(inside=True) / "archive-v0").iterdir())
+    out = _run(os_world, f"ls {INSTANCE_UV_CACHE}/archive-v0; grep -c 'step venv: installed' "
+                         "/var/log/nbcloud/bootstrap.log")
+    assert out["exit_code"] == 0, out
+    *seen, installs = out["stdout"].split()
+    assert installs == "1" and warm and sorted(seen) == warm, out
+
+
 def test_the_data_volume_is_an_nvme_block_device_formatted_once_and_remounted_at_boot(
         os_world: World, os_sandbox: Any, instance: dict[str, Any]) -> None:
     """First attach: blank, so the bootstrap formats and mounts it; a reboot mounts the same file system again."""

@@ -283,9 +283,10 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     previous.write_text(subnet + "\n")
     # the wheelhouse and warm uv cache feed the Jupyter bootstrap (instances have no index to install from)
     wheelhouse = ensure_wheelhouse(say)
-    uv_cache = ensure_uv_cache()
+    # loopback instances name the wheelhouse by its own path; the others see it bound at INSIDE
+    uv_cache = ensure_uv_cache(inside=mode != "loopback")
     if wheelhouse and uv_cache:
-        warm_uv_cache(wheelhouse, uv_cache, say)
+        warm_uv_cache(wheelhouse, uv_cache, say, None if mode == "loopback" else f"{INSIDE}/wheelhouse")
     image = ""
     if mode == "os":
         from .osimage import image_info

@@ -145,9 +145,14 @@ def download_summary(files: int, size: int, seconds: float) -> str:
             f"({mb / max(seconds, 0.001):.1f} MB/s)")
 
 
-def ensure_uv_cache() -> Path:
-    """A uv cache shared by every sandbox instance on this machine (owned by the instances' user, uid 1000)."""
-    cache = wheelhouse_root().parent / "uv-cache"
+def ensure_uv_cache(inside: bool = False) -> Path:
+    """A uv cache shared by every sandbox instance on this machine (owned by the instances' user, uid 1000).
+
+    ``inside``: the one for instances that see the wheelhouse at ``/mnt/nbcloud-sandbox/wheelhouse`` (netns, os),
+    apart from the one for loopback instances (the host's path): uv keys its entries by that path, so one cache
+    for both would hold every wheel unpacked twice, and each instance's hard-link copy would be twice as long.
+    """
+    cache = wheelhouse_root().parent / ("uv-cache-inside" if inside else "uv-cache")
     cache.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(PermissionError):
         os.chown(cache, 1000, 1000)
@@ -155,17 +160,40 @@ def ensure_uv_cache() -> Path:
     return cache
 
 
-def warm_uv_cache(wheelhouse: Path, cache: Path, progress: Callable[[str], None] | None = None) -> None:
+def _seen_at_argv(wheelhouse: Path, seen_at: str) -> list[str]:
+    """A command prefix that runs the rest with ``wheelhouse`` bind-mounted read-only at ``seen_at``, in a mount
+    namespace of its own: a tmpfs hides the top directory of ``seen_at`` (``/mnt``) there only, so nothing is made
+    or mounted on the machine itself."""
+    top = "/" + Path(seen_at).parts[1]
+    script = ('set -e; mount -t tmpfs -o size=1m,mode=0755 nbcloud-warm "$1"; mkdir -p "$2"; '
+              'mount --bind "$3" "$2"; mount -o remount,bind,ro "$2"; shift 3; exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", top, seen_at,
+            str(wheelhouse)]
+
+
+def warm_uv_cache(wheelhouse: Path, cache: Path, progress: Callable[[str], None] | None = None,
+                  seen_at: str | None = None) -> None:
     """Unpack every wheelhouse package into the machine-wide uv cache once (outside any namespace).
 
-    Instances install from per-instance hard-link copies of this cache, so they never unpack a wheel themselves.
+    Instances install from per-instance hard-link copies of this cache, so they never unpack a wheel themselves,
+    provided the cache knows the wheels by the path the instances name: uv keys a ``--find-links`` wheel by its
+    path, so a cache warmed from ``~/.cache/nbcloud/wheelhouse/…`` is a miss for ``/mnt/nbcloud-sandbox/wheelhouse``
+    and every instance unzipped all ~105 wheels again (2-5 s of its bootstrap's venv step, more under load, and
+    ~350 MB more in its layer). ``seen_at``: that path (netns and os modes, root), bound there while warming.
     """
     from ..remote.packages import all_requirements
 
-    stamp = cache / f".nbcloud-warm-{wheelhouse.name}"
+    suffix = f"-{hashlib.sha256(seen_at.encode()).hexdigest()[:8]}" if seen_at else ""
+    stamp = cache / f".nbcloud-warm-{wheelhouse.name}{suffix}"
     uv = shutil.which("uv")
     if stamp.exists() or uv is None:
         return
+    prefix: list[str] = []
+    links = str(wheelhouse)
+    if seen_at:
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            return  # instances then unpack the wheels themselves, only slower
+        prefix, links = _seen_at_argv(wheelhouse, seen_at), seen_at
     (progress or (lambda _msg: None))("warming the sandbox's uv cache (once per package set)")
     venv = cache.parent / f".warm-venv-{os.getpid()}"
     shutil.rmtree(venv, ignore_errors=True)
@@ -173,8 +201,8 @@ def warm_uv_cache(wheelhouse: Path, cache: Path, progress: Callable[[str], None]
     try:
         subprocess.run([uv, "venv", "-q", str(venv), "-p", INSTANCE_PYTHON], check=True, capture_output=True,
                        env=env, timeout=300)
-        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), "--no-index",
-                        "--find-links", str(wheelhouse), *all_requirements()], check=True, capture_output=True,
+        subprocess.run([*prefix, uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), "--no-index",
+                        "--find-links", links, *all_requirements()], check=True, capture_output=True,
                        env=env, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
         # not fatal: instances then unpack the wheels themselves, only slower
