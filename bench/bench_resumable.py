@@ -246,8 +246,15 @@ def main() -> int:
                       f"plain {', '.join(f'{x:.0f}' for x in tp['plain'])}]")
             others = [who for who in ports if who != "plain"]
             ratios: dict[str, list[float]] = {who: [] for who in others}
+            st = tunnel.read_state(host.name) or st
+            procs = {"mux": st.pid, "mux's ssh": st.ssh_pid, "relay": relay_daemon(host), "plain ssh": plain.pid,
+                     **{f"forwarder {i + 1}": p.pid for i, p in enumerate(extra[-2:]) if args.floor}}
+            cpu: dict[str, float] = {}
             for r in range(args.rounds):
+                before = {who: cpu_seconds(pid) for who, pid in procs.items() if pid}
                 lat = getter.latencies(ports, args.requests)
+                for who, c in before.items():
+                    cpu[who] = cpu.get(who, 0.0) + cpu_seconds(procs[who]) - c  # type: ignore[arg-type]
                 p50 = {who: pct(xs, 50) for who, xs in lat.items()}
                 for who in others:
                     ratios[who].append(p50[who] / p50["plain"])
@@ -255,6 +262,8 @@ def main() -> int:
                       "  ".join(f"{who} {p50[who] * 1000:.0f} µs" for who in ports) + " | ratio " +
                       "  ".join(f"{who} {ratios[who][-1]:.2f}" for who in others) + " | p99 " +
                       "  ".join(f"{who} {pct(xs, 99):.2f} ms" for who, xs in lat.items()))
+            print("CPU per request (µs, all rounds): " + "  ".join(
+                f"{who} {c / (args.rounds * args.requests) * 1e6:.0f}" for who, c in cpu.items()))
             print(f"p50 ratio to plain ssh -L, median of {args.rounds} rounds: " +
                   "  ".join(f"{who} {statistics.median(ratios[who]):.2f}" for who in others) + " (goal <= 1.2)")
             if baseline_pid is not None:  # the rest measures ours alone (its relay daemon is then the only one)
