@@ -94,6 +94,7 @@ def _loopback_bootstrap_env(directory: Path, raw: dict[str, Any]) -> dict[str, s
         "NBCLOUD_PYTHON": INSTANCE_PYTHON,
         "NBCLOUD_FIND_LINKS": str(raw["wheelhouse"]),
         "NBCLOUD_NO_INDEX": "1",
+        "NBCLOUD_COMPILE_BYTECODE": "0",  # loopback instances share this machine's CPU (see _bootstrap_env)
         "UV_CACHE_DIR": str(raw.get("uv_cache") or directory / "shared" / "uv-cache"),
     }
 
@@ -104,6 +105,9 @@ def _bootstrap_env() -> dict[str, str]:
         "NBCLOUD_PYTHON": "/usr/bin/python3",
         "NBCLOUD_FIND_LINKS": f"{INSIDE}/wheelhouse",
         "NBCLOUD_NO_INDEX": "1",
+        # the background byte-compile (~7 s of CPU per instance) would load this one machine for every `up` of a
+        # test run; tests/integration/test_bootstrap_local.py runs it
+        "NBCLOUD_COMPILE_BYTECODE": "0",
         "UV_CACHE_DIR": INSTANCE_UV_CACHE,
     }
 
