@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import disk, ebs, firewall, nspawn
+from .addresses import Addresses
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
 from .faults import Faults
@@ -88,7 +89,7 @@ class Host:
     loops: dict[str, str] = field(default_factory=dict)  # os mode: volume id -> its loop device while it runs
 
 
-class Sandbox(OsBoot, Faults):
+class Sandbox(OsBoot, Faults, Addresses):
     """The emulator: moto's state, the hosts that realize its instances, one reconciler applying their changes."""
 
     def __init__(self, sandbox_dir: Path, subnet: str, wheelhouse: str, uv_cache: str = "",
@@ -174,36 +175,6 @@ class Sandbox(OsBoot, Faults):
         seed_images(REGION)
 
     # hooks (moto's threads) --------------------------------------------------------------------------------
-    def _assign(self, instance: Any, host: Host) -> None:
-        """What DescribeInstances shows: PrivateIpAddress and PublicIpAddress (absent while stopped)."""
-        nic = instance.nics[0]
-        nic.public_ip = host.public
-        nic.private_ip_address = host.address
-
-    def _addresses(self, host: Host) -> None:
-        """A (re)started host's addresses: a new public one; the private one stays for the instance's life.
-
-        Loopback mode has one address per instance (its services listen on it, every 127/8 address is local and
-        there is no NAT): it is both, and new at every start, as the public one is.
-        """
-        if isinstance(self.network, Network):
-            host.address = host.address or self.network.pool.allocate()
-            host.public = self.network.public_pool.allocate()
-        else:
-            host.address = host.public = self.network.pool.allocate()
-
-    def _release(self, host: Host, public: str | None, terminated: bool) -> None:
-        """Stop releases the public address the host had when asked to stop (``public``: a start may have given
-        it a new one meanwhile); terminate the private one too (loopback: the one address)."""
-        if isinstance(self.network, Network):
-            self.network.public_pool.release(public)
-            if terminated:
-                self.network.pool.release(host.address)
-        else:
-            self.network.pool.release(public)
-        if host.public == public:
-            host.public = None
-
     def on_run(self, backend: Any, instances: list[Any]) -> None:
         with self.lock:
             for inst in instances:
