@@ -58,6 +58,7 @@ def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Insta
         volume_ids=tuple(m["Ebs"]["VolumeId"] for m in data.get("BlockDeviceMappings", []) if "Ebs" in m),
         tags=tags,
         stopped_at=stopped_at,
+        state_reason=(data.get("StateReason") or {}).get("Code") or None,
     )
 
 
