@@ -278,9 +278,11 @@ def test_shutdown_inside_is_an_ec2_stop_and_start_boots_the_same_disk(os_world: 
     os_world.nb("start", NAME)
     # as on EC2: the same private address (the one on eth0, DHCP's, IMDS's local-ipv4), a new public one
     assert addresses()[0] == private and addresses()[1] not in ("", public)
-    imds = ("T=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token);"
-            " for k in local-ipv4 public-ipv4; do curl -s -H \"X-aws-ec2-metadata-token: $T\" "
-            "http://169.254.169.254/latest/meta-data/$k; echo; done; hostname -I")
+    # as root: nbcloud's bootstrap keeps other users away from the IMDS
+    imds = ("T=$(sudo curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
+            "http://169.254.169.254/latest/api/token); for k in local-ipv4 public-ipv4; do "
+            "sudo curl -s -H \"X-aws-ec2-metadata-token: $T\" http://169.254.169.254/latest/meta-data/$k; echo; done; "
+            "hostname -I")
     after = _run(os_world, "cat ~/mark; systemctl is-active nbcloud-jupyter.service; cat /proc/1/comm; " + imds)
     assert after["stdout"].split() == ["kept", "active", "systemd", private, addresses()[1], private], after
     if SEEN:  # the data volume came back with the instance, the same file system, mounted by the boot

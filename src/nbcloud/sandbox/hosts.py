@@ -62,7 +62,8 @@ class AddressPool:
             raise ValueError(f"sandbox subnet must be an IPv4 network of /28 or larger, got {subnet}")
         self.caller_ip = str(self.network.network_address + 1)
         half = self.network.num_addresses // 2
-        self._first = half if part == "public" else 2  # offsets 0 and 1: the network and the caller
+        # offsets 0 and 1: the network and the caller; public ones skip the half's first (an x.y.128.0 confuses)
+        self._first = half + 1 if part == "public" else 2
         self._end = half if part == "private" else self.network.num_addresses - 1  # exclusive: not the broadcast
         self._next = self._first
         self._used: set[int] = set()
