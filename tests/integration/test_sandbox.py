@@ -363,7 +363,8 @@ def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
     net = Network(subnet)
     assert net.own_namespaces() == [] and net.own_links() == []
     assert not net.guard_present()
-    assert net.nft_table not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert net.nft_table not in tables and net.nat_table not in tables  # the guard and the public addresses' NAT
     assert [p for p in [*pids, info["pid"]] if _alive(p)] == []
     assert nb("status")["running"] is False
     # the disks of instances, volumes and the next instance's uv-cache copy go too (only the log may stay)
