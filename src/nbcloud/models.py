@@ -208,6 +208,9 @@ class Instance:
     # When the current stop (or termination) began, from the cloud's own record (EC2's StateTransitionReason):
     # a stop the on-instance agent made is billed up to here, not up to when nbcloud happened to look.
     stopped_at: datetime | None = None
+    # Why the last state change happened, the cloud's code (EC2's StateReason.Code), e.g.
+    # Server.SpotInstanceTermination when EC2 reclaimed a spot instance
+    state_reason: str | None = None
 
     @property
     def ssh_alias(self) -> str:

@@ -6,7 +6,8 @@ host and to an instance outside the cluster's group, and a plain-TCP Dask client
 worker is terminated and `cluster scale` replaces it, the result is not lost; then a spot notice on another worker,
 with no command typed, retires it gracefully and a replacement joins within the notice window while futures are
 held; `status` counts the whole cluster and shows the keeper; `cluster down` and `down` leave no worker, no group,
-no orphan and no keeper process.
+no orphan and no keeper process. In between, the scheduler's machine stops and starts (its private address stays,
+as on EC2) and the same workers reconnect.
 """
 
 from __future__ import annotations
@@ -164,7 +165,29 @@ def test_cluster_compute_secure_survive_scale_and_clean_up(world: Any) -> None:
     view = wait_until(two_workers, 60, step=2, what="the noticed worker to be gone")
     workers = view["cluster"]["workers"]
     assert all(w["state"] == "running" and w["lifecycle"] == "spot" for w in workers)
-    keeper_pid = view["cluster"]["keeper"]["pid"]
+
+    # the scheduler's machine stops and starts: as on EC2 its private address stays (the workers dial it, the
+    # scheduler binds it) and its public one changes; the same workers come back to it with no command typed
+    def addresses() -> tuple[str, str]:
+        inst = world.ec2().describe_instances(InstanceIds=[view["instance_id"]])["Reservations"][0]["Instances"][0]
+        return inst["PrivateIpAddress"], inst.get("PublicIpAddress", "")
+
+    private, public = addresses()
+    stopped_at = time.monotonic()
+    world.nb("stop", "cl")
+    world.nb("start", "cl")
+    assert addresses()[0] == private and addresses()[1] not in ("", public)
+
+    def reconnected() -> dict[str, Any] | None:
+        done = world.nb("cluster", "scale", "cl", "2", "--json", check=False, timeout=300)  # launches none: 2 exist
+        seen = json.loads(done.stdout or "{}")
+        return seen if len(seen.get("connected", [])) == 2 else None
+
+    back = wait_until(reconnected, 240, step=5, what="the workers to reconnect to the restarted scheduler")
+    assert {w["instance_id"] for w in back["workers"]} == {w["instance_id"] for w in workers}
+    print(f"scheduler stop → start → both workers reconnected: {time.monotonic() - stopped_at:.1f} s")
+    view = wait_until(two_workers, 60, step=2, what="the cluster in status")
+    keeper_pid = view["cluster"]["keeper"]["pid"]  # the stop ended the keeper; `cluster scale` started it again
     assert view["cluster"]["hourly_usd"] == pytest.approx(view["hourly_usd"] + sum(w["hourly_usd"] for w in workers))
 
     # a launch that fails half-way leaves nothing: not the group, not out's membership, not the scheduler unit

@@ -40,18 +40,21 @@ class Machine:
     key_file: Path
     host_public: str
     workdir: Path
-    address: str = ""
+    address: str = ""  # the public address (the one a user connects to)
+    private: str = ""
 
     def refresh(self) -> dict[str, Any]:
         inst = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"][0]["Instances"][0]
         self.address = inst.get("PublicIpAddress", "")
+        self.private = inst.get("PrivateIpAddress", "")
         return inst
 
     def ssh(self, command: str = "true", timeout: float = 30, extra: tuple[str, ...] = (),
-            known_hosts: str | None = None) -> subprocess.CompletedProcess[str]:
+            known_hosts: str | None = None, to: str | None = None) -> subprocess.CompletedProcess[str]:
+        to = to or self.address
         kh = self.workdir / "known_hosts"
-        kh.write_text(known_hosts or f"{self.address} {self.host_public}\n")
-        return subprocess.run([*pinned_ssh(self.key_file, kh), *extra, f"ubuntu@{self.address}", command],
+        kh.write_text(known_hosts or f"{to} {self.host_public}\n")
+        return subprocess.run([*pinned_ssh(self.key_file, kh), *extra, f"ubuntu@{to}", command],
                               capture_output=True, text=True, timeout=timeout)
 
     def wait_ssh(self, timeout: float = 30) -> float:
@@ -84,7 +87,8 @@ def machine(sandbox: Any, sandbox_ec2: Any, sandbox_client: Any, tmp_path: Path)
         made.append(inst_id)
         m = Machine(sandbox_ec2, inst_id, key_file, host_public, tmp_path)
         m.address = reply["Instances"][0]["PublicIpAddress"]
-        assert reply["Instances"][0]["PrivateIpAddress"] == m.address
+        m.private = reply["Instances"][0]["PrivateIpAddress"]
+        assert m.address and m.private and m.private != m.address  # two addresses, as on EC2
         return m
 
     yield launch
@@ -134,16 +138,25 @@ def test_lifecycle_ssh_userdata_stop_start_terminate(sandbox: Any, machine: Any)
                  if i["instance_id"] == m.instance_id)
     assert netns in _netns_list()
 
+    private = m.private
+    # both addresses reach it from the host: the private one is on its eth0, the public one is translated to it
+    assert m.ssh("hostname -I", to=private).stdout.split() == [private]
+    assert m.ssh("hostname -I").stdout.split() == [private]
+
     m.ec2.stop_instances(InstanceIds=[m.instance_id])
     m.ec2.get_waiter("instance_stopped").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
     _wait(lambda: netns not in _netns_list())
-    assert m.ssh("true").returncode != 0
+    stopped = m.refresh()
+    assert "PublicIpAddress" not in stopped and stopped["PrivateIpAddress"] == private  # as EC2 says it
+    assert m.ssh("true", to=first).returncode != 0
 
     m.ec2.start_instances(InstanceIds=[m.instance_id])
     m.ec2.get_waiter("instance_running").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
     m.refresh()
-    assert m.address and m.address != first
+    assert m.address and m.address != first  # a new public address at every start
+    assert m.private == private  # the private one stays (same ENI)
     m.wait_ssh()
+    assert m.ssh("true", to=private).returncode == 0
     out = m.ssh("cat ran.txt; grep -c '^== running' /var/log/cloud-init-output.log").stdout.split()
     assert out == ["ran", "1"]  # same disk, user-data ran once
 
@@ -227,20 +240,51 @@ def test_services_reboot_imds_spot_and_shutdown(sandbox: Any, machine: Any) -> N
     imds = (
         "curl -s -o /dev/null -w '%{http_code} ' http://169.254.169.254/latest/meta-data/instance-id; "
         "T=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token); "
-        "for p in instance-id local-ipv4 instance-life-cycle spot/instance-action; do "
+        "for p in instance-id local-ipv4 instance-life-cycle spot/instance-action public-ipv4; do "
         "curl -s -w ' %{http_code}\\n' -H \"X-aws-ec2-metadata-token: $T\" "
         "http://169.254.169.254/latest/meta-data/$p; done"
     )
     lines = m.ssh(imds).stdout.splitlines()
     assert lines[0].startswith("401")
     assert lines[0].split()[1:] == [m.instance_id, "200"]
-    assert lines[1] == f"{m.address} 200" and lines[2] == "on-demand 200" and lines[3].endswith("404")
+    assert lines[1] == f"{m.private} 200" and lines[2] == "on-demand 200" and lines[3].endswith("404")
+    assert lines[4] == f"{m.address} 200"
     client.fault(m.instance_id, "spot-notice", sandbox.sandbox_dir, seconds=600)
     notice = m.ssh(imds).stdout.splitlines()[3].rsplit(" ", 1)
     assert notice[1] == "200" and json.loads(notice[0])["action"] == "terminate"
 
     m.ssh("sudo shutdown -h now")
     _wait(lambda: m.refresh()["State"]["Name"] == "stopped", timeout=20)
+
+
+def test_instance_to_instance_by_private_and_public_address(sandbox: Any, machine: Any,
+                                                           sandbox_ec2: Any) -> None:
+    """As in a VPC: a rule naming a group admits its members by their private addresses; a member reaching the
+    other's public address goes out through the gateway and arrives from its own public address (not admitted)."""
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    clients = sandbox_ec2.create_security_group(GroupName=f"clients-{tag}", Description="t")["GroupId"]
+    server = sandbox_ec2.create_security_group(GroupName=f"server-{tag}", Description="t")["GroupId"]
+    sandbox_ec2.authorize_security_group_ingress(GroupId=server, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "UserIdGroupPairs": [{"GroupId": clients}]},
+        {"IpProtocol": "tcp", "FromPort": 2222, "ToPort": 2222, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    a = machine(SecurityGroupIds=[clients])
+    b = machine(SecurityGroupIds=[server])
+    a.wait_ssh()
+    b.wait_ssh()
+    # a server that answers with the address it sees the connection come from
+    b.ssh("setsid nohup python3 -c 'import socket\ns = socket.create_server((\"\", 2222))\n"
+          "while True: c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()' >/dev/null 2>&1 < /dev/null &")
+
+    def probe(target: str, port: int) -> str:
+        code = (f"import socket; s = socket.socket(); s.settimeout(3); r = s.connect_ex(('{target}', {port})); "
+                "print(r, s.recv(64).decode() if r == 0 and %d == 2222 else '')" % port)
+        return a.ssh(f"python3 -c \"{code}\"").stdout.strip()
+
+    assert probe(b.private, 22) == "0"  # a member of the group the rule names, by private address
+    assert probe(b.address, 22) != "0"  # the same through the public address: from a's public one, refused
+    # who the server sees: a's private address directly, a's public address through the public path
+    assert _wait(lambda: probe(b.private, 2222) == f"0 {a.private}", timeout=30)
+    assert probe(b.address, 2222) == f"0 {a.address}"
 
 
 def test_volume_attach_detach(sandbox: Any, machine: Any) -> None:
@@ -319,7 +363,8 @@ def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
     net = Network(subnet)
     assert net.own_namespaces() == [] and net.own_links() == []
     assert not net.guard_present()
-    assert net.nft_table not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert net.nft_table not in tables and net.nat_table not in tables  # the guard and the public addresses' NAT
     assert [p for p in [*pids, info["pid"]] if _alive(p)] == []
     assert nb("status")["running"] is False
     # the disks of instances, volumes and the next instance's uv-cache copy go too (only the log may stay)

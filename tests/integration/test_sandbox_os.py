@@ -277,14 +277,28 @@ def test_shutdown_inside_is_an_ec2_stop_and_start_boots_the_same_disk(os_world: 
     ec2 = boto3.client("ec2", endpoint_url=os_sandbox.endpoint_url, region_name=os_sandbox.region,
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     iid = instance["instance_id"]
+
+    def addresses() -> tuple[str, str]:
+        inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        return inst["PrivateIpAddress"], inst.get("PublicIpAddress", "")
+
+    private, public = addresses()
+    assert private and public and private != public
     # the session may end with the machine (ssh then exits 255): what counts is what the API says next
     os_world.nb("ssh", NAME, "--", "echo kept > ~/mark && sudo shutdown -h now", check=False)
     ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig={"Delay": 1, "MaxAttempts": 90})
     assert not (Path(os_sandbox.sandbox_dir) / "instances" / iid / "root" / "etc").exists()  # layer unmounted
     assert not _our_loops(os_sandbox)  # its data volume's loop device went with the container
     os_world.nb("start", NAME)
-    after = _run(os_world, "cat ~/mark; systemctl is-active nbcloud-jupyter.service; cat /proc/1/comm")
-    assert after["stdout"].split() == ["kept", "active", "systemd"], after
+    # as on EC2: the same private address (the one on eth0, DHCP's, IMDS's local-ipv4), a new public one
+    assert addresses()[0] == private and addresses()[1] not in ("", public)
+    # as root: nbcloud's bootstrap keeps other users away from the IMDS
+    imds = ("T=$(sudo curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
+            "http://169.254.169.254/latest/api/token); for k in local-ipv4 public-ipv4; do "
+            "sudo curl -s -H \"X-aws-ec2-metadata-token: $T\" http://169.254.169.254/latest/meta-data/$k; echo; done; "
+            "hostname -I")
+    after = _run(os_world, "cat ~/mark; systemctl is-active nbcloud-jupyter.service; cat /proc/1/comm; " + imds)
+    assert after["stdout"].split() == ["kept", "active", "systemd", private, addresses()[1], private], after
     if SEEN:  # the data volume came back with the instance, the same file system, mounted by the boot
         wait_until(lambda: _data_mounted(os_world), 60, 0.5, "~/data mounted after start")
         look = _look(os_world)

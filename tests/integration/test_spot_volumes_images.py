@@ -61,6 +61,10 @@ def test_spot_reclaim_keeps_the_notebook_and_up_relaunches(world: Any) -> None:
 
     gone = _wait("reclaimed", lambda: world.nb_json("status", "spotty")["state"] == "gone", 90)
     assert gone and "launches a new one" in world.nb("status").stdout
+    # the cloud's word for it (StateReason), not a guess from the instance being gone
+    view = world.nb_json("status", "spotty")
+    assert view["spot_reclaimed"] is True and view["state_reason"] == "Server.SpotInstanceTermination", view
+    assert "EC2 reclaimed the spot instance (Server.SpotInstanceTermination)" in world.nb("status").stdout
 
     again = world.up("spotty")  # the stored spec: spot, same data volume, same zone
     assert again["instance_id"] != first["instance_id"] and not again["reused"]

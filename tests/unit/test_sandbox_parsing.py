@@ -113,6 +113,18 @@ def test_address_pool_skips_reserved_and_gives_new_addresses() -> None:
         AddressPool("10.0.0.0/30")
 
 
+def test_private_and_public_addresses_come_from_the_two_halves_of_the_subnet() -> None:
+    private, public = AddressPool("10.9.9.0/28", "private"), AddressPool("10.9.9.0/28", "public")
+    privates = {private.allocate() for _ in range(6)}
+    publics = {public.allocate() for _ in range(6)}
+    assert privates == {f"10.9.9.{n}" for n in range(2, 8)}  # never the network (0) nor the caller (1)
+    assert publics == {f"10.9.9.{n}" for n in range(9, 15)}  # never the broadcast (15)
+    with pytest.raises(RuntimeError):
+        private.allocate()
+    public.release("10.9.9.9")
+    assert public.allocate() == "10.9.9.9"
+
+
 def test_imds_lookup(tmp_path: Path) -> None:
     boot = {"instance_id": "i-1", "instance_type": "t3.micro", "ami_id": "ami-1", "address": "10.201.0.2",
             "hostname": "ip-10-201-0-2", "availability_zone": "us-east-1a", "region": "us-east-1",
@@ -121,6 +133,13 @@ def test_imds_lookup(tmp_path: Path) -> None:
     src = MetadataSource(tmp_path)
     assert src.lookup("/latest/meta-data/instance-id") == (200, "i-1")
     assert src.lookup("/latest/meta-data/placement/region") == (200, "us-east-1")
+    assert src.lookup("/latest/meta-data/local-ipv4") == (200, "10.201.0.2")
+    assert src.lookup("/latest/meta-data/public-ipv4") == (200, "10.201.0.2")  # a boot.json of one address
+    (tmp_path / "boot.json").write_text(json.dumps({**boot, "public_address": "10.201.128.7"}))
+    assert src.lookup("/latest/meta-data/public-ipv4") == (200, "10.201.128.7")
+    assert src.lookup("/latest/meta-data/local-ipv4") == (200, "10.201.0.2")
+    (tmp_path / "boot.json").write_text(json.dumps({**boot, "public_address": None}))
+    assert src.lookup("/latest/meta-data/public-ipv4")[0] == 404  # no public address: not listed, as on EC2
     assert src.lookup("/latest/meta-data/instance-life-cycle") == (200, "spot")
     assert src.lookup("/latest/meta-data/spot/instance-action")[0] == 404
     (tmp_path / "spot-action.json").write_text('{"action": "terminate"}')

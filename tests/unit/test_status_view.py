@@ -83,3 +83,42 @@ def test_unreachable_agents_are_read_at_once_and_never_block_the_table(nbcloud_h
         silent.close()
     assert [r.idle_reason for r in rows] == ["agent unreachable: unknown"] * len(names)
     assert took < AGENT_STATE_TIMEOUT + 2, f"{took:.1f} s: the reads waited on each other"
+
+
+def test_a_reclaimed_spot_instance_is_said_so_in_the_clouds_words() -> None:
+    from dataclasses import replace
+
+    from nbcloud.ops.lifecycle import _with_end_reason
+    from nbcloud.state import Record
+
+    record = Record(name="a", provider="aws", region="us-east-1", instance_id="i-a", lifecycle="spot")
+    ended = Instance(name="a", instance_id="i-a", state="terminated", instance_type="t3.medium", region="us-east-1",
+                     provider="aws", lifecycle="spot", state_reason="Server.SpotInstanceTermination")
+
+    class Cloud:  # what status asks of the provider for a gone instance: one describe by id
+        def __init__(self, found: Instance | None) -> None:
+            self.found, self.asked = found, []
+
+        def describe(self, instance_id: str) -> Instance | None:
+            self.asked.append(instance_id)
+            return self.found
+
+    gone = replace(ROW, state="gone", lifecycle="spot", host=None)
+    cloud = Cloud(ended)
+    view = _with_end_reason(cloud, record, None, gone)  # type: ignore[arg-type]
+    assert cloud.asked == ["i-a"] and view.spot_reclaimed and view.state_reason == "Server.SpotInstanceTermination"
+    assert "a: EC2 reclaimed the spot instance (Server.SpotInstanceTermination); `nbcloud up a`" in _status_text([view])
+    # shutting down: the listed instance carries the reason, nothing more is asked
+    ending = replace(ended, state="shutting-down")
+    view = _with_end_reason(Cloud(None), record, ending, replace(gone, state="shutting-down"))  # type: ignore[arg-type]
+    assert view.spot_reclaimed and "a: EC2 is reclaiming the spot instance" in _status_text([view])
+    # terminated by someone else: said so; the cloud forgot it: no guess
+    user = replace(ended, state_reason="Client.UserInitiatedShutdown")
+    view = _with_end_reason(Cloud(user), record, None, gone)  # type: ignore[arg-type]
+    assert not view.spot_reclaimed and "ended (Client.UserInitiatedShutdown)" in _status_text([view])
+    view = _with_end_reason(Cloud(None), record, None, gone)  # type: ignore[arg-type]
+    assert view.state_reason is None and "is gone (reclaimed or terminated)" in _status_text([view])
+    # a running instance: no end line, nothing asked
+    on_demand = Cloud(ended)
+    assert _with_end_reason(on_demand, replace(record, lifecycle="on-demand"), None, ROW) == ROW  # type: ignore[arg-type]
+    assert on_demand.asked == [] and "reclaim" not in _status_text([ROW])

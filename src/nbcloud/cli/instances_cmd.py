@@ -353,9 +353,25 @@ def _status_text(views: list[Any]) -> str:
     notes += [f"{v.name}: spot interruption notice {v.spot_notice}" for v in views if v.spot_notice]
     notes += [line for line in map(_tunnel_line, views) if line]
     notes += [_cluster_line(v.name, v.cluster) for v in views if getattr(v, "cluster", None)]
-    notes += [f"{v.name}: the spot instance was reclaimed; `nbcloud up {v.name}` launches a new one with the same "
-              "data volume" for v in views if v.state == "gone" and v.lifecycle == "spot"]
+    notes += [line for line in map(_spot_end_line, views) if line]
     return "\n".join([out, *notes])
+
+
+def _spot_end_line(v: Any) -> str:
+    """A spot instance ending or gone, with the cloud's reason (StateReason) when it gave one; else empty."""
+    if v.lifecycle != "spot" or v.state not in ("shutting-down", "terminated", "gone"):
+        return ""
+    again = f"`nbcloud up {v.name}` launches a new one with the same data volume"
+    reason = getattr(v, "state_reason", None)
+    if getattr(v, "spot_reclaimed", False):
+        what = "is reclaiming" if v.state == "shutting-down" else "reclaimed"
+        return f"{v.name}: EC2 {what} the spot instance ({reason}); {again}"
+    if reason:
+        ending = "is ending" if v.state == "shutting-down" else "ended"
+        return f"{v.name}: the spot instance {ending} ({reason}); {again}"
+    if v.state == "gone":  # the cloud no longer says why (EC2 forgets a terminated instance after about an hour)
+        return f"{v.name}: the spot instance is gone (reclaimed or terminated); {again}"
+    return ""
 
 
 def _cluster_line(name: str, cluster: dict[str, Any]) -> str:

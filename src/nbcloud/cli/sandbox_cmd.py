@@ -59,7 +59,7 @@ def _status_text(result: dict[str, Any]) -> str:
     if result["mode"] == "loopback":
         head += "\n  no link faults, no Jupyter bootstrap in loopback mode (they need root)"
     rows = [{**r, "pids": len(r["pids"])} for r in result["instances"]]
-    body = table(rows, ["instance_id", "state", "address", "namespace", "pids", "link", "boots"])
+    body = table(rows, ["instance_id", "state", "address", "private_address", "namespace", "pids", "link", "boots"])
     return head + ("\n" + body if body else "\n  no instances")
 
 

@@ -70,6 +70,10 @@ class InstanceView:
     idle_stop_seconds: int | None = None
     spot_notice: str | None = None
     spot_hourly_usd: float | None = None
+    #: why the instance is ending or ended, the cloud's code (EC2's StateReason), while shutting down or gone
+    state_reason: str | None = None
+    #: the cloud says so: EC2 reclaimed the spot instance (StateReason Server.SpotInstanceTermination)
+    spot_reclaimed: bool = False
     #: False: made from another machine (found by its tags); its keys are not here, so no tunnel, agent or ssh
     managed_here: bool = True
     vscode: str | None = None  # `code --remote ssh-remote+nb-NAME /home/USER`
@@ -318,6 +322,7 @@ def _cloud_views(ctx: Context, records: list[Record], name: str | None) -> list[
             view = _view(ctx, ctx.store.get(record.name) or record, instance)
             if spot_now is not None:
                 view = replace(view, spot_hourly_usd=spot_now)
+            view = _with_end_reason(provider, record, instance, view)
             views.append(_with_cluster(ctx, provider, view))
         if name is None and manages_machines(provider):
             from ..models import CLUSTER_TAG
@@ -330,6 +335,27 @@ def _cloud_views(ctx: Context, records: list[Record], name: str | None) -> list[
 
 
 _ENDED = {"terminated", "shutting-down"}
+SPOT_RECLAIM = "Server.SpotInstanceTermination"
+
+
+def _with_end_reason(provider: Provider, record: Record, instance: Instance | None,
+                     view: InstanceView) -> InstanceView:
+    """Why a spot instance is shutting down or gone, in the cloud's words (its StateReason), not guessed.
+
+    A gone one is not in the listing (terminated ones are left out): it is asked for by id, one call, only for
+    spot records (EC2 still describes a terminated instance for about an hour; after that the reason is unknown).
+    """
+    if record.lifecycle != "spot" and (instance is None or instance.lifecycle != "spot"):
+        return view
+    ended = instance
+    if instance is None and record.instance_id:
+        try:
+            ended = provider.describe(record.instance_id)
+        except NbcloudError:
+            ended = None  # the reason is information here: `status` must not fail over it
+    if ended is None or ended.state not in _ENDED or not ended.state_reason:
+        return view
+    return replace(view, state_reason=ended.state_reason, spot_reclaimed=ended.state_reason == SPOT_RECLAIM)
 
 
 def _foreign_view(instance: Instance) -> InstanceView:

@@ -102,6 +102,9 @@ class Machines(Protocol):
         """The machine called ``name`` (not terminated), or None."""
     def list_instances(self) -> list[Instance]:
         """Every machine of nbcloud's this provider knows, in any state but terminated."""
+    def describe(self, instance_id: str) -> Instance | None:
+        """One machine by id in any state, terminated included while the cloud still lists it (EC2: about an
+        hour), or None (``ssh``: always None)."""
     def wait_running(self, instance_id: str, timeout: float) -> Instance:
         """The machine once it runs (with its address), or a RemoteError after ``timeout`` seconds."""
     def wait_gone(self, instance_id: str, state: str, timeout: float) -> None:

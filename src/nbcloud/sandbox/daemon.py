@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import disk, ebs, firewall, nspawn
+from .addresses import Addresses
 from .cloud import REGION, MotoCloud, install_hooks, seed_images
 from .control import ControlServer, InstanceSocket
 from .faults import Faults
@@ -76,7 +77,8 @@ def _report(instance: Any, name: str, code: int) -> None:
 class Host:
     instance_id: str
     backend: Any
-    address: str | None = None
+    address: str | None = None  # the private address: on eth0, kept from RunInstances to termination
+    public: str | None = None  # the public address: new at every start, none while stopped (loopback: address)
     state: str = "pending"  # pending | booting | running | stopping | stopped | terminated
     init: subprocess.Popen[bytes] | None = None
     link_up: bool = True
@@ -87,7 +89,7 @@ class Host:
     loops: dict[str, str] = field(default_factory=dict)  # os mode: volume id -> its loop device while it runs
 
 
-class Sandbox(OsBoot, Faults):
+class Sandbox(OsBoot, Faults, Addresses):
     """The emulator: moto's state, the hosts that realize its instances, one reconciler applying their changes."""
 
     def __init__(self, sandbox_dir: Path, subnet: str, wheelhouse: str, uv_cache: str = "",
@@ -173,28 +175,24 @@ class Sandbox(OsBoot, Faults):
         seed_images(REGION)
 
     # hooks (moto's threads) --------------------------------------------------------------------------------
-    def _assign(self, instance: Any, address: str) -> None:
-        nic = instance.nics[0]
-        nic.public_ip = address
-        nic.private_ip_address = address
-
     def on_run(self, backend: Any, instances: list[Any]) -> None:
         with self.lock:
             for inst in instances:
-                address = self.network.pool.allocate()
-                self._assign(inst, address)
-                self.hosts[inst.id] = Host(inst.id, backend, address)
+                host = Host(inst.id, backend)
+                self._addresses(host)
+                self._assign(inst, host)
+                self.hosts[inst.id] = host
                 self.work.put(("boot", inst.id, {}))
 
     def on_start(self, backend: Any, instances: list[Any]) -> None:
         with self.lock:
             for inst in instances:
                 host = self.hosts.setdefault(inst.id, Host(inst.id, backend))
-                if host.state in ("running", "booting", "pending") and host.address:
-                    self._assign(inst, host.address)
+                if host.state in ("running", "booting", "pending") and host.public:
+                    self._assign(inst, host)
                     continue
-                host.address = self.network.pool.allocate()
-                self._assign(inst, host.address)
+                self._addresses(host)
+                self._assign(inst, host)
                 host.state = "pending"
                 self.work.put(("boot", inst.id, {}))
 
@@ -204,7 +202,7 @@ class Sandbox(OsBoot, Faults):
                 if inst.id in self.hosts:
                     self.hosts[inst.id].state = "stopping"
                     _report(inst, "stopping", 64)  # "stopped" only once the host is really down, as on EC2
-                    self.work.put(("stop", inst.id, {}))
+                    self.work.put(("stop", inst.id, {"public": self.hosts[inst.id].public}))
 
     def on_terminate(self, backend: Any, instances: list[Any]) -> None:
         with self.lock:
@@ -212,7 +210,7 @@ class Sandbox(OsBoot, Faults):
                 if inst.id in self.hosts:
                     self.hosts[inst.id].state = "stopping"
                     _report(inst, "shutting-down", 32)
-                    self.work.put(("terminate", inst.id, {}))
+                    self.work.put(("terminate", inst.id, {"public": self.hosts[inst.id].public}))
 
     def on_reboot(self, backend: Any, instances: list[Any]) -> None:
         for inst in instances:
@@ -274,7 +272,7 @@ class Sandbox(OsBoot, Faults):
     def _do_boot(self, instance_id: str) -> None:
         host = self.hosts[instance_id]
         inst = host.backend.get_instance(instance_id)
-        if inst.state != "running" or host.state not in ("pending", "booting") or not host.address:
+        if inst.state != "running" or host.state not in ("pending", "booting") or not host.address or not host.public:
             return
         host.state = "booting"
         if self.os_mode:
@@ -305,7 +303,7 @@ class Sandbox(OsBoot, Faults):
             (self.volumes_dir / volume_id).mkdir(mode=0o755, exist_ok=True)
         facts = disk.BootFacts(
             instance_id=instance_id, instance_type=inst.instance_type, ami_id=inst.image_id,
-            address=host.address, region=host.backend.region_name,
+            address=host.address, public_address=host.public, region=host.backend.region_name,
             availability_zone=getattr(inst._placement, "zone", None) or f"{host.backend.region_name}a",
             lifecycle="spot" if inst.lifecycle == "spot" else "on-demand",
             shared_dir=str(self.shared), wheelhouse=self.wheelhouse, volumes_dir=str(self.volumes_dir),
@@ -315,7 +313,7 @@ class Sandbox(OsBoot, Faults):
             marker=self.network.marker(instance_id) if isinstance(self.network, LoopbackNetwork) else "",
         )
         disk.update_boot(inst_dir, facts)
-        self.network.create(instance_id, host.address)
+        self.network.create(instance_id, host.address, host.public)
         self.apply_firewall(host)  # before any service listens: a group admits only what its rules say
         host.link_up = True
         self._spawn_init(host)
@@ -419,20 +417,22 @@ class Sandbox(OsBoot, Faults):
                 host.init.kill()
         host.init = None
 
-    def _do_stop(self, instance_id: str) -> None:
+    def _do_stop(self, instance_id: str, public: str | None = None) -> None:
         host = self.hosts[instance_id]
         self._halt(host)
         with self.lock:
-            self.network.pool.release(host.address)
+            self._release(host, public, terminated=False)
             host.state = "stopped"
-            _report(host.backend.get_instance(instance_id), "stopped", 80)
+            inst = host.backend.get_instance(instance_id)
+            self._assign(inst, host)  # a stopped instance has no public address on EC2
+            _report(inst, "stopped", 80)
 
-    def _do_terminate(self, instance_id: str) -> None:
+    def _do_terminate(self, instance_id: str, public: str | None = None) -> None:
         host = self.hosts[instance_id]
         self._halt(host)
         self.trash.discard(self._instance_dir(instance_id))
         with self.lock:
-            self.network.pool.release(host.address)
+            self._release(host, public, terminated=True)
             host.state = "terminated"
             with contextlib.suppress(Exception):  # moto may have forgotten a terminated instance already
                 _report(host.backend.get_instance(instance_id), "terminated", 48)
@@ -498,7 +498,8 @@ class Sandbox(OsBoot, Faults):
                 netns = self.network.netns_name(host.instance_id)
                 namespace = netns if os.path.exists(f"/run/netns/{netns}") else None
             rows.append({
-                "instance_id": host.instance_id, "state": host.state, "address": host.address,
+                "instance_id": host.instance_id, "state": host.state, "address": host.public,
+                "private_address": host.address,
                 "ssh_port": self.ssh_port, "namespace": namespace, "pids": self.instance_pids(host),
                 "init_pid": host.init.pid if host.init else None, "link": "up" if host.link_up else "down",
                 "boots": host.boots,

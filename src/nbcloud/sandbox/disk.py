@@ -29,7 +29,7 @@ class BootFacts:
     instance_id: str
     instance_type: str
     ami_id: str
-    address: str
+    address: str  # the private address (local-ipv4, eth0, the hostname's)
     region: str
     availability_zone: str
     lifecycle: str
@@ -42,6 +42,7 @@ class BootFacts:
     ssh_port: int = 22
     imds_endpoint: str = "http://169.254.169.254"
     marker: str = ""  # loopback: the value of loopback.MARKER_ENV every process of the instance carries
+    public_address: str | None = None  # public-ipv4 (changes at every start); None: the instance has none
 
     @property
     def hostname(self) -> str:

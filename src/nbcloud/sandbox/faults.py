@@ -101,3 +101,8 @@ class Faults:
         notice = self._instance_dir(host.instance_id) / "spot-action.json"
         if host.state in ("running", "booting") and notice.exists():
             host.backend.terminate_instances([host.instance_id])
+            # what EC2 says of a reclaimed spot instance (moto wrote a user-initiated reason)
+            from moto.ec2.models.instances import StateReason
+
+            host.backend.get_instance(host.instance_id).state_reason = StateReason(
+                "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")

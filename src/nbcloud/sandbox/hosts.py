@@ -8,6 +8,13 @@ Addressing (every link is point-to-point, so a cut link can never leak to the re
 * ``blackhole <subnet>`` is installed before any instance exists: when a veth goes down the kernel deletes its
   ``/32`` route and the blackhole catches the traffic instead of the default route out of ``eth0``.
 
+Two addresses per instance, as on EC2: a private one from the subnet's lower half, the only one on ``eth0``, kept
+from RunInstances to termination (veth names derive from it), and a public one from the upper half, new at every
+start. The public address exists only in the host's NAT table (``ip nbcloud_nat_<prefix>``), as EC2's internet
+gateway translates it: traffic to it is DNAT'ed to the private address (from the host and from other instances),
+and an instance reaching another one's public address arrives from its own public address (SNAT), so a
+security-group rule naming a group (members' private addresses) does not admit it — as on EC2.
+
 Every object carries a short per-sandbox prefix (derived from the subnet), so two sandboxes on different subnets
 never touch each other's namespaces or links.
 """
@@ -45,25 +52,29 @@ def prefix_for_subnet(subnet: str) -> str:
 class AddressPool:
     """Hands out instance addresses of a subnet: never the network, broadcast or caller address.
 
-    Addresses are not reused while others are free (a started instance gets a new address, as on AWS).
+    ``part`` is ``all`` of the subnet, its lower half (``private`` addresses) or its upper half (``public``).
+    Addresses are not reused while others are free (a started instance gets a new public address, as on AWS).
     """
 
-    def __init__(self, subnet: str) -> None:
+    def __init__(self, subnet: str, part: str = "all") -> None:
         self.network = ipaddress.ip_network(subnet, strict=False)
         if self.network.version != 4 or self.network.prefixlen > 28:
             raise ValueError(f"sandbox subnet must be an IPv4 network of /28 or larger, got {subnet}")
         self.caller_ip = str(self.network.network_address + 1)
-        self._size = self.network.num_addresses
-        self._next = 2
+        half = self.network.num_addresses // 2
+        # offsets 0 and 1: the network and the caller; public ones skip the half's first (an x.y.128.0 confuses)
+        self._first = half + 1 if part == "public" else 2
+        self._end = half if part == "private" else self.network.num_addresses - 1  # exclusive: not the broadcast
+        self._next = self._first
         self._used: set[int] = set()
 
     def offset(self, address: str) -> int:
         return int(ipaddress.ip_address(address)) - int(self.network.network_address)
 
     def allocate(self) -> str:
-        for _ in range(self._size):
+        for _ in range(self._end - self._first):
             off = self._next
-            self._next = self._next + 1 if self._next + 1 < self._size - 1 else 2
+            self._next = self._next + 1 if self._next + 1 < self._end else self._first
             if off not in self._used:
                 self._used.add(off)
                 return str(self.network.network_address + off)
@@ -145,11 +156,14 @@ class Network:
     """The host-side network objects of one sandbox (one subnet, one prefix)."""
 
     def __init__(self, subnet: str) -> None:
-        self.pool = AddressPool(subnet)
+        self.pool = AddressPool(subnet, "private")
+        self.public_pool = AddressPool(subnet, "public")
         self.subnet = str(self.pool.network)
         self.caller_ip = self.pool.caller_ip
         self.prefix = prefix_for_subnet(subnet)
         self.nft_table = f"nbcloud_sbx_{self.prefix}"
+        self.nat_table = f"nbcloud_nat_{self.prefix}"
+        self._public: dict[str, str] = {}  # instance id -> its public address while its link exists
 
     # names -------------------------------------------------------------------------------------------------
     def netns_name(self, instance_id: str) -> str:
@@ -187,6 +201,30 @@ class Network:
         )
         _run(["nft", "delete", "table", "inet", self.nft_table], check=False)
         _run(["nft", "-f", "-"], input_text=rules)
+        self._install_nat()
+
+    def _install_nat(self) -> None:
+        """The internet gateway's one-to-one NAT: maps filled per instance (create), empty until then.
+
+        Only addresses in the maps match, so traffic of anything else on this machine is never translated.
+        """
+        nat = (
+            f"table ip {self.nat_table} {{\n"
+            "  map public_to_private { type ipv4_addr : ipv4_addr; }\n"
+            "  map private_to_public { type ipv4_addr : ipv4_addr; }\n"
+            # from this host (the caller): its own packets pass the output hook, not prerouting
+            "  chain output { type nat hook output priority -100; policy accept;\n"
+            "    dnat to ip daddr map @public_to_private\n  }\n"
+            # from another instance (routed through the host)
+            "  chain prerouting { type nat hook prerouting priority -100; policy accept;\n"
+            "    dnat to ip daddr map @public_to_private\n  }\n"
+            # an instance that reached a public address leaves through the gateway: it arrives from its public one
+            "  chain postrouting { type nat hook postrouting priority 100; policy accept;\n"
+            "    ct status dnat snat to ip saddr map @private_to_public\n  }\n"
+            "}\n"
+        )
+        _run(["nft", "delete", "table", "ip", self.nat_table], check=False)
+        _run(["nft", "-f", "-"], input_text=nat)
 
     def leaked_packets(self) -> int:
         """Packets to the subnet that tried to leave through another interface than our veths (dropped)."""
@@ -199,10 +237,15 @@ class Network:
     def remove_guard(self) -> None:
         _run(["ip", "route", "del", "blackhole", self.subnet], check=False)
         _run(["nft", "delete", "table", "inet", self.nft_table], check=False)
+        _run(["nft", "delete", "table", "ip", self.nat_table], check=False)
 
     # per instance ------------------------------------------------------------------------------------------
-    def create(self, instance_id: str, address: str) -> Link:
-        """Namespace + veth + addresses + routes, in one `ip -batch` (a few milliseconds)."""
+    def create(self, instance_id: str, address: str, public: str | None = None) -> Link:
+        """Namespace + veth + addresses + routes, in one `ip -batch` (a few milliseconds).
+
+        ``address`` is the private address (on ``eth0``); ``public``, if any, is routed to the same veth and
+        translated to ``address`` by the NAT table.
+        """
         netns = self.netns_name(instance_id)
         host, inner = self.veth_names(address)
         self.destroy(instance_id, address)
@@ -224,7 +267,14 @@ class Network:
             f"link set {host} up",
             f"route replace {address}/32 dev {host} src {self.caller_ip}",
         ]
+        if public:  # a route the host's own connect() needs before its output hook translates the address
+            outside.append(f"route replace {public}/32 dev {host} src {self.caller_ip}")
         _run(["ip", "-batch", "-"], input_text="\n".join(outside) + "\n")
+        if public:
+            self._public[instance_id] = public
+            _run(["nft", "-f", "-"], input_text=(
+                f"add element ip {self.nat_table} public_to_private {{ {public} : {address} }}\n"
+                f"add element ip {self.nat_table} private_to_public {{ {address} : {public} }}\n"))
         # routes packets between instances, for this link only (the machine-wide ip_forward stays as it is)
         with open(f"/proc/sys/net/ipv4/conf/{host}/forwarding", "w") as flag:
             flag.write("1\n")
@@ -235,11 +285,17 @@ class Network:
         if os.path.exists(f"/run/netns/{netns}"):
             kill_namespace_processes(netns)
             _run(["ip", "netns", "del", netns], check=False)
+        public = self._public.pop(instance_id, None)
         if address:
             host, _ = self.veth_names(address)
             if os.path.exists(f"/sys/class/net/{host}"):
                 _run(["ip", "link", "del", host], check=False)
             _run(["ip", "route", "del", f"{address}/32", "dev", host], check=False)
+            if public:
+                _run(["ip", "route", "del", f"{public}/32", "dev", host], check=False)
+                _run(["nft", "-f", "-"], check=False, input_text=(
+                    f"delete element ip {self.nat_table} public_to_private {{ {public} }}\n"
+                    f"delete element ip {self.nat_table} private_to_public {{ {address} }}\n"))
 
     def set_link(self, instance_id: str, address: str, up: bool) -> None:
         host, _ = self.veth_names(address)
@@ -248,6 +304,8 @@ class Network:
         if up:
             # the kernel deleted the /32 routes with the carrier; put them back on both sides
             _run(["ip", "route", "replace", f"{address}/32", "dev", host, "src", self.caller_ip])
+            if public := self._public.get(instance_id):
+                _run(["ip", "route", "replace", f"{public}/32", "dev", host, "src", self.caller_ip])
             _run(["ip", "-n", netns, "route", "replace", f"{self.caller_ip}/32", "dev", "eth0"])
             _run(["ip", "-n", netns, "route", "replace", "default", "via", self.caller_ip, "dev", "eth0"])
 

@@ -58,7 +58,6 @@ class MetadataSource:
             "instance-type": boot["instance_type"],
             "ami-id": boot["ami_id"],
             "local-ipv4": boot["address"],
-            "public-ipv4": boot["address"],
             "hostname": boot["hostname"],
             "local-hostname": boot["hostname"],
             "placement/availability-zone": boot["availability_zone"],
@@ -70,6 +69,8 @@ class MetadataSource:
             # the bytes as given to RunInstances: gzip and MIME multipart must arrive unchanged
             data = self.instance_dir / "user-data"
             return (200, data.read_bytes()) if data.exists() else (404, "Not Found")
+        if boot.get("public_address", boot["address"]):  # EC2 lists public-ipv4 only when there is one
+            meta["public-ipv4"] = boot.get("public_address", boot["address"])
         key_line = self.public_key()
         if key_line:  # as EC2 lists it: index=key name, then the OpenSSH line under 0/openssh-key
             meta["public-keys/0/openssh-key"] = key_line

@@ -236,8 +236,8 @@ class LoopbackNetwork:
     def leaked_packets(self) -> int:
         return 0
 
-    def create(self, instance_id: str, address: str) -> None:
-        pass  # the address needs no setup: every 127/8 address is local
+    def create(self, instance_id: str, address: str, public: str | None = None) -> None:
+        pass  # the address needs no setup: every 127/8 address is local (``public`` is the same one here)
 
     def set_link(self, instance_id: str, address: str, up: bool) -> None:
         raise ValueError(LINK_FAULT_ERROR)

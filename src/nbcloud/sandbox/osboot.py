@@ -57,7 +57,7 @@ class OsBoot:
     def _facts(self, host: Host, inst: Any, volumes: list[str]) -> disk.BootFacts:
         return disk.BootFacts(
             instance_id=host.instance_id, instance_type=inst.instance_type, ami_id=inst.image_id,
-            address=host.address or "", region=host.backend.region_name,
+            address=host.address or "", public_address=host.public, region=host.backend.region_name,
             availability_zone=getattr(inst._placement, "zone", None) or f"{host.backend.region_name}a",
             lifecycle="spot" if inst.lifecycle == "spot" else "on-demand",
             shared_dir=str(self.shared), wheelhouse=self.wheelhouse, volumes_dir=str(self.volumes_dir),
@@ -86,7 +86,7 @@ class OsBoot:
         facts = self._facts(host, inst, volumes)
         data = {**facts.to_json(), "key_name": inst.key_name or ""}
         (inst_dir / "boot.json").write_text(json.dumps(data, indent=2))
-        self.network.create(host.instance_id, host.address or "")
+        self.network.create(host.instance_id, host.address or "", host.public)
         self.apply_firewall(host)
         host.link_up = True
         self._spawn_os(host, volumes)

@@ -15,10 +15,21 @@ if TYPE_CHECKING:
     from ..base import LaunchRequest
     from .session import AwsSession
 
-__all__ = ["describe_managed", "instance_from_api", "run_instance", "wait_state"]
+__all__ = ["describe_managed", "instance_from_api", "reach_address", "run_instance", "wait_state"]
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 _ENDED_STATES = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+
+
+def reach_address(data: dict[str, Any]) -> str | None:
+    """The address nbcloud connects to (ssh, tunnel, TLS): the public one. Only a running instance that has none
+    (a subnet without public addresses, reached through a VPN) is reached by its private one: a stopped instance
+    has no public address (EC2 releases it) and its private one is not where it will be reachable after start."""
+    if data.get("PublicIpAddress"):
+        return str(data["PublicIpAddress"])
+    if data.get("State", {}).get("Name") == "running" and data.get("PrivateIpAddress"):
+        return str(data["PrivateIpAddress"])
+    return None
 
 
 def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Instance:
@@ -35,7 +46,7 @@ def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Insta
         instance_type=data["InstanceType"],
         region=region,
         provider=provider,
-        host=data.get("PublicIpAddress") or data.get("PrivateIpAddress"),
+        host=reach_address(data),
         private_ip=data.get("PrivateIpAddress"),
         zone=data.get("Placement", {}).get("AvailabilityZone"),
         launch_id=tags.get(LAUNCH_TAG),
@@ -47,6 +58,7 @@ def instance_from_api(data: dict[str, Any], region: str, provider: str) -> Insta
         volume_ids=tuple(m["Ebs"]["VolumeId"] for m in data.get("BlockDeviceMappings", []) if "Ebs" in m),
         tags=tags,
         stopped_at=stopped_at,
+        state_reason=(data.get("StateReason") or {}).get("Code") or None,
     )
 
 

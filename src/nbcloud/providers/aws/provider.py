@@ -107,6 +107,9 @@ class AwsProvider:
     def list_instances(self) -> list[Instance]:
         return instances.describe_managed(self.session, self.label)
 
+    def describe(self, instance_id: str) -> Instance | None:
+        return instances.describe_one(self.session, instance_id, self.label)
+
     def start(self, instance_id: str) -> None:
         self.session.call("ec2", "start_instances", InstanceIds=[instance_id])
 

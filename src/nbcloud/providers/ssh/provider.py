@@ -109,6 +109,9 @@ class SshProvider:
             return None
         return self._instance(record, self._probe(record))
 
+    def describe(self, instance_id: str) -> Instance | None:
+        return None  # a machine nbcloud did not make: no cloud keeps its history
+
     def list_instances(self) -> list[Instance]:
         records = self._records()
         if not records:
