@@ -32,10 +32,12 @@ from ..errors import NotFoundError, SandboxError, UsageError
 from .wheelhouse import INSTANCE_PYTHON, INSTANCE_UV_CACHE, ensure_uv_cache, ensure_wheelhouse, warm_uv_cache
 
 __all__ = [
+    "CREDENTIALS",
     "DEFAULT_SUBNET",
     "FAULT_KINDS",
     "MODE_ENV",
     "SandboxInfo",
+    "aws_cli_command",
     "default_dir",
     "fault",
     "fault_api",
@@ -78,6 +80,21 @@ class SandboxInfo:
     @property
     def checkip_url(self) -> str:
         return f"{self.control_url}/checkip"
+
+    @property
+    def aws_cli(self) -> str:
+        return aws_cli_command(self.endpoint_url, self.region)
+
+
+#: What nbcloud signs the sandbox's API calls with: moto accepts any key, but boto3 and the AWS CLI want one.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def aws_cli_command(endpoint_url: str, region: str) -> str:
+    """The AWS CLI line that reads the sandbox (shown by `sandbox start`/`status`): without credentials the CLI
+    stops at "Unable to locate credentials", and without the endpoint it would ask real AWS."""
+    keys = " ".join(f"{k}={v}" for k, v in CREDENTIALS.items())
+    return f"{keys} aws --endpoint-url {endpoint_url} --region {region} ec2 describe-instances"
 
 
 def default_dir() -> Path:
@@ -332,7 +349,7 @@ def status(sandbox_dir: Path | None = None) -> dict[str, Any]:
             "image": _image(),
             "endpoint_url": info.endpoint_url, "control_url": info.control_url, "subnet": info.subnet,
             "caller_ip": info.caller_ip, "login_user": info.login_user, "ssh_port": info.ssh_port, "pid": info.pid,
-            **remote}
+            "aws_cli": info.aws_cli, **remote}
 
 
 def _image() -> dict[str, Any] | None:
