@@ -80,3 +80,14 @@ def test_a_bare_group_prints_its_help(argv: list[str], nbcloud_home) -> None:
     assert done.stdout.startswith(f"Usage: nbcloud {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND"), done.stdout
     assert "\nCommands:\n" in done.stdout and len(done.stdout.splitlines()) > 5
     assert "error" not in done.stderr
+
+
+@pytest.mark.parametrize("since", ["10s", "-1d", "off", "soon"])
+def test_cost_since_errors_speak_of_since(since: str, nbcloud_home) -> None:
+    """Found from outside: `cost --since 10s` said "use at least 30s" and `--since -1d` suggested "off", the idle
+    limit's words, neither of which `--since` takes."""
+    done = nb("cost", "--since", since)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: invalid --since {since!r} — "), done.stderr
+    assert "30s" not in lines[0] and "off" not in lines[0].split(" — ")[1], lines[0]

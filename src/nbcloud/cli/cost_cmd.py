@@ -63,9 +63,13 @@ def _since(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text).astimezone(UTC)
     except ValueError:
         pass
-    seconds = parse_duration(text)
+    refused = UsageError(f"invalid --since {text!r}", "write a duration like 7d or 24h, or a date like 2026-11-01")
+    try:  # the idle limit's parser: its own errors speak of 30s floors and "off", which --since does not take
+        seconds = parse_duration(text)
+    except UsageError:
+        raise refused from None
     if seconds is None:
-        raise UsageError(f"invalid --since {text!r}", "write a duration like 7d or a date like 2026-11-01")
+        raise refused
     return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
