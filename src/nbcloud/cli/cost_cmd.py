@@ -26,8 +26,16 @@ def autostop(name: str, duration: str, as_json: bool) -> None:
     from ..ops.agent import set_autostop
 
     result = set_autostop(_ctx(), name, duration)
-    emit(result, as_json, lambda r: f"{r['name']}: " + (f"stops after {r['idle_stop']} idle" if r["idle_stop_seconds"]
-                                                        else "autostop off"))
+    emit(result, as_json, autostop_text)
+
+
+def autostop_text(result: dict) -> str:
+    """From the seconds, not the words typed: a bare `1` is a minute, and "stops after 1 idle" said nothing."""
+    seconds = result["idle_stop_seconds"]
+    if not seconds:
+        return f"{result['name']}: autostop off"
+    limit = next(f"{seconds // size}{unit}" for size, unit in ((3600, "h"), (60, "m"), (1, "s")) if seconds % size == 0)
+    return f"{result['name']}: stops after {limit} idle"
 
 
 @click.command()
