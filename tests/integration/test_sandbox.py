@@ -322,5 +322,7 @@ def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
     assert net.nft_table not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert [p for p in [*pids, info["pid"]] if _alive(p)] == []
     assert nb("status")["running"] is False
-    # the disks of instances, volumes and the next instance's uv-cache copy go too (only the log may stay)
-    assert {p.name for p in (tmp_path / "sbx").iterdir()} <= {"daemon.log"}, list((tmp_path / "sbx").iterdir())
+    # the disks of instances, volumes and the next instance's uv-cache copy go too (only the log and the empty lock
+    # file of `sandbox start` may stay)
+    assert {p.name for p in (tmp_path / "sbx").iterdir()} <= {"daemon.log", "start.lock"}, \
+        list((tmp_path / "sbx").iterdir())
