@@ -347,6 +347,28 @@ def _start_daemon(directory: Path, say: Progress, timeout: float, subnet: str, m
              f"--mode-reason={mode_reason}", *([f"--image={image}"] if image else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/",
         )
+    try:
+        return _wait_ready(directory, proc, log_path, log_start, timeout)
+    except BaseException:
+        # Ctrl-C (or any failure) before it is ready: the daemon runs in its own session, so the interrupt missed
+        # it and it would come up anyway, a sandbox nobody asked for. SIGTERM lets it undo what it made.
+        _end_daemon(proc)
+        raise
+
+
+def _end_daemon(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _wait_ready(directory: Path, proc: subprocess.Popen[bytes], log_path: Path, log_start: int,
+                timeout: float) -> SandboxInfo:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = load_info(directory)
@@ -360,7 +382,6 @@ def _start_daemon(directory: Path, say: Progress, timeout: float, subnet: str, m
             raise SandboxError(f"the sandbox daemon exited ({proc.returncode}): {' | '.join(tail)}",
                                f"see {log_path}")
         time.sleep(0.05)
-    proc.kill()
     raise SandboxError(f"the sandbox daemon did not get ready in {timeout:.0f} s", f"see {log_path}")
 
 
