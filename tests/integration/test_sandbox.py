@@ -299,7 +299,9 @@ def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
         return json.loads(done.stdout)
 
     for subnet in [s for s in reversed(TEST_SUBNETS) if s != sandbox.subnet]:  # skip subnets others hold
-        env = {**os.environ, "NBCLOUD_SANDBOX_DIR": str(tmp_path / "sbx"), "NBCLOUD_SANDBOX_SUBNET": subnet}
+        # its own home too: `sandbox reset` forgets the sandbox instances of the home it runs with (the runner's)
+        env = {**os.environ, "NBCLOUD_HOME": str(tmp_path / "nbhome"), "NBCLOUD_SANDBOX_DIR": str(tmp_path / "sbx"),
+               "NBCLOUD_SANDBOX_SUBNET": subnet}
         info = nb("start", check=False)
         if "error" not in info:
             break

@@ -22,6 +22,12 @@ import pytest
 pytestmark = [pytest.mark.sandbox]
 
 
+def _private(tmp_path: Path) -> dict[str, str]:
+    """The test's own nbcloud home: `sandbox reset` forgets the sandbox instances of the home it runs with, and
+    the runner's NBCLOUD_HOME (a developer's, or the machine's default) must keep its records."""
+    return {"NBCLOUD_HOME": str(tmp_path / "nbhome"), "NBCLOUD_USER_SSH_CONFIG": str(tmp_path / "dot-ssh" / "config")}
+
+
 def test_concurrent_starts_share_one_daemon(sandbox: Any, tmp_path: Path) -> None:
     from tests.sandbox_fixtures import TEST_SUBNETS
 
@@ -34,7 +40,8 @@ def test_concurrent_starts_share_one_daemon(sandbox: Any, tmp_path: Path) -> Non
     env: dict[str, str] = {}
     try:
         for subnet in [s for s in reversed(TEST_SUBNETS) if s != sandbox.subnet]:  # skip subnets others hold
-            env = {**os.environ, "NBCLOUD_SANDBOX_DIR": str(tmp_path / "sbx"), "NBCLOUD_SANDBOX_SUBNET": subnet}
+            env = {**os.environ, **_private(tmp_path), "NBCLOUD_SANDBOX_DIR": str(tmp_path / "sbx"),
+                   "NBCLOUD_SANDBOX_SUBNET": subnet}
             done = start_two(env)
             if not all("used by another sandbox (/" in d.stdout and str(tmp_path) not in d.stdout for d in done):
                 break
@@ -58,8 +65,8 @@ def test_ctrl_c_during_start_leaves_no_daemon(sandbox: Any, tmp_path: Path) -> N
     directory = tmp_path / "sbx"
     argv = [sys.executable, "-m", "nbcloud.cli.app", "sandbox", "start"]
     for subnet in [s for s in reversed(TEST_SUBNETS) if s != sandbox.subnet]:
-        env = {**os.environ, "NBCLOUD_SANDBOX_DIR": str(directory), "NBCLOUD_SANDBOX_SUBNET": subnet,
-               "NBCLOUD_QUIET": ""}
+        env = {**os.environ, **_private(tmp_path), "NBCLOUD_SANDBOX_DIR": str(directory),
+               "NBCLOUD_SANDBOX_SUBNET": subnet, "NBCLOUD_QUIET": ""}
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)
         assert proc.stderr is not None
@@ -107,7 +114,8 @@ def test_a_restart_after_a_killed_daemon_drops_its_volumes(sandbox: Any, tmp_pat
     env: dict[str, str] = {}
     try:
         for subnet in [s for s in reversed(TEST_SUBNETS) if s != sandbox.subnet]:
-            env = {**os.environ, "NBCLOUD_SANDBOX_DIR": str(directory), "NBCLOUD_SANDBOX_SUBNET": subnet}
+            env = {**os.environ, **_private(tmp_path), "NBCLOUD_SANDBOX_DIR": str(directory),
+                   "NBCLOUD_SANDBOX_SUBNET": subnet}
             done = subprocess.run([*argv, "start", "--json"], env=env, capture_output=True, text=True, timeout=300)
             if "used by another sandbox (/" not in done.stdout or str(tmp_path) in done.stdout:
                 break
