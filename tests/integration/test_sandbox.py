@@ -343,7 +343,9 @@ def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
         return json.loads(done.stdout)
 
     for subnet in [s for s in reversed(TEST_SUBNETS) if s != sandbox.subnet]:  # skip subnets others hold
-        env = {**os.environ, "NBCLOUD_SANDBOX_DIR": str(tmp_path / "sbx"), "NBCLOUD_SANDBOX_SUBNET": subnet}
+        # its own home too: `sandbox reset` forgets the sandbox instances of the home it runs with (the runner's)
+        env = {**os.environ, "NBCLOUD_HOME": str(tmp_path / "nbhome"), "NBCLOUD_SANDBOX_DIR": str(tmp_path / "sbx"),
+               "NBCLOUD_SANDBOX_SUBNET": subnet}
         info = nb("start", check=False)
         if "error" not in info:
             break
@@ -367,5 +369,7 @@ def test_reset_leaves_nothing_behind(sandbox: Any, tmp_path: Path) -> None:
     assert net.nft_table not in tables and net.nat_table not in tables  # the guard and the public addresses' NAT
     assert [p for p in [*pids, info["pid"]] if _alive(p)] == []
     assert nb("status")["running"] is False
-    # the disks of instances, volumes and the next instance's uv-cache copy go too (only the log may stay)
-    assert {p.name for p in (tmp_path / "sbx").iterdir()} <= {"daemon.log"}, list((tmp_path / "sbx").iterdir())
+    # the disks of instances, volumes and the next instance's uv-cache copy go too (only the log and the empty lock
+    # file of `sandbox start` may stay)
+    assert {p.name for p in (tmp_path / "sbx").iterdir()} <= {"daemon.log", "start.lock"}, \
+        list((tmp_path / "sbx").iterdir())

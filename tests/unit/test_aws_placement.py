@@ -68,3 +68,19 @@ def test_sandbox_faults_speak_as_ec2_so_failover_reads_them() -> None:
     assert failover_kind("VcpuLimitExceeded", fault_message("RunInstances", "VcpuLimitExceeded", call)) == "quota"
     assert fault_message("DescribeInstances", "AuthFailure", {}) == (
         "injected by `nbcloud sandbox fault-api DescribeInstances AuthFailure`")
+
+
+def test_a_zone_that_offers_none_of_the_types_is_bad_input_naming_the_zones_that_do() -> None:
+    """Found from outside: `up x --zone us-east-1z` (a typo) failed with exit 1, 't3.medium: not offered in any zone of
+    us-east-1', though every other zone offers it."""
+    from nbcloud.errors import UsageError
+    from nbcloud.providers.aws.placement import nothing_to_try
+
+    error = nothing_to_try(["t3.medium"], {"t3.medium": ["us-east-1a", "us-east-1b"]}, "us-east-1z", "us-east-1")
+    assert isinstance(error, UsageError) and error.exit_code == 2
+    assert error.message == "t3.medium is not offered in zone us-east-1z"
+    assert "us-east-1a, us-east-1b" in error.hint and "--zone" in error.hint
+    nowhere = nothing_to_try(["p9.huge"], {"p9.huge": []}, None, "us-east-1")
+    assert isinstance(nowhere, CapacityError) and nowhere.message == "p9.huge: not offered in any zone of us-east-1"
+    pinned_nowhere = nothing_to_try(["p9.huge"], {"p9.huge": []}, "us-east-1a", "us-east-1")
+    assert isinstance(pinned_nowhere, CapacityError), "offered nowhere: the zone is not the problem"

@@ -80,3 +80,23 @@ def test_a_bare_group_prints_its_help(argv: list[str], nbcloud_home) -> None:
     assert done.stdout.startswith(f"Usage: nbcloud {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND"), done.stdout
     assert "\nCommands:\n" in done.stdout and len(done.stdout.splitlines()) > 5
     assert "error" not in done.stderr
+
+
+@pytest.mark.parametrize("since", ["10s", "-1d", "off", "soon"])
+def test_cost_since_errors_speak_of_since(since: str, nbcloud_home) -> None:
+    """Found from outside: `cost --since 10s` said "use at least 30s" and `--since -1d` suggested "off", the idle
+    limit's words, neither of which `--since` takes."""
+    done = nb("cost", "--since", since)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: invalid --since {since!r} — "), done.stderr
+    assert "30s" not in lines[0] and "off" not in lines[0].split(" — ")[1], lines[0]
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(60, "1m"), (90, "90s"), (7200, "2h"), (2700, "45m"), (None, None)])
+def test_autostop_says_the_limit_it_set(seconds: int | None, shown: str | None) -> None:
+    """Found from outside: `nbcloud autostop demo 1` (a bare number is minutes) answered "stops after 1 idle"."""
+    from nbcloud.cli.cost_cmd import autostop_text
+
+    text = autostop_text({"name": "demo", "idle_stop": "1", "idle_stop_seconds": seconds})
+    assert text == (f"demo: stops after {shown} idle" if shown else "demo: autostop off")

@@ -247,3 +247,13 @@ def test_agent_spot_notice_records_open_notebooks(local: Server, tmp_path: Path)
         urllib.request.urlopen(urllib.request.Request(
             f"{local.url}/api/sessions/{session['id']}", method="DELETE",
             headers={"Authorization": f"token {local.token}"}), timeout=10).read()
+
+
+def test_a_jupyter_not_listening_is_said_plainly(tmp_path: Path) -> None:
+    """Found from outside: `status` right after `up` showed "jupyter unreadable (<urlopen error [Errno 111]
+    Connection refused>)" (the agent's first check comes before Jupyter listens)."""
+    token = tmp_path / "token"
+    token.write_text("t")
+    server = Server(url=f"http://127.0.0.1:{free_port()}", token="t", home=tmp_path, proc=None)  # type: ignore[arg-type]
+    down = agent.Jupyter(agent_config(server, tmp_path, token_file=str(token)))
+    assert down.sample(time.time()).jupyter_error == "not listening (starting, or stopped)"

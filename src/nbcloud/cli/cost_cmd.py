@@ -26,8 +26,16 @@ def autostop(name: str, duration: str, as_json: bool) -> None:
     from ..ops.agent import set_autostop
 
     result = set_autostop(_ctx(), name, duration)
-    emit(result, as_json, lambda r: f"{r['name']}: " + (f"stops after {r['idle_stop']} idle" if r["idle_stop_seconds"]
-                                                        else "autostop off"))
+    emit(result, as_json, autostop_text)
+
+
+def autostop_text(result: dict) -> str:
+    """From the seconds, not the words typed: a bare `1` is a minute, and "stops after 1 idle" said nothing."""
+    seconds = result["idle_stop_seconds"]
+    if not seconds:
+        return f"{result['name']}: autostop off"
+    limit = next(f"{seconds // size}{unit}" for size, unit in ((3600, "h"), (60, "m"), (1, "s")) if seconds % size == 0)
+    return f"{result['name']}: stops after {limit} idle"
 
 
 @click.command()
@@ -63,9 +71,13 @@ def _since(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text).astimezone(UTC)
     except ValueError:
         pass
-    seconds = parse_duration(text)
+    refused = UsageError(f"invalid --since {text!r}", "write a duration like 7d or 24h, or a date like 2026-11-01")
+    try:  # the idle limit's parser: its own errors speak of 30s floors and "off", which --since does not take
+        seconds = parse_duration(text)
+    except UsageError:
+        raise refused from None
     if seconds is None:
-        raise UsageError(f"invalid --since {text!r}", "write a duration like 7d or a date like 2026-11-01")
+        raise refused
     return datetime.now(UTC) - timedelta(seconds=seconds)
 
 

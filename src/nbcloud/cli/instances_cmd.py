@@ -485,6 +485,7 @@ def ssh(name: str, command: tuple[str, ...], as_json: bool) -> None:
 
     `nbcloud ssh --json NAME -- CMD` prints {exit_code, stdout, stderr} and exits with CMD's exit code.
     """
+    from ..ops.shell import check_reachable
     from ..ssh.session import ssh_argv
 
     ctx = _ctx()
@@ -497,7 +498,7 @@ def ssh(name: str, command: tuple[str, ...], as_json: bool) -> None:
         result = run_command(ctx, name, " ".join(words))
         emit(result, as_json)
         sys.exit(result.exit_code)
-    ctx.key_path(name)
+    check_reachable(ctx, name)  # a stopped instance is said so, not left to ssh's "Invalid argument"
     argv = ssh_argv(ctx.paths.ssh_config, f"nb-{name}")
     argv.remove("BatchMode=yes")
     argv.remove("-o")
@@ -516,8 +517,8 @@ def ssh(name: str, command: tuple[str, ...], as_json: bool) -> None:
 @json_option
 def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, lines: int, as_json: bool) -> None:
     """Show the Jupyter server log of NAME (or --bootstrap, --agent, --gateway); --json: {"lines": [...]}."""
-    from ..ops.shell import log_command, read_log
-    from ..ssh.session import ssh_argv
+    from ..ops.shell import check_reachable, explain_unreachable, log_command, read_log
+    from ..ssh.session import SSH_CONNECT_FAILED, ssh_argv
 
     chosen = [flag for flag, on in (("bootstrap", bootstrap), ("agent", agent), ("gateway", gateway)) if on]
     if len(chosen) > 1:
@@ -529,9 +530,14 @@ def logs(name: str, bootstrap: bool, agent: bool, gateway: bool, follow: bool, l
     if as_json:
         emit(read_log(ctx, name, log, lines), as_json)
         return
-    ctx.key_path(name)
+    check_reachable(ctx, name)
     argv = [*ssh_argv(ctx.paths.ssh_config, f"nb-{name}", "-o", "LogLevel=ERROR"), log_command(log, lines, follow)]
-    sys.exit(subprocess.call(argv))
+    # stdout streams through; stderr is held back (unless following) so that ssh's own failure becomes one line
+    done = subprocess.run(argv, stderr=None if follow else subprocess.PIPE, text=True)
+    if done.returncode == SSH_CONNECT_FAILED:  # ssh's own failure (tail's codes are 0/1): say why, not ssh's 255
+        raise explain_unreachable(ctx, name, ((done.stderr or "").strip().splitlines() or ["no answer"])[-1])
+    sys.stderr.write(done.stderr or "")
+    sys.exit(done.returncode)
 
 
 @click.command()

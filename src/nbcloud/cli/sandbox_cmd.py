@@ -29,6 +29,7 @@ def _info_text(info: Any) -> str:
         f"  control_url   {info.control_url}",
         f"  subnet        {info.subnet}   caller_ip {info.caller_ip}",
         f"  instances     ssh {info.login_user}@<address> port {info.ssh_port}",
+        f"  aws cli       {info.aws_cli}",
     ])
 
 
@@ -55,7 +56,8 @@ def _status_text(result: dict[str, Any]) -> str:
     mode = f"{result['mode']} mode: {result.get('mode_reason') or 'root'}"
     head = (f"sandbox running ({mode}), pid {result['pid']}, subnet {result['subnet']}\n"
             f"  endpoint_url {result['endpoint_url']}\n"
-            f"  instances: ssh {result.get('login_user', 'ubuntu')}@<address> port {result.get('ssh_port', 22)}")
+            f"  instances: ssh {result.get('login_user', 'ubuntu')}@<address> port {result.get('ssh_port', 22)}\n"
+            f"  aws cli: {result['aws_cli']}")
     if result["mode"] == "loopback":
         head += "\n  no link faults, no Jupyter bootstrap in loopback mode (they need root)"
     rows = [{**r, "pids": len(r["pids"])} for r in result["instances"]]

@@ -16,11 +16,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from ..config import write_private
-from ..errors import RemoteError, UsageError
+from ..errors import ConflictError, RemoteError, UsageError
 from ..models import Instance, InstanceSpec, normalize_cidr
 from ..money.cost import stop_event_time
 from ..money.quotes import start_price
-from ..providers.base import IngressRule, Provider
+from ..providers.base import IngressRule, Provider, manages_machines
 from ..remote import secrets
 from ..remote.ready import wait_ready_script
 from ..remote.spec import BootstrapSpec
@@ -34,10 +34,11 @@ from .costs import current_hourly
 from .keeper_process import cluster_dir, stop_keeper
 from .locallab import stop_lab
 
-__all__ = ["DATA_DEVICE", "DEFAULT_DATA_GB", "GATEWAY_PORT", "JUPYTER_PORT", "bootstrap_spec", "ensure_gateway_token",
-           "forget_locally", "hourly_price", "ingress_rules", "install_secrets", "open_in_browser", "parse_data_volume",
-           "refresh", "remove_access", "repin_ingress", "secrets_script", "spec_json", "stop_tunnel", "stored_spec",
-           "sync_record", "token_path", "wait_ready", "write_access"]
+__all__ = ["DATA_DEVICE", "DEFAULT_DATA_GB", "GATEWAY_PORT", "JUPYTER_PORT", "bootstrap_spec",
+           "ensure_gateway_token", "forget_locally", "hourly_price", "ingress_rules", "install_secrets",
+           "not_running_hint", "open_in_browser", "parse_data_volume", "refresh", "remove_access", "repin_ingress",
+           "require_running", "secrets_script", "spec_json", "stop_tunnel", "stored_spec", "sync_record",
+           "token_path", "wait_ready", "write_access"]
 
 DATA_DEVICE = "/dev/sdf"
 DEFAULT_DATA_GB = 50
@@ -216,6 +217,26 @@ def refresh(ctx: Context, name: str, repin: bool = True) -> Instance | None:
     sync_record(ctx, record, instance)
     if repin and instance is not None and instance.state == "running" and instance.security_group_id:
         repin_ingress(ctx, provider, record, instance)
+    return instance
+
+
+def not_running_hint(ctx: Context, record: Record) -> str:
+    """`nbcloud start` only where nbcloud powers the machine; a machine the user already had is theirs to power."""
+    if manages_machines(ctx.provider_for(record)):
+        return f"start it with `nbcloud start {record.name}`"
+    return (f"nbcloud does not power this machine: check that it is on and reachable (`ssh nb-{record.name}`), "
+            f"then `nbcloud connect {record.name}` again")
+
+
+def require_running(ctx: Context, name: str) -> Instance:
+    """``name``'s instance as the cloud reports it now, or one line saying it is not running and how to start it
+    (exit 2): what ssh says of a stopped machine ("Invalid argument", a timeout) does not say it is off."""
+    record = ctx.record(name)
+    instance = refresh(ctx, name)
+    if instance is None:
+        raise ConflictError(f"instance {name!r} no longer exists", f"`nbcloud up {name}` makes a new one")
+    if instance.state != "running":
+        raise ConflictError(f"instance {name!r} is {instance.state}", not_running_hint(ctx, record))
     return instance
 
 

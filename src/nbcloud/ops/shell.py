@@ -8,8 +8,10 @@ from ..errors import RemoteError, UsageError
 from ..remote.machine_root import SH_ROOT
 from ..ssh import session
 from .context import Context
+from .instances import require_running
 
-__all__ = ["CommandResult", "LogResult", "log_command", "read_log", "run_command"]
+__all__ = ["CommandResult", "LogResult", "check_reachable", "explain_unreachable", "log_command", "read_log",
+           "run_command"]
 
 LOGS = ("jupyter", "bootstrap", "agent", "gateway")
 
@@ -37,12 +39,27 @@ def log_command(log: str, lines: int, follow: bool) -> str:
     return f"tail -n {int(lines)} {'-F ' if follow else ''}\"{SH_ROOT}/var/log/nbcloud/{log}.log\""
 
 
-def _run(ctx: Context, name: str, command: str, timeout: float) -> session.SshResult:
+def check_reachable(ctx: Context, name: str) -> None:
+    """Before an ssh to ``name``: when the local record says it is not running (`nbcloud stop`, or a `status` that
+    saw the agent's stop), ask the cloud and refuse in one line if it agrees. A running record costs no cloud call,
+    so `ssh`/`logs` stay as fast as plain ssh."""
     ctx.key_path(name)
+    if ctx.record(name).state not in (None, "running"):
+        require_running(ctx, name)
+
+
+def explain_unreachable(ctx: Context, name: str, detail: str) -> RemoteError:
+    """ssh could not connect: a stopped instance (stopped where nbcloud did not see it) is said so, from the cloud's
+    answer (raised); otherwise the error to raise for a running one that does not answer."""
+    require_running(ctx, name)
+    return RemoteError(f"ssh nb-{name} could not connect: {detail}", f"`nbcloud status {name}` shows its state")
+
+
+def _run(ctx: Context, name: str, command: str, timeout: float) -> session.SshResult:
+    check_reachable(ctx, name)
     done = session.run(ctx.paths.ssh_config, f"nb-{name}", command, timeout=timeout, check=False)
     if done.returncode == session.SSH_CONNECT_FAILED:
-        detail = (done.stderr.strip().splitlines() or ["no answer"])[-1]
-        raise RemoteError(f"ssh nb-{name} could not connect: {detail}", f"`nbcloud status {name}` shows its state")
+        raise explain_unreachable(ctx, name, (done.stderr.strip().splitlines() or ["no answer"])[-1])
     return done
 
 

@@ -158,17 +158,13 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
             progress: Progress = no_progress, timeout: float = 60,
             forward: list[str] | None = None) -> ConnectResult:
     from ..ssh.tunnel import Forward, read_state, start_supervisor, stop_supervisor, wait_until_up
-    from .instances import GATEWAY_PORT, JUPYTER_PORT, refresh, token_path
+    from .instances import GATEWAY_PORT, JUPYTER_PORT, require_running, token_path
     from .instances import stored_spec as _spec
     from .public import reissue_tls_if_moved
 
     record = ctx.record(name)
     ctx.key_path(name)
-    instance = refresh(ctx, name)
-    if instance is None:
-        raise ConflictError(f"instance {name!r} no longer exists", f"`nbcloud up {name}` makes a new one")
-    if instance.state != "running":
-        raise ConflictError(f"instance {name!r} is {instance.state}", _not_running_hint(ctx, record))
+    instance = require_running(ctx, name)
     spec = _spec(record)
     if spec.public:
         # started outside nbcloud (e.g. the AWS console), it came back on an address its certificate does not name
@@ -214,16 +210,6 @@ def fallback_note(fallback: str | None) -> str | None:
         return None
     return (f"plain tunnel: {fallback}; connections will not outlive an outage (install python3 >= 3.9 on the "
             "instance, then `nbcloud disconnect` and `connect` again)")
-
-
-def _not_running_hint(ctx: Context, record: Record) -> str:
-    """`nbcloud start` only where nbcloud powers the machine; a machine the user already had is theirs to power."""
-    from ..providers.base import manages_machines
-
-    if manages_machines(ctx.provider_for(record)):
-        return f"start it with `nbcloud start {record.name}`"
-    return (f"nbcloud does not power this machine: check that it is on and reachable (`ssh nb-{record.name}`), "
-            f"then `nbcloud connect {record.name}` again")
 
 
 def _connect_public(ctx: Context, name: str, host: str, open_browser: bool, progress: Progress,

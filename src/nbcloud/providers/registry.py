@@ -98,7 +98,8 @@ def _sandbox(region: str | None, profile: str | None, start: bool) -> Provider:
     if info is None:
         raise SandboxNotRunning("the sandbox is not running", "start it with `nbcloud sandbox start`")
     session = AwsSession.create(
-        region=region or info.region, endpoint_url=info.endpoint_url, access_key="testing", secret_key="testing"
+        region=region or info.region, endpoint_url=info.endpoint_url,
+        access_key=sandbox.CREDENTIALS["AWS_ACCESS_KEY_ID"], secret_key=sandbox.CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
     return SandboxProvider(session, label="sandbox", checkip_url=f"{info.control_url}/checkip",
                            package_env=dict(info.bootstrap_env), login_user=info.login_user,

@@ -12,6 +12,7 @@ on port 22), else ``loopback`` (loopback.py: 127.x addresses, an unprivileged ss
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -32,10 +33,12 @@ from ..errors import NotFoundError, SandboxError, UsageError
 from .wheelhouse import INSTANCE_PYTHON, INSTANCE_UV_CACHE, ensure_uv_cache, ensure_wheelhouse, warm_uv_cache
 
 __all__ = [
+    "CREDENTIALS",
     "DEFAULT_SUBNET",
     "FAULT_KINDS",
     "MODE_ENV",
     "SandboxInfo",
+    "aws_cli_command",
     "default_dir",
     "fault",
     "fault_api",
@@ -78,6 +81,21 @@ class SandboxInfo:
     @property
     def checkip_url(self) -> str:
         return f"{self.control_url}/checkip"
+
+    @property
+    def aws_cli(self) -> str:
+        return aws_cli_command(self.endpoint_url, self.region)
+
+
+#: What nbcloud signs the sandbox's API calls with: moto accepts any key, but boto3 and the AWS CLI want one.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def aws_cli_command(endpoint_url: str, region: str) -> str:
+    """The AWS CLI line that reads the sandbox (shown by `sandbox start`/`status`): without credentials the CLI
+    stops at "Unable to locate credentials", and without the endpoint it would ask real AWS."""
+    keys = " ".join(f"{k}={v}" for k, v in CREDENTIALS.items())
+    return f"{keys} aws --endpoint-url {endpoint_url} --region {region} ec2 describe-instances"
 
 
 def default_dir() -> Path:
@@ -263,12 +281,35 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     """
     say = progress or (lambda _msg: None)
     directory = Path(sandbox_dir or default_dir()).resolve()
-    info = load_info(directory)
+    info = _running(directory, os_mode)
     if info is not None:
-        if os_mode and info.mode != "os":
-            raise SandboxError(f"the sandbox in {directory} already runs in {info.mode} mode",
-                               "`nbcloud sandbox reset` first, then `nbcloud sandbox start --os`")
         return info
+    mode, mode_reason, subnet = _preflight(subnet, os_mode)  # refusals leave no directory behind
+    ensure_private_dir(directory)
+    # One start at a time per directory: a second concurrent `sandbox start` found no daemon yet, started its own,
+    # and that one died on the first one's subnet (exit 2). It now waits and answers with the first one's daemon.
+    with open(directory / "start.lock", "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another `nbcloud sandbox start` of this sandbox")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        info = _running(directory, os_mode)
+        if info is not None:
+            return info
+        return _start_daemon(directory, say, timeout, subnet, mode, mode_reason)
+
+
+def _running(directory: Path, os_mode: bool) -> SandboxInfo | None:
+    info = load_info(directory)
+    if info is not None and os_mode and info.mode != "os":
+        raise SandboxError(f"the sandbox in {directory} already runs in {info.mode} mode",
+                           "`nbcloud sandbox reset` first, then `nbcloud sandbox start --os`")
+    return info
+
+
+def _preflight(subnet: str | None, os_mode: bool) -> tuple[str, str, str]:
+    """(mode, why, subnet) for a new daemon, or the reason it cannot run here."""
     _check_extra()  # before the 100 MB wheelhouse: without moto the daemon could not start anyway
     mode, mode_reason = ("os", "--os") if os_mode else select_mode()
     if os_mode and os.geteuid() != 0:
@@ -279,8 +320,12 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
         from .loopback import loopback_subnet
 
         subnet = loopback_subnet(subnet)
-    _check_subnet_free(subnet, directory)
-    ensure_private_dir(directory)
+    return mode, mode_reason, subnet
+
+
+def _start_daemon(directory: Path, say: Progress, timeout: float, subnet: str, mode: str,
+                  mode_reason: str) -> SandboxInfo:
+    _check_subnet_free(subnet, directory)  # under the start lock: a concurrent start of this sandbox has finished
     previous = directory / "subnet"
     if previous.exists() and previous.read_text().strip() != subnet:
         _cleanup_network(previous.read_text().strip(), directory)  # leftovers of a dead daemon on another subnet
@@ -300,12 +345,35 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
     log_path = directory / "daemon.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}
     with open(log_path, "ab") as log:
+        log_start = log.tell()  # the log keeps earlier runs: an error quotes only this one's lines
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbcloud.sandbox.daemon", "--dir", str(directory), "--subnet", subnet,
              "--wheelhouse", str(wheelhouse), "--uv-cache", str(uv_cache), "--mode", mode,
              f"--mode-reason={mode_reason}", *([f"--image={image}"] if image else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/",
         )
+    try:
+        return _wait_ready(directory, proc, log_path, log_start, timeout)
+    except BaseException:
+        # Ctrl-C (or any failure) before it is ready: the daemon runs in its own session, so the interrupt missed
+        # it and it would come up anyway, a sandbox nobody asked for. SIGTERM lets it undo what it made.
+        _end_daemon(proc)
+        raise
+
+
+def _end_daemon(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _wait_ready(directory: Path, proc: subprocess.Popen[bytes], log_path: Path, log_start: int,
+                timeout: float) -> SandboxInfo:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = load_info(directory)
@@ -313,11 +381,12 @@ def start(sandbox_dir: Path | None = None, progress: Progress | None = None, tim
             _request(info, "GET", "/health", timeout=5)
             return info
         if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            with open(log_path, "rb") as log:
+                log.seek(log_start)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
             raise SandboxError(f"the sandbox daemon exited ({proc.returncode}): {' | '.join(tail)}",
                                f"see {log_path}")
         time.sleep(0.05)
-    proc.kill()
     raise SandboxError(f"the sandbox daemon did not get ready in {timeout:.0f} s", f"see {log_path}")
 
 
@@ -337,7 +406,7 @@ def status(sandbox_dir: Path | None = None) -> dict[str, Any]:
             "image": _image(),
             "endpoint_url": info.endpoint_url, "control_url": info.control_url, "subnet": info.subnet,
             "caller_ip": info.caller_ip, "login_user": info.login_user, "ssh_port": info.ssh_port, "pid": info.pid,
-            **remote}
+            "aws_cli": info.aws_cli, **remote}
 
 
 def _image() -> dict[str, Any] | None:

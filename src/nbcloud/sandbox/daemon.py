@@ -166,7 +166,9 @@ class Sandbox(OsBoot, Faults, Addresses):
         nspawn.unmount_layers(self.instances_dir)  # never delete through a dead daemon's mounted layer
         if self.os_mode:
             ebs.detach_loops_under(self.volumes_dir)  # a dead daemon's volumes
-        for leftover in self.instances_dir.iterdir():
+        # its instances' disks and its volumes' files too: no API call can name them again (snapshots and images
+        # go in Storage); a killed daemon's volume used to stay here for good
+        for leftover in [*self.instances_dir.iterdir(), *self.volumes_dir.iterdir()]:
             shutil.rmtree(leftover, ignore_errors=True)
         shutil.rmtree(self.trash.directory, ignore_errors=True)
         self.network.install_guard()

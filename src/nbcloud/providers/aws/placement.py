@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from ...errors import CapacityError, QuotaError
+from ...errors import CapacityError, NbcloudError, QuotaError, UsageError
 from .session import aws_errors
 
 if TYPE_CHECKING:
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from ..base import LaunchRequest
     from .session import AwsSession
 
-__all__ = ["failover_kind", "offered_zones", "plan", "quota_bucket", "run_with_failover", "summarize"]
+__all__ = ["failover_kind", "nothing_to_try", "offered_zones", "plan", "quota_bucket", "run_with_failover",
+           "summarize"]
 
 _ZONE_CODES = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "Unsupported",
                "SpotMaxPriceTooLow"}
@@ -72,8 +73,6 @@ def plan(types: Sequence[str], zones_for: dict[str, list[str]],
 def offered_zones(session: AwsSession, instance_types: Sequence[str]) -> dict[str, list[str]]:
     """``{type: [zones offering it, sorted]}`` from one DescribeInstanceTypeOfferings (types offered nowhere map to
     an empty list); ``{}`` when the call is refused (EC2 then chooses a zone, as before)."""
-    from ...errors import NbcloudError
-
     found: dict[str, list[str]] = {t: [] for t in instance_types}
     try:
         for page in session.paginate("ec2", "describe_instance_type_offerings", LocationType="availability-zone",
@@ -83,6 +82,19 @@ def offered_zones(session: AwsSession, instance_types: Sequence[str]) -> dict[st
     except NbcloudError:  # e.g. a policy without ec2:DescribeInstanceTypeOfferings: launch without failover
         return {}
     return {t: sorted(zones) for t, zones in found.items()}
+
+
+def nothing_to_try(types: Sequence[str], zones_for: dict[str, list[str]], pinned_zone: str | None,
+                   region: str) -> NbcloudError:
+    """Why :func:`plan` found nothing. A ``--zone`` that offers none of the types while other zones do is the
+    user's input (a typo, or a zone without that type): exit 2 naming the zones that would work; types offered
+    nowhere in the region are the cloud's answer (exit 1), as before."""
+    elsewhere = sorted({zone for itype in types for zone in zones_for.get(itype) or []})
+    if pinned_zone and elsewhere:
+        return UsageError(f"{', '.join(dict.fromkeys(types))} is not offered in zone {pinned_zone}",
+                          f"offered in {', '.join(elsewhere)}: pick one with --zone, or leave --zone out")
+    return CapacityError(f"{', '.join(types)}: not offered in any zone of {region}",
+                         "pick another type (`--instance-type`) or region (`--region`)")
 
 
 def _describe(attempt: tuple[str, str | None]) -> str:
@@ -98,10 +110,10 @@ def run_with_failover(session: AwsSession, request: LaunchRequest,
 
     say = progress or (lambda _message: None)
     types = [request.instance_type, *fallback_types]
-    attempts = plan(types, offered_zones(session, types), request.zone)
+    zones_for = offered_zones(session, types)
+    attempts = plan(types, zones_for, request.zone)
     if not attempts:
-        raise CapacityError(f"{', '.join(types)}: not offered in any zone of {session.region}",
-                            "pick another type (`--instance-type`) or region (`--region`)")
+        raise nothing_to_try(types, zones_for, request.zone, session.region)
     tried: list[tuple[str, str, str]] = []  # (type, zone, error code)
     skipped_buckets: set[str] = set()
     last_quota: Any = None

@@ -324,6 +324,11 @@ class Jupyter:
             saved = self.saved_times()
         except FileNotFoundError:
             return Sample(t=now, jupyter_error="no token file yet")
+        except urllib.error.URLError as exc:
+            # the first check of a boot comes before Jupyter listens: `status` said "<urlopen error [Errno 111]…>"
+            if not isinstance(exc.reason, ConnectionRefusedError):
+                return Sample(t=now, jupyter_error=str(exc)[:200] or type(exc).__name__)
+            return Sample(t=now, jupyter_error="not listening (starting, or stopped)")
         except (OSError, ValueError) as exc:
             return Sample(t=now, jupyter_error=str(exc)[:200] or type(exc).__name__)
         busy, connections, last, terms = summarize_jupyter(status, kernels, terminals, saved)
