@@ -100,3 +100,13 @@ def test_autostop_says_the_limit_it_set(seconds: int | None, shown: str | None) 
 
     text = autostop_text({"name": "demo", "idle_stop": "1", "idle_stop_seconds": seconds})
     assert text == (f"demo: stops after {shown} idle" if shown else "demo: autostop off")
+
+
+def test_text_output_drops_control_characters(capsys) -> None:
+    """What the instance says (an agent's reason, a hold's reason) reaches the terminal without escape sequences."""
+    from nbcloud.cli.output import emit
+    from nbcloud.remote.secrets import hold_reason
+
+    emit({}, False, "demo: held (\x1b[2J\x1b]0;pwned\x07 training)\tnext\nline")
+    assert capsys.readouterr().out == "demo: held ([2J]0;pwned training)\tnext\nline\n"
+    assert hold_reason("a\x1b[31m red\x00 \n reason") == "a[31m red reason"

@@ -68,7 +68,12 @@ def emit(result: Any, as_json: bool, text: Callable[[Any], str | None] | str | N
         return
     rendered = text(result) if callable(text) else text
     if rendered:
-        click.echo(rendered)
+        click.echo(rendered.translate(_CONTROL))
+
+
+# Control characters other than newline and tab, dropped from text output: much of what `status` shows comes from
+# the instance (the agent's reasons, a hold's reason), and an escape sequence there would drive the user's terminal.
+_CONTROL = dict.fromkeys(c for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A))
 
 
 def err(message: str) -> None:

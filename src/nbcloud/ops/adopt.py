@@ -127,7 +127,7 @@ def _adopt(ctx: Context, provider: Provider, spec: InstanceSpec, target: SshTarg
         # The token goes first: Jupyter's unit waits for it, so the service starts the moment the bootstrap
         # enables it (after the bootstrap, the sandbox's systemctl waited ~5 s for it at every adoption).
         _install_secrets(ctx, spec, target.user)
-        progress("installing Jupyter (sudo; the log: `nbcloud logs --bootstrap`)")
+        progress(f"installing Jupyter (sudo; the log: `nbcloud logs {spec.name} --bootstrap`)")
         done = session.run(ctx.paths.ssh_config, alias, install_script(spec.name),
                            input=_bootstrap(spec, provider, target.user).encode(), timeout=ready_timeout, check=False)
         if done.returncode != 0:

@@ -66,13 +66,13 @@ def set_autostop(ctx: Context, name: str, duration: str) -> dict[str, Any]:
 
 def hold(ctx: Context, name: str, reason: str | None = None) -> dict[str, Any]:
     """Keep ``name`` up whatever its activity until :func:`release` (a file the agent reads every check)."""
-    from ..remote.secrets import hold_script
+    from ..remote.secrets import hold_reason, hold_script
 
     record = ctx.record(name)
     ctx.key_path(name)
-    why = reason or f"nbcloud hold {name}"
+    why = hold_reason(reason or "") or f"nbcloud hold {name}"
     session.run(ctx.paths.ssh_config, f"nb-{name}", hold_script(why, record.user), timeout=30)
-    return {"name": name, "held": True, "reason": " ".join(why.split())[:200]}
+    return {"name": name, "held": True, "reason": why}
 
 
 def release(ctx: Context, name: str) -> dict[str, Any]:

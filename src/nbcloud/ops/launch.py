@@ -219,7 +219,7 @@ def _launch(ctx: Context, provider: Provider, spec: InstanceSpec, profile: str |
             instance, itype = _start(run, checked, profile, host_key, key_name, group_id, zone, volume)
             _reach(run, instance, key_path, host_key, password_hash, ssh_timeout)
             if wait_jupyter:
-                progress("installing Jupyter (the bootstrap log: `nbcloud logs --bootstrap`)")
+                progress(f"installing Jupyter (the bootstrap log: `nbcloud logs {spec.name} --bootstrap`)")
                 wait_ready(ctx, spec.name, ready_timeout, progress)
                 run.mark("jupyter")
             ctx.store.mark_launch(run.launch_id, outcome="done")

@@ -272,4 +272,9 @@ def hold_script(reason: str | None, login_user: str = LOGIN_USER) -> str:
         return "python3 -c " + shlex.quote(code)
     code = (f"import os,sys;p={py_rooted(path)};t=p+'.tmp';"
             "os.makedirs(os.path.dirname(p),exist_ok=True);open(t,'w').write(sys.argv[1]+'\\n');os.replace(t,p)")
-    return "python3 -c " + shlex.quote(code) + " " + shlex.quote(" ".join(reason.split())[:200])
+    return "python3 -c " + shlex.quote(code) + " " + shlex.quote(hold_reason(reason))
+
+
+def hold_reason(reason: str) -> str:
+    """What a hold keeps of its reason: one line of printable characters, at most 200 (`status` shows it)."""
+    return "".join(ch for ch in " ".join(reason.split()) if ch.isprintable())[:200]
