@@ -8,6 +8,7 @@ user data directory, which wins whenever it is newer. Everything here is pure ap
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -154,9 +155,17 @@ def user_prices_path() -> Path:
     return paths().data_dir / _PRICE_FILE
 
 
+# Parsed once per process (per file version for the refreshed copy): `status` quotes every instance it shows, and
+# parsing the table for each cost ~1 ms per row. Callers never change a table (merge_refresh builds a new one).
+@functools.cache
 def _shipped() -> PriceTable:
     text = resources.files("nbcloud").joinpath("data", _PRICE_FILE).read_text(encoding="utf-8")
     return PriceTable.from_dict(json.loads(text))
+
+
+@functools.lru_cache(maxsize=4)
+def _refreshed(path: Path, mtime_ns: int, size: int) -> PriceTable:
+    return PriceTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def load_prices(path: Path | None = None) -> PriceTable:
@@ -173,7 +182,8 @@ def load_prices(path: Path | None = None) -> PriceTable:
         candidate = user_prices_path()
         if not candidate.exists():
             return shipped
-        refreshed = PriceTable.from_dict(json.loads(candidate.read_text(encoding="utf-8")))
+        stat = candidate.stat()
+        refreshed = _refreshed(candidate, stat.st_mtime_ns, stat.st_size)
     except (OSError, ValueError) as exc:
         log.warning("ignoring refreshed price table: %s", exc)
         return shipped
