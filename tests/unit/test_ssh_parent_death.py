@@ -4,6 +4,7 @@ parent is SIGKILLed, and no ssh naming the alias may be left."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,3 +40,25 @@ def test_ssh_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
     finally:
         for line in _ssh_naming(alias):
             os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_child_whose_parent_died_before_its_death_signal_does_not_start() -> None:
+    """A parent killed between the fork and setpriv's prctl never sends the signal: the child then sees another
+    parent (init, a subreaper) than the one the prefix names, and must not go on to ssh. Its arguments pass
+    through unchanged otherwise."""
+    from nbcloud.ssh import session
+
+    prefix = session._die_with_parent()
+    if not prefix:
+        pytest.skip("no setpriv")
+    odd = "it's \"quoted\" $HOME; echo no"
+    done = subprocess.run([*prefix, "printf", "%s|", odd, "two words"], capture_output=True, text=True, timeout=10)
+    assert (done.returncode, done.stdout) == (0, f"{odd}|two words|")
+    # the prefix a process made that is gone by the time its child runs (here: run by another process, this one)
+    made_by_the_dead = json.loads(subprocess.run(
+        [sys.executable, "-c", "import json; from nbcloud.ssh import session; "
+         "print(json.dumps(session._die_with_parent()))"], capture_output=True, text=True, check=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))).stdout)
+    done = subprocess.run([*made_by_the_dead, "echo", "started"], capture_output=True, text=True, timeout=10)
+    assert done.returncode != 0 and "started" not in done.stdout

@@ -7,6 +7,7 @@ how nbcloud talks to its instances. Host keys are checked strictly against the p
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -45,17 +46,26 @@ def ssh_argv(config: Path, alias: str, *options: str) -> list[str]:
 
 
 @functools.cache
+def _setpriv() -> str | None:
+    return shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> tuple[str, ...]:
     """A prefix that makes the child get SIGKILL when this process dies (Linux: util-linux's ``setpriv``, which sets
     PR_SET_PDEATHSIG and execs), so an ssh waiting on the instance for minutes never outlives a killed `up`.
 
+    The death signal only covers a parent that dies after it was set: one killed between the fork and setpriv's
+    prctl (a SIGKILL landing while ssh starts; CI saw it once) would leave the ssh running for its whole timeout.
+    So a shell checks, after the prctl, that its parent is still this process, and only then execs ssh.
+
     Not a ``preexec_fn``: with one, CPython runs its at-fork hooks in the parent, and a Ctrl-C landing in them is
     lost ("Exception ignored in _releaseLock"). Elsewhere the child's own timeout bounds it.
     """
-    if not sys.platform.startswith("linux"):
+    found = _setpriv()
+    if not found:
         return ()
-    found = shutil.which("setpriv")
-    return (found, "--pdeathsig", "KILL", "--") if found else ()
+    return (found, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", 'test "$PPID" = "$0" && exec "$@"',
+            str(os.getpid()))
 
 
 def run(config: Path, alias: str, command: str, *, input: bytes | None = None, timeout: float = 60,
