@@ -6,7 +6,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from nbcloud.cli.instances_cmd import _tunnel_cell, _tunnel_line
+from nbcloud.cli.status_text import tunnel_cell, tunnel_line
 from nbcloud.ops.tunnels import fallback_note
 from nbcloud.ssh.resumable import _LOADER, RELAY_TOO_OLD
 from nbcloud.ssh.tunnel import relay_unavailable
@@ -51,13 +51,13 @@ def test_status_and_connect_say_the_mode_and_why_it_is_plain() -> None:
     plain = SimpleNamespace(name="a", tunnel="up", local_port=8888, tunnel_mode="plain", forwards=[],
                             held_connections=0, last_outage=None,
                             tunnel_fallback="the instance has no python3, which the relay needs")
-    assert _tunnel_cell(plain) == "up:8888 plain"
-    assert "plain tunnel (the instance has no python3" in _tunnel_line(plain)
+    assert tunnel_cell(plain) == "up:8888 plain"
+    assert "plain tunnel (the instance has no python3" in tunnel_line(plain)
     resumable = SimpleNamespace(name="a", tunnel="up", local_port=8888, tunnel_mode="resumable", forwards=[],
                                 held_connections=0, last_outage=None, tunnel_fallback=None)
-    assert _tunnel_cell(resumable) == "up:8888 resumable" and _tunnel_line(resumable) == ""
+    assert tunnel_cell(resumable) == "up:8888 resumable" and tunnel_line(resumable) == ""
     down = SimpleNamespace(name="a", tunnel="down", local_port=None, tunnel_mode=None)
-    assert _tunnel_cell(down) == "down"
+    assert tunnel_cell(down) == "down"
     note = fallback_note("the instance has no python3, which the relay needs")
     assert note is not None and "\n" not in note and "will not outlive an outage" in note
     assert fallback_note(None) is None

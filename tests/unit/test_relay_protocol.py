@@ -214,16 +214,16 @@ def test_hello_resumes_known_streams_and_reopens_fresh_ones() -> None:
 def test_status_line_names_forwards_held_connections_and_the_last_outage() -> None:
     from types import SimpleNamespace
 
-    from nbcloud.cli.instances_cmd import _tunnel_line
+    from nbcloud.cli.status_text import tunnel_line
 
     quiet = SimpleNamespace(name="a", forwards=[], held_connections=0, last_outage=None)
-    assert _tunnel_line(quiet) == ""
+    assert tunnel_line(quiet) == ""
     busy = SimpleNamespace(name="a", forwards=[{"remote_port": 6006, "local_port": 6007}], held_connections=2,
                            last_outage={"started": "2026-11-30T18:00:00Z", "seconds": 61.2, "held": 2, "closed": 0,
                                         "timed_out": 0, "resumed": True})
-    line = _tunnel_line(busy)
+    line = tunnel_line(busy)
     assert "forward 127.0.0.1:6007 → 6006" in line and "2 connection(s) held" in line
     assert "61 s: 2 connection(s) carried through" in line
     expired = SimpleNamespace(name="a", forwards=[], held_connections=0,
                               last_outage={"started": "x", "seconds": 900, "held": 1, "closed": 1, "resumed": False})
-    assert "1 connection(s) closed (past the resume window)" in _tunnel_line(expired)
+    assert "1 connection(s) closed (past the resume window)" in tunnel_line(expired)

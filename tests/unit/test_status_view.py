@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from nbcloud.cli.instances_cmd import _status_text
+from nbcloud.cli.status_text import render_status
 from nbcloud.models import Instance
 from nbcloud.ops.agent_state import merge_agent_state
 from nbcloud.ops.lifecycle import InstanceView, _foreign_view
@@ -20,10 +20,10 @@ def test_agent_state_says_why_and_when() -> None:
     view = merge_agent_state(ROW, state)
     assert (view.idle_seconds, view.busy, view.stops_at) == (40.0, False, "2026-11-30T12:34:56+00:00")
     assert view.idle_reason == state["reason"]
-    text = _status_text([view])
+    text = render_status([view])
     assert "0m40s (stop 12:34 UTC)" in text and "a: idle 40s of 60s (last: terminal input" in text
     busy = merge_agent_state(ROW, {"idle_seconds": 0, "reason": "busy: 1 kernel(s) busy", "busy": True})
-    assert busy.stops_at is None and " busy " in _status_text([busy])
+    assert busy.stops_at is None and " busy " in render_status([busy])
     # an agent that could not be read in time: unknown, never an error
     assert merge_agent_state(ROW, {}).idle_reason == "agent unreachable: unknown"
     # an agent from before idle_reason (no busy, no stop_at) still fills the idle column
@@ -38,7 +38,7 @@ def test_instances_made_elsewhere_are_shown_and_priced() -> None:
     view = _foreign_view(instance)
     assert not view.managed_here and view.hourly_usd == 0.0416
     assert view.accrued_usd is not None and abs(view.accrued_usd - 2 * 0.0416) < 0.001
-    text = _status_text([ROW, view])
+    text = render_status([ROW, view])
     assert "b *" in text and "made on another machine (keys not here): 1 instance(s), $0.04/h" in text
 
 
@@ -107,18 +107,19 @@ def test_a_reclaimed_spot_instance_is_said_so_in_the_clouds_words() -> None:
     cloud = Cloud(ended)
     view = _with_end_reason(cloud, record, None, gone)  # type: ignore[arg-type]
     assert cloud.asked == ["i-a"] and view.spot_reclaimed and view.state_reason == "Server.SpotInstanceTermination"
-    assert "a: EC2 reclaimed the spot instance (Server.SpotInstanceTermination); `nbcloud up a`" in _status_text([view])
+    reclaimed = "a: EC2 reclaimed the spot instance (Server.SpotInstanceTermination); `nbcloud up a`"
+    assert reclaimed in render_status([view])
     # shutting down: the listed instance carries the reason, nothing more is asked
     ending = replace(ended, state="shutting-down")
     view = _with_end_reason(Cloud(None), record, ending, replace(gone, state="shutting-down"))  # type: ignore[arg-type]
-    assert view.spot_reclaimed and "a: EC2 is reclaiming the spot instance" in _status_text([view])
+    assert view.spot_reclaimed and "a: EC2 is reclaiming the spot instance" in render_status([view])
     # terminated by someone else: said so; the cloud forgot it: no guess
     user = replace(ended, state_reason="Client.UserInitiatedShutdown")
     view = _with_end_reason(Cloud(user), record, None, gone)  # type: ignore[arg-type]
-    assert not view.spot_reclaimed and "ended (Client.UserInitiatedShutdown)" in _status_text([view])
+    assert not view.spot_reclaimed and "ended (Client.UserInitiatedShutdown)" in render_status([view])
     view = _with_end_reason(Cloud(None), record, None, gone)  # type: ignore[arg-type]
-    assert view.state_reason is None and "is gone (reclaimed or terminated)" in _status_text([view])
+    assert view.state_reason is None and "is gone (reclaimed or terminated)" in render_status([view])
     # a running instance: no end line, nothing asked
     on_demand = Cloud(ended)
     assert _with_end_reason(on_demand, replace(record, lifecycle="on-demand"), None, ROW) == ROW  # type: ignore[arg-type]
-    assert on_demand.asked == [] and "reclaim" not in _status_text([ROW])
+    assert on_demand.asked == [] and "reclaim" not in render_status([ROW])
