@@ -34,20 +34,14 @@ SEEN: dict[str, str] = {}  # what later tests compare with: the data volume's id
 
 def _wait_for_the_image_build() -> None:
     """scripts/test builds the image in the background while the suite starts (NBCLOUD_TEST_OS_IMAGE_BUILD: that
-    build's pid file): wait for it to end, however it ends (a failed build is a skip below, with its reason)."""
-    pid_file = os.environ.get("NBCLOUD_TEST_OS_IMAGE_BUILD")
-    if not pid_file:
-        return
-    try:
-        pid = int(Path(pid_file).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+    build's directory, where it writes ``done`` when it ends, however it ends; a failed build is a skip below, with
+    its reason). Not its pid: pids wrap around during the suite, and a finished build's pid soon names another
+    process."""
+    build = os.environ.get("NBCLOUD_TEST_OS_IMAGE_BUILD")
+    if not build:
         return
     deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < deadline and Path(build).is_dir() and not (Path(build) / "done").exists():
         time.sleep(1)
 
 
