@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_sandbox_boot import wait_ssh  # noqa: E402
-from tests.helpers import UBUNTU, keypair, pinned_ssh  # noqa: E402
+from tests.helpers import UBUNTU, keypair, pinned_ssh, sandbox_boto  # noqa: E402
 
 PORT = 2222
 # in the instance: a connection that sends N (decimal) gets N bytes back; one that asks 0 gets 1 byte
@@ -62,7 +62,6 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
-    import boto3
 
     from nbcloud.sandbox import client
 
@@ -70,10 +69,8 @@ def main() -> None:
         tmp = Path(tmpdir)
         info = client.start(tmp / "sandbox", subnet=args.subnet)
         try:
-            kw = {"endpoint_url": info.endpoint_url, "region_name": info.region, "aws_access_key_id": "testing",
-                  "aws_secret_access_key": "testing"}
-            ec2 = boto3.client("ec2", **kw)
-            ami = boto3.client("ssm", **kw).get_parameter(Name=UBUNTU)["Parameter"]["Value"]
+            ec2 = sandbox_boto(info, "ec2")
+            ami = sandbox_boto(info, "ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"]
             private_key, public_key = keypair()
             host_private, host_public = keypair()
             key = tmp / "key"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import UBUNTU, keypair, pinned_ssh  # noqa: E402
+from tests.helpers import UBUNTU, keypair, pinned_ssh, sandbox_boto  # noqa: E402
 
 
 def wait_ssh(address: str, user: str, key: Path, known_hosts: Path, timeout: float = 30) -> None:
@@ -113,7 +113,6 @@ def main() -> None:
         raise SystemExit(f"--bare-subnet {bare_net} is too small for {args.runs} runs")
     # the bare sshd needs its privilege-separation directory; a fresh machine has none until sshd ran once
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    import boto3
 
     from nbcloud.sandbox import client
 
@@ -122,10 +121,8 @@ def main() -> None:
         subprocess.run(["ip", "route", "replace", "blackhole", str(bare_net)], check=True)
         info = client.start(tmp / "sandbox", subnet=args.subnet)
         try:
-            kw = {"endpoint_url": info.endpoint_url, "region_name": info.region, "aws_access_key_id": "testing",
-                  "aws_secret_access_key": "testing"}
-            ec2 = boto3.client("ec2", **kw)
-            ami = boto3.client("ssm", **kw).get_parameter(Name=UBUNTU)["Parameter"]["Value"]
+            ec2 = sandbox_boto(info, "ec2")
+            ami = sandbox_boto(info, "ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"]
             sandbox_boot(ec2, ami, tmp, 99)  # warm-up (first calls, page cache)
             boots, bares = [], []
             for i in range(args.runs):

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import UBUNTU, keypair, pinned_ssh  # noqa: E402
+from tests.helpers import UBUNTU, keypair, pinned_ssh, sandbox_boto  # noqa: E402
 
 
 def _port_open(address: str, port: int = 22) -> bool:
@@ -227,7 +227,6 @@ def main() -> None:
                              "(default: the machine's)")
     args = parser.parse_args()
 
-    import boto3
 
     from nbcloud.sandbox import client
     from nbcloud.sandbox.hosts import Network
@@ -249,10 +248,8 @@ def main() -> None:
             _image(directory)  # the daemon boots the image $NBCLOUD_OS_IMAGE names when it starts
             sandboxes.append(tmp / f"sandbox{n}")
             info = client.start(sandboxes[-1], subnet=subnet, os_mode=True, timeout=120)
-            kw = {"endpoint_url": info.endpoint_url, "region_name": info.region,
-                  "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-            ec2s.append(boto3.client("ec2", **kw))
-            amis.append(boto3.client("ssm", **kw).get_parameter(Name=UBUNTU)["Parameter"]["Value"])
+            ec2s.append(sandbox_boto(info, "ec2"))
+            amis.append(sandbox_boto(info, "ssm").get_parameter(Name=UBUNTU)["Parameter"]["Value"])
         for index in range(args.runs):  # interleaved: every image and the reference see the same machine load
             for n, image in enumerate(images):
                 times[n][0].append(os_boot(ec2s[n], amis[n], tmp, index * 10 + n))

@@ -141,10 +141,7 @@ class World:
         return hourly
 
     def ec2(self) -> Any:
-        import boto3
-
-        return boto3.client("ec2", endpoint_url=self.sandbox.endpoint_url, region_name=self.sandbox.region,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return sandbox_boto(self.sandbox, "ec2")
 
     def tagged(self, name: str) -> list[Any]:
         from nbcloud.providers.aws.provider import AwsProvider
@@ -157,6 +154,17 @@ class World:
 
 # The SSM parameter of the Ubuntu 24.04 AMI (seeded in the sandbox)
 UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+
+
+def sandbox_boto(info: Any, service: str) -> Any:
+    """A boto3 client for the sandbox ``info`` describes (its endpoint, region and dummy credentials)."""
+    import boto3
+
+    from nbcloud.sandbox.client import CREDENTIALS
+
+    return boto3.client(service, endpoint_url=info.endpoint_url, region_name=info.region,
+                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
 
 
 def adopted_machine(home: Path, name: str) -> Path:

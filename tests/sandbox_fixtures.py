@@ -66,13 +66,9 @@ def start_on_a_free_subnet(directory: Any, subnets: tuple[str, ...]) -> Any:
 @pytest.fixture
 def sandbox_client(sandbox: Any) -> Callable[[str], Any]:
     """``sandbox_client("ssm")``: a boto3 client for the sandbox (dummy credentials, us-east-1)."""
-    import boto3
+    from tests.helpers import sandbox_boto
 
-    def make(service: str) -> Any:
-        return boto3.client(service, endpoint_url=sandbox.endpoint_url, region_name=sandbox.region,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
-    return make
+    return lambda service: sandbox_boto(sandbox, service)
 
 
 @pytest.fixture
