@@ -158,14 +158,9 @@ class Sandbox(OsBoot, Faults, Addresses):
             target = self.shared / "bin" / "uv"
             shutil.copyfile(os.path.realpath(uv), target)
             os.chmod(target, 0o755)
-        # leftovers of a daemon that died: its namespaces, links, instances (moto's state died with it)
-        if isinstance(self.network, LoopbackNetwork):
-            self.network.cleanup_all(self.instances_dir)
-        else:
-            self.network.cleanup_all()
+        # leftovers of a daemon that died: its namespaces, links, loop devices, instances (moto's state died with it)
+        self.clear_host()
         nspawn.unmount_layers(self.instances_dir)  # never delete through a dead daemon's mounted layer
-        if self.os_mode:
-            ebs.detach_loops_under(self.volumes_dir)  # a dead daemon's volumes
         # its instances' disks and its volumes' files too: no API call can name them again (snapshots and images
         # go in Storage); a killed daemon's volume used to stay here for good
         for leftover in [*self.instances_dir.iterdir(), *self.volumes_dir.iterdir()]:
@@ -522,13 +517,18 @@ class Sandbox(OsBoot, Faults, Addresses):
             t.start()
         for t in threads:
             t.join(timeout=15)
+        self.clear_host()  # what a halt that timed out above left
+        self.cloud.stop()
+
+    def clear_host(self) -> None:
+        """What this sandbox made on the machine outside its directory: namespaces, links, and (os mode) the
+        volumes' loop devices."""
         if isinstance(self.network, LoopbackNetwork):
             self.network.cleanup_all(self.instances_dir)
         else:
             self.network.cleanup_all()
-        if self.os_mode:  # a halt that timed out above left its loop devices
+        if self.os_mode:
             ebs.detach_loops_under(self.volumes_dir)
-        self.cloud.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -579,12 +579,7 @@ def main(argv: list[str] | None = None) -> None:
         control.close()
     except BaseException:
         log.exception("daemon failed")
-        if isinstance(sandbox.network, LoopbackNetwork):
-            sandbox.network.cleanup_all(sandbox.instances_dir)
-        else:
-            sandbox.network.cleanup_all()
-        if sandbox.os_mode:
-            ebs.detach_loops_under(sandbox.volumes_dir)
+        sandbox.clear_host()
         (sandbox.dir / "sandbox.json").unlink(missing_ok=True)
         raise
 

@@ -30,8 +30,9 @@ touch "$LOG" && chmod 0644 "$LOG"
 
 # a unit whose output is appended to the log already (nbcloud-data.service) must not get each line twice
 log() {
-  if [[ /dev/stdout -ef $LOG ]]; then printf '%(%Y-%m-%dT%H:%M:%S%z)T nbcloud-bootstrap: %s\n' -1 "$*"
-  else printf '%(%Y-%m-%dT%H:%M:%S%z)T nbcloud-bootstrap: %s\n' -1 "$*" | tee -a "$LOG"; fi
+  local line
+  printf -v line '%(%Y-%m-%dT%H:%M:%S%z)T nbcloud-bootstrap: %s' -1 "$*"
+  if [[ /dev/stdout -ef $LOG ]]; then printf '%s\n' "$line"; else printf '%s\n' "$line" | tee -a "$LOG"; fi
 }
 elapsed() { local now=$EPOCHREALTIME; printf '%d.%02d' $(( (${now/[.,]/} - ${1/[.,]/}) / 1000000 )) $(( (${now/[.,]/} - ${1/[.,]/}) / 10000 % 100 )); }
 # errexit is off inside functions called from `if`, so failures are caught by this trap instead (set -E).
