@@ -132,3 +132,20 @@ def test_relay_ssh_marks_its_packets_as_a_plain_forward_would(nbcloud_home: Path
     sup._target()  # every attempt reads `ssh -G` first
     interactive = ipqos(sup.ssh_argv())[0]
     assert ipqos(sup.relay_argv()) == [interactive, interactive]
+
+
+def test_a_user_config_that_is_nbcloud_own_file_is_refused_untouched(nbcloud_home: Path,
+                                                                      monkeypatch) -> None:
+    """NBCLOUD_USER_SSH_CONFIG naming nbcloud's own ssh_config made it include itself: every ssh failed with
+    "Too many recursive configuration includes" and `up` waited out its whole SSH timeout (300 s)."""
+    import pytest
+
+    from nbcloud.errors import UsageError
+
+    p = paths()
+    p.ssh_config.parent.mkdir(parents=True)
+    p.ssh_config.write_text("# Managed by nbcloud\n")
+    monkeypatch.setenv("NBCLOUD_USER_SSH_CONFIG", str(p.ssh_config))
+    with pytest.raises(UsageError, match="nbcloud's own"):
+        ssh_config.ensure_include(paths())
+    assert p.ssh_config.read_text() == "# Managed by nbcloud\n"

@@ -137,6 +137,11 @@ def _ensure_include(p: Paths) -> bool:
     existing = target.read_text() if target.exists() else ""
     if any(ln.strip() == line for ln in existing.splitlines()):
         return False
+    if target == Path(os.path.realpath(p.ssh_config)):
+        # It would include itself (ssh: "Too many recursive configuration includes") and be overwritten with
+        # nbcloud's Host blocks: every ssh through it fails, and `up` would wait out its whole SSH timeout.
+        raise UsageError(f"the ssh config to add nbcloud's Include to ({link}) is nbcloud's own {p.ssh_config}",
+                         "point NBCLOUD_USER_SSH_CONFIG at another file (your ssh config), or unset it")
     problem = include_problem(link, target)
     if problem:
         raise UsageError(f"cannot add nbcloud's Include to {link}: {problem}",
