@@ -122,8 +122,12 @@ def test_user_data_matches_the_sandbox_parser() -> None:
     assert len(parsed.scripts) == 1 and parsed.scripts[0][1].startswith(b"#!/bin/bash")
 
 
-def test_cloud_config_without_host_key_is_empty_mapping() -> None:
-    assert yaml.safe_load(render_cloud_config(BootstrapSpec(name="x"))) == {}
+def test_cloud_config_without_host_key_only_starts_the_bootstrap_early() -> None:
+    config = yaml.safe_load(render_cloud_config(BootstrapSpec(name="x")))
+    assert list(config) == ["bootcmd"]
+    # once per instance (bootcmd runs at every boot), the part cloud-init wrote out, in its `early` mode
+    assert config["bootcmd"] == [["cloud-init-per", "instance", "nbcloud-bootstrap-early", "/bin/bash",
+                                  "/var/lib/cloud/instance/scripts/nbcloud-bootstrap.sh", "early"]]
 
 
 @pytest.mark.parametrize(

@@ -96,8 +96,17 @@ def _put(path: str, mode: str, content: str) -> str:
     return f"  put {path} {mode} <<'{_EOF}'\n{content}{_EOF}\n"
 
 
+def shipped_template() -> str:
+    """The bootstrap template as instances get it: its header (what the script is, how to re-run it) kept, its
+    other full-line comments dropped. User-data is capped at 16 KB and every option on nearly fills it; the
+    commented script is nbcloud/remote/templates/bootstrap.sh."""
+    lines = resources.files("nbcloud.remote").joinpath("templates/bootstrap.sh").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    return "\n".join(lines[:header] + [line for line in lines[header:] if not line.lstrip().startswith("#")]) + "\n"
+
+
 def render_bootstrap(spec: BootstrapSpec) -> str:
-    template = resources.files("nbcloud.remote").joinpath("templates/bootstrap.sh").read_text()
+    template = shipped_template()
     env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(spec.package_env.items()))
     files = [
         _put(CONFIG_PATH, "0644", render_jupyter_config(spec)),

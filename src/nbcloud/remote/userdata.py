@@ -20,6 +20,7 @@ from .spec import BootstrapSpec
 __all__ = ["USER_DATA_LIMIT", "render_cloud_config", "render_user_data"]
 
 USER_DATA_LIMIT = 16384  # EC2 rejects larger user-data (before base64)
+BOOTSTRAP_PART = "nbcloud-bootstrap.sh"  # cloud-init writes the part under this name
 
 
 def render_cloud_config(spec: BootstrapSpec) -> str:
@@ -29,6 +30,10 @@ def render_cloud_config(spec: BootstrapSpec) -> str:
         # Drop the image's own host keys: only the pinned one may answer.
         config["ssh_deletekeys"] = True
         config["ssh_genkeytypes"] = []
+    # The bootstrap (the x-shellscript part, written out before the network stage's modules run) is started from
+    # there instead of waiting for the final stage (bootstrap.sh's `early`); once per instance, not at every boot.
+    config["bootcmd"] = [["cloud-init-per", "instance", "nbcloud-bootstrap-early", "/bin/bash",
+                          f"/var/lib/cloud/instance/scripts/{BOOTSTRAP_PART}", "early"]]
     # JSON is YAML: no YAML emitter needed, and cloud-init accepts it after the #cloud-config line.
     return "#cloud-config\n" + json.dumps(config, indent=1, sort_keys=True) + "\n"
 
@@ -47,7 +52,7 @@ def _part(text: str, subtype: str, filename: str) -> MIMEText:
 def render_user_data(spec: BootstrapSpec) -> bytes:
     message = MIMEMultipart(boundary="==nbcloud-boundary==")
     message.attach(_part(render_cloud_config(spec), "cloud-config", "cloud-config.txt"))
-    message.attach(_part(render_bootstrap(spec), "x-shellscript", "nbcloud-bootstrap.sh"))
+    message.attach(_part(render_bootstrap(spec), "x-shellscript", BOOTSTRAP_PART))
     data = gzip.compress(message.as_bytes(), compresslevel=9, mtime=0)
     if len(data) > USER_DATA_LIMIT:
         raise UsageError(

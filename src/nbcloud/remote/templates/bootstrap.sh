@@ -231,11 +231,45 @@ run() {
   log "step $1: ok ($(elapsed "$t") s)"
 }
 
+# cloud-init runs this script in its final stage, after two more cloud-init processes (the config and final
+# stages) have started and imported: ~0.7 s after the network stage on the sandbox's real-OS instances. Its bootcmd
+# (the network stage, once per instance) runs `early` instead, which starts the bootstrap as its own unit as soon as
+# that stage is done; the final stage's run then only waits for it and takes its result, so `cloud-init status`
+# still says whether the bootstrap worked.
+EARLY_MARK=/run/nbcloud-bootstrap.early
+EARLY_STATUS=/run/nbcloud-bootstrap.status
+start_early() {
+  [ -z "$R" ] && command -v systemd-run >/dev/null 2>&1 || return 0
+  touch "$EARLY_MARK"
+  # KillMode=process: the background byte-compile (compile_later) outlives the run, as under cloud-final
+  systemd-run --no-block --quiet --unit=nbcloud-bootstrap --property=After=cloud-init.service \
+    --property=KillMode=process /bin/bash "$(readlink -f "$0")" run-early || rm -f "$EARLY_MARK"
+}
+wait_early() {
+  local state
+  while [ ! -e "$EARLY_STATUS" ]; do
+    state=$(systemctl show -P ActiveState nbcloud-bootstrap.service 2>/dev/null || true)
+    if [ "$state" = failed ]; then rm -f "$EARLY_MARK"; return 1; fi  # killed before it wrote its status
+    if [ "$(systemctl show -P LoadState nbcloud-bootstrap.service 2>/dev/null || true)" = not-found ]; then
+      rm -f "$EARLY_MARK"; return 2  # the unit never ran: run here after all
+    fi
+    sleep 0.2
+  done
+  rm -f "$EARLY_MARK"  # consumed: a later `sudo bash /opt/nbcloud/bootstrap.sh` runs the steps again
+  return "$(cat "$EARLY_STATUS")"
+}
+
 case "${1:-all}" in
   mount-data) STEP=data; mount_data; exit 0;;
   imds-guard) STEP=imds; guard_imds; exit 0;;
-  all) ;;
-  *) echo "usage: $0 [all|mount-data|imds-guard]" >&2; exit 2;;
+  early) start_early; exit 0;;
+  run-early) rm -f "$EARLY_STATUS"; trap 'echo $? > "$EARLY_STATUS"' EXIT;;
+  all)
+    if [ -z "$R" ] && [ -e "$EARLY_MARK" ]; then
+      rc=0; wait_early || rc=$?
+      [ "$rc" = 2 ] || exit "$rc"
+    fi;;
+  *) echo "usage: $0 [all|mount-data|imds-guard|early]" >&2; exit 2;;
 esac
 
 log "start (instance @@NAME@@)"
