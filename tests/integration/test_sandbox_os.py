@@ -205,6 +205,34 @@ def test_nbcloud_units_run_on_real_systemd(os_world: World, instance: dict[str, 
     assert int(lines[2]) > 1
 
 
+def test_the_bootstrap_starts_as_its_own_unit_after_the_network_stage_and_runs_once(
+        os_world: World, instance: dict[str, Any]) -> None:
+    """cloud-init's bootcmd starts the bootstrap (nbcloud-bootstrap.service) once the network stage ends, instead of
+    its final stage ~0.7 s later; the final stage's run of the same script waits for it and takes its result."""
+    out = _run(os_world, "sudo journalctl -b -o cat -u nbcloud-bootstrap.service | grep -c 'nbcloud-bootstrap: start'; "
+                         "grep -c 'nbcloud-bootstrap: start' /var/log/nbcloud/bootstrap.log; "
+                         "sudo cloud-init status --long | grep -c -i error || true")
+    assert out["stdout"].split() == ["1", "1", "0"], out
+
+
+def test_an_image_baked_from_an_instance_carries_its_disk(os_world: World, instance: dict[str, Any]) -> None:
+    """CreateImage copies the instance's layer (its venv, its files); an instance of the image starts from a copy
+    of it. (It used to copy nothing in os mode: an instance of the "baked" image installed everything again.)"""
+    assert _run(os_world, "echo made-before-the-bake > ~/baked.txt")["exit_code"] == 0
+    baked = os_world.nb_json("image", "bake", NAME, "--image-name", "os-img")
+    clone = NAME + "c"
+    try:
+        os_world.up(clone, "--image", "os-img")
+        out = _run(os_world, "cat ~/baked.txt; grep 'step venv:' /var/log/nbcloud/bootstrap.log | tail -2", clone)
+        assert out["stdout"].splitlines()[0] == "made-before-the-bake", out
+        assert "already installed (baked image)" in out["stdout"], out
+        os_world.nb("down", clone, "--yes")
+        os_world.names.discard(clone)
+    finally:
+        os_world.nb("image", "delete", "os-img", "--provider", "sandbox", check=False)
+    assert baked["image_id"] not in {i["image_id"] for i in os_world.nb_json("image", "list", "--provider", "sandbox")}
+
+
 def test_the_bootstrap_installs_from_the_warm_uv_cache_unpacking_no_wheel(os_world: World,
                                                                           instance: dict[str, Any]) -> None:
     """The machine's cache knows the wheels by the path the instance sees them at: the venv step hard-links from

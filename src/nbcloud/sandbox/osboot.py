@@ -20,6 +20,7 @@ from . import disk, ebs, nspawn
 from .dhcp import DhcpResponder
 from .hosts import Network, kill_namespace_processes
 from .loopback import LoopbackNetwork
+from .storage import Storage, copy_tree
 from .userdata import raw_user_data
 from .wheelhouse import UvCacheSeeder, wait_uv_cache_seed
 
@@ -37,6 +38,7 @@ class OsBoot:
     image: Path | None
     network: Network | LoopbackNetwork
     uv_seeder: UvCacheSeeder | None
+    storage: Storage
     volumes_dir: Path
     shared: Path
     wheelhouse: str
@@ -71,6 +73,9 @@ class OsBoot:
         inst_dir = self._instance_dir(host.instance_id)
         if not nspawn.layer_root(inst_dir).is_dir():
             inst_dir.mkdir(parents=True, exist_ok=True)
+            baked = self.storage.image_root(inst.image_id)
+            if baked is not None:  # a baked image: its layer, copied (/opt linked), as EBS copies a snapshot
+                copy_tree(baked, nspawn.layer_root(inst_dir), link=("opt",))
             raw = raw_user_data(inst)
             if raw:
                 (inst_dir / "user-data").write_bytes(raw)
