@@ -6,14 +6,18 @@ Prints, in one run:
   * reference: an overlay over the same image + `systemd-nspawn -b` in a fresh namespace (host key and root's key
     written beforehand, cloud-init disabled) → `ssh root@ip true` succeeds
   * the ratio of the medians (issue 16's goal: ≤ 1.3)
+  * a second reference: the same image booted by nspawn alone with cloud-init on, from a NoCloud seed in the layer
+    (the login key in its user-data; cloud-init makes the host keys and `ubuntu`): a cloud image booted outside a
+    cloud. os mode's time over it is what the sandbox adds (RunInstances, the daemon, IMDS over the network)
   * `nbcloud up NAME --no-connect` (returns once Jupyter answers) on the same sandbox, --up-runs times, against a
-    bare `python -m jupyter_server` started by hand inside that instance to /api/status answering (goal: ≤ 2.0)
+    bare `python -m jupyter_server` started by hand inside that instance to /api/status answering (goal: ≤ 2.0);
+    with --baked, in turn with `up NAME --image` of an image baked (`nbcloud image bake`) from a first instance
 
 The reference is the same image, the same overlay, the same nspawn command line (nspawn.ContainerSpec) in a
 namespace made by the same code (hosts.Network): what it lacks is what os mode adds (cloud-init, IMDS, the daemon).
 
 Run as root, after `nbcloud sandbox image build`:
-  python bench/bench_sandbox_os.py [--runs 5] [--up-runs 1] [--subnet 10.244.0.0/16] [--bare-subnet CIDR]
+  python bench/bench_sandbox_os.py [--runs 5] [--up-runs 1] [--baked] [--subnet 10.244.0.0/16] [--bare-subnet CIDR]
       [--image DIR --image DIR2]  (compare two images in one run, e.g. one built with NBCLOUD_OS_IMAGE=DIR2)
 Its own sandboxes (one per image, in the first half of --subnet, reset at the end) and its own reference
 namespaces (the last /24 of --subnet unless given; names carry this process's id), each subnet behind a
@@ -88,27 +92,41 @@ def os_boot(ec2, ami: str, tmp: Path, index: int) -> float:
     return elapsed
 
 
-def bare_boot(network, image: Path, tmp: Path, index: int) -> float:
-    """The same image booted by nspawn alone: what os mode adds (cloud-init, IMDS, the daemon) is the difference."""
+def _reference_files(public: str, host_private: str, host_public: str, cloud_init: bool) -> list[tuple[str, str, int]]:
+    """What the reference's layer gets before it boots: without cloud-init, a host key and root's key; with it,
+    a NoCloud seed carrying the login key (how a cloud image boots outside a cloud), cloud-init then making the host
+    keys and the `ubuntu` user as it does from IMDS in os mode."""
+    if not cloud_init:
+        return [("etc/ssh/ssh_host_ed25519_key", host_private, 0o600),
+                ("etc/ssh/ssh_host_ed25519_key.pub", host_public, 0o644),
+                ("root/.ssh/authorized_keys", public, 0o600),
+                ("etc/cloud/cloud-init.disabled", "", 0o644)]
+    return [("etc/cloud/cloud.cfg.d/99-bench-nocloud.cfg", "datasource_list: [ NoCloud, None ]", 0o644),
+            ("var/lib/cloud/seed/nocloud/meta-data", "instance-id: bench\nlocal-hostname: bench", 0o600),
+            ("var/lib/cloud/seed/nocloud/user-data", f"#cloud-config\nssh_authorized_keys: [{json.dumps(public)}]",
+             0o600)]
+
+
+def bare_boot(network, image: Path, tmp: Path, index: int, cloud_init: bool = False) -> float:
+    """The same image booted by nspawn alone: what os mode adds (IMDS, the daemon, and cloud-init unless
+    ``cloud_init``) is the difference."""
     from nbcloud.sandbox import nspawn
 
     private, public = keypair()
     host_private, host_public = keypair()
-    key = tmp / f"bkey{index}"
+    key = tmp / f"bkey{index}{cloud_init:d}"
     key.write_text(private)
     key.chmod(0o600)
-    ident = f"b{os.getpid()}x{index}"
+    ident = f"b{os.getpid()}x{index}{cloud_init:d}"
     inst = tmp / ident
     upper = nspawn.layer_root(inst)
-    for rel, text, mode in (("etc/ssh/ssh_host_ed25519_key", host_private, 0o600),
-                            ("etc/ssh/ssh_host_ed25519_key.pub", host_public, 0o644),
-                            ("root/.ssh/authorized_keys", public, 0o600),
-                            ("etc/cloud/cloud-init.disabled", "", 0o644)):
+    for rel, text, mode in _reference_files(public, host_private, host_public, cloud_init):
         path = upper / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text.rstrip("\n") + "\n")
         path.chmod(mode)
-    (upper / "root").chmod(0o700)
+    if not cloud_init:
+        (upper / "root").chmod(0o700)
     address = network.pool.allocate()
     known = tmp / f"bkh{index}"
     known.write_text(f"{address} {host_public}\n")
@@ -118,7 +136,10 @@ def bare_boot(network, image: Path, tmp: Path, index: int) -> float:
     spec = nspawn.ContainerSpec(ident, inst, network.netns_name(ident), tmp, "")
     proc = nspawn.spawn_container(spec)
     try:
-        wait_ssh(address, "root", key, known)
+        if cloud_init:
+            wait_ssh(address, "ubuntu", key, None)
+        else:
+            wait_ssh(address, "root", key, known)
         return time.monotonic() - start
     finally:
         nspawn.stop_container(proc)
@@ -141,15 +162,32 @@ BARE_JUPYTER = (
 )
 
 
-def up_time(sandbox_dir: Path, tmp: Path, index: int) -> tuple[float, float]:
-    """`nbcloud up` to Jupyter answering, then a bare `jupyter server` start inside that instance."""
-    env = {**os.environ, "NBCLOUD_HOME": str(tmp / f"home{index}"), "NBCLOUD_SANDBOX_DIR": str(sandbox_dir),
-           "NBCLOUD_USER_SSH_CONFIG": str(tmp / f"ssh{index}" / "config"), "NBCLOUD_QUIET": "1",
-           "PYTHONPATH": str(ROOT / "src")}
+def _env(sandbox_dir: Path, tmp: Path, index: int) -> dict[str, str]:
+    return {**os.environ, "NBCLOUD_HOME": str(tmp / f"home{index}"), "NBCLOUD_SANDBOX_DIR": str(sandbox_dir),
+            "NBCLOUD_USER_SSH_CONFIG": str(tmp / f"ssh{index}" / "config"), "NBCLOUD_QUIET": "1",
+            "PYTHONPATH": str(ROOT / "src")}
+
+
+def bake(sandbox_dir: Path, tmp: Path) -> str:
+    """An image baked from a new instance (`image bake`: its disk, Jupyter's environment included), which is then
+    removed: the name for `up --image`."""
+    env = _env(sandbox_dir, tmp, 999)
+    for argv in (["up", "bakesrc", "--provider", "sandbox", "--no-connect"], ["image", "bake", "bakesrc",
+                 "--image-name", "benchbaked"], ["down", "bakesrc", "--yes", "--delete-data"]):
+        done = subprocess.run([*NBCLOUD, *argv], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"nbcloud {' '.join(argv)} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    return "benchbaked"
+
+
+def up_time(sandbox_dir: Path, tmp: Path, index: int, image: str | None = None) -> tuple[float, float]:
+    """`nbcloud up` (of ``image`` if given) to Jupyter answering, then a bare `jupyter server` start inside that
+    instance."""
+    env = _env(sandbox_dir, tmp, index)
     name = f"bench{index}"
     start = time.monotonic()
-    up = subprocess.run([*NBCLOUD, "up", name, "--provider", "sandbox", "--no-connect", "--json"], env=env,
-                        capture_output=True, text=True)
+    up = subprocess.run([*NBCLOUD, "up", name, "--provider", "sandbox", "--no-connect", "--json",
+                         *(("--image", image) if image else ())], env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - start
     if up.returncode != 0:
         raise SystemExit(f"nbcloud up failed ({up.returncode}): {(up.stderr or up.stdout).strip()[-300:]}")
@@ -200,13 +238,16 @@ def _remove(tmp: Path) -> None:
 
 
 def _figures(image: dict[str, Any], os_times: list[float], bare_times: list[float],
-             ups: list[tuple[float, float]]) -> dict[str, Any]:
+             ups: list[tuple[float, float]], bare_cloud_init: list[float]) -> dict[str, Any]:
     result = {
         "image": {k: image[k] for k in ("path", "built_at", "build_seconds", "size_bytes")},
         "os_boot_to_ssh_s": [round(t, 2) for t in os_times], "os_median_s": round(statistics.median(os_times), 2),
         "bare_nspawn_to_ssh_s": [round(t, 2) for t in bare_times],
         "bare_median_s": round(statistics.median(bare_times), 2),
         "ratio": round(statistics.median(os_times) / statistics.median(bare_times), 2),
+        "bare_cloud_init_to_ssh_s": [round(t, 2) for t in bare_cloud_init],
+        "bare_cloud_init_median_s": round(statistics.median(bare_cloud_init), 2),
+        "ratio_vs_bare_cloud_init": round(statistics.median(os_times) / statistics.median(bare_cloud_init), 2),
     }
     if ups:
         up_median, bare_median = statistics.median(u for u, _ in ups), statistics.median(b for _, b in ups)
@@ -220,6 +261,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--up-runs", type=int, default=1)
+    parser.add_argument("--baked", action="store_true",
+                        help="also `up --image` of an image baked from an instance (`image bake`), in turn with `up`")
     parser.add_argument("--subnet", default=os.environ.get("NBCLOUD_BENCH_SUBNET", "10.244.0.0/16"))
     parser.add_argument("--bare-subnet", default=None, help="default: the last /24 of --subnet")
     parser.add_argument("--image", action="append", default=[],
@@ -241,7 +284,9 @@ def main() -> None:
     bare = Network(bare_subnet)
     bare.install_guard()
     sandboxes: list[Path] = []
-    times: list[tuple[list[float], list[float], list[tuple[float, float]]]] = [([], [], []) for _ in dirs]
+    baked_ups: list[tuple[float, float]] = []
+    times: list[tuple[list[float], list[float], list[tuple[float, float]], list[float]]] = [
+        ([], [], [], []) for _ in dirs]
     try:
         ec2s, amis = [], []
         for n, (directory, subnet) in enumerate(zip(dirs, subnets, strict=True)):
@@ -254,11 +299,15 @@ def main() -> None:
             for n, image in enumerate(images):
                 times[n][0].append(os_boot(ec2s[n], amis[n], tmp, index * 10 + n))
                 times[n][1].append(bare_boot(bare, Path(image["path"]), tmp, index * 10 + n))
+                times[n][3].append(bare_boot(bare, Path(image["path"]), tmp, index * 10 + n, cloud_init=True))
         boots = [_figures(image, *t) for image, t in zip(images, times, strict=True)]
         print(json.dumps(boots[0] if len(boots) == 1 else boots, indent=2), flush=True)  # kept if `up` fails
+        baked_name = bake(sandboxes[0], tmp) if args.baked and args.up_runs else None
         for index in range(args.up_runs):
             for n in range(len(dirs)):
                 times[n][2].append(up_time(sandboxes[n], tmp, index * 10 + n))
+            if baked_name:  # in turn with the plain `up`s: the same load
+                baked_ups.append(up_time(sandboxes[0], tmp, index * 10 + 9, image=baked_name))
     finally:
         for sandbox in sandboxes:
             client.reset(sandbox)
@@ -266,6 +315,11 @@ def main() -> None:
         _remove(tmp)
     if args.up_runs:
         results = [_figures(image, *t) for image, t in zip(images, times, strict=True)]
+        if baked_ups:
+            results[0] |= {"baked_up_to_jupyter_s": [round(u, 2) for u, _ in baked_ups],
+                           "baked_bare_jupyter_server_s": [round(b, 2) for _, b in baked_ups],
+                           "baked_up_ratio": round(statistics.median(u for u, _ in baked_ups)
+                                                   / statistics.median(b for _, b in baked_ups), 2)}
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
 
 
