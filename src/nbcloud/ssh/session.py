@@ -32,6 +32,9 @@ class SshResult:
 
 #: ssh's own exit status when it could not connect or authenticate (the remote command's status otherwise)
 SSH_CONNECT_FAILED = 255
+#: what ssh says (exit 255, like a host that does not answer yet) when its configuration is broken: retrying
+#: cannot help, so waiting for SSH stops at once instead of at its timeout
+SSH_CONFIG_BROKEN = ("bad configuration option", "too many recursive configuration includes")
 
 
 def ssh_binary() -> str:
@@ -147,6 +150,9 @@ def wait_ssh(config: Path, alias: str, timeout: float, interval: float = 0.1, *,
         if result.returncode == 0:
             return time.monotonic() - start
         last = (result.stderr.strip().splitlines() or [""])[-1]
+        if result.returncode == SSH_CONNECT_FAILED and any(m in result.stderr.lower() for m in SSH_CONFIG_BROKEN):
+            raise UsageError(f"ssh {alias}: its configuration is broken ({last})",
+                             f"fix the ssh config it names (nbcloud's own is {config}), then retry")
         if result.returncode != SSH_CONNECT_FAILED:
             raise RemoteError(f"ssh {alias}: command failed ({result.returncode}): {last or 'no output'}",
                               f"`nbcloud logs {alias.removeprefix('nb-')} --bootstrap` shows the instance's setup log")
