@@ -35,6 +35,10 @@ def test_up_applies_given_options_in_place_or_refuses(world) -> None:
     assert "server_side_execution = True" in config
     world.ssh_out("e", '"${NBCLOUD_ROOT:-}/opt/nbcloud/venv/bin/python" -c "import jupyter_server_nbmodel"')
     assert world.status("e")["budget_usd"] == 3.0
+    # a cap at or below what it has already cost would stop it at the agent's next check: refused, nothing changed
+    spent = world.nb("up", "e", "--provider", "sandbox", "--no-connect", "--max-cost", "0.0000001", check=False)
+    assert spent.returncode == 2 and "has already cost" in _one_line(spent)
+    assert json.loads(world.ssh_out("e", "cat ~/.config/nbcloud/agent.json"))["max_cost_usd"] == 3.0
 
     # defaults are not options: a plain `up` changes nothing and keeps what was applied
     plain = world.up("e")

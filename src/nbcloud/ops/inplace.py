@@ -21,7 +21,8 @@ from ..remote.machine_root import SH_ROOT
 from ..state import Record
 from .context import Context, Progress, no_progress
 
-__all__ = ["FLAGS", "InPlacePlan", "apply_in_place", "plan_in_place", "refuse_elsewhere", "retype"]
+__all__ = ["FLAGS", "InPlacePlan", "apply_in_place", "plan_in_place", "refuse_cap_below_cost", "refuse_elsewhere",
+           "retype"]
 
 #: spec field → the option that sets it (for messages and for `changed` in `up --json`)
 FLAGS: dict[str, str] = {
@@ -104,6 +105,26 @@ def plan_in_place(stored: InstanceSpec, wanted: InstanceSpec, given: frozenset[s
         raise ConflictError(f"{name} is {state} as {stored.instance_type}: its instance type changes only while it "
                             "is stopped", f"`nbcloud stop {name}`, then `nbcloud up {name} -t {new_type}`")
     return InPlacePlan(replace(stored, **changes), tuple(changes), new_type)
+
+
+def refuse_cap_below_cost(ctx: Context, record: Record, plan: InPlacePlan) -> None:
+    """A new --max-cost at or below what the instance has already cost would have its agent stop it at the next
+    check: refused in one line instead (the user most likely meant a budget from now on, or a typo)."""
+    from datetime import UTC, datetime
+
+    from .costs import cost_fields
+
+    cap = plan.spec.max_cost_usd
+    if "max_cost_usd" not in plan.changed or not cap:
+        return
+    accrued = cost_fields(ctx, record, plan.spec, datetime.now(UTC))["accrued_usd"]
+    if accrued is not None and accrued >= cap:
+        def usd(x: float) -> str:
+            return f"${x:,.2f}" if x >= 1 else f"${x:.2g}"
+
+        raise UsageError(f"{record.name} has already cost {usd(accrued)}, at or over --max-cost {usd(cap)}: its agent "
+                         "would stop it at once", f"give a cap above {usd(accrued)} (it counts from launch), or "
+                         f"`nbcloud stop {record.name}`")
 
 
 def retype(ctx: Context, record: Record, provider: Any, instance_id: str, new_type: str,

@@ -37,7 +37,7 @@ from ..state import LaunchIntent, Record
 from .bootlog import BootLog, save_bootstrap_log
 from .context import Context, Progress, no_progress
 from .hostkey import rotate_host_key
-from .inplace import apply_in_place, plan_in_place, refuse_elsewhere, retype
+from .inplace import apply_in_place, plan_in_place, refuse_cap_below_cost, refuse_elsewhere, retype
 from .instances import (
     DATA_DEVICE,
     bootstrap_spec,
@@ -455,6 +455,7 @@ def _reuse(ctx: Context, record: Record, spec: InstanceSpec, progress: Progress,
     plan = plan_in_place(stored_spec(record), spec, given, state=instance.state,
                          powerable=manages_machines(provider))
     require_price_for_cap(provider, plan.spec.instance_type, plan.spec.max_cost_usd if plan.agent else None)
+    refuse_cap_below_cost(ctx, record, plan)
     progress(f"{record.name} exists ({instance.state}): reusing it"
              + (f", changing {', '.join(plan.flags())}" if plan.changed else ""))
     if plan.new_type is not None:
