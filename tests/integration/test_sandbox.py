@@ -144,6 +144,15 @@ def test_lifecycle_ssh_userdata_stop_start_terminate(sandbox: Any, machine: Any)
     assert m.ssh("hostname -I").stdout.split() == [private]
 
     m.ec2.stop_instances(InstanceIds=[m.instance_id])
+    # as on EC2, an instance still stopping cannot be started (the sandbox used to boot it beside its old host)
+    try:
+        early = m.ec2.start_instances(InstanceIds=[m.instance_id])["StartingInstances"][0]["PreviousState"]["Name"]
+    except ClientError as exc:
+        early = exc.response["Error"]["Code"]
+    assert early in ("IncorrectInstanceState", "stopped"), early
+    if early == "stopped":  # it was down before the call came: stop it again for what follows
+        m.ec2.get_waiter("instance_running").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
+        m.ec2.stop_instances(InstanceIds=[m.instance_id])
     m.ec2.get_waiter("instance_stopped").wait(InstanceIds=[m.instance_id], WaiterConfig={"Delay": 1})
     _wait(lambda: netns not in _netns_list())
     stopped = m.refresh()

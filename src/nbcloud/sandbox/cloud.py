@@ -127,6 +127,25 @@ def install_hooks(listener: CloudListener) -> None:
 
     EC2Backend.detach_volume = detach_volume  # type: ignore[method-assign]
     _idempotent_run_instances()
+    _no_start_while_stopping()
+
+
+def _no_start_while_stopping() -> None:
+    """StartInstances of an instance still stopping is refused, as on AWS (moto starts it; the sandbox would then
+    boot it while its old host is still going down)."""
+    from moto.ec2.exceptions import EC2ClientError
+
+    hooked = EC2Backend.start_instances
+
+    @functools.wraps(hooked)
+    def start_instances(self: Any, instance_ids: list[str]) -> Any:
+        for instance_id in instance_ids:
+            if self.get_instance(instance_id).state == "stopping":
+                raise EC2ClientError("IncorrectInstanceState",
+                                     f"The instance '{instance_id}' is not in a state from which it can be started.")
+        return hooked(self, instance_ids)
+
+    EC2Backend.start_instances = start_instances  # type: ignore[method-assign]
 
 
 def _idempotent_run_instances() -> None:
