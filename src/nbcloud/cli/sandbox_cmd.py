@@ -77,11 +77,16 @@ def status(sandbox_dir: Path | None, as_json: bool) -> None:
 
 def _reset_text(result: dict[str, Any]) -> str:
     removed = result.get("removed") or {}
-    parts = [f"{len(removed.get('namespaces', []))} namespace(s)", f"{len(removed.get('links', []))} link(s)"]
-    daemon = "stopped the daemon" if result["stopped_daemon"] else "no daemon was running"
+    # a daemon that stops removes its instances' namespaces and links itself: what is counted here was left over
+    # (by a daemon that was killed), and "removed 0 namespace(s)" read as if nothing had been cleaned
+    parts = [f"{n} {what}" for n, what in ((len(removed.get("namespaces", [])), "leftover namespace(s)"),
+                                           (len(removed.get("links", [])), "leftover link(s)")) if n]
+    daemon = ("stopped the daemon (it removed its instances and their namespaces)" if result["stopped_daemon"]
+              else "no daemon was running")
     forgotten = result.get("forgotten") or []
     local = f"; stopped the tunnels and labs of {', '.join(forgotten)} and forgot them here" if forgotten else ""
-    return f"sandbox reset: {daemon}; removed {', '.join(parts)} and the instances' disks{local}"
+    removed_text = ", ".join([*parts, "the instances' disks"])
+    return f"sandbox reset: {daemon}; removed {removed_text}{local}"
 
 
 @sandbox.command()
