@@ -242,7 +242,9 @@ start_early() {
   [ -z "$R" ] && command -v systemd-run >/dev/null 2>&1 || return 0
   touch "$EARLY_MARK"
   # KillMode=process: the background byte-compile (compile_later) outlives the run, as under cloud-final
-  systemd-run --no-block --quiet --unit=nbcloud-bootstrap --property=After=cloud-init.service \
+  # the network stage's unit: cloud-init.service, cloud-init-network.service from cloud-init 24.3 (Ubuntu 24.04's)
+  systemd-run --no-block --quiet --unit=nbcloud-bootstrap \
+    --property="After=cloud-init.service cloud-init-network.service" \
     --property=KillMode=process /bin/bash "$(readlink -f "$0")" run-early || rm -f "$EARLY_MARK"
 }
 wait_early() {
