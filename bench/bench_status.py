@@ -7,7 +7,9 @@ each bounded by a short timeout. This bench launches instances with `nbcloud up 
 wall time and the CPU of the command and its ssh children. Goal: ratio ≤ 2 for 50 instances (50 sandbox instances
 with Jupyter fit on this 2-core machine: ~15 min to launch them one by one).
 
-Run as root: python bench/bench_status.py [--sizes 1,50] [--runs 5] [--subnet 10.214.0.0/16]
+Run as root: python bench/bench_status.py [--sizes 1,50] [--runs 5] [--subnet 10.214.0.0/16] [--baseline DIR]
+``--baseline DIR`` (another tree's ``src``, e.g. ``git archive main src | tar -x -C /tmp/base``) times that tree's CLI
+too, against the same instances, its runs interleaved with this tree's: a before/after in one run.
 Uses its own sandbox with temporary NBCLOUD_HOME/NBCLOUD_SANDBOX_DIR, reset at the end.
 """
 
@@ -44,23 +46,27 @@ def nb(env: dict[str, str], *args: str, timeout: float = 900) -> tuple[float, fl
     return wall, cpu, json.loads(done.stdout)
 
 
-def timed_status(env: dict[str, str], runs: int, one: str) -> tuple[tuple[float, float], tuple[float, float],
-                                                                    list[dict]]:
-    """`status ONE` and `status` (every instance) taken in turn, ``runs`` times each, so that a change in the load of
-    a shared machine weighs on both alike: the medians (wall s, CPU s) of each and the last full table."""
-    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-    rows: list[dict] = []
+Timing = tuple[tuple[float, float], tuple[float, float], list[dict]]
+
+
+def timed_status(envs: dict[str, dict[str, str]], runs: int, one: str) -> dict[str, Timing]:
+    """For each tree (label → its environment): `status ONE` and `status` (every instance) taken in turn, ``runs``
+    times each, the trees interleaved too, so that a change in the load of a shared machine weighs on all alike:
+    the medians (wall s, CPU s) of each and the last full table."""
+    times: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    rows: dict[str, list[dict]] = {}
     for _ in range(runs):
-        for every in (False, True):
-            wall, cpu, out = nb(env, "status", *(() if every else (one,)))
-            times[every].append((wall, cpu))
-            if every:
-                rows = out  # type: ignore[assignment]
+        for label, env in envs.items():
+            for every in (False, True):
+                wall, cpu, out = nb(env, "status", *(() if every else (one,)))
+                times.setdefault((label, every), []).append((wall, cpu))
+                if every:
+                    rows[label] = out  # type: ignore[assignment]
 
     def median(pairs: list[tuple[float, float]]) -> tuple[float, float]:
         return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
-    return median(times[False]), median(times[True]), rows
+    return {label: (median(times[(label, False)]), median(times[(label, True)]), rows[label]) for label in envs}
 
 
 def main() -> None:
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,20", help="instance counts to measure at, ascending")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--subnet", default="10.214.0.0/16")
+    parser.add_argument("--baseline", type=Path, help="another tree's src directory, timed interleaved with this one")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     if os.geteuid() != 0:
@@ -78,6 +85,7 @@ def main() -> None:
                       NBCLOUD_SANDBOX_SUBNET=args.subnet, NBCLOUD_SANDBOX_DIR=str(tmp / "sandbox"),
                       NBCLOUD_QUIET="1")
     env = dict(os.environ) | {"PYTHONPATH": str(SRC)}
+    envs = {"this": env} | ({"baseline": env | {"PYTHONPATH": str(args.baseline.resolve())}} if args.baseline else {})
     from nbcloud.sandbox import client as sandbox
 
     sandbox.start()
@@ -91,15 +99,16 @@ def main() -> None:
                 nb(env, "up", name, "--provider", "sandbox", "--no-connect", "--idle-stop", "off")
                 names.append(name)
             print(f"{size} instances up ({time.monotonic() - t0:.0f} s for the last batch)", flush=True)
-            (one_wall, one_cpu), (all_wall, all_cpu), rows = timed_status(env, args.runs, names[0])
-            read = sum(1 for r in rows if r.get("idle_reason") and "unreachable" not in r["idle_reason"])
-            results.append((size, one_wall, one_cpu, all_wall, all_cpu, read))
-            print(f"  status of 1: {one_wall:.2f} s wall, {one_cpu:.2f} s CPU; status of {size}: {all_wall:.2f} s "
-                  f"wall, {all_cpu:.2f} s CPU; agents read {read}/{size}; ratio {all_wall / one_wall:.2f}",
-                  flush=True)
+            for label, ((one_wall, one_cpu), (all_wall, all_cpu), rows) in timed_status(envs, args.runs,
+                                                                                         names[0]).items():
+                read = sum(1 for r in rows if r.get("idle_reason") and "unreachable" not in r["idle_reason"])
+                results.append((label, size, one_wall, one_cpu, all_wall, all_cpu, read))
+                print(f"  {label}: status of 1: {one_wall:.2f} s wall, {one_cpu:.2f} s CPU; status of {size}: "
+                      f"{all_wall:.2f} s wall, {all_cpu:.2f} s CPU; agents read {read}/{size}; "
+                      f"ratio {all_wall / one_wall:.2f}", flush=True)
         print(f"\nsummary (median of {args.runs} runs each; goal: ratio ≤ 2 for 50):")
-        for size, one_wall, one_cpu, all_wall, all_cpu, read in results:
-            print(f"  N={size:3d}: status(N) {all_wall:5.2f} s ÷ status(1) {one_wall:5.2f} s = "
+        for label, size, one_wall, one_cpu, all_wall, all_cpu, read in results:
+            print(f"  {label:8s} N={size:3d}: status(N) {all_wall:5.2f} s ÷ status(1) {one_wall:5.2f} s = "
                   f"{all_wall / one_wall:4.2f} (CPU {all_cpu:.2f} s vs {one_cpu:.2f} s; agents read {read}/{size})")
     finally:
         from concurrent.futures import ThreadPoolExecutor
