@@ -118,13 +118,10 @@ class Sandbox(OsBoot, Faults, Addresses):
         self.work: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
         self.stopped = threading.Event()
         self.cloud = MotoCloud()
-        self.storage = Storage(sandbox_dir, self.volumes_dir, self._root_disk, discard=self.trash.discard)
-
-    def _root_disk(self, instance_id: str) -> Path:
-        """What an instance's root volume holds, as CreateImage copies it: its root tree, or in os mode its layer
-        over the machine's image (an image of it is that layer; its instances start from a copy of it)."""
-        inst_dir = self._instance_dir(instance_id)
-        return nspawn.layer_root(inst_dir) if self.os_mode else inst_dir / "root"
+        # what CreateImage copies: an instance's root tree, or in os mode its layer over the machine's image
+        root_disk = ((lambda i: nspawn.layer_root(self._instance_dir(i))) if self.os_mode
+                     else (lambda i: self._instance_dir(i) / "root"))
+        self.storage = Storage(sandbox_dir, self.volumes_dir, root_disk, discard=self.trash.discard)
 
     # setup -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
