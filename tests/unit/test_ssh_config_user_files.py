@@ -149,3 +149,7 @@ def test_a_user_config_that_is_nbcloud_own_file_is_refused_untouched(nbcloud_hom
     with pytest.raises(UsageError, match="nbcloud's own"):
         ssh_config.ensure_include(paths())
     assert p.ssh_config.read_text() == "# Managed by nbcloud\n"
+    # holding the Include line already (an earlier run wrote it) is no reason to accept it
+    p.ssh_config.write_text(f'Include "{p.ssh_config}"\n')
+    with pytest.raises(UsageError, match="nbcloud's own"):
+        ssh_config.ensure_include(paths())

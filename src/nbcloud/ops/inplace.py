@@ -112,6 +112,7 @@ def refuse_cap_below_cost(ctx: Context, record: Record, plan: InPlacePlan) -> No
     check: refused in one line instead (the user most likely meant a budget from now on, or a typo)."""
     from datetime import UTC, datetime
 
+    from ..money.cost import format_usd
     from .costs import cost_fields
 
     cap = plan.spec.max_cost_usd
@@ -119,11 +120,9 @@ def refuse_cap_below_cost(ctx: Context, record: Record, plan: InPlacePlan) -> No
         return
     accrued = cost_fields(ctx, record, plan.spec, datetime.now(UTC))["accrued_usd"]
     if accrued is not None and accrued >= cap:
-        def usd(x: float) -> str:
-            return f"${x:,.2f}" if x >= 1 else f"${x:.2g}"
-
-        raise UsageError(f"{record.name} has already cost {usd(accrued)}, at or over --max-cost {usd(cap)}: its agent "
-                         "would stop it at once", f"give a cap above {usd(accrued)} (it counts from launch), or "
+        spent = format_usd(accrued)
+        raise UsageError(f"{record.name} has already cost {spent}, at or over --max-cost {format_usd(cap)}: its agent "
+                         f"would stop it at once", f"give a cap above {spent} (it counts from launch), or "
                          f"`nbcloud stop {record.name}`")
 
 

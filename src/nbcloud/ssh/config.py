@@ -134,14 +134,15 @@ def _ensure_include(p: Paths) -> bool:
     link = p.user_ssh_config
     # Through a symlink (stow, home-manager, a dotfile repo): edit the file it points to, never replace the link.
     target = Path(os.path.realpath(link))
+    if target == Path(os.path.realpath(p.ssh_config)):
+        # Checked first (even when it holds the line already): it would include itself (ssh: "Too many recursive
+        # configuration includes") and be overwritten with nbcloud's Host blocks: every ssh through it fails, and
+        # `up` would wait out its whole SSH timeout.
+        raise UsageError(f"the ssh config to add nbcloud's Include to ({link}) is nbcloud's own {p.ssh_config}",
+                         "point NBCLOUD_USER_SSH_CONFIG at another file (your ssh config), or unset it")
     existing = target.read_text() if target.exists() else ""
     if any(ln.strip() == line for ln in existing.splitlines()):
         return False
-    if target == Path(os.path.realpath(p.ssh_config)):
-        # It would include itself (ssh: "Too many recursive configuration includes") and be overwritten with
-        # nbcloud's Host blocks: every ssh through it fails, and `up` would wait out its whole SSH timeout.
-        raise UsageError(f"the ssh config to add nbcloud's Include to ({link}) is nbcloud's own {p.ssh_config}",
-                         "point NBCLOUD_USER_SSH_CONFIG at another file (your ssh config), or unset it")
     problem = include_problem(link, target)
     if problem:
         raise UsageError(f"cannot add nbcloud's Include to {link}: {problem}",
