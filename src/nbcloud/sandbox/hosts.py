@@ -262,6 +262,12 @@ class Network:
             f"route add default via {self.caller_ip} dev eth0",
         ]
         _run(["ip", "-n", netns, "-batch", "-"], input_text="\n".join(inside) + "\n")
+        if public:  # before the public route: a SYN routed there before its translation exists would be tracked
+            # untranslated, and its retransmissions would follow that entry past the translation, never answered
+            self._public[instance_id] = public
+            _run(["nft", "-f", "-"], input_text=(
+                f"add element ip {self.nat_table} public_to_private {{ {public} : {address} }}\n"
+                f"add element ip {self.nat_table} private_to_public {{ {address} : {public} }}\n"))
         outside = [
             f"addr add {self.caller_ip}/32 dev {host}",
             f"link set {host} up",
@@ -270,11 +276,6 @@ class Network:
         if public:  # a route the host's own connect() needs before its output hook translates the address
             outside.append(f"route replace {public}/32 dev {host} src {self.caller_ip}")
         _run(["ip", "-batch", "-"], input_text="\n".join(outside) + "\n")
-        if public:
-            self._public[instance_id] = public
-            _run(["nft", "-f", "-"], input_text=(
-                f"add element ip {self.nat_table} public_to_private {{ {public} : {address} }}\n"
-                f"add element ip {self.nat_table} private_to_public {{ {address} : {public} }}\n"))
         # routes packets between instances, for this link only (the machine-wide ip_forward stays as it is)
         with open(f"/proc/sys/net/ipv4/conf/{host}/forwarding", "w") as flag:
             flag.write("1\n")
