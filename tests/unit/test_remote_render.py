@@ -238,3 +238,24 @@ def test_agent_ships_without_docs_but_with_all_its_code() -> None:
 
     assert names(shipped) == names(full)
     assert '"""' not in shipped.split("\n", 3)[1]  # the module docstring is gone
+
+
+@pytest.mark.parametrize("finished", ["0", "3"])
+def test_the_final_stage_takes_the_early_units_result_when_it_ends_between_two_looks(tmp_path, finished) -> None:
+    """The early unit may end (and, transient, be unloaded) right after the final stage looked for its status file:
+    the final stage must take that status, not decide the unit never ran and run every step a second time."""
+    script = render_bootstrap(BootstrapSpec(name="plain"))
+    wait_early = script[script.index("wait_early() {"):script.index('case "${1:-all}" in')]
+    status, mark = tmp_path / "status", tmp_path / "mark"
+    mark.touch()
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    # the unit ends while the first systemctl call runs: its status file appears and it is unloaded
+    fake.write_text(f"#!/bin/sh\n[ -e {status} ] || echo {finished} > {status}\n"
+                    "case \"$*\" in *LoadState*) echo not-found;; *) echo inactive;; esac\n")
+    fake.chmod(0o755)
+    result = subprocess.run(
+        ["bash", "-c", f"EARLY_STATUS={status}; EARLY_MARK={mark}\n{wait_early}\nwait_early; echo rc=$?"],
+        capture_output=True, text=True, env={"PATH": f"{fake.parent}:/usr/bin:/bin"})
+    assert result.stdout.strip() == f"rc={finished}", result
+    assert not mark.exists()

@@ -248,13 +248,15 @@ start_early() {
     --property=KillMode=process /bin/bash "$(readlink -f "$0")" run-early || rm -f "$EARLY_MARK"
 }
 wait_early() {
-  local state
+  local state load
   while [ ! -e "$EARLY_STATUS" ]; do
     state=$(systemctl show -P ActiveState nbcloud-bootstrap.service 2>/dev/null || true)
+    load=$(systemctl show -P LoadState nbcloud-bootstrap.service 2>/dev/null || true)
+    # the unit may end (and, transient, be unloaded) between the test above and these reads: its status file is
+    # written before it exits, so look again before deciding it never ran (it ran the steps twice when it didn't)
+    [ -e "$EARLY_STATUS" ] && break
     if [ "$state" = failed ]; then rm -f "$EARLY_MARK"; return 1; fi  # killed before it wrote its status
-    if [ "$(systemctl show -P LoadState nbcloud-bootstrap.service 2>/dev/null || true)" = not-found ]; then
-      rm -f "$EARLY_MARK"; return 2  # the unit never ran: run here after all
-    fi
+    if [ "$load" = not-found ]; then rm -f "$EARLY_MARK"; return 2; fi  # the unit never ran: run here after all
     sleep 0.2
   done
   rm -f "$EARLY_MARK"  # consumed: a later `sudo bash /opt/nbcloud/bootstrap.sh` runs the steps again
