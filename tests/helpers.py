@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UBUNTU", "World", "adopted_machine", "keypair", "pinned_ssh", "run_cli", "wait_until", "world_env"]
+__all__ = ["UBUNTU", "World", "adopted_machine", "keypair", "pinned_ssh", "run_cli", "sandbox_logs", "wait_until",
+           "world_env"]
 
 
 def run_cli(env: dict[str, str], *args: str, check: bool = True,
@@ -26,6 +27,23 @@ def run_cli(env: dict[str, str], *args: str, check: bool = True,
     if check and done.returncode != 0:
         raise AssertionError(f"nbcloud {' '.join(args)} failed ({done.returncode}):\n{done.stderr}\n{done.stdout}")
     return done
+
+
+def sandbox_logs(sandbox_dir: Path | str, lines: int = 15) -> str:
+    """The last lines of a sandbox's daemon log and of each instance's logs (boot console, IMDS, init, sshd): what
+    a failure that only says "timed out" needs beside it (the sandbox is reset, and its files gone, once the test
+    ends)."""
+    root = Path(sandbox_dir)
+    logs = [root / "daemon.log"]
+    for instance in sorted((root / "instances").glob("*")):
+        logs += [instance / name for name in ("console.log", "imds.log", "init.log")]
+        logs += [instance / "root/var/log/sshd.log", instance / "root/var/log/cloud-init-output.log"]
+    out = []
+    for log in logs:
+        if log.is_file():
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log.relative_to(root)} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(out) or f"(no logs under {root})"
 
 
 def keypair() -> tuple[str, str]:
@@ -81,9 +99,9 @@ class World:
     def nb_json(self, *args: str, **kwargs: Any) -> Any:
         return json.loads(self.nb(*args, "--json", **kwargs).stdout)
 
-    def up(self, name: str, *extra: str) -> dict[str, Any]:
+    def up(self, name: str, *extra: str, timeout: float = 600) -> dict[str, Any]:
         self.names.add(name)
-        return self.nb_json("up", name, "--provider", "sandbox", "--no-connect", *extra)
+        return self.nb_json("up", name, "--provider", "sandbox", "--no-connect", *extra, timeout=timeout)
 
     def down_all(self) -> None:
         """Tear down whatever the test made, even when it failed half-way: all names at once, as separate `down`s

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import World, wait_until
+from tests.helpers import World, sandbox_logs, wait_until
 
 OS_SUBNETS = ("10.205.0.0/16", "10.215.0.0/16", "10.225.0.0/16")
 NAME = "osdemo"
@@ -96,7 +97,10 @@ def os_world(os_sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def instance(os_world: World) -> dict[str, Any]:
     """``nbcloud up`` on the os-mode sandbox: it returns once Jupyter answers through the instance's sshd."""
-    result: dict[str, Any] = os_world.up(NAME, "--data-volume", f"{VOLUME}:1")
+    try:  # within the test's 300-s timeout, so that a hang is reported with the sandbox's logs, not only "Timeout"
+        result: dict[str, Any] = os_world.up(NAME, "--data-volume", f"{VOLUME}:1", timeout=200)
+    except (AssertionError, subprocess.TimeoutExpired) as exc:
+        raise AssertionError(f"{exc}\n{sandbox_logs(os_world.sandbox.sandbox_dir)}") from exc
     return result
 
 
