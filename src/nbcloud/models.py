@@ -81,8 +81,13 @@ def validate_name(name: str) -> str:
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 
 
-def parse_duration(text: str) -> int | None:
-    """'90s', '30m', '2h', '1d', '45' (minutes) → seconds; 'off'/'none'/'0' → None (disabled)."""
+#: The longest idle limit an option accepts: more is a typo, not a limit (a limit of 1e40 minutes was taken, and
+#: every later `status` failed turning the agent's stop time into a date).
+MAX_DURATION_SECONDS = 366 * 86400
+
+
+def parse_duration(text: str, upper: int | None = MAX_DURATION_SECONDS) -> int | None:
+    """'90s', '30m', '2h', '1d', '45' (minutes) → seconds; 'off'/'none'/'0' → None (disabled). At most ``upper``."""
     from .errors import UsageError
 
     value = text.strip().lower()
@@ -95,6 +100,8 @@ def parse_duration(text: str) -> int | None:
     seconds = int(number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
     if seconds < 30:
         raise UsageError(f"duration {text!r} is too short", "use at least 30s")
+    if upper is not None and seconds > upper:
+        raise UsageError(f"duration {text!r} is too long", f"use at most {upper // 86400}d, or off")
     return seconds
 
 

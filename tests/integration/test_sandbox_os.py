@@ -163,6 +163,22 @@ def test_systemd_runs_and_cloud_init_is_done(os_world: World, instance: dict[str
     cloud = _run(os_world, "cloud-init status --long")
     assert cloud["exit_code"] == 0 and "status: done" in cloud["stdout"], cloud["stdout"]
     assert "DataSourceEc2" in cloud["stdout"]  # the Ec2 datasource read the sandbox IMDS (not the None fallback)
+    # nbcloud's cloud-config passes cloud-init's own schema (`ssh_genkeytypes: []` did not: "[] is too short",
+    # a warning in every boot's journal)
+    schema = _run(os_world, "sudo cloud-init schema --system")
+    assert schema["exit_code"] == 0, schema
+
+
+def test_sync_pushes_and_pulls_with_rsync_on_the_instance(os_world: World, instance: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    """`nbcloud sync` (and plain `rsync -e "ssh nb-NAME"`) need rsync on the instance, as an Ubuntu cloud image
+    has it: the image lacked it and sync failed with 'remote command not found'."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "train.py").write_text("print('hi')\n")
+    os_world.nb("sync", NAME, str(project))
+    listed = _run(os_world, "find ~ -name train.py -path '*proj*' | head -1 | xargs cat")
+    assert listed["stdout"] == "print('hi')\n", listed
 
 
 # The host replaces /etc/group the way package tools do (a copy, a line added, renamed over the file), in the

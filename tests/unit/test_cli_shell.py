@@ -36,6 +36,9 @@ def test_every_listed_command_loads() -> None:
         assert command.name == name
 
 
+HUGE = "9" * 40  # found from outside: each of these was taken, or failed with a traceback
+
+
 @pytest.mark.parametrize("argv", [["up", "Bad_Name"], ["status", "--bogus"], ["up", "x", "--disk", "2"],
                                   ["up", "x", "--idle-stop", "soon"]])
 def test_bad_input_is_one_line_exit_2(argv: list[str], nbcloud_home) -> None:
@@ -44,6 +47,20 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], nbcloud_home) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["up", "x", "--provider", "sandbox", "--dry-run", "--idle-stop", HUGE + "m"], "is too long"),
+    (["autostop", "x", HUGE + "m"], "is too long"),  # refused before the instance is looked up
+    (["cluster", "up", "x", "--workers", HUGE], "--workers must be 1 to "),  # it launched workers until killed
+    (["cluster", "scale", "x", HUGE], "0 to "),
+    (["prices", "refresh", "--region", ""], "unknown AWS region ''"),  # a botocore traceback
+    (["prices", "refresh", "--region", "mars-1"], "unknown AWS region 'mars-1'")])
+def test_values_past_any_sense_are_refused_in_one_line(argv: list[str], said: str, nbcloud_home) -> None:
+    done = nb(*argv)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], done.stderr
 
 
 def test_json_error_document(nbcloud_home) -> None:
@@ -82,7 +99,7 @@ def test_a_bare_group_prints_its_help(argv: list[str], nbcloud_home) -> None:
     assert "error" not in done.stderr
 
 
-@pytest.mark.parametrize("since", ["10s", "-1d", "off", "soon"])
+@pytest.mark.parametrize("since", ["10s", "-1d", "off", "soon", "9" * 40 + "d"])
 def test_cost_since_errors_speak_of_since(since: str, nbcloud_home) -> None:
     """Found from outside: `cost --since 10s` said "use at least 30s" and `--since -1d` suggested "off", the idle
     limit's words, neither of which `--since` takes."""

@@ -227,3 +227,17 @@ def test_status_line_names_forwards_held_connections_and_the_last_outage() -> No
     expired = SimpleNamespace(name="a", forwards=[], held_connections=0,
                               last_outage={"started": "x", "seconds": 900, "held": 1, "closed": 1, "resumed": False})
     assert "1 connection(s) closed (past the resume window)" in tunnel_line(expired)
+
+
+def test_a_second_stop_leaves_nothing_waiting_on_the_ended_mux_thread() -> None:
+    """The supervisor stops its mux twice (in the attempt, then on the way out). The second stop queued its BYE for
+    a thread that had ended and waited out the call's 5 s: `disconnect` took 5 s and then SIGKILLed the supervisor
+    before it wrote its own state. Nothing may be queued where no thread will ever take it."""
+    mux = LocalMux("demo", [Forward(1, 8888, "jupyter")], log=lambda m: None)
+    mux.start()
+    mux.stop()
+    assert mux.thread is not None and not mux.thread.is_alive()
+    mux.stop()
+    ran: list[int] = []
+    mux.call(lambda: ran.append(1))
+    assert mux._calls == [] and ran == []

@@ -29,6 +29,9 @@ def test_agent_state_says_why_and_when() -> None:
     # an agent from before idle_reason (no busy, no stop_at) still fills the idle column
     old = merge_agent_state(ROW, {"idle_seconds": 5, "reason": "idle 5s of 3600s"})
     assert old.idle_seconds == 5 and old.busy is None and old.stops_at is None
+    # found from outside: a stop time past any date (an idle limit of 1e40 minutes) made every `status` fail
+    far = merge_agent_state(ROW, {"idle_seconds": 5, "reason": "idle 5s", "busy": False, "stop_at": 6e41})
+    assert far.stops_at is None and far.idle_reason == "idle 5s" and "a: idle 5s" in render_status([far])
 
 
 def test_instances_made_elsewhere_are_shown_and_priced() -> None:

@@ -73,12 +73,15 @@ def _since(text: str | None) -> datetime | None:
         pass
     refused = UsageError(f"invalid --since {text!r}", "write a duration like 7d or 24h, or a date like 2026-11-01")
     try:  # the idle limit's parser: its own errors speak of 30s floors and "off", which --since does not take
-        seconds = parse_duration(text)
+        seconds = parse_duration(text, upper=None)
     except UsageError:
         raise refused from None
     if seconds is None:
         raise refused
-    return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    except OverflowError:  # before year 1 (`--since 1e40d`)
+        raise refused from None
 
 
 @click.command()
@@ -128,10 +131,16 @@ def prices_show(instance_type: str | None, region: str, as_json: bool) -> None:
 @json_option
 def prices_refresh(regions: tuple[str, ...], profile: str | None, as_json: bool) -> None:
     """Fetch current on-demand and EBS prices from the AWS Pricing API."""
+    import botocore.session
+
     from ..money.pricing import user_prices_path
     from ..ops.costs import refresh_prices
     from ..providers.registry import price_source
 
+    known = botocore.session.get_session().get_available_regions("ec2")
+    for region in regions:  # `--region ''` reached GetProducts' own parameter check: a traceback
+        if known and region not in known:
+            raise UsageError(f"unknown AWS region {region!r}", "see `aws ec2 describe-regions`")
     source = price_source(profile)
     with progress("fetching prices from the AWS Pricing API", as_json):
         table_ = refresh_prices(source, regions)

@@ -152,7 +152,7 @@ def render_worker_boot(layout: Layout, worker_name: str, freeze: str, package_en
 def render_worker_user_data(boot: str, host_key_private: str, host_key_public: str) -> bytes:
     """cloud-config with the cluster's pinned host key (as `up` does) + the worker's boot script, gzip'd MIME."""
     config = {"ssh_keys": {"ed25519_private": host_key_private, "ed25519_public": host_key_public},
-              "ssh_deletekeys": True, "ssh_genkeytypes": []}
+              "ssh_deletekeys": True, "ssh_genkeytypes": ["ed25519"]}  # [] fails the schema
     message = MIMEMultipart(boundary="==nbcloud-boundary==")
     for text, subtype, filename in (("#cloud-config\n" + json.dumps(config, indent=1) + "\n", "cloud-config",
                                      "cloud-config.txt"), (boot, "x-shellscript", "nbcloud-cluster-worker.sh")):

@@ -148,7 +148,10 @@ def merge_agent_state(view: InstanceView, state: dict[str, Any]) -> InstanceView
     idle = state.get("idle_seconds")
     notice = state.get("spot_notice")
     stop_at = state.get("stop_at")
-    stops_at = datetime.fromtimestamp(float(stop_at), UTC).isoformat(timespec="seconds") if stop_at else None
+    try:  # the instance's word: a time no date can hold leaves it unknown, never fails `status`
+        stops_at = datetime.fromtimestamp(float(stop_at), UTC).isoformat(timespec="seconds") if stop_at else None
+    except (OverflowError, OSError, ValueError, TypeError):
+        stops_at = None
     return replace(view, idle_seconds=float(idle) if idle is not None else None,
                    spot_notice=json.dumps(notice) if isinstance(notice, dict) else notice,
                    idle_reason=state.get("reason"), busy=state.get("busy"), stops_at=stops_at)

@@ -51,6 +51,7 @@ __all__ = ["ClusterResult", "WorkerView", "cluster_dir", "cluster_down", "cluste
            "cluster_up", "load_state", "replace_noticed", "teardown"]
 
 DEFAULT_IDLE_MINUTES = 15
+MAX_WORKERS = 256  # more is a typo, not a cluster: `--workers 99999…` launched workers until killed
 
 
 @dataclass(frozen=True)
@@ -335,8 +336,8 @@ def _scheduler(ctx: Context, name: str) -> tuple[Any, Any, Any]:
 def cluster_up(ctx: Context, name: str, workers: int, *, instance_type: str | None = None, spot: bool = False,
                threads: int = 1, idle_minutes: int = DEFAULT_IDLE_MINUTES, engine_name: str = "dask",
                progress: Progress = no_progress, timeout: float = 600) -> ClusterResult:
-    if workers < 1:
-        raise UsageError("--workers must be at least 1", "e.g. --workers 2")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be 1 to {MAX_WORKERS}", "e.g. --workers 2")
     if threads < 1:
         raise UsageError("--worker-threads must be at least 1")
     if idle_minutes < 1:
@@ -392,8 +393,8 @@ def cluster_up(ctx: Context, name: str, workers: int, *, instance_type: str | No
 
 def cluster_scale(ctx: Context, name: str, workers: int, *, progress: Progress = no_progress,
                   timeout: float = 600) -> ClusterResult:
-    if workers < 0:
-        raise UsageError("a cluster cannot have fewer than 0 workers", "e.g. `nbcloud cluster scale NAME 2`")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(f"a cluster has 0 to {MAX_WORKERS} workers", "e.g. `nbcloud cluster scale NAME 2`")
     with ctx.name_lock(name):
         result = _scale_locked(ctx, name, workers, progress, timeout)
     _ensure_keeper(ctx, name, load_state(ctx, name))

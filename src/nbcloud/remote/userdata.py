@@ -27,9 +27,11 @@ def render_cloud_config(spec: BootstrapSpec) -> str:
     config: dict[str, object] = {}
     if spec.host_key_private and spec.host_key_public:
         config["ssh_keys"] = {"ed25519_private": spec.host_key_private, "ed25519_public": spec.host_key_public}
-        # Drop the image's own host keys: only the pinned one may answer.
+        # Drop the image's own host keys: only the pinned one may answer. cloud-init generates none when ssh_keys
+        # is given; the list names only the type given (an empty one fails cloud-init's schema: "[] is too short",
+        # a warning in every boot's log and `cloud-init schema --system` failing on the instance).
         config["ssh_deletekeys"] = True
-        config["ssh_genkeytypes"] = []
+        config["ssh_genkeytypes"] = ["ed25519"]
     # The bootstrap (the x-shellscript part, written out before the network stage's modules run) is started from
     # there instead of waiting for the final stage (bootstrap.sh's `early`); once per instance, not at every boot.
     config["bootcmd"] = [["cloud-init-per", "instance", "nbcloud-bootstrap-early", "/bin/bash",

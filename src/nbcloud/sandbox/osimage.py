@@ -29,7 +29,7 @@ __all__ = ["KERNEL_PACKAGES", "PACKAGES", "TOOLS", "build_image", "find_mirror",
 SUITE = "bookworm"
 # what an Ubuntu cloud image has that matters to nbcloud (issue 16); minbase has neither an init nor sshd
 PACKAGES = ("systemd-sysv", "openssh-server", "cloud-init", "sudo", "python3", "python3-venv", "iproute2", "curl",
-            "locales", "dbus", "ca-certificates", "e2fsprogs", "nftables", "procps", "util-linux")
+            "locales", "dbus", "ca-certificates", "e2fsprogs", "nftables", "procps", "util-linux", "rsync")
 # the variant that boots as a virtual machine (the QEMU smoke test): a kernel, an initramfs that finds an NVMe
 # root, and udev (a container has none; a VM needs it for /dev/disk/by-id). Recommends are off, so each is named.
 KERNEL_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "udev", "kmod")

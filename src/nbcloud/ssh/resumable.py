@@ -174,7 +174,11 @@ class LocalMux(Endpoint):
         self.thread.start()
 
     def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> None:
-        """Run ``fn`` on the mux thread and wait for it (the thread owns every socket and fd)."""
+        """Run ``fn`` on the mux thread and wait for it (the thread owns every socket and fd). Once the thread has
+        ended nothing would run it: dropped at once (it used to wait out ``timeout``: a second stop() held every
+        `disconnect` 5 s, until the supervisor was killed)."""
+        if self.thread is not None and not self.thread.is_alive():
+            return
         done = threading.Event()
         with self._lock:
             self._calls.append((fn, done))
@@ -206,7 +210,10 @@ class LocalMux(Endpoint):
         self.close_listeners()
 
     def stop(self, bye_timeout: float = 1.5) -> None:
-        """Tell the relay we are done (it frees the instance side at once), then end the thread."""
+        """Tell the relay we are done (it frees the instance side at once), then end the thread. Once only."""
+        if self._stop:
+            return
+
         def bye() -> None:
             if self.live:
                 self.send(frame(BYE))
