@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -145,7 +151,7 @@ def test_tunnel_heals_after_20s_cut_idle_and_mid_cell(world) -> None:
 
 
 def test_connect_after_stop_start_and_bad_input(world) -> None:
-    world.up("hop", "--idle-stop", "off")
+    hop = world.up("hop", "--idle-stop", "off")
     first = world.nb_json("connect", "hop", "--no-browser")
     world.nb("stop", "hop")
     stopped = world.nb("connect", "hop", "--no-browser", check=False)
@@ -166,3 +172,27 @@ def test_connect_after_stop_start_and_bad_input(world) -> None:
         clash = world.nb("connect", "hop", "--no-browser", "--port", str(taken), check=False)
     assert clash.returncode == 2 and f"port {taken} is in use" in clash.stderr
     assert len(clash.stderr.strip().splitlines()) == 1
+
+    # Ctrl-C while connect waits for its tunnel (the link is cut, so it cannot come up): the tunnel it started
+    # is stopped, not left running unannounced
+    from nbcloud.ssh.tunnel import read_state
+
+    link(world, hop["instance_id"], "link-down")
+    try:
+        waiting = subprocess.Popen([sys.executable, "-m", "nbcloud.cli.app", "connect", "hop", "--no-browser"],
+                                   env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        starting = wait_until(lambda: (s := read_state("hop")) is not None and s.state != "down" and s.pid and s,
+                              timeout=30, what="the tunnel supervisor started by connect")
+        time.sleep(1)
+        os.killpg(waiting.pid, signal.SIGINT)
+        out, errors = waiting.communicate(timeout=30)
+    finally:
+        link(world, hop["instance_id"], "link-up")
+    assert waiting.returncode == 130, (out, errors)
+    assert errors.strip().splitlines() == [
+        "error: interrupted — stopped the tunnel to hop that this connect had started — `nbcloud connect hop` to "
+        "try again"], errors
+    assert not Path(f"/proc/{starting.pid}").exists() or "nbcloud.ssh.tunnel" not in Path(
+        f"/proc/{starting.pid}/cmdline").read_bytes().decode(errors="replace"), "the supervisor still runs"
+    assert world.nb_json("status", "hop")["tunnel"] == "down"

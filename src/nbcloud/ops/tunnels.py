@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import local_port_base
-from ..errors import ConflictError, RemoteError, UsageError
+from ..errors import ConflictError, Interrupted, RemoteError, UsageError
 from ..state import Record
 from .context import Context, Progress, no_progress
 from .instances import open_in_browser as _open_browser
@@ -171,8 +171,10 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
         reissue_tls_if_moved(ctx, name, instance.host, progress=progress)
         return _connect_public(ctx, name, instance.host or "", open_browser, progress, timeout)
     current = read_state(name)
-    if port is not None and current is not None and current.state != "down" and record.local_port != port:
+    was_running = current is not None and current.state != "down"
+    if port is not None and was_running and record.local_port != port:
         stop_supervisor(name)
+        was_running = False
     local_port = _choose_port(ctx, record, port, "local_port", local_port_base())
     # to where the provider says Jupyter listens on the instance (127.0.0.1, or the instance's own address)
     forwards = [Forward(local_port, JUPYTER_PORT, "jupyter", instance.jupyter_host)]
@@ -190,7 +192,15 @@ def connect(ctx: Context, name: str, *, port: int | None = None, open_browser: b
     ctx.store.update(name, local_port=local_port, gateway_local_port=gateway_port)
     progress(f"tunnel 127.0.0.1:{local_port} → {name}:{JUPYTER_PORT}")
     start_supervisor(name, forwards, resolver=RESOLVER)
-    state = wait_until_up(name, timeout)
+    try:
+        state = wait_until_up(name, timeout)
+    except KeyboardInterrupt as stop:
+        if was_running:
+            raise  # the tunnel the user had before this connect stays
+        # a Ctrl-C while waiting means "don't connect": the tunnel started here must not run on unannounced
+        stop_supervisor(name)
+        raise Interrupted(f"interrupted — stopped the tunnel to {name} that this connect had started",
+                          f"`nbcloud connect {name}` to try again") from stop
     token = token_path(ctx, name).read_text().strip()
     url = f"http://127.0.0.1:{local_port}/lab?token={token}"
     opened = open_browser and _open_browser(url)
