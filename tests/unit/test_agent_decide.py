@@ -328,3 +328,18 @@ def test_processes_see_cpu_and_pty_input() -> None:
     assert cores is not None and cores >= burned.ticks / procs.hz / window
     # the pty's atime moves on a read, at a granularity of 8 s (the kernel's tty_update_time)
     assert last_input is not None and typed - 9 <= last_input <= time.time() + 1
+
+
+def test_the_agent_looks_again_each_second_while_jupyter_is_starting_then_at_its_period() -> None:
+    """Right after `up`, the check before Jupyter's start said "not listening": `status` showed that for up to a
+    period (10 s). While Jupyter does not answer the next check comes after 1 s, for at most a minute in a row
+    (a Jupyter stopped for good must not keep the agent scanning every second)."""
+    from nbcloud.remote.agent.nbcloud_activity import STARTING_CHECKS, next_period
+
+    starting = Sample(t=0.0, jupyter_error="not listening (starting, or stopped)")
+    assert next_period(starting, 10.0, 0) == 1.0
+    assert next_period(starting, 10.0, STARTING_CHECKS - 1) == 1.0
+    assert next_period(starting, 10.0, STARTING_CHECKS) == 10.0
+    assert next_period(Sample(t=0.0), 10.0, 3) == 10.0  # Jupyter answers: the period again
+    assert next_period(None, 10.0, 0) == 10.0
+    assert next_period(starting, 0.5, 0) == 0.5  # never slower than the period asked for

@@ -125,6 +125,18 @@ def decide(
     return Decision("none", idle, f"idle {idle:.0f}s of {settings.idle_stop_seconds}s (last: {shown})", False, left)
 
 
+#: while Jupyter does not answer (the instance is starting it), look again this often, at most STARTING_CHECKS
+#: times in a row: `status` right after `up` then shows Jupyter as it is, not as the check before its start saw it
+STARTING_PERIOD, STARTING_CHECKS = 1.0, 60
+
+
+def next_period(last: Sample | None, period: float, fast_in_a_row: int) -> float:
+    """Seconds until the next check: ``period``, or STARTING_PERIOD while the last check could not read Jupyter."""
+    if last is not None and last.jupyter_error and fast_in_a_row < STARTING_CHECKS:
+        return min(period, STARTING_PERIOD)
+    return period
+
+
 def prune(samples: list[Sample], settings: Settings = Settings()) -> list[Sample]:
     """Drop samples before the latest one that shows activity now: they cannot change ``decide``."""
     for index in range(len(samples) - 1, -1, -1):

@@ -47,6 +47,7 @@ if __package__:
         cpu_cores,
         decide,
         descendants,
+        next_period,
         parse_iso,
         parse_stat,
         prune,
@@ -64,6 +65,7 @@ else:
         cpu_cores,
         decide,
         descendants,
+        next_period,
         parse_iso,
         parse_stat,
         prune,
@@ -492,12 +494,15 @@ class Agent:
         log(f"started (check every {self.config.check_period}s, jupyter {self.config.jupyter_url})")
         last_check = last_spot = time.monotonic() - 3600
         previous = time.monotonic()
+        fast = 0  # checks in a row at the starting period
         while True:
             mono = time.monotonic()
             if mono - last_spot >= SPOT_PERIOD:
                 last_spot = mono
                 self.watch_spot()
-            if mono - last_check >= self.config.check_period:
+            period = next_period(self.samples[-1] if self.samples else None, self.config.check_period, fast)
+            if mono - last_check >= period:
+                fast = fast + 1 if period < self.config.check_period else 0
                 last_check = mono
                 self.check(mono - previous)
                 previous = mono
