@@ -127,3 +127,16 @@ def test_text_output_drops_control_characters(capsys) -> None:
     emit({}, False, "demo: held (\x1b[2J\x1b]0;pwned\x07 training)\tnext\nline")
     assert capsys.readouterr().out == "demo: held ([2J]0;pwned training)\tnext\nline\n"
     assert hold_reason("a\x1b[31m red\x00 \n reason") == "a[31m red reason"
+
+
+@pytest.mark.parametrize("command", ["stop", "start", "down"])
+def test_an_unknown_name_is_one_line_even_with_progress_on(command: str, nbcloud_home, monkeypatch) -> None:
+    """Progress is on (no NBCLOUD_QUIET, stderr not a terminal): its heading goes out with the first step only, so a
+    command refused before any step prints its error line and nothing else (it printed "nbcloud stop x …" first)."""
+    import os
+
+    monkeypatch.delenv("NBCLOUD_QUIET")
+    done = nb(command, "nosuch", env=dict(os.environ))
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines() == [
+        "error: no instance named 'nosuch' on this machine — `nbcloud status` lists them; `nbcloud up NAME` makes one"]

@@ -91,8 +91,18 @@ def progress(message: str, as_json: bool = False) -> Iterator[Callable[[str], No
         yield lambda _msg: None
         return
     if not sys.stderr.isatty():
-        err(f"{message} …")
-        yield lambda msg: err(f"  {msg}")
+        # the heading goes out with the first step: a command refused before any step (an unknown name) prints
+        # its one error line and nothing else
+        started = False
+
+        def step(msg: str) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                err(f"{message} …")
+            err(f"  {msg}")
+
+        yield step
         return
     from rich.console import Console
 
