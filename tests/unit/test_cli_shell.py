@@ -140,3 +140,11 @@ def test_an_unknown_name_is_one_line_even_with_progress_on(command: str, nbcloud
     assert done.returncode == 2, done
     assert done.stderr.splitlines() == [
         "error: no instance named 'nosuch' on this machine — `nbcloud status` lists them; `nbcloud up NAME` makes one"]
+
+
+@pytest.mark.parametrize("tag", ["k=" + "v" * 257, "k" * 129 + "=v"])
+def test_a_tag_past_ec2s_limits_is_refused_before_anything_is_made(tag: str, nbcloud_home) -> None:
+    import os
+
+    done = nb("up", "x", "--provider", "sandbox", "--dry-run", "--tag", tag, env=dict(os.environ))
+    assert done.returncode == 2 and "EC2's limits" in done.stderr and len(done.stderr.splitlines()) == 1, done

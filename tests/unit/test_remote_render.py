@@ -141,6 +141,8 @@ def test_cloud_config_without_host_key_only_starts_the_bootstrap_early() -> None
         {"name": "x", "python_packages": ("pandas\nrm -rf /",)},
         {"name": "x", "python_packages": ("$(reboot)",)},
         {"name": "x", "python_packages": ("--index-url=http://evil",)},
+        {"name": "x", "python_packages": ("numpy;rm -rf /",)},  # the characters pass; PEP 508 does not
+        {"name": "x", "python_packages": ("pandas>=>2",)},
         {"name": "x", "package_env": {"bad key": "v"}},
         {"name": "x", "idle_stop_seconds": 5},
         {"name": "x", "check_period": 60},
@@ -149,6 +151,11 @@ def test_cloud_config_without_host_key_only_starts_the_bootstrap_early() -> None
 def test_spec_rejects_bad_values(bad: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         BootstrapSpec(**bad)  # type: ignore[arg-type]
+
+
+def test_spec_takes_pep508_requirements() -> None:
+    packages = ("pandas>=2.2", "torch[cpu]>=2.3", "numpy; python_version>'3.8'", "pkg @ https://example.org/p.whl")
+    assert BootstrapSpec(name="x", python_packages=packages).python_packages == packages
 
 
 def test_units_use_only_emulated_keys_and_parse() -> None:

@@ -39,7 +39,13 @@ def _tags(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"invalid --tag {value!r}", "write it as key=value")
         if key.startswith(("nbcloud:", "aws:")):
             raise UsageError(f"tag key {key!r} is reserved", "use a key that does not start with nbcloud: or aws:")
+        if len(key) > 128 or len(val) > 256:  # EC2's limits: refused here, not by RunInstances after the key pair
+            raise UsageError(f"--tag {key[:20]!r}…: keys are at most 128 characters and values 256 (EC2's limits)",
+                             "shorten it")
         out.append((key, val))
+    if len(out) > 40:  # EC2 allows 50 tags a resource, and nbcloud sets some of its own
+        raise UsageError(f"{len(out)} --tag options: at most 40",
+                         "EC2 allows 50 tags a resource, and nbcloud sets some of its own")
     return tuple(out)
 
 

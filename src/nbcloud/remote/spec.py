@@ -26,6 +26,18 @@ _ENV_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _REQUIREMENT = re.compile(r"^[A-Za-z0-9_.\-\[\],<>=!~*;:@/+ ']+$")
 
 
+def _pep508(text: str) -> bool:
+    """A requirement pip/uv would take (PEP 508: name, extras, version, markers): `numpy;rm -rf /` passes the
+    character check above but is no requirement, and would only fail on the instance, at launch."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        Requirement(text)
+    except InvalidRequirement:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class BootstrapSpec:
     name: str
@@ -63,7 +75,7 @@ class BootstrapSpec:
         if self.data_volume_id is not None and not _VOLUME.match(self.data_volume_id):
             raise UsageError(f"bad volume id {self.data_volume_id!r}", "volume ids look like vol-0123456789abcdef0")
         for pkg in self.python_packages:
-            if not pkg.strip() or not _REQUIREMENT.match(pkg) or pkg.startswith("-"):
+            if not pkg.strip() or not _REQUIREMENT.match(pkg) or pkg.startswith("-") or not _pep508(pkg):
                 raise UsageError(f"bad package requirement {pkg!r}", "give requirement specifiers like 'pandas>=2'")
         for key, value in self.package_env.items():
             if not _ENV_KEY.match(key) or "\n" in value or "\0" in value:
