@@ -148,3 +148,16 @@ def test_a_tag_past_ec2s_limits_is_refused_before_anything_is_made(tag: str, nbc
 
     done = nb("up", "x", "--provider", "sandbox", "--dry-run", "--tag", tag, env=dict(os.environ))
     assert done.returncode == 2 and "EC2's limits" in done.stderr and len(done.stderr.splitlines()) == 1, done
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["prices", "show", "--region", "mars-1"], "no prices for region 'mars-1'"),
+    (["sandbox", "fault-api", "Bogus", "SomeCode"], "'Bogus' is not an EC2 or SSM API operation"),
+    (["image", "bake", "x", "--image-name", ""], "invalid image name ''"),
+])
+def test_inputs_that_did_nothing_silently_are_refused(argv: list[str], says: str, nbcloud_home) -> None:
+    """Each was taken with exit 0 (nothing listed; a fault that could never fire; the instance's name used instead)."""
+    import os
+
+    done = nb(*argv, env=dict(os.environ))
+    assert done.returncode == 2 and says in done.stderr and len(done.stderr.splitlines()) == 1, done

@@ -118,6 +118,10 @@ def prices_show(instance_type: str | None, region: str, as_json: bool) -> None:
     from ..money.pricing import load_prices
 
     table_ = load_prices()
+    if region not in table_.regions():  # an unknown region listed nothing, exit 0
+        raise UsageError(f"no prices for region {region!r} in the table",
+                         f"it has {', '.join(table_.regions())}; `nbcloud prices refresh --region REGION` adds an "
+                         "AWS region (needs credentials)")
     types = [instance_type] if instance_type else table_.instance_types(region)
     rows = [{"type": t, "hourly_usd": table_.hourly(t, region)} for t in types]
     emit({"as_of": table_.as_of.isoformat(), "source": table_.source, "region": region, "prices": rows}, as_json,

@@ -70,7 +70,7 @@ def bake(ctx: Context, name: str, image_name: str | None = None, progress: Progr
     from .instances import DATA_DEVICE, install_secrets, stored_spec, wait_ready
     from .lifecycle import start_instance, stop_instance
 
-    image_name = _check_name(image_name or name)
+    image_name = _check_name(name if image_name is None else image_name)  # `--image-name ''` is refused, not replaced
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     with ctx.name_lock(name):

@@ -509,10 +509,20 @@ def fault_api(operation: str, code: str, count: int = 1, sandbox_dir: Path | Non
     clears a pending fault."""
     if count < 0:
         raise UsageError("--count must be 0 (clear) or more")
+    if operation not in _api_operations():  # a fault on `Bogus` was taken and could never fire
+        raise UsageError(f"{operation!r} is not an EC2 or SSM API operation", "e.g. RunInstances, StartInstances")
     info = _require(sandbox_dir)
     result: dict[str, Any] = _request(info, "POST", "/fault-api",
                                       {"operation": operation, "code": code, "count": count, "zone": zone})
     return result
+
+
+def _api_operations() -> frozenset[str]:
+    """The operations the sandbox serves (botocore's models of EC2 and SSM)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return frozenset(op for service in ("ec2", "ssm") for op in session.get_service_model(service).operation_names)
 
 
 def _require(sandbox_dir: Path | None) -> SandboxInfo:
