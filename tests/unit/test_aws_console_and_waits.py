@@ -78,3 +78,17 @@ def test_listings_ask_the_cloud_this_machine_used() -> None:
     assert listing_provider(None, [], "aws") == "aws"
     assert listing_provider(None, ["sandbox", "aws"], "aws") == "aws"
     assert listing_provider("aws", ["sandbox"], "aws") == "aws", "what the user configured wins"
+
+
+def test_after_the_last_down_listings_still_ask_the_cloud_this_machine_used(nbcloud_home) -> None:
+    """No instance left: the launches this machine remembers name the cloud (it asked AWS, "no AWS credentials",
+    after the last `down` on the sandbox)."""
+    from nbcloud.ops.context import Context
+    from nbcloud.state import LaunchIntent
+
+    ctx = Context.create()
+    assert not ctx.store.all()
+    assert ctx.listing_cloud() == ctx.settings.provider  # nothing known: the default
+    ctx.store.begin_launch(LaunchIntent(launch_id="l-1", name="gone", provider="sandbox", region="us-east-1"))
+    ctx.store.mark_launch("l-1", outcome="done")
+    assert ctx.listing_cloud() == "sandbox"

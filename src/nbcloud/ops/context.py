@@ -50,11 +50,19 @@ class Context:
     def listing_provider(self, name: str | None = None, region: str | None = None,
                          profile: str | None = None) -> Provider:
         """For listings across instances (volumes, images, orphans): see :func:`registry.listing_provider`."""
+        return self.provider(name or self.listing_cloud(), region, profile)
+
+    def listing_cloud(self) -> str:
+        """The cloud a listing asks when the user named none. Once every instance is gone, the clouds of the
+        launches this machine still remembers count: after the last `down` on the sandbox, `volumes` and `doctor
+        --orphans` asked AWS ("no AWS credentials") instead of the sandbox that may still hold volumes."""
         from ..providers.registry import listing_provider
 
         configured = self.settings.provider if "provider" in self.settings.configured else None
-        chosen = name or listing_provider(configured, (r.provider for r in self.store.all()), self.settings.provider)
-        return self.provider(chosen, region, profile)
+        used = [r.provider for r in self.store.all()]
+        if not used:
+            used = [i.provider for i in self.store.launches(outcomes=("pending", "done", "kept", "rolled-back"))]
+        return listing_provider(configured, used, self.settings.provider)
 
     def provider_for(self, record: Record) -> Provider:
         return self.provider(record.provider, record.region, record.profile)
