@@ -332,14 +332,26 @@ def test_processes_see_cpu_and_pty_input() -> None:
 
 def test_the_agent_looks_again_each_second_while_jupyter_is_starting_then_at_its_period() -> None:
     """Right after `up`, the check before Jupyter's start said "not listening": `status` showed that for up to a
-    period (10 s). While Jupyter does not answer the next check comes after 1 s, for at most a minute in a row
-    (a Jupyter stopped for good must not keep the agent scanning every second)."""
-    from nbcloud.remote.agent.nbcloud_activity import STARTING_CHECKS, next_period
+    period (10 s). While Jupyter does not answer the next check comes after 1 s, for at most STARTING_CHECKS checks
+    in a row; a Jupyter stopped for good then gets the period until it answers again (not 60 fast, 1 slow, 60 fast
+    ... as a count reset by the slow check would do)."""
+    from nbcloud.remote.agent.nbcloud_activity import STARTING_CHECKS, next_period, unreadable_count
 
     starting = Sample(t=0.0, jupyter_error="not listening (starting, or stopped)")
-    assert next_period(starting, 10.0, 0) == 1.0
-    assert next_period(starting, 10.0, STARTING_CHECKS - 1) == 1.0
-    assert next_period(starting, 10.0, STARTING_CHECKS) == 10.0
-    assert next_period(Sample(t=0.0), 10.0, 3) == 10.0  # Jupyter answers: the period again
+    answering = Sample(t=0.0)
+
+    def periods(samples: list[Sample]) -> list[float]:  # what the agent's loop waits before each next check
+        out, count = [], 0
+        for sample in samples:
+            count = unreadable_count(sample, count)
+            out.append(next_period(sample, 10.0, count))
+        return out
+
+    stopped = periods([starting] * (3 * STARTING_CHECKS))
+    assert stopped[:STARTING_CHECKS - 1] == [1.0] * (STARTING_CHECKS - 1)
+    assert set(stopped[STARTING_CHECKS:]) == {10.0}, "once slow, slow until Jupyter answers"
+    again = periods([starting] * (2 * STARTING_CHECKS) + [answering, starting, starting])
+    assert again[-3:] == [10.0, 1.0, 1.0], "an answer starts the count again"
+    assert periods([starting, starting, answering]) == [1.0, 1.0, 10.0]
     assert next_period(None, 10.0, 0) == 10.0
-    assert next_period(starting, 0.5, 0) == 0.5  # never slower than the period asked for
+    assert next_period(starting, 0.5, 1) == 0.5  # never slower than the period asked for

@@ -130,11 +130,17 @@ def decide(
 STARTING_PERIOD, STARTING_CHECKS = 1.0, 60
 
 
-def next_period(last: Sample | None, period: float, fast_in_a_row: int) -> float:
-    """Seconds until the next check: ``period``, or STARTING_PERIOD while the last check could not read Jupyter."""
-    if last is not None and last.jupyter_error and fast_in_a_row < STARTING_CHECKS:
+def next_period(last: Sample | None, period: float, unreadable_in_a_row: int) -> float:
+    """Seconds until the next check: ``period``, or STARTING_PERIOD while the last check could not read Jupyter
+    and fewer than STARTING_CHECKS checks in a row could not (then the period until Jupyter answers again)."""
+    if last is not None and last.jupyter_error and unreadable_in_a_row < STARTING_CHECKS:
         return min(period, STARTING_PERIOD)
     return period
+
+
+def unreadable_count(last: Sample | None, count: int) -> int:
+    """Checks in a row that could not read Jupyter, after ``last``: one more, or 0 once it answered."""
+    return count + 1 if last is not None and last.jupyter_error else 0
 
 
 def prune(samples: list[Sample], settings: Settings = Settings()) -> list[Sample]:

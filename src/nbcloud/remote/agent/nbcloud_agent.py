@@ -53,6 +53,7 @@ if __package__:
         prune,
         pts_number,
         summarize_jupyter,
+        unreadable_count,
     )
 else:
     sys.dont_write_bytecode = True
@@ -71,6 +72,7 @@ else:
         prune,
         pts_number,
         summarize_jupyter,
+        unreadable_count,
     )
 
 CONFIG_PATH = os.environ.get("NBCLOUD_AGENT_CONFIG", "/opt/nbcloud/etc/agent-config.json")
@@ -494,19 +496,21 @@ class Agent:
         log(f"started (check every {self.config.check_period}s, jupyter {self.config.jupyter_url})")
         last_check = last_spot = time.monotonic() - 3600
         previous = time.monotonic()
-        fast = 0  # checks in a row at the starting period
+        unreadable = 0  # checks in a row that could not read Jupyter
         while True:
             mono = time.monotonic()
             if mono - last_spot >= SPOT_PERIOD:
                 last_spot = mono
                 self.watch_spot()
-            period = next_period(self.samples[-1] if self.samples else None, self.config.check_period, fast)
-            if mono - last_check >= period:
-                fast = fast + 1 if period < self.config.check_period else 0
+            if mono - last_check >= next_period(self.last_sample(), self.config.check_period, unreadable):
                 last_check = mono
                 self.check(mono - previous)
                 previous = mono
+                unreadable = unreadable_count(self.last_sample(), unreadable)
             time.sleep(1.0)
+
+    def last_sample(self) -> Sample | None:
+        return self.samples[-1] if self.samples else None
 
 
 def main(argv: list[str] | None = None) -> int:
