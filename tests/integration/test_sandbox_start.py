@@ -78,7 +78,8 @@ def test_ctrl_c_during_start_leaves_no_daemon(sandbox: Any, tmp_path: Path) -> N
                 os.killpg(proc.pid, signal.SIGINT)
                 break
         _out, rest = proc.communicate(timeout=120)
-        if "used by another sandbox (/" in rest and str(tmp_path) not in rest:
+        said = "".join(lines) + rest  # a refusal ends stderr before any "starting" line: it is all in `lines`
+        if "used by another sandbox (/" in said and str(tmp_path) not in said:
             continue
         break
     else:
